@@ -1,0 +1,29 @@
+import numpy as np
+
+from lipsync_engine.topology import load_topology
+
+
+def test_canonical_mesh_is_an_oriented_disc():
+    t = load_topology()
+    assert t.vertices.shape == (468, 3) and t.triangles.shape == (898, 3)
+    directed = {(a, b) for tri in t.triangles.tolist() for a, b in zip(tri, tri[1:] + tri[:1])}
+    assert len(directed) == 3 * 898  # no directed edge twice: consistently oriented, at most 2 per edge
+    edges = {tuple(sorted(e)) for e in directed}
+    assert len(t.vertices) - len(edges) + len(t.triangles) == 1  # Euler characteristic of a disc
+    # counter-clockwise seen from the front (+z): positive signed area in x-y for most triangles
+    a, b, c = (t.vertices[t.triangles[:, i], :2] for i in range(3))
+    area = np.cross(b - a, c - a)
+    assert (area > 0).mean() > 0.95
+
+
+def test_mirror_pairs_and_regions():
+    t = load_topology()
+    assert np.array_equal(t.mirror[t.mirror], np.arange(468))
+    assert np.allclose(t.vertices[t.mirror] * [-1, 1, 1], t.vertices, atol=1e-6)
+    assert len(t.lips_inner) == len(t.lips_outer) == 20
+    sets = [set(x.tolist()) for x in (t.mouth_triangles, t.lip_triangles, t.eye_triangles, t.skin_triangles)]
+    assert sum(len(s) for s in sets) == len(set().union(*sets))  # disjoint
+    # the rigid set is upper face only and symmetric
+    assert t.vertices[t.rigid, 1].min() >= -2.1
+    assert set(t.mirror[t.rigid].tolist()) == set(t.rigid.tolist())
+    assert not set(t.rigid.tolist()) & set(t.lips_outer.tolist())
