@@ -1,0 +1,126 @@
+"""Vectorized piecewise-affine triangle warping (texture unrolling, Section 3.1.1).
+
+Owns: rasterizing a triangle mesh into a pixel grid (which triangle covers each pixel
+centre, with barycentric coordinates) and resampling a source image through it with one
+cv2.remap. There is no Python loop over triangles: the pixels of every triangle's
+bounding box are enumerated at once with a ragged np.repeat. Pixel centres are at integer coordinates (OpenCV's remap convention).
+Must not: know about faces, video or lighting.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import scipy.sparse
+
+INSIDE_EPS = 1e-4  # barycentric tolerance so that shared edges leave no cracks
+
+
+def rasterize_triangles(points: np.ndarray, triangles: np.ndarray, size: tuple[int, int],
+                        depth: np.ndarray | None = None):
+    """Which triangle covers each pixel centre of an (H, W) grid.
+
+    points : (V, 2) (x, y) pixels; triangles : (T, 3); depth : optional (V,), where
+    triangles overlap the one with the largest interpolated depth (nearest) wins.
+    Returns tri_id (H, W) int32 (-1 where uncovered) and bary (H, W, 3) float32.
+    """
+    r = Raster(points, triangles, size, depth)
+    h, w = size
+    tri_id = np.full(h * w, -1, np.int32)
+    tri_id[r.pixels] = r.triangle
+    bary = np.zeros((h * w, 3), np.float32)
+    bary[r.pixels] = r.lam
+    return tri_id.reshape(h, w), bary.reshape(h, w, 3)
+
+
+def _covered_pixels(pts, tris, h, w):
+    """Pixel centres inside each triangle: (tri, x, y, barycentrics) as flat arrays.
+
+    Every triangle's exact bounding box is enumerated with one ragged np.repeat, so the
+    work is proportional to the summed bounding-box area (about twice the mesh area).
+    """
+    a, b, c = pts[tris[:, 0]], pts[tris[:, 1]], pts[tris[:, 2]]
+    e1, e2 = b - a, c - a
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    lo = np.maximum(np.ceil(np.minimum(np.minimum(a, b), c)), 0).astype(np.int32)
+    hi = np.minimum(np.floor(np.maximum(np.maximum(a, b), c)), [w - 1, h - 1]).astype(np.int32)
+    bw, bh = hi[:, 0] - lo[:, 0] + 1, hi[:, 1] - lo[:, 1] + 1
+    ok = (np.abs(det) > 1e-12) & (bw > 0) & (bh > 0)
+    counts = np.where(ok, bw * bh, 0)
+    t = np.repeat(np.arange(len(tris), dtype=np.int32), counts)
+    local = np.arange(counts.sum(), dtype=np.int32) - np.repeat(np.cumsum(counts) - counts, counts).astype(np.int32)
+    oy, ox = np.divmod(local, bw[t])
+    px, py = lo[t, 0] + ox, lo[t, 1] + oy
+    inv = (np.stack([e2[:, 1], -e2[:, 0], -e1[:, 1], e1[:, 0]], 1) / np.where(ok, det, 1.0)[:, None]).astype(np.float32)
+    a32 = a.astype(np.float32)
+    dx, dy = px - a32[t, 0], py - a32[t, 1]
+    it = inv[t]
+    l1 = it[:, 0] * dx + it[:, 1] * dy
+    l2 = it[:, 2] * dx + it[:, 3] * dy
+    l0 = 1.0 - l1 - l2
+    inside = (l0 >= -INSIDE_EPS) & (l1 >= -INSIDE_EPS) & (l2 >= -INSIDE_EPS)
+    return t[inside], px[inside], py[inside], np.stack([l0[inside], l1[inside], l2[inside]], 1)
+
+
+class Raster:
+    """A mesh rasterized once into a destination grid, reusable for several sources.
+
+    The atlas warp of a frame and the warp of the reference atlas into that frame's
+    texture coordinates share the destination mesh, so they share one Raster.
+    """
+
+    def __init__(self, dst_points: np.ndarray, triangles: np.ndarray, size: tuple[int, int],
+                 depth: np.ndarray | None = None):
+        tris = np.asarray(triangles, np.int64)
+        pts = np.asarray(dst_points, np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 2 or tris.ndim != 2 or tris.shape[1] != 3:
+            raise ValueError(f"need (V, 2) points and (T, 3) triangles, got {pts.shape}, {tris.shape}")
+        h, w = size
+        t, px, py, lam = _covered_pixels(pts, tris, h, w)
+        pix = py * w + px
+        if depth is not None:  # the nearest triangle wins: keep the last of each pixel after sorting
+            z = (lam * np.asarray(depth, np.float32)[tris[t]]).sum(1)
+            order = np.lexsort((z, pix))
+            last = np.r_[pix[order][1:] != pix[order][:-1], True]
+            keep = order[last]
+            pix, t, lam = pix[keep], t[keep], lam[keep]
+        self.size = (h, w)
+        self.pixels, self.lam, self.corners, self.triangle = pix, lam, tris[t], t
+        # Each covered pixel's source position is a fixed barycentric mix of 3 vertices:
+        # one sparse (pixels x V) matrix turns any source mesh into remap coordinates.
+        n = len(pix)
+        self._interp = scipy.sparse.csr_matrix(
+            (lam.ravel(), self.corners.ravel(), np.arange(0, 3 * n + 1, 3)), shape=(n, len(pts)))
+        mask = np.zeros(h * w, bool)
+        mask[pix] = True
+        self.mask = mask.reshape(h, w)
+
+    def triangle_mask(self, selected: np.ndarray) -> np.ndarray:
+        """(H, W) bool: pixels covered by a triangle with selected[triangle] True ((T,) bool)."""
+        m = np.zeros(self.size[0] * self.size[1], bool)
+        m[self.pixels] = np.asarray(selected, bool)[self.triangle]
+        return m.reshape(self.size)
+
+    def maps(self, src_points: np.ndarray):
+        """(map_x, map_y) float32 (H, W) for cv2.remap; -1 where uncovered."""
+        src = np.asarray(src_points, np.float32)
+        m = np.full((self.size[0] * self.size[1], 2), -1.0, np.float32)
+        m[self.pixels] = self._interp @ src
+        m = m.reshape(self.size + (2,))
+        return np.ascontiguousarray(m[..., 0]), np.ascontiguousarray(m[..., 1])
+
+    def warp(self, image: np.ndarray, src_points: np.ndarray) -> np.ndarray:
+        """Resample `image` (h, w[, C]) so that src_points land on this raster's mesh."""
+        map_x, map_y = self.maps(src_points)
+        return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def warp_triangles(image: np.ndarray, src_points: np.ndarray, dst_points: np.ndarray,
+                   triangles: np.ndarray, size: tuple[int, int], depth: np.ndarray | None = None):
+    """Piecewise-affine warp of `image` so that src_points land on dst_points.
+
+    image : (h, w, C) or (h, w) array (uint8 or float32); src_points, dst_points : (V, 2)
+    (x, y) pixels. Returns (warped (H, W[, C]), mask (H, W) bool); outside the mesh is 0.
+    """
+    raster = Raster(dst_points, triangles, size, depth)
+    return raster.warp(image, src_points), raster.mask

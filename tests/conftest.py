@@ -1,0 +1,45 @@
+"""Shared fixtures. Everything is synthetic and made here: no test reads ../shared.
+
+The synthetic talking-face video (built from scikit-image's public-domain astronaut photo)
+and its prepared speaker directory are made once per session, since real MediaPipe
+tracking and atlas building take a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+DEMO_SECONDS = 6.0
+DEMO_FPS = 25.0
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def demo_video(tmp_path_factory):
+    """(video path, DemoTruth) of a 6 s synthetic talking face with known pose, openness, lighting."""
+    from lipsync_engine.synthetic import make_demo_video
+
+    path = tmp_path_factory.mktemp("demo") / "demo speaker é.mp4"  # a space and non-ASCII on purpose
+    truth = make_demo_video(path, duration_s=DEMO_SECONDS, fps=DEMO_FPS, seed=7)
+    return path, truth
+
+
+@pytest.fixture(scope="session")
+def prepared_demo(demo_video, tmp_path_factory):
+    """(SpeakerDataset, PrepareResult, DemoTruth) of the demo video, prepared with 2 worker processes."""
+    from lipsync_engine.dataset import open_speaker
+    from lipsync_engine.prepare import PrepareOptions, prepare_speaker
+
+    path, truth = demo_video
+    out = tmp_path_factory.mktemp("speaker") / "speaker"
+    result = prepare_speaker([path], out, PrepareOptions(workers=2, chunk_frames=60))
+    return open_speaker(out), result, truth
