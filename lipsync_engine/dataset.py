@@ -1,0 +1,113 @@
+"""The prepared-speaker directory: its on-disk format (version 1) and a reader.
+
+Written by prepare.py, read by training and evaluation. Layout of SPEAKER_DIR (all
+arrays are .npy, memory-mappable; N = usable frames over all takes, in take order):
+
+    meta.json                  format, version, takes, reference, cylinder, options (written last)
+    vertices.npy               (N, 468, 3) float32  normalized vertices (Section 3.1.1)
+    landmarks.npy              (N, 468, 3) float32  tracked landmarks, image pixels (y down)
+    poses.npz                  scale (N,), rotation (N, 3, 3), translation (N, 3): image(y-up) -> normalized
+    atlas.npy                  (N, 256, 256, 3) uint8  lighting-normalized texture atlases
+    lips.npy                   (N, 128, 128, 3) uint8  the lip crop of atlas.npy (meta: lip_box)
+    gain.npy                   (N, 64, 64) float16  IRLS luminance gain G, 4x downsampled
+    color_transform.npy        (N, 2, 3) float32  per frame {a, b} of F^n = a F^l + b
+    spectrograms.npy           (N, 256, 24, 2) float32  complex STFT (freq, time, re/im) per frame
+    frame_index.npy            (N, 2) int32  (take, frame number within the take)
+    frame_times.npy            (N,) float64  seconds from the take's first frame
+    reference_vertices.npy     (468, 3) float32  the normalized reference face
+    reference_atlas.png        the reference atlas before lighting normalization
+    reference_atlas_normalized.png   after specularity removal and symmetry normalization
+    report/index.html          what a person looks at (report.py)
+
+Must not: compute anything; it only names, validates and opens files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError
+from .geometry import CylinderMap
+
+FORMAT = "lipsync3d-speaker"
+FORMAT_VERSION = 1
+META = "meta.json"
+ARRAYS = {  # name -> (file, per-frame shape, dtype)
+    "vertices": ("vertices.npy", (468, 3), "float32"),
+    "landmarks": ("landmarks.npy", (468, 3), "float32"),
+    "atlas": ("atlas.npy", (256, 256, 3), "uint8"),
+    "lips": ("lips.npy", (128, 128, 3), "uint8"),
+    "gain": ("gain.npy", (64, 64), "float16"),
+    "color_transform": ("color_transform.npy", (2, 3), "float32"),
+    "spectrograms": ("spectrograms.npy", (256, 24, 2), "float32"),
+    "frame_index": ("frame_index.npy", (2,), "int32"),
+    "frame_times": ("frame_times.npy", (), "float64"),
+}
+POSES = "poses.npz"
+REFERENCE_VERTICES = "reference_vertices.npy"
+
+
+@dataclass(frozen=True)
+class SpeakerDataset:
+    """An opened, validated speaker directory (arrays are read-only memory maps)."""
+
+    path: Path
+    meta: dict
+    arrays: dict
+
+    def __len__(self) -> int:
+        return int(self.meta["frames"])
+
+    def __getattr__(self, name):
+        arrays = self.__dict__.get("arrays", {})
+        if name in arrays:
+            return arrays[name]
+        raise AttributeError(name)
+
+    @property
+    def cylinder(self) -> CylinderMap:
+        return CylinderMap.from_dict(self.meta["cylinder"])
+
+    @property
+    def reference_vertices(self) -> np.ndarray:
+        return np.load(self.path / REFERENCE_VERTICES)
+
+    def poses(self) -> dict:
+        with np.load(self.path / POSES) as z:
+            return {k: z[k] for k in z.files}
+
+
+def read_meta(path: Path) -> dict:
+    meta_path = Path(path) / META
+    if not meta_path.is_file():
+        raise DatasetError(f"{path}: not a prepared speaker directory (no {META}; run `lipsync prepare`)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{meta_path}: unreadable ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise DatasetError(f"{meta_path}: not a LipSync3D speaker directory (format {meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise DatasetError(f"{meta_path}: format version {meta['format_version']} is newer than this "
+                           f"engine reads ({FORMAT_VERSION}); update the engine")
+    return meta
+
+
+def open_speaker(path: Path) -> SpeakerDataset:
+    """Open SPEAKER_DIR read-only; raises DatasetError naming what is missing or wrong."""
+    path = Path(path)
+    meta = read_meta(path)
+    arrays = {}
+    for name, (file, shape, dtype) in ARRAYS.items():
+        f = path / file
+        if not f.is_file():
+            raise DatasetError(f"{path}: incomplete speaker directory, {file} is missing")
+        a = np.load(f, mmap_mode="r")
+        if a.shape != (meta["frames"],) + shape or a.dtype != np.dtype(dtype):
+            raise DatasetError(f"{f}: expected {(meta['frames'],) + shape} {dtype}, found {a.shape} {a.dtype}")
+        arrays[name] = a
+    return SpeakerDataset(path, meta, arrays)

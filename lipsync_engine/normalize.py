@@ -1,0 +1,181 @@
+"""Pose normalization and texture unrolling of one speaker (paper Section 3.1.1), plus
+the per-frame application of lighting normalization (Section 3.1.2, lighting.py).
+
+Owns: choosing the reference frame, the normalized reference face, the reference
+cylinder, per-frame Umeyama alignment on the rigid upper face, and building the 256x256
+cylindrical atlas of a frame (raw and lighting-normalized). Must not: decode video,
+track, or write files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from . import geometry, lighting
+from .config import LightingOptions
+from .topology import (CHIN, FOREHEAD_TOP, LOWER_LIP_INNER, NOSE_TIP, UPPER_LIP_INNER,
+                       FaceTopology, load_topology)
+from .warp import Raster
+
+ATLAS_SIZE = geometry.ATLAS_SIZE
+LIP_SIZE = 128          # side of the lip crop predicted by the texture decoder (pixels)
+GAIN_DOWNSAMPLE = 4     # stored gain maps are ATLAS_SIZE / 4 = 64 pixels wide
+MAX_SOURCE_FACE = 2 * ATLAS_SIZE  # faces wider than this (pixels) are downscaled before sampling
+# Reference frame score = angle from frontal (degrees) + these penalties.
+OPEN_MOUTH_PENALTY = 300.0  # per unit of (inner-lip gap / face height)
+CLOSED_EYE_PENALTY = 100.0  # per unit of eye openness below EYE_OPEN_MIN
+EYE_OPEN_MIN = 0.2          # eyelid gap / eye width of an open eye
+
+
+def mouth_openness(points: np.ndarray) -> np.ndarray:
+    """(..., 468, 3) landmarks -> (...,) inner-lip gap divided by face height (10 to 152)."""
+    p = np.asarray(points, np.float64)
+    gap = np.linalg.norm(p[..., UPPER_LIP_INNER, :] - p[..., LOWER_LIP_INNER, :], axis=-1)
+    return gap / np.linalg.norm(p[..., FOREHEAD_TOP, :] - p[..., CHIN, :], axis=-1)
+
+
+def eye_openness(points: np.ndarray) -> np.ndarray:
+    """(..., 468, 3) -> (...,) mean over both eyes of eyelid gap / eye width."""
+    p = np.asarray(points, np.float64)
+    out = 0.0
+    for top, bottom, a, b in ((159, 145, 33, 133), (386, 374, 362, 263)):
+        gap = np.linalg.norm(p[..., top, :] - p[..., bottom, :], axis=-1)
+        out = out + gap / np.linalg.norm(p[..., a, :] - p[..., b, :], axis=-1) / 2.0
+    return out
+
+
+def frontal_angle_deg(landmarks: np.ndarray, topo: FaceTopology | None = None) -> np.ndarray:
+    """(F, 468, 3) image-frame landmarks -> (F,) rotation angle (degrees) away from the canonical pose."""
+    topo = topo or load_topology()
+    yup = geometry.image_to_yup(np.asarray(landmarks, np.float64))
+    _, rot, _ = geometry.umeyama_batch(yup[:, topo.rigid], topo.vertices[topo.rigid])
+    return geometry.rotation_angle_deg(rot)
+
+
+def reference_scores(landmarks: np.ndarray) -> np.ndarray:
+    """(F, 468, 3) -> (F,) reference-frame score (lower is better): frontal, mouth closed, eyes open."""
+    angle = frontal_angle_deg(landmarks)
+    closed_eye = np.maximum(0.0, EYE_OPEN_MIN - eye_openness(landmarks))
+    return angle + OPEN_MOUTH_PENALTY * mouth_openness(landmarks) + CLOSED_EYE_PENALTY * closed_eye
+
+
+@dataclass(frozen=True)
+class PoseNormalization:
+    """The speaker's normalized space: reference face, cylinder and lip crop box."""
+
+    reference_vertices: np.ndarray  # (468, 3) float64, normalized (canonical-aligned) reference
+    cylinder: geometry.CylinderMap
+    lip_box: tuple[int, int]        # (row, col) of the LIP_SIZE crop's top-left corner in the atlas
+
+    @property
+    def reference_uv(self) -> np.ndarray:
+        """(468, 2) float32 atlas coordinates of the reference vertices."""
+        return self.cylinder.project(self.reference_vertices)
+
+
+def build_pose_normalization(reference_landmarks: np.ndarray) -> PoseNormalization:
+    """Normalized reference, cylinder and lip box from the reference frame's (468, 3) landmarks."""
+    topo = load_topology()
+    yup = geometry.image_to_yup(np.asarray(reference_landmarks, np.float64))
+    to_canonical = geometry.umeyama(yup[topo.rigid], topo.vertices[topo.rigid])
+    ref = to_canonical.apply(yup)
+    cyl = geometry.reference_cylinder(ref, topo.right_eye, topo.left_eye, NOSE_TIP)
+    mouth = cyl.project(ref[[UPPER_LIP_INNER, LOWER_LIP_INNER]]).mean(axis=0)
+    half, top = LIP_SIZE // 2, ATLAS_SIZE - LIP_SIZE
+    box = (int(np.clip(round(mouth[1]) - half, 0, top)), int(np.clip(round(mouth[0]) - half, 0, top)))
+    return PoseNormalization(ref, cyl, box)
+
+
+def normalize_vertices(landmarks: np.ndarray, reference_vertices: np.ndarray):
+    """Align every frame's rigid upper face to the reference (Umeyama), r^ = c R v + t.
+
+    landmarks : (F, 468, 3) image-frame pixels. Returns (vertices (F, 468, 3) float32
+    normalized, scale (F,), rotation (F, 3, 3), translation (F, 3)), the similarity
+    taking y-up image points to the normalized space.
+    """
+    topo = load_topology()
+    yup = geometry.image_to_yup(np.asarray(landmarks, np.float64))
+    scale, rot, trans = geometry.umeyama_batch(yup[:, topo.rigid], reference_vertices[topo.rigid])
+    verts = scale[:, None, None] * np.einsum("fij,fnj->fni", rot, yup) + trans[:, None, :]
+    return verts.astype(np.float32), scale, rot, trans
+
+
+def _source_image(image: np.ndarray, points_xy: np.ndarray):
+    """Downscale very large faces (area filter) so sampling into 256 pixels does not alias."""
+    width = float(np.ptp(points_xy[:, 0]))
+    if width <= MAX_SOURCE_FACE:
+        return image, points_xy
+    f = MAX_SOURCE_FACE / width
+    small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    return small, (points_xy + 0.5) * f - 0.5
+
+
+@dataclass(frozen=True)
+class FrameAtlas:
+    raw: np.ndarray          # (256, 256, 3) uint8 unrolled texture before lighting normalization
+    normalized: np.ndarray   # (256, 256, 3) uint8 after lighting normalization
+    gain: np.ndarray         # (64, 64) float16 luminance gain G (downsampled)
+    color: np.ndarray        # (2, 3) float32 rows a and b
+    mask: np.ndarray         # (256, 256) bool pixels covered by the mesh
+
+
+class AtlasBuilder:
+    """Unrolls frames into lighting-normalized atlases against one speaker's reference."""
+
+    def __init__(self, norm: PoseNormalization, options: LightingOptions):
+        self.topo = load_topology()
+        self.norm = norm
+        self.options = options
+        self.ref_uv = norm.reference_uv
+        self.skin = np.zeros(len(self.topo.triangles), bool)
+        self.skin[self.topo.skin_triangles] = True
+        self.reference = None         # (256, 256, 4) float32: R^n (RGB) and its coverage (alpha)
+
+    def raster(self, vertices: np.ndarray) -> Raster:
+        return Raster(self.norm.cylinder.project(vertices), self.topo.triangles, (ATLAS_SIZE, ATLAS_SIZE))
+
+    def unroll(self, image: np.ndarray, landmarks: np.ndarray, raster: Raster) -> np.ndarray:
+        """(H, W, 3) uint8 frame -> (256, 256, 3) uint8 atlas through the frame's raster."""
+        src, pts = _source_image(image, np.asarray(landmarks)[:, :2])
+        return raster.warp(src, pts)
+
+    def set_reference(self, image: np.ndarray, landmarks: np.ndarray):
+        """Build R (raw) and R^n (specularity-free, symmetry-normalized); returns both as float32."""
+        raster = self.raster(self.norm.reference_vertices)
+        raw = self.unroll(image, landmarks, raster).astype(np.float32) / 255.0
+        ref = raw
+        skin = raster.triangle_mask(self.skin)
+        if self.options.remove_specularities:
+            ref, _ = lighting.remove_specularities(ref, skin, self.options)
+        valid = raster.mask
+        if self.options.symmetrize_reference:
+            mirror_uv = self.ref_uv[self.topo.mirror]
+            mirrored = raster.warp(ref, mirror_uv)
+            mirrored_valid = raster.warp(valid.astype(np.float32), mirror_uv) > 0.999
+            ref, _ = lighting.symmetrize_reference(ref, mirrored, valid & mirrored_valid, self.options)
+        ref = np.where(valid[..., None], ref, 0.0).astype(np.float32)
+        self.reference = np.dstack([ref, valid.astype(np.float32)])
+        return raw, ref
+
+    def frame(self, image: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray) -> FrameAtlas:
+        """Atlas of one frame: unroll, then normalize its lighting to the reference."""
+        if self.reference is None:
+            raise RuntimeError("set_reference() must be called before frame()")
+        raster = self.raster(vertices)
+        raw = self.unroll(image, landmarks, raster)
+        ref_aligned = raster.warp(self.reference, self.ref_uv)  # R^n in this frame's texture coordinates
+        valid = raster.mask & (ref_aligned[..., 3] > 0.999)
+        res = lighting.normalize_frame(raw.astype(np.float32) / 255.0, ref_aligned[..., :3], valid, self.options,
+                                       skin_mask=raster.triangle_mask(self.skin))
+        out = np.where(raster.mask[..., None], res.image, 0.0)
+        small = ATLAS_SIZE // GAIN_DOWNSAMPLE
+        gain = cv2.resize(res.gain.astype(np.float32), (small, small), interpolation=cv2.INTER_AREA)
+        return FrameAtlas(raw, to_uint8(out), gain.astype(np.float16),
+                          np.stack([res.a, res.b]).astype(np.float32), raster.mask)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)

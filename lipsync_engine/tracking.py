@@ -1,0 +1,145 @@
+"""MediaPipe Face Mesh tracking of one take: frames -> 468 landmarks per frame, in pixels.
+
+Owns: the legacy MediaPipe Face Mesh solution (mediapipe 0.10.21, models bundled in the
+wheel, nothing downloaded), one graph per take in video (tracking) mode, and the record
+of which frames had no face or several faces. Must not: decode files, normalize, or
+write anything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .topology import N_VERTICES
+
+MAX_FACES = 2               # track up to two faces so that frames with several are seen and excluded
+MIN_DETECTION_CONFIDENCE = 0.5
+MIN_TRACKING_CONFIDENCE = 0.5
+
+os.environ.setdefault("GLOG_minloglevel", "2")       # keep MediaPipe's C++ log off stderr
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@dataclass(frozen=True)
+class TakeTracking:
+    """Landmarks of one take.
+
+    landmarks : (F, 468, 3) float32 image-frame pixels (x right, y down, z away from the
+        camera in the same pixel scale as x); NaN where the frame is not usable.
+    face_count : (F,) int8, faces MediaPipe found (0, 1 or 2 meaning "2 or more").
+    times_s : (F,) float64 frame times relative to the first frame.
+    size : (height, width) of the (rotation-corrected) frames.
+    """
+
+    landmarks: np.ndarray
+    face_count: np.ndarray
+    times_s: np.ndarray
+    size: tuple[int, int]
+
+    @property
+    def usable(self) -> np.ndarray:
+        """(F,) bool: frames with exactly one face."""
+        return self.face_count == 1
+
+
+def frame_ranges(indices: np.ndarray) -> str:
+    """Compact text of frame numbers: [3, 4, 5, 9] -> '3-5, 9'."""
+    idx = np.asarray(indices, np.int64)
+    if idx.size == 0:
+        return ""
+    breaks = np.flatnonzero(np.diff(idx) != 1)
+    starts = np.r_[idx[0], idx[breaks + 1]]
+    ends = np.r_[idx[breaks], idx[-1]]
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in zip(starts, ends))
+
+
+def _flush_c_stdio() -> None:
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextmanager
+def quiet_native_stderr():
+    """Send what native code writes to fd 2 to /dev/null while MediaPipe runs.
+
+    MediaPipe's graph threads print INFO/WARNING lines (TF Lite delegate, absl) that mean
+    nothing to a user, at moments no caller controls, so fd 2 stays redirected for the
+    whole graph's life. Python errors still raise normally; the CLI's progress bars write
+    to their own duplicate of the console (cli.py), so they stay visible.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        _flush_c_stdio()  # MediaPipe's lines sit in C stdio buffers: flush them into /dev/null
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def create_face_mesh(static_image_mode: bool = False):
+    """A fresh MediaPipe Face Mesh graph (use one per take, and close it)."""
+    import mediapipe as mp
+
+    with quiet_native_stderr():
+        return mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=static_image_mode, max_num_faces=MAX_FACES, refine_landmarks=False,
+            min_detection_confidence=MIN_DETECTION_CONFIDENCE, min_tracking_confidence=MIN_TRACKING_CONFIDENCE)
+
+
+def landmarks_to_pixels(face_landmarks, width: int, height: int) -> np.ndarray:
+    """One MediaPipe NormalizedLandmarkList -> (468, 3) float32 pixels (z scaled by width)."""
+    a = np.array([(p.x, p.y, p.z) for p in face_landmarks.landmark[:N_VERTICES]], np.float32)
+    return a * np.array([width, height, width], np.float32)
+
+
+def track_frames(frames: Iterable, on_frame: Callable[[int], None] | None = None) -> TakeTracking:
+    """Track every frame of one take with one MediaPipe graph in video mode.
+
+    frames : iterable of objects with `.index`, `.time_s` and `.image` ((H, W, 3) uint8 RGB),
+        in display order. on_frame : called with the number of frames done (progress and
+        cancellation: raise from it to stop).
+    """
+    lms, counts, times, size = [], [], [], (0, 0)
+    nan = np.full((N_VERTICES, 3), np.nan, np.float32)
+    with quiet_native_stderr(), create_face_mesh() as mesh:
+        for n, frame in enumerate(frames, start=1):
+            img = frame.image
+            size = img.shape[:2]
+            result = mesh.process(img)
+            faces = result.multi_face_landmarks or []
+            counts.append(min(len(faces), MAX_FACES))
+            lms.append(landmarks_to_pixels(faces[0], size[1], size[0]) if len(faces) == 1 else nan)
+            times.append(frame.time_s)
+            if on_frame is not None:
+                on_frame(n)
+    if not lms:
+        return TakeTracking(np.zeros((0, N_VERTICES, 3), np.float32), np.zeros(0, np.int8),
+                            np.zeros(0), size)
+    return TakeTracking(np.stack(lms), np.asarray(counts, np.int8), np.asarray(times, np.float64),
+                        tuple(int(s) for s in size))
+
+
+def track_image(image: np.ndarray) -> np.ndarray | None:
+    """Landmarks (468, 3) pixels of the single face in a still image, or None."""
+    with create_face_mesh(static_image_mode=True) as mesh, quiet_native_stderr():
+        faces = mesh.process(np.ascontiguousarray(image)).multi_face_landmarks or []
+    if len(faces) != 1:
+        return None
+    return landmarks_to_pixels(faces[0], image.shape[1], image.shape[0])
