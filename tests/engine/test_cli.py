@@ -1,0 +1,85 @@
+"""The `lipsync` command line: one-line errors, exit codes, the JSON-lines protocol."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def lipsync(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "lipsync_engine", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd or ROOT, timeout=300)
+
+
+def write_video(path: Path, frames: int = 30, audio: bool = True, face_free: bool = True):
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 96, 96, "yuv420p"
+        aud = out.add_stream("aac", rate=16000, layout="mono") if audio else None
+        for _ in range(frames):
+            img = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8) if face_free else None
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(vs.encode(None))
+        if aud is not None:
+            t = np.arange(int(16000 * frames / 25)) / 16000
+            pcm = (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+            for i in range(0, len(pcm), 1024):
+                fr = av.AudioFrame.from_ndarray(pcm[None, i:i + 1024], format="fltp", layout="mono")
+                fr.sample_rate = 16000
+                out.mux(aud.encode(fr))
+            out.mux(aud.encode(None))
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["not_a_video", "no_audio", "no_face", "truncated", "missing"])
+def test_bad_input_gives_one_line_error_and_writes_nothing(tmp_path, case):
+    src = tmp_path / f"clip {case} é.mp4"
+    if case == "not_a_video":
+        src.write_text("this is not a video")
+    elif case == "no_audio":
+        write_video(src, audio=False)
+    elif case in ("no_face", "truncated"):
+        write_video(src)
+        if case == "truncated":
+            data = src.read_bytes()
+            src.write_bytes(data[: len(data) // 3])
+    out = tmp_path / "speaker"
+    proc = lipsync("prepare", src, "-o", out, "--workers", "1")
+    expected = {"not_a_video": "", "no_audio": "no audio track", "no_face": "no face found in any of its 30 frames",
+                "truncated": "", "missing": "no such file"}[case]
+    assert_one_line_error(proc, src.name, expected)
+    assert not (out / "meta.json").exists()
+    assert not list(out.glob("*.npy")) if out.exists() else True
+
+
+def test_json_protocol_messages_end_with_done(tmp_path):
+    src = tmp_path / "silent.mp4"
+    write_video(src)
+    proc = lipsync("--json", "prepare", src, "-o", tmp_path / "out", "--workers", "1")
+    msgs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert msgs[-1] == ["DONE", {"exit_code": 1, "protocol": 1}]
+    kinds = [m[0] for m in msgs]
+    assert "ERROR" in kinds and set(kinds) <= {"STATUS", "PROGRESS", "WARN", "ERROR", "RESULT", "DONE"}
+    assert "no face" in next(m[1]["message"] for m in msgs if m[0] == "ERROR")
+
+
+def test_usage_errors_exit_2():
+    proc = lipsync("prepare")
+    assert proc.returncode == 2
+    assert "usage" in proc.stderr

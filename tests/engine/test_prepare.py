@@ -1,0 +1,136 @@
+"""End-to-end `prepare` on the synthetic talking face (real MediaPipe, real warping)."""
+
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from lipsync_engine import dataset, geometry, normalize
+from lipsync_engine.errors import Cancelled, EngineError
+from lipsync_engine.prepare import PrepareOptions, prepare_speaker
+from lipsync_engine.progress import CancelToken
+from lipsync_engine.topology import load_topology
+from lipsync_engine.warp import Raster
+
+pytestmark = pytest.mark.slow
+
+
+def _reference_index(ds) -> int:
+    ref = ds.meta["reference"]
+    hits = (ds.frame_index[:, 0] == ref["take"]) & (ds.frame_index[:, 1] == ref["frame"])
+    return int(np.flatnonzero(hits)[0])
+
+
+def test_every_frame_is_tracked_and_arrays_line_up(prepared_demo):
+    ds, result, truth = prepared_demo
+    n = len(truth.openness)
+    assert len(ds) == n and result.frames == n and not result.excluded
+    assert np.array_equal(ds.frame_index[:, 1], np.arange(n))
+    assert ds.spectrograms.shape == (n, 256, 24, 2) and ds.lips.shape == (n, 128, 128, 3)
+    assert np.allclose(ds.frame_times, np.arange(n) / truth.fps, atol=1e-3)
+    assert ds.meta["format_version"] == dataset.FORMAT_VERSION
+
+
+def test_recovers_known_head_rotation_within_2_degrees(prepared_demo):
+    ds, _, truth = prepared_demo
+    rot = ds.poses()["rotation"]            # image(y-up) -> normalized, per frame
+    r = _reference_index(ds)
+    recovered = np.einsum("fji,jk->fik", rot, rot[r])       # R_t^T R_r: head motion since the reference
+    applied = np.einsum("fij,kj->fik", truth.rotation, truth.rotation[r])  # G_t G_r^T
+    err = geometry.rotation_angle_deg(np.einsum("fij,fkj->fik", recovered, applied))
+    assert err.max() < 2.0, f"max rotation error {err.max():.2f} deg at frame {err.argmax()}"
+
+
+def test_mouth_openness_follows_ground_truth(prepared_demo):
+    ds, _, truth = prepared_demo
+    measured = normalize.mouth_openness(np.asarray(ds.vertices))
+    assert np.corrcoef(measured, truth.openness)[0, 1] >= 0.9
+
+
+def test_atlases_match_the_reference_atlas_on_skin(prepared_demo):
+    """Pose and lighting normalized atlases look like the reference: SSIM >= 0.9 on skin."""
+    ds, _, _ = prepared_demo
+    topo = load_topology()
+    import cv2
+
+    ref = cv2.imread(str(ds.path / "reference_atlas_normalized.png"))[..., ::-1]
+    ref_uv = ds.cylinder.project(ds.reference_vertices)
+    skin_tris = np.zeros(len(topo.triangles), bool)
+    skin_tris[topo.skin_triangles] = True
+    scores = []
+    for i in range(0, len(ds), 5):
+        raster = Raster(ds.cylinder.project(ds.vertices[i]), topo.triangles, (256, 256))
+        aligned = raster.warp(ref, ref_uv)
+        skin = cv2.erode(raster.triangle_mask(skin_tris).astype(np.uint8), np.ones((5, 5))) > 0
+        _, ssim = structural_similarity(ds.atlas[i], aligned, channel_axis=2, full=True, data_range=255)
+        scores.append(ssim.mean(axis=2)[skin].mean())
+    assert min(scores) >= 0.9, f"skin SSIM min {min(scores):.3f}, mean {np.mean(scores):.3f}"
+
+
+def test_lighting_normalization_removes_the_known_illumination(prepared_demo):
+    """The known gain field and colour cast vary skin brightness; normalized atlases hold it still."""
+    ds, _, truth = prepared_demo
+    topo = load_topology()
+    skin_tris = np.zeros(len(topo.triangles), bool)
+    skin_tris[topo.skin_triangles] = True
+    ref_raster = Raster(ds.cylinder.project(ds.reference_vertices), topo.triangles, (256, 256))
+    skin = ref_raster.triangle_mask(skin_tris)
+    rows = np.nonzero(skin.any(1))[0]
+    upper = skin & (np.arange(256)[:, None] < rows.mean())  # upper face: no jaw motion there
+    means = np.asarray(ds.atlas)[:, upper].astype(np.float32).mean(axis=1)  # (N, 3)
+    # what the frames were given: a colour cast and a gain field that move over time
+    assert truth.colour_cast.std(0).max() > 0.02 and np.abs(truth.gain_coeffs).max() > 0.1
+    spread = means.std(0) / means.mean(0)
+    assert spread.max() < 0.02, f"normalized skin colour still varies by {spread}"
+
+
+def test_rerun_skips_finished_work(prepared_demo):
+    ds, result, _ = prepared_demo
+    stages = []
+    again = prepare_speaker([ds.meta["takes"][0]["path"]], result.path, PrepareOptions(workers=2, chunk_frames=60),
+                            on_progress=lambda p: stages.append(p.stage))
+    assert again.skipped and again.frames == result.frames
+    assert "track" not in stages and "atlas" not in stages
+
+
+def test_interrupted_run_resumes_and_matches(demo_video, prepared_demo, tmp_path):
+    video, _ = demo_video
+    ds_full = prepared_demo[0]
+    out = tmp_path / "speaker"
+    opts = PrepareOptions(workers=1, chunk_frames=40, report=False)
+    token = CancelToken()
+
+    def stop_midway(p):
+        if p.stage == "atlas" and p.done >= 60:
+            token.set()
+
+    with pytest.raises(Cancelled):
+        prepare_speaker([video], out, opts, on_progress=stop_midway, cancel=token)
+    assert not (out / "meta.json").exists()
+    assert not list(out.glob("*.npy"))          # nothing final, nothing half-written
+    assert not list(out.rglob(".*.tmp-*"))
+    seen = []
+    prepare_speaker([video], out, opts, on_progress=lambda p: seen.append(p))
+    atlas_start = next(p for p in seen if p.stage == "atlas")
+    assert atlas_start.done >= 40                  # finished chunks were not redone
+    assert "track" not in {p.stage for p in seen if p.total > 0}
+    ds = dataset.open_speaker(out)
+    assert np.array_equal(np.asarray(ds.vertices), np.asarray(ds_full.vertices))
+    assert np.abs(np.asarray(ds.atlas, np.int16) - np.asarray(ds_full.atlas, np.int16)).max() <= 1
+
+
+def test_refuses_to_overwrite_another_speaker(prepared_demo, demo_video, tmp_path):
+    ds, _, _ = prepared_demo
+    video, _ = demo_video
+    with pytest.raises(EngineError, match="other videos or options"):
+        prepare_speaker([video], ds.path, PrepareOptions(workers=1, min_usable_fraction=0.3))
+    (tmp_path / "mine.txt").write_text("user data")
+    with pytest.raises(EngineError, match="not empty"):
+        prepare_speaker([video], tmp_path, PrepareOptions(workers=1))
+    assert (tmp_path / "mine.txt").read_text() == "user data"
+
+
+def test_report_is_written(prepared_demo):
+    ds, _, _ = prepared_demo
+    report = ds.path / "report"
+    for name in ("index.html", "tracking.png", "normalized_meshes.png", "atlases.png", "reference.png", "openness.png"):
+        assert (report / name).stat().st_size > 1000, name
