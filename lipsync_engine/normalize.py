@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from . import geometry, lighting
 from .config import LightingOptions
@@ -23,6 +24,7 @@ from .warp import Raster
 ATLAS_SIZE = geometry.ATLAS_SIZE
 LIP_SIZE = 128          # side of the lip crop predicted by the texture decoder (pixels)
 GAIN_DOWNSAMPLE = 4     # stored gain maps are ATLAS_SIZE / 4 = 64 pixels wide
+POSE_SMOOTHING = 1.0    # Gaussian sigma (frames) of the per-frame pose smoothing
 MAX_SOURCE_FACE = 2 * ATLAS_SIZE  # faces wider than this (pixels) are downscaled before sampling
 # Reference frame score = angle from frontal (degrees) + these penalties.
 OPEN_MOUTH_PENALTY = 300.0  # per unit of (inner-lip gap / face height)
@@ -51,7 +53,7 @@ def frontal_angle_deg(landmarks: np.ndarray, topo: FaceTopology | None = None) -
     """(F, 468, 3) image-frame landmarks -> (F,) rotation angle (degrees) away from the canonical pose."""
     topo = topo or load_topology()
     yup = geometry.image_to_yup(np.asarray(landmarks, np.float64))
-    _, rot, _ = geometry.umeyama_batch(yup[:, topo.rigid], topo.vertices[topo.rigid])
+    _, rot, _ = geometry.umeyama_batch(yup[:, topo.pose_ids], topo.vertices[topo.pose_ids], topo.pose_weights)
     return geometry.rotation_angle_deg(rot)
 
 
@@ -80,7 +82,7 @@ def build_pose_normalization(reference_landmarks: np.ndarray) -> PoseNormalizati
     """Normalized reference, cylinder and lip box from the reference frame's (468, 3) landmarks."""
     topo = load_topology()
     yup = geometry.image_to_yup(np.asarray(reference_landmarks, np.float64))
-    to_canonical = geometry.umeyama(yup[topo.rigid], topo.vertices[topo.rigid])
+    to_canonical = geometry.umeyama(yup[topo.pose_ids], topo.vertices[topo.pose_ids], topo.pose_weights)
     ref = to_canonical.apply(yup)
     cyl = geometry.reference_cylinder(ref, topo.right_eye, topo.left_eye, NOSE_TIP)
     mouth = cyl.project(ref[[UPPER_LIP_INNER, LOWER_LIP_INNER]]).mean(axis=0)
@@ -89,18 +91,43 @@ def build_pose_normalization(reference_landmarks: np.ndarray) -> PoseNormalizati
     return PoseNormalization(ref, cyl, box)
 
 
-def normalize_vertices(landmarks: np.ndarray, reference_vertices: np.ndarray):
+def normalize_vertices(landmarks: np.ndarray, reference_vertices: np.ndarray,
+                       frame_numbers: np.ndarray | None = None, smoothing: float = POSE_SMOOTHING):
     """Align every frame's rigid upper face to the reference (Umeyama), r^ = c R v + t.
 
-    landmarks : (F, 468, 3) image-frame pixels. Returns (vertices (F, 468, 3) float32
-    normalized, scale (F,), rotation (F, 3, 3), translation (F, 3)), the similarity
-    taking y-up image points to the normalized space.
+    landmarks : (F, 468, 3) image-frame pixels of one take's usable frames.
+    frame_numbers : (F,) their frame numbers; poses are smoothed over runs of consecutive
+        frames only (Gaussian, sigma `smoothing` frames; 0 = off) to remove tracking jitter.
+    Returns (vertices (F, 468, 3) float32 normalized, scale (F,), rotation (F, 3, 3),
+    translation (F, 3)): the similarity taking y-up image points to the normalized space.
     """
     topo = load_topology()
     yup = geometry.image_to_yup(np.asarray(landmarks, np.float64))
-    scale, rot, trans = geometry.umeyama_batch(yup[:, topo.rigid], reference_vertices[topo.rigid])
+    scale, rot, trans = geometry.umeyama_batch(yup[:, topo.pose_ids], reference_vertices[topo.pose_ids],
+                                               topo.pose_weights)
+    if smoothing > 0 and len(yup) > 1:
+        numbers = np.arange(len(yup)) if frame_numbers is None else np.asarray(frame_numbers)
+        scale, rot, trans = smooth_poses(scale, rot, trans, numbers, smoothing)
     verts = scale[:, None, None] * np.einsum("fij,fnj->fni", rot, yup) + trans[:, None, :]
     return verts.astype(np.float32), scale, rot, trans
+
+
+def smooth_poses(scale, rot, trans, frame_numbers, sigma: float):
+    """Gaussian-smooth similarity poses over each run of consecutive frame numbers.
+
+    Rotations are averaged element-wise and projected back onto SO(3) (SVD), which is
+    exact enough for the sub-degree jitter this removes.
+    """
+    scale, rot, trans = scale.copy(), rot.copy(), trans.copy()
+    breaks = np.flatnonzero(np.diff(frame_numbers) != 1) + 1
+    for run in np.split(np.arange(len(scale)), breaks):
+        if len(run) < 2:
+            continue
+        scale[run] = gaussian_filter1d(scale[run], sigma, mode="nearest")
+        trans[run] = gaussian_filter1d(trans[run], sigma, axis=0, mode="nearest")
+        u, _, vt = np.linalg.svd(gaussian_filter1d(rot[run], sigma, axis=0, mode="nearest"))
+        rot[run] = u @ vt
+    return scale, rot, trans
 
 
 def _source_image(image: np.ndarray, points_xy: np.ndarray):

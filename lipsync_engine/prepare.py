@@ -42,6 +42,7 @@ class PrepareOptions:
     chunk_frames: int = 250          # frames per atlas job, so one long take spreads over workers
     min_usable_fraction: float = 0.5  # refuse a take where fewer frames than this hold one face
     reference: tuple[int, int] | None = None  # force the reference frame: (take, frame number)
+    pose_smoothing: float = normalize.POSE_SMOOTHING  # Gaussian sigma (frames) of pose smoothing, 0 = off
     report: bool = True              # write SPEAKER_DIR/report
 
     def __post_init__(self) -> None:
@@ -49,6 +50,8 @@ class PrepareOptions:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {self.chunk_frames}")
+        if self.pose_smoothing < 0:
+            raise ValueError(f"pose_smoothing must be >= 0, got {self.pose_smoothing}")
         if not 0.0 <= self.min_usable_fraction <= 1.0:
             raise ValueError(f"min_usable_fraction must be in [0, 1], got {self.min_usable_fraction}")
 
@@ -206,9 +209,10 @@ class _Run:
         self.takes: list[dict] = []
         self.timings: dict[str, float] = {}
 
-    def stage(self, name: str, total: int, message: str = ""):
-        state = {"done": 0}
-        self.on_progress(Progress(name, 0, total, message))
+    def stage(self, name: str, total: int, message: str = "", done: int = 0):
+        """Start a progress stage; `done` counts units already finished by an earlier run."""
+        state = {"done": done}
+        self.on_progress(Progress(name, done, total, message))
 
         def units(n: int) -> None:
             state["done"] += n
@@ -275,7 +279,8 @@ class _Run:
         norm = normalize.build_pose_normalization(self.takes[k]["track"]["landmarks"][f])
         for t in self.takes:
             lms = t["track"]["landmarks"][t["usable"]]
-            t["vertices"], *pose = normalize.normalize_vertices(lms, norm.reference_vertices)
+            t["vertices"], *pose = normalize.normalize_vertices(lms, norm.reference_vertices, t["usable"],
+                                                                self.options.pose_smoothing)
             t["pose"] = pose
         return norm
 
@@ -320,8 +325,8 @@ class _Run:
         for j in pending:  # a stale chunk (other reference or options) is replaced
             shutil.rmtree(j["out"], ignore_errors=True)
         total = sum(len(j["frames"]) for j in atlas_jobs)
-        units = self.stage("atlas", total, f"{len(atlas_jobs)} chunk(s)")
-        units(total - sum(len(j["frames"]) for j in pending))
+        units = self.stage("atlas", total, f"{len(atlas_jobs)} chunk(s)",
+                           done=total - sum(len(j["frames"]) for j in pending))
         jobs.run_jobs(_atlas_job, pending, self.options.workers, units, self.cancel)
         self.timings["atlas_s"] = time.perf_counter() - t0
 

@@ -35,6 +35,10 @@ LEFT_CHEEK_SIDE = 454
 # nose tip region); eyelids and eyebrows are removed from the set because they move.
 RIGID_MIN_HEIGHT = 0.5  # canonical y units (~cm)
 RIGID_EXTRA = (1, 2, 4, 5, 6, 168, 195, 197, 33, 133, 263, 362)  # nose ridge + eye corners
+# Pose alignment uses MediaPipe's own Procrustes landmark basis and weights (nose, eye
+# corners, forehead, cheekbones, temples) minus its two jaw-line points, which move with
+# speech. On the synthetic demo this halves the pose error of a uniform upper-face set.
+POSE_EXCLUDED = (136, 365)
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,9 @@ class FaceTopology:
         z towards the viewer). uv : (468, 2) float64 MediaPipe texture coordinates.
     triangles : (898, 3) int32, counter-clockwise seen from the front.
     mirror : (468,) int64, index of each vertex's left/right counterpart.
-    rigid : indices of the rigid upper-face vertices (Umeyama alignment).
-    procrustes_ids, procrustes_weights : MediaPipe's own Procrustes landmark basis.
+    rigid : indices of the rigid upper-face vertices (160: all above the nose, no eyelids or brows).
+    procrustes_ids, procrustes_weights : MediaPipe's own Procrustes landmark basis (33).
+    pose_ids, pose_weights : the weighted vertices of pose alignment (Umeyama).
     lips_outer, lips_inner : closed vertex loops; *_triangles : triangle index arrays.
     """
 
@@ -57,6 +62,8 @@ class FaceTopology:
     rigid: np.ndarray
     procrustes_ids: np.ndarray
     procrustes_weights: np.ndarray
+    pose_ids: np.ndarray
+    pose_weights: np.ndarray
     lips_outer: np.ndarray
     lips_inner: np.ndarray
     right_eye: np.ndarray
@@ -85,7 +92,7 @@ def _inside(loop: np.ndarray, points_xy: np.ndarray, xy: np.ndarray, radius: flo
     return PolygonPath(xy[loop]).contains_points(points_xy, radius=radius)
 
 
-def _triangle_sets(v, tris, lips_outer, lips_inner, eyes, brows):
+def _triangle_sets(v, tris, lips_outer, lips_inner, eyes, brows, oval):
     xy = v[:, :2]
     centroids = xy[tris].mean(axis=1)
     in_mouth = _inside(lips_inner, centroids, xy, 1e-6)
@@ -94,7 +101,9 @@ def _triangle_sets(v, tris, lips_outer, lips_inner, eyes, brows):
     for loop in eyes:
         in_eyes |= _inside(loop, centroids, xy, 1e-6)
     touches_brow = np.isin(tris, brows).any(axis=1)
-    skin = ~(in_mouth | in_lips | in_eyes | touches_brow)
+    # the outermost ring of the mesh often covers hair, ears or background, not skin
+    touches_oval = np.isin(tris, oval).any(axis=1)
+    skin = ~(in_mouth | in_lips | in_eyes | touches_brow | touches_oval)
     return [np.flatnonzero(m).astype(np.int32) for m in (in_mouth, in_lips, in_eyes, skin)]
 
 
@@ -114,11 +123,14 @@ def load_topology() -> FaceTopology:
     moving = np.concatenate([right_eye, left_eye, brows])
     rigid = np.flatnonzero(v[:, 1] >= RIGID_MIN_HEIGHT)
     rigid = np.union1d(np.setdiff1d(rigid, moving), RIGID_EXTRA)
-    mouth_t, lip_t, eye_t, skin_t = _triangle_sets(v, tris, lips_outer, lips_inner, (right_eye, left_eye), brows)
+    oval = np.unique(np.ravel(c["face_oval"]))
+    mouth_t, lip_t, eye_t, skin_t = _triangle_sets(v, tris, lips_outer, lips_inner, (right_eye, left_eye), brows, oval)
     proc = np.asarray(d["procrustes_landmarks"])
+    keep = ~np.isin(proc[:, 0].astype(np.int64), POSE_EXCLUDED)
     arrays = dict(
         vertices=v, uv=np.asarray(d["uv"], np.float64), triangles=tris, mirror=_mirror_pairs(v),
         rigid=rigid, procrustes_ids=proc[:, 0].astype(np.int64), procrustes_weights=proc[:, 1],
+        pose_ids=proc[keep, 0].astype(np.int64), pose_weights=proc[keep, 1] / proc[keep, 1].sum(),
         lips_outer=lips_outer, lips_inner=lips_inner, right_eye=right_eye, left_eye=left_eye,
         eyebrows=brows, mouth_triangles=mouth_t, lip_triangles=lip_t, eye_triangles=eye_t,
         skin_triangles=skin_t,

@@ -49,17 +49,24 @@ def _covered_pixels(pts, tris, h, w):
     counts = np.where(ok, bw * bh, 0)
     t = np.repeat(np.arange(len(tris), dtype=np.int32), counts)
     local = np.arange(counts.sum(), dtype=np.int32) - np.repeat(np.cumsum(counts) - counts, counts).astype(np.int32)
-    oy, ox = np.divmod(local, bw[t])
-    px, py = lo[t, 0] + ox, lo[t, 1] + oy
-    inv = (np.stack([e2[:, 1], -e2[:, 0], -e1[:, 1], e1[:, 0]], 1) / np.where(ok, det, 1.0)[:, None]).astype(np.float32)
-    a32 = a.astype(np.float32)
-    dx, dy = px - a32[t, 0], py - a32[t, 1]
-    it = inv[t]
-    l1 = it[:, 0] * dx + it[:, 1] * dy
-    l2 = it[:, 2] * dx + it[:, 3] * dy
+    oy, ox = np.divmod(local, np.take(bw, t))
+    # l1, l2 as affine functions of the pixel position, relative to the box corner lo
+    d = np.where(ok, det, 1.0)
+    ax, ay = a[:, 0] - lo[:, 0], a[:, 1] - lo[:, 1]
+    coef = [e2[:, 1] / d, -e2[:, 0] / d, -e1[:, 1] / d, e1[:, 0] / d]
+    c1 = -(coef[0] * ax + coef[1] * ay)
+    c2 = -(coef[2] * ax + coef[3] * ay)
+    ox32, oy32 = ox.astype(np.float32), oy.astype(np.float32)
+    f32 = [np.take(x.astype(np.float32), t) for x in (*coef, c1, c2)]
+    l1 = f32[0] * ox32 + f32[1] * oy32 + f32[4]
+    l2 = f32[2] * ox32 + f32[3] * oy32 + f32[5]
     l0 = 1.0 - l1 - l2
-    inside = (l0 >= -INSIDE_EPS) & (l1 >= -INSIDE_EPS) & (l2 >= -INSIDE_EPS)
-    return t[inside], px[inside], py[inside], np.stack([l0[inside], l1[inside], l2[inside]], 1)
+    keep = np.flatnonzero((l0 >= -INSIDE_EPS) & (l1 >= -INSIDE_EPS) & (l2 >= -INSIDE_EPS))
+    tk = np.take(t, keep)
+    px = np.take(lo[:, 0], tk) + np.take(ox, keep)
+    py = np.take(lo[:, 1], tk) + np.take(oy, keep)
+    lam = np.stack([np.take(l0, keep), np.take(l1, keep), np.take(l2, keep)], 1)
+    return tk, px, py, lam
 
 
 class Raster:
@@ -85,7 +92,8 @@ class Raster:
             keep = order[last]
             pix, t, lam = pix[keep], t[keep], lam[keep]
         self.size = (h, w)
-        self.pixels, self.lam, self.corners, self.triangle = pix, lam, tris[t], t
+        self.pixels, self.lam, self.triangle = pix, lam, t
+        self.corners = np.take(tris, t, axis=0)
         # Each covered pixel's source position is a fixed barycentric mix of 3 vertices:
         # one sparse (pixels x V) matrix turns any source mesh into remap coordinates.
         n = len(pix)
