@@ -80,6 +80,7 @@ MOUTH_COLOUR = (105.0, 38.0, 36.0)    # RGB of the mouth interior just inside th
 MOUTH_BACK_DARKEN = 0.65               # fraction darker at the back (centre) of the mouth
 TEETH_COLOUR = (238.0, 230.0, 214.0)   # RGB of the upper teeth
 TEETH_PITCH = 0.16                     # incisor width / mouth width (faint gaps between teeth)
+TEETH_GAP_DARKEN = 0.12                # how much darker the gaps between teeth are (fraction)
 TEETH_HEIGHT = 0.085                   # upper teeth height / mouth width
 TEETH_ALPHA = 0.85                     # teeth opacity (a hint, not a model)
 
@@ -378,22 +379,13 @@ def mesh_maps(dst_img: np.ndarray, src: np.ndarray, size: int):
 
 
 def _backward_maps(face: _BaseFace, posed_img: np.ndarray, inv_affine: np.ndarray, size: int):
-    """(map_x, map_y) float32 from rendered pixels to the photo, for the whole frame."""
+    """(size, size, 2) float32 cv2.remap map from rendered pixels to photo pixels (whole frame)."""
     b = face.boundary
     maps = outside_maps(posed_img[b, :2], face.points[b, :2], inv_affine, size)
     (y0, y1, x0, x1), mesh = mesh_maps(posed_img, face.points[:, :2], size)
     roi = maps[y0:y1, x0:x1]
     roi += mesh[..., 2:] * (mesh[..., :2] - roi)
     return maps
-
-
-def _mouth_frame(upper: np.ndarray, lower: np.ndarray):
-    """Origin, unit axis u (corner to corner), unit v (down in the image) and mouth width."""
-    origin = upper[0]
-    axis = upper[-1] - origin
-    width = float(np.hypot(*axis))
-    u = axis / max(width, 1e-6)
-    return origin, u, np.array([-u[1], u[0]]), width
 
 
 def mouth_colour(u: np.ndarray, below: np.ndarray, gap: np.ndarray, width: float) -> np.ndarray:
@@ -409,7 +401,7 @@ def mouth_colour(u: np.ndarray, below: np.ndarray, gap: np.ndarray, width: float
     colour = np.asarray(MOUTH_COLOUR, np.float32) * (1.0 - MOUTH_BACK_DARKEN * depth)[..., None]
     teeth_h = TEETH_HEIGHT * width * np.sqrt(across)
     teeth = TEETH_ALPHA * np.clip(teeth_h - below + 0.5, 0.0, 1.0)
-    gaps = 1.0 - 0.12 * np.maximum(np.cos(2 * np.pi * (u - 0.5) / TEETH_PITCH), 0.0) ** 12
+    gaps = 1.0 - TEETH_GAP_DARKEN * np.maximum(np.cos(2 * np.pi * (u - 0.5) / TEETH_PITCH), 0.0) ** 12
     shade = (0.6 + 0.4 * np.sqrt(across)) * (1.0 - 0.3 * np.exp(-np.maximum(below, 0.0) / 1.5)) * gaps
     teeth_rgb = np.asarray(TEETH_COLOUR, np.float32) * shade[..., None]
     return (colour + teeth[..., None] * (teeth_rgb - colour)).astype(np.float32)
@@ -431,12 +423,15 @@ def paint_mouth(frame: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> None
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
     cv2.fillPoly(mask, [np.round((poly - [x0, y0]) * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
     alpha = mask.astype(np.float32)[..., None] / 255.0
-    origin, u_dir, v_dir, width = _mouth_frame(upper, lower)
+    origin = upper[0]                                       # u: corner to corner, v: down in the image
+    width = max(float(np.hypot(*(upper[-1] - origin))), 1e-6)
+    u_dir = (upper[-1] - origin) / width
+    v_dir = np.array([-u_dir[1], u_dir[0]])
     ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     dx, dy = xs - origin[0], ys - origin[1]                 # no `@` here: a threaded BLAS gemv
-    u = (dx * u_dir[0] + dy * u_dir[1]) / max(width, 1e-6)  # 0 .. 1 from corner to corner
+    u = (dx * u_dir[0] + dy * u_dir[1]) / width            # 0 .. 1 from corner to corner
     v = dx * v_dir[0] + dy * v_dir[1]                       # pixels below the corner line
-    chain_u = lambda c: (c - origin) @ u_dir / max(width, 1e-6)  # noqa: E731
+    chain_u = lambda c: (c - origin) @ u_dir / width  # noqa: E731
     v_up = np.interp(u, chain_u(upper), (upper - origin) @ v_dir)
     v_lo = np.interp(u, chain_u(lower), (lower - origin) @ v_dir)
     colour = mouth_colour(u, v - v_up, np.maximum(v_lo - v_up, 1.0), width)
