@@ -24,7 +24,7 @@ from .warp import Raster
 ATLAS_SIZE = geometry.ATLAS_SIZE
 LIP_SIZE = 128          # side of the lip crop predicted by the texture decoder (pixels)
 GAIN_DOWNSAMPLE = 4     # stored gain maps are ATLAS_SIZE / 4 = 64 pixels wide
-POSE_SMOOTHING = 1.0    # Gaussian sigma (frames) of the per-frame pose smoothing
+POSE_SMOOTHING = 1.5    # default Gaussian sigma (frames) of the per-frame pose smoothing
 MAX_SOURCE_FACE = 2 * ATLAS_SIZE  # faces wider than this (pixels) are downscaled before sampling
 # Reference frame score = angle from frontal (degrees) + these penalties.
 OPEN_MOUTH_PENALTY = 300.0  # per unit of (inner-lip gap / face height)

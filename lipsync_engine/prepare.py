@@ -42,7 +42,7 @@ class PrepareOptions:
     chunk_frames: int = 250          # frames per atlas job, so one long take spreads over workers
     min_usable_fraction: float = 0.5  # refuse a take where fewer frames than this hold one face
     reference: tuple[int, int] | None = None  # force the reference frame: (take, frame number)
-    pose_smoothing: float = normalize.POSE_SMOOTHING  # Gaussian sigma (frames) of pose smoothing, 0 = off
+    pose_smoothing_s: float = 0.06   # Gaussian sigma (seconds) of per-frame pose smoothing, 0 = off
     report: bool = True              # write SPEAKER_DIR/report
 
     def __post_init__(self) -> None:
@@ -50,8 +50,8 @@ class PrepareOptions:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {self.chunk_frames}")
-        if self.pose_smoothing < 0:
-            raise ValueError(f"pose_smoothing must be >= 0, got {self.pose_smoothing}")
+        if self.pose_smoothing_s < 0:
+            raise ValueError(f"pose_smoothing_s must be >= 0, got {self.pose_smoothing_s}")
         if not 0.0 <= self.min_usable_fraction <= 1.0:
             raise ValueError(f"min_usable_fraction must be in [0, 1], got {self.min_usable_fraction}")
 
@@ -279,8 +279,9 @@ class _Run:
         norm = normalize.build_pose_normalization(self.takes[k]["track"]["landmarks"][f])
         for t in self.takes:
             lms = t["track"]["landmarks"][t["usable"]]
+            sigma_frames = self.options.pose_smoothing_s * (t["info"].fps or 25.0)
             t["vertices"], *pose = normalize.normalize_vertices(lms, norm.reference_vertices, t["usable"],
-                                                                self.options.pose_smoothing)
+                                                                sigma_frames)
             t["pose"] = pose
         return norm
 
