@@ -349,18 +349,27 @@ def _sample_frames(takes: list[dict], count: int = 6) -> dict[int, list[int]]:
     return out
 
 
-def _write_array(path: Path, parts, shape_tail, dtype) -> None:
-    """Concatenate array parts into one .npy, streamed through a memory map, atomically."""
+def _write_array(path: Path, parts, n: int, shape_tail, dtype) -> None:
+    """Concatenate array parts into one .npy, atomically, streaming part by part.
+
+    Parts are appended with plain writes (not a memory map), so a 1.5 GB atlas file never
+    sits in this process's memory: only one part does.
+    """
     parts = list(parts)
     n = sum(len(p) for p in parts)
-    with storage.atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, "w+", dtype, (n,) + tuple(shape_tail))
-        i = 0
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": (n,) + tuple(shape_tail)}
+    written = 0
+    with storage.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_2_0(f, header)
         for p in parts:
-            out[i:i + len(p)] = p
-            i += len(p)
-        out.flush()
-        del out
+            block = np.ascontiguousarray(np.asarray(p), dtype=dtype)
+            if block.shape[1:] != tuple(shape_tail):
+                raise RuntimeError(f"{path.name}: part of shape {block.shape} does not fit {shape_tail}")
+            f.write(block.tobytes())
+            written += len(block)
+        if written != n:
+            raise RuntimeError(f"{path.name}: assembled {written} frames, expected {n}")
 
 
 def _assemble(run: _Run, norm, atlas_jobs: list[dict]) -> None:
@@ -368,21 +377,22 @@ def _assemble(run: _Run, norm, atlas_jobs: list[dict]) -> None:
     units = run.stage("assemble", 4)
     takes, out = run.takes, run.out
     chunks = [Path(j["out"]) for j in atlas_jobs]
+    n = sum(len(t["usable"]) for t in takes)
     for name, file in (("atlas", "atlas.npy"), ("lips", "lips.npy")):
         shape = dataset.ARRAYS[name][1]
-        _write_array(out / dataset.ARRAYS[name][0], (np.load(c / file, mmap_mode="r") for c in chunks), shape, np.uint8)
+        _write_array(out / dataset.ARRAYS[name][0], (np.load(c / file) for c in chunks), n, shape, np.uint8)
     units(1)
-    _write_array(out / "gain.npy", (np.load(c / "gain.npy") for c in chunks), (64, 64), np.float16)
-    _write_array(out / "color_transform.npy", (np.load(c / "color.npy") for c in chunks), (2, 3), np.float32)
-    _write_array(out / "vertices.npy", (t["vertices"] for t in takes), (468, 3), np.float32)
-    _write_array(out / "landmarks.npy", (t["track"]["landmarks"][t["usable"]] for t in takes), (468, 3), np.float32)
+    _write_array(out / "gain.npy", (np.load(c / "gain.npy") for c in chunks), n, (64, 64), np.float16)
+    _write_array(out / "color_transform.npy", (np.load(c / "color.npy") for c in chunks), n, (2, 3), np.float32)
+    _write_array(out / "vertices.npy", (t["vertices"] for t in takes), n, (468, 3), np.float32)
+    _write_array(out / "landmarks.npy", (t["track"]["landmarks"][t["usable"]] for t in takes), n, (468, 3), np.float32)
     index = [np.stack([np.full(len(t["usable"]), k), t["usable"]], 1) for k, t in enumerate(takes)]
-    _write_array(out / "frame_index.npy", index, (2,), np.int32)
-    _write_array(out / "frame_times.npy", (t["track"]["times"][t["usable"]] for t in takes), (), np.float64)
+    _write_array(out / "frame_index.npy", index, n, (2,), np.int32)
+    _write_array(out / "frame_times.npy", (t["track"]["times"][t["usable"]] for t in takes), n, (), np.float64)
     units(1)
     specs = (audio.spectrogram_frames(t["track"]["audio"], t["track"]["times"][t["usable"]],
                                       float(t["track"]["audio_offset"])) for t in takes)
-    _write_array(out / "spectrograms.npy", specs, (audio.N_FREQ, audio.N_COLUMNS, 2), np.float32)
+    _write_array(out / "spectrograms.npy", specs, n, (audio.N_FREQ, audio.N_COLUMNS, 2), np.float32)
     units(1)
     pose = [np.concatenate([t["pose"][i] for t in takes]) for i in range(3)]
     storage.save_npz(out / dataset.POSES, scale=pose[0], rotation=pose[1], translation=pose[2])
