@@ -37,6 +37,7 @@ iteration for all frames is two DCTs along time and two (K x K) products.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -48,6 +49,7 @@ from scipy.fft import dct, idct
 from . import dataset, storage
 from .errors import DatasetError, InputError
 from .geometry import umeyama
+from .names import ARKIT_NAMES
 from .progress import CancelToken, Progress, ProgressCallback, no_progress
 from .topology import N_VERTICES, load_topology
 from .version import __version__
@@ -444,6 +446,23 @@ def fit_speaker(speaker_dir: Path | str, on_progress: ProgressCallback = no_prog
     return FitSummary(root / COEFFICIENTS_FILE, root / META_FILE, root / PLOT_FILE, len(r), result.names,
                       float(r.mean()) if len(r) else 0.0, float(np.percentile(r, 95)) if len(r) else 0.0,
                       seconds, len(r) / max(seconds, 1e-9))
+
+
+def load_fitted(speaker_dir: Path | str) -> tuple[np.ndarray, float]:
+    """(coefficients (N, 52) float32 in ARKit order, fps) stored by fit_speaker."""
+    root = Path(speaker_dir)
+    meta_path, coeff_path = root / "blendshapes.json", root / "blendshapes.npy"
+    if not meta_path.is_file() or not coeff_path.is_file():
+        raise DatasetError(f"{root}: has no fitted blendshapes; run `lipsync fit {root}` first")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        coeffs = np.load(coeff_path)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{coeff_path}: unreadable ({e})") from e
+    if coeffs.ndim != 2 or coeffs.shape[1] != len(ARKIT_NAMES):
+        raise DatasetError(f"{coeff_path}: expected (N, {len(ARKIT_NAMES)}) coefficients, found {coeffs.shape}")
+    fps = meta["fps"]
+    return coeffs, float(fps[0] if isinstance(fps, list) else fps)  # takes of mixed rates: the first
 
 
 def plot_coefficients(path: Path, result: FitResult, fps: float, cuts: np.ndarray | None = None) -> None:

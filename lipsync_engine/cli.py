@@ -86,6 +86,46 @@ def _cmd_prepare(args, reporter: Reporter, cancel: CancelToken) -> None:
                   f"report: {result.path / 'report' / 'index.html'}", path=str(result.path), frames=result.frames)
 
 
+def _cmd_fit(args, reporter: Reporter, cancel: CancelToken) -> None:
+    from .blendshapes import FitOptions, fit_speaker
+
+    options = replace(FitOptions(), smoothness=args.smoothness, sparsity=args.sparsity,
+                      adapt_to_neutral=not args.no_adapt)
+    s = fit_speaker(args.speaker, reporter, options, cancel)
+    reporter.close()
+    reporter.info("RESULT", f"{s.coefficients_path}: {s.frames} frames of {len(s.names)} ARKit coefficients "
+                  f"({s.frames_per_second:.0f} frames/s; residual RMS mean {s.residual_rms_mean:.3f} cm, "
+                  f"95th percentile {s.residual_rms_p95:.3f} cm); plot: {s.plot_path}",
+                  path=str(s.coefficients_path), frames=s.frames)
+
+
+EXPORT_FORMATS = ("livelink-csv", "json", "rhubarb-tsv", "rhubarb-json", "visemes-json", "vrm-json", "cc4-json")
+
+
+def _cmd_export(args, reporter: Reporter, cancel: CancelToken) -> None:
+    from . import exports, names
+    from .blendshapes import load_fitted
+
+    coeffs, fps = load_fitted(args.speaker)
+    out, fmt = Path(args.output), args.format
+    if fmt == "livelink-csv":
+        exports.write_livelink_csv(out, coeffs, names.ARKIT_NAMES, fps)
+    elif fmt == "json":
+        exports.write_coefficients_json(out, coeffs, names.ARKIT_NAMES, fps)
+    elif fmt.startswith("rhubarb"):
+        preset = names.load_preset("rhubarb")
+        labels = preset.classify(coeffs)
+        if fmt == "rhubarb-tsv":
+            exports.write_rhubarb_tsv(out, labels, fps, rest=preset.rest)
+        else:
+            exports.write_rhubarb_json(out, labels, fps)
+    else:
+        preset = {"visemes-json": "visemes_oculus", "vrm-json": "vrm", "cc4-json": "cc4"}[fmt]
+        channel_names, values = names.convert_coefficients(coeffs, names.ARKIT_NAMES, preset)
+        exports.write_coefficients_json(out, values, channel_names, fps, metadata={"preset": preset})
+    reporter.info("RESULT", f"wrote {out} ({fmt}, {len(coeffs)} frames at {fps:g} fps)", path=str(out))
+
+
 def _cmd_synth(args, reporter: Reporter, cancel: CancelToken) -> None:
     from .synthetic import make_demo_video
 
@@ -100,6 +140,9 @@ def _cmd_synth(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_demo(args, reporter: Reporter, cancel: CancelToken) -> None:
+    from .blendshapes import fit_speaker, load_fitted
+    from .exports import write_livelink_csv
+    from .names import ARKIT_NAMES
     from .prepare import PrepareOptions, prepare_speaker
     from .synthetic import make_demo_video
 
@@ -112,11 +155,18 @@ def _cmd_demo(args, reporter: Reporter, cancel: CancelToken) -> None:
     reporter.close()
     result = prepare_speaker([video], out / "speaker", PrepareOptions(), reporter, cancel)
     reporter.close()
+    fit = fit_speaker(result.path, reporter, cancel=cancel)
+    reporter.close()
+    livelink = out / "demo_blendshapes_livelink.csv"
+    coeffs, fps = load_fitted(result.path)
+    write_livelink_csv(livelink, coeffs, ARKIT_NAMES, fps)
     reporter.info("RESULT", "\n".join([
         "demo finished. Outputs:",
         f"  synthetic input video : {video} (ground truth: {video.with_suffix('.truth.json')})",
         f"  prepared speaker      : {result.path} ({result.frames} frames)",
         f"  report (open this)    : {result.path / 'report' / 'index.html'}",
+        f"  ARKit-52 coefficients : {fit.coefficients_path} (plot: {fit.plot_path})",
+        f"  Live Link Face CSV    : {livelink}",
     ]), path=str(out))
 
 
@@ -134,6 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true", help="replace a speaker directory made from other inputs")
     sp.add_argument("--no-report", action="store_true", help="skip the HTML/PNG report")
     sp.set_defaults(func=_cmd_prepare)
+
+    sf = sub.add_parser("fit", help="fit ARKit-52 blendshape coefficients to a prepared speaker")
+    sf.add_argument("speaker", type=Path, help="prepared speaker directory")
+    sf.add_argument("--smoothness", type=float, default=0.1, help="weight of frame-to-frame change (default 0.1)")
+    sf.add_argument("--sparsity", type=float, default=0.03, help="L1 weight in cm of motion (default 0.03)")
+    sf.add_argument("--no-adapt", action="store_true", help="do not adapt the rig to the speaker's neutral face")
+    sf.set_defaults(func=_cmd_fit)
+
+    se = sub.add_parser("export", help="write a speaker's fitted coefficients for other tools")
+    se.add_argument("speaker", type=Path, help="prepared speaker directory (after `lipsync fit`)")
+    se.add_argument("-f", "--format", choices=EXPORT_FORMATS, required=True)
+    se.add_argument("-o", "--output", type=Path, required=True)
+    se.set_defaults(func=_cmd_export)
 
     ss = sub.add_parser("synth-video", help="write the built-in synthetic talking-face video with ground truth")
     ss.add_argument("output", type=Path, help="output .mp4")

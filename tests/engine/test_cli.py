@@ -83,3 +83,21 @@ def test_usage_errors_exit_2():
     proc = lipsync("prepare")
     assert proc.returncode == 2
     assert "usage" in proc.stderr
+
+
+@pytest.mark.slow
+def test_fit_and_export_commands(prepared_demo, tmp_path):
+    from lipsync_engine.exports import read_livelink_csv, read_rhubarb_json
+    from lipsync_engine.names import ARKIT_NAMES
+
+    ds, _, truth = prepared_demo
+    proc = lipsync("fit", ds.path)
+    assert proc.returncode == 0, proc.stderr
+    assert (ds.path / "blendshapes.npy").is_file() and (ds.path / "report" / "blendshapes.png").is_file()
+    csv_path, cues_path = tmp_path / "take.csv", tmp_path / "cues.json"
+    assert lipsync("export", ds.path, "-f", "livelink-csv", "-o", csv_path).returncode == 0
+    assert lipsync("export", ds.path, "-f", "rhubarb-json", "-o", cues_path).returncode == 0
+    take = read_livelink_csv(csv_path, fps=truth.fps)
+    jaw = take.coefficients[:, ARKIT_NAMES.index("jawOpen")]
+    assert len(jaw) == len(truth.openness) and np.corrcoef(jaw, truth.openness)[0, 1] > 0.9
+    assert read_rhubarb_json(cues_path)
