@@ -8,12 +8,12 @@ progress queue from workers, and passing cancellation into them. Job functions c
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import os
 import queue
 import signal
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from typing import Callable, Sequence
 
 from .errors import Cancelled
@@ -35,62 +35,91 @@ def check_cancel() -> None:
         raise Cancelled("cancelled; finished work is kept and a re-run resumes from it")
 
 
-def _worker_init(event, progress_queue) -> None:
+def _worker_init(event, progress_queue, warm: tuple[str, ...]) -> None:
+    # one worker per core: BLAS and OpenCV thread pools would only oversubscribe the cores
+    # (measured: 26 -> 19 ms per atlas frame with two workers on two cores). numpy is not
+    # imported yet at this point, so the variables still take effect.
+    os.environ.update(SINGLE_THREAD_ENV)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
+    _state["report"] = progress_queue.put
+    _state["cancelled"] = event.is_set
     try:
         import cv2
 
-        cv2.setNumThreads(1)  # one process per core: no thread pools fighting over the cores
+        cv2.setNumThreads(1)
     except ImportError:
         pass
-    _state["report"] = progress_queue.put
-    _state["cancelled"] = event.is_set
+    for module in warm:
+        importlib.import_module(module)
 
 
-def run_jobs(fn: Callable, jobs: Sequence, workers: int, on_units: Callable[[int], None],
-             cancel: CancelToken) -> list:
-    """Run fn(job) for every job; returns results in job order; re-raises the first error."""
-    if workers <= 1 or len(jobs) <= 1:
-        return _run_inline(fn, jobs, on_units, cancel)
-    ctx = mp.get_context("spawn")
-    event, progress_queue = ctx.Event(), ctx.Queue()
-    with _single_threaded_children(), ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_worker_init,
-                             initargs=(event, progress_queue)) as pool:
-        futures = [pool.submit(fn, job) for job in jobs]
+def _noop() -> None:
+    """A first task that makes the pool start every worker (and run its imports) now."""
+
+
+class WorkerPool:
+    """Spawned worker processes that run jobs with progress and cancellation.
+
+    Created early with `warm` module names, its workers start and import while the main
+    process does other work (tracking a single take), so a later stage starts at once.
+    workers <= 1 runs every job in this process.
+    """
+
+    def __init__(self, workers: int, cancel: CancelToken, warm: tuple[str, ...] = (),
+                 max_tasks_per_child: int | None = None):
+        self.workers, self.cancel, self._pool = workers, cancel, None
+        if workers <= 1:
+            return
+        ctx = mp.get_context("spawn")
+        self._event, self._queue = ctx.Event(), ctx.Queue()
+        self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                         initargs=(self._event, self._queue, tuple(warm)),
+                                         max_tasks_per_child=max_tasks_per_child)
+        for _ in range(workers):
+            self._pool.submit(_noop)
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._event.set()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def run(self, fn: Callable, jobs: Sequence, on_units: Callable[[int], None]) -> list:
+        """Run fn(job) for every job; results in job order; re-raises the first error."""
+        if self._pool is None or len(jobs) <= 1:
+            return _run_inline(fn, jobs, on_units, self.cancel)
+        futures = [self._pool.submit(fn, job) for job in jobs]
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
-            _drain(progress_queue, on_units)
-            if cancel.is_set or any(f.exception() for f in done):
-                event.set()  # stop the others at their next unit
+            _drain(self._queue, on_units)
+            if self.cancel.is_set or any(f.exception() for f in done):
+                self._event.set()  # stop the others at their next unit
                 for f in pending:
                     f.cancel()
                 wait(pending)
                 break
-        _drain(progress_queue, on_units)
-    errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
-    real = [e for e in errors if not isinstance(e, Cancelled)]
-    if real:
-        raise real[0]
-    if errors or cancel.is_set:
-        raise Cancelled("cancelled; finished work is kept and a re-run resumes from it")
-    return [f.result() for f in futures]
+        _drain(self._queue, on_units)
+        errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
+        real = [e for e in errors if not isinstance(e, Cancelled)]
+        if real:
+            raise real[0]
+        if errors or self.cancel.is_set:
+            raise Cancelled("cancelled; finished work is kept and a re-run resumes from it")
+        return [f.result() for f in futures]
 
 
-@contextmanager
-def _single_threaded_children():
-    """Workers inherit these: with one worker per core, BLAS thread pools only oversubscribe
-    (measured: 26 ms -> 19 ms per atlas frame with two workers on two cores)."""
-    saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
-    os.environ.update(SINGLE_THREAD_ENV)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def run_jobs(fn: Callable, jobs: Sequence, workers: int, on_units: Callable[[int], None],
+             cancel: CancelToken, max_tasks_per_child: int | None = None) -> list:
+    """Run fn(job) for every job on a pool of its own (see WorkerPool.run)."""
+    with WorkerPool(min(workers, len(jobs)), cancel, max_tasks_per_child=max_tasks_per_child) as pool:
+        return pool.run(fn, jobs, on_units)
 
 
 def _drain(progress_queue, on_units) -> None:

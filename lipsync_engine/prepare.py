@@ -33,13 +33,16 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm", ".m4
 WORK = ".work"
 TRACK_SHARD_VERSION = 1
 ATLAS_SHARD_VERSION = 1
+TRACK_TASKS_PER_WORKER = 25  # takes a tracking worker handles before it is replaced (see _Run.track)
+SPECTROGRAM_BLOCK = 512  # frames of spectrograms computed and written at a time (25 MB)
 
 
 @dataclass(frozen=True)
 class PrepareOptions:
     lighting: LightingOptions = field(default_factory=LightingOptions)  # Section 3.1.2 settings
     workers: int = 2                 # worker processes for tracking and atlases (1 = this process)
-    chunk_frames: int = 250          # frames per atlas job, so one long take spreads over workers
+    chunk_frames: int = 250          # fewest frames per atlas job (a take is spread over the workers)
+    max_chunk_frames: int = 1000     # most frames per atlas job: what an interrupted run may redo
     min_usable_fraction: float = 0.5  # refuse a take where fewer frames than this hold one face
     reference: tuple[int, int] | None = None  # force the reference frame: (take, frame number)
     pose_smoothing_s: float = 0.06   # Gaussian sigma (seconds) of per-frame pose smoothing, 0 = off
@@ -48,8 +51,9 @@ class PrepareOptions:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be >= 1, got {self.chunk_frames}")
+        if not 1 <= self.chunk_frames <= self.max_chunk_frames:
+            raise ValueError(f"need 1 <= chunk_frames <= max_chunk_frames, got {self.chunk_frames}, "
+                             f"{self.max_chunk_frames}")
         if self.pose_smoothing_s < 0:
             raise ValueError(f"pose_smoothing_s must be >= 0, got {self.pose_smoothing_s}")
         if not 0.0 <= self.min_usable_fraction <= 1.0:
@@ -234,7 +238,8 @@ class _Run:
                 pending.append({"path": str(p), "out": str(shard), "fingerprint": fp})
                 pending_frames += max(1, info.frame_count)
         units = self.stage("track", pending_frames, f"{len(pending)} of {len(self.takes)} take(s)")
-        jobs.run_jobs(_track_job, pending, self.options.workers, units, self.cancel)
+        # a MediaPipe graph leaks ~6 MB when closed: workers are renewed every TRACK_TASKS_PER_WORKER takes
+        jobs.run_jobs(_track_job, pending, self.options.workers, units, self.cancel, TRACK_TASKS_PER_WORKER)
         for t in self.takes:
             t["track"] = _load_track(t["shard"], t["fingerprint"])
         self.timings["track_s"] = time.perf_counter() - t0
@@ -296,6 +301,12 @@ class _Run:
                     cv2.cvtColor(normalize.to_uint8(normalized), cv2.COLOR_RGB2BGR))
         return builder, image
 
+    def _chunk_size(self, frames: int) -> int:
+        """Frames per atlas job: a take spread evenly over the workers (each job seeks once),
+        between chunk_frames and max_chunk_frames so that resuming loses little."""
+        per_worker = -(-frames // self.options.workers)
+        return int(np.clip(per_worker, self.options.chunk_frames, self.options.max_chunk_frames))
+
     @staticmethod
     def _seek_time(take: dict, frame: int) -> float:
         """A time a little before `frame`, for seeking (the decoder goes back to a keyframe)."""
@@ -306,8 +317,9 @@ class _Run:
         out = []
         for k, t in enumerate(self.takes):
             usable = t["usable"]
-            for c0 in range(0, len(usable), self.options.chunk_frames):
-                sel = slice(c0, c0 + self.options.chunk_frames)
+            size = self._chunk_size(len(usable))
+            for c0 in range(0, len(usable), size):
+                sel = slice(c0, c0 + size)
                 frames = usable[sel]
                 fp = _fingerprint(t["fingerprint"], ref_key, int(frames[0]), int(frames[-1]), len(frames),
                                   ATLAS_SHARD_VERSION)
@@ -320,7 +332,7 @@ class _Run:
                 })
         return out
 
-    def atlases(self, atlas_jobs: list[dict]) -> None:
+    def atlases(self, atlas_jobs: list[dict], pool: jobs.WorkerPool) -> None:
         t0 = time.perf_counter()
         pending = [j for j in atlas_jobs if not _chunk_done(Path(j["out"]), j["fingerprint"])]
         for j in pending:  # a stale chunk (other reference or options) is replaced
@@ -328,7 +340,7 @@ class _Run:
         total = sum(len(j["frames"]) for j in atlas_jobs)
         units = self.stage("atlas", total, f"{len(atlas_jobs)} chunk(s)",
                            done=total - sum(len(j["frames"]) for j in pending))
-        jobs.run_jobs(_atlas_job, pending, self.options.workers, units, self.cancel)
+        pool.run(_atlas_job, pending, units)
         self.timings["atlas_s"] = time.perf_counter() - t0
 
 
@@ -366,7 +378,7 @@ def _write_array(path: Path, parts, n: int, shape_tail, dtype) -> None:
             block = np.ascontiguousarray(np.asarray(p), dtype=dtype)
             if block.shape[1:] != tuple(shape_tail):
                 raise RuntimeError(f"{path.name}: part of shape {block.shape} does not fit {shape_tail}")
-            f.write(block.tobytes())
+            block.tofile(f)  # no copy of the block
             written += len(block)
         if written != n:
             raise RuntimeError(f"{path.name}: assembled {written} frames, expected {n}")
@@ -390,8 +402,10 @@ def _assemble(run: _Run, norm, atlas_jobs: list[dict]) -> None:
     _write_array(out / "frame_index.npy", index, n, (2,), np.int32)
     _write_array(out / "frame_times.npy", (t["track"]["times"][t["usable"]] for t in takes), n, (), np.float64)
     units(1)
-    specs = (audio.spectrogram_frames(t["track"]["audio"], t["track"]["times"][t["usable"]],
-                                      float(t["track"]["audio_offset"])) for t in takes)
+    specs = (audio.spectrogram_frames(t["track"]["audio"], times[i:i + SPECTROGRAM_BLOCK],
+                                      float(t["track"]["audio_offset"]))
+             for t in takes for times in [t["track"]["times"][t["usable"]]]
+             for i in range(0, len(times), SPECTROGRAM_BLOCK))
     _write_array(out / "spectrograms.npy", specs, n, (audio.N_FREQ, audio.N_COLUMNS, 2), np.float32)
     units(1)
     pose = [np.concatenate([t["pose"][i] for t in takes]) for i in range(3)]
@@ -487,14 +501,16 @@ def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: 
     run.work.mkdir(parents=True, exist_ok=True)
     storage.remove_stale_temporaries(out)
     storage.remove_stale_temporaries(run.work)
-    run.track()
-    excluded = run.check_faces()
-    ref = run.choose_reference()
-    norm = run.normalize_geometry(ref)
-    builder, _ = run.reference_atlas(ref, norm)
-    ref_key = _fingerprint(ref, norm.cylinder.to_dict(), asdict(options.lighting))
-    atlas_jobs = run.atlas_jobs(norm, builder, ref_key, _sample_frames(run.takes))
-    run.atlases(atlas_jobs)
+    # the atlas workers start (and import) now, while this process tracks
+    with jobs.WorkerPool(options.workers, cancel, warm=(__name__,)) as pool:
+        run.track()
+        excluded = run.check_faces()
+        ref = run.choose_reference()
+        norm = run.normalize_geometry(ref)
+        builder, _ = run.reference_atlas(ref, norm)
+        ref_key = _fingerprint(ref, norm.cylinder.to_dict(), asdict(options.lighting))
+        atlas_jobs = run.atlas_jobs(norm, builder, ref_key, _sample_frames(run.takes))
+        run.atlases(atlas_jobs, pool)
     cancel.check()
     _assemble(run, norm, atlas_jobs)
     run.timings["total_s"] = time.perf_counter() - t0

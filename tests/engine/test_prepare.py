@@ -107,7 +107,7 @@ def test_interrupted_run_resumes_and_matches(demo_video, prepared_demo, tmp_path
     video, _ = demo_video
     ds_full = prepared_demo[0]
     out = tmp_path / "speaker"
-    opts = PrepareOptions(workers=1, chunk_frames=40, report=False)
+    opts = PrepareOptions(workers=1, chunk_frames=40, max_chunk_frames=40, report=False)
     token = CancelToken()
 
     def stop_midway(p):
