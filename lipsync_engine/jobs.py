@@ -65,16 +65,14 @@ class WorkerPool:
     workers <= 1 runs every job in this process.
     """
 
-    def __init__(self, workers: int, cancel: CancelToken, warm: tuple[str, ...] = (),
-                 max_tasks_per_child: int | None = None):
+    def __init__(self, workers: int, cancel: CancelToken, warm: tuple[str, ...] = ()):
         self.workers, self.cancel, self._pool = workers, cancel, None
         if workers <= 1:
             return
         ctx = mp.get_context("spawn")
         self._event, self._queue = ctx.Event(), ctx.Queue()
         self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                         initargs=(self._event, self._queue, tuple(warm)),
-                                         max_tasks_per_child=max_tasks_per_child)
+                                         initargs=(self._event, self._queue, tuple(warm)))
         for _ in range(workers):
             self._pool.submit(_noop)
 
@@ -89,6 +87,9 @@ class WorkerPool:
             self._event.set()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+            self._queue.close()
+            self._queue.join_thread()
+            del self._queue, self._event  # their semaphores are released with them
 
     def run(self, fn: Callable, jobs: Sequence, on_units: Callable[[int], None]) -> list:
         """Run fn(job) for every job; results in job order; re-raises the first error."""
@@ -116,10 +117,20 @@ class WorkerPool:
 
 
 def run_jobs(fn: Callable, jobs: Sequence, workers: int, on_units: Callable[[int], None],
-             cancel: CancelToken, max_tasks_per_child: int | None = None) -> list:
-    """Run fn(job) for every job on a pool of its own (see WorkerPool.run)."""
-    with WorkerPool(min(workers, len(jobs)), cancel, max_tasks_per_child=max_tasks_per_child) as pool:
-        return pool.run(fn, jobs, on_units)
+             cancel: CancelToken, jobs_per_worker: int | None = None) -> list:
+    """Run fn(job) for every job on pools of their own (see WorkerPool.run).
+
+    jobs_per_worker : a fresh pool is started after each workers x jobs_per_worker jobs, for
+    work that leaks memory in native code. (ProcessPoolExecutor's max_tasks_per_child
+    deadlocks on Python 3.11, so whole pools are renewed instead.)
+    """
+    group = len(jobs) if not jobs_per_worker else max(1, workers * jobs_per_worker)
+    results = []
+    for i in range(0, len(jobs), max(group, 1)):
+        part = jobs[i:i + group]
+        with WorkerPool(min(workers, len(part)), cancel) as pool:
+            results.extend(pool.run(fn, part, on_units))
+    return results
 
 
 def _drain(progress_queue, on_units) -> None:
