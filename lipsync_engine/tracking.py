@@ -21,6 +21,9 @@ from .topology import N_VERTICES
 
 MAX_FACES = 1               # Face Mesh tracks one face; _SecondFaceWatch finds frames with several
 DETECT_EVERY = 5            # frames between looks for a second face (every frame while one is in view)
+# A face counts as a second face from this detector score: real faces score 0.8-0.95 here,
+# while patterns such as the folds of the demo's spacesuit reached 0.55.
+SECOND_FACE_CONFIDENCE = 0.7
 MIN_DETECTION_CONFIDENCE = 0.5
 MIN_TRACKING_CONFIDENCE = 0.5
 
@@ -133,7 +136,8 @@ class _SecondFaceWatch:
         """Update several[...] (one bool per frame so far) after frame n (0-based)."""
         if not (self.several_in_view or n % DETECT_EVERY == 0):
             return
-        found = len(self.detector.process(image).detections or [])
+        # filtered here: the solution returns detections below its min_detection_confidence
+        found = sum(d.score[0] >= SECOND_FACE_CONFIDENCE for d in self.detector.process(image).detections or [])
         self.several_in_view = found >= 2
         if self.several_in_view:
             several[self.last_look + 1:n + 1] = [True] * (n - self.last_look)
