@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args, reporter, cancel)
     except (Cancelled, KeyboardInterrupt) as e:
         reporter.close()
-        msg = str(e) or "cancelled"
-        reporter.info("ERROR", f"cancelled: {msg}") if args.json else print(f"cancelled: {msg}", file=sys.stderr)
+        msg = str(e) if str(e).startswith("cancelled") else "cancelled"
+        reporter.info("ERROR", msg) if args.json else print(msg, file=sys.stderr)
         code = EXIT_CANCELLED
     except EngineError as e:
         reporter.close()

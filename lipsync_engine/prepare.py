@@ -296,9 +296,8 @@ class _Run:
         image = _reference_image(t["path"], f, self._seek_time(t, f))
         builder = normalize.AtlasBuilder(norm, self.options.lighting)
         raw, normalized = builder.set_reference(image, t["track"]["landmarks"][f])
-        cv2.imwrite(str(self.out / "reference_atlas.png"), cv2.cvtColor(normalize.to_uint8(raw), cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(self.out / "reference_atlas_normalized.png"),
-                    cv2.cvtColor(normalize.to_uint8(normalized), cv2.COLOR_RGB2BGR))
+        _write_png(self.out / "reference_atlas.png", normalize.to_uint8(raw))
+        _write_png(self.out / "reference_atlas_normalized.png", normalize.to_uint8(normalized))
         return builder, image
 
     def _chunk_size(self, frames: int) -> int:
@@ -342,6 +341,14 @@ class _Run:
                            done=total - sum(len(j["frames"]) for j in pending))
         pool.run(_atlas_job, pending, units)
         self.timings["atlas_s"] = time.perf_counter() - t0
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError(f"could not encode {path.name}")
+    with storage.atomic_path(path) as tmp:
+        tmp.write_bytes(data.tobytes())
 
 
 def _chunk_done(path: Path, fingerprint: str) -> bool:
