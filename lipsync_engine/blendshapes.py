@@ -442,6 +442,10 @@ def fit_speaker(speaker_dir: Path | str, on_progress: ProgressCallback = no_prog
     (root / PLOT_FILE).parent.mkdir(parents=True, exist_ok=True)
     plot_coefficients(root / PLOT_FILE, result, fps, segment_breaks(ds.frame_index) & (np.arange(len(ds)) > 0))
     storage.write_json(root / META_FILE, _fit_meta(ds, rig, result, options, seconds))
+    if (root / "report" / "index.html").is_file():
+        from .report import write_index  # matplotlib is only needed when there is a report
+
+        write_index(root)
     r = result.residual_rms
     return FitSummary(root / COEFFICIENTS_FILE, root / META_FILE, root / PLOT_FILE, len(r), result.names,
                       float(r.mean()) if len(r) else 0.0, float(np.percentile(r, 95)) if len(r) else 0.0,

@@ -150,7 +150,18 @@ def write_report(speaker_dir: Path, on_progress: ProgressCallback = no_progress)
     for n, (name, fn) in enumerate(steps, 1):
         fn(out / name)
         on_progress(Progress("report", n, len(steps)))
-    page = _html(ds.meta, [name for name, _ in steps])
+    return write_index(root)
+
+
+SHEETS = ("tracking.png", "normalized_meshes.png", "atlases.png", "reference.png", "openness.png",
+          "blendshapes.png")  # in page order; blendshapes.png appears once `lipsync fit` has run
+
+
+def write_index(speaker_dir: Path) -> Path:
+    """(Re)write report/index.html over the sheets that exist (later stages add theirs)."""
+    root = Path(speaker_dir)
+    out = root / "report"
+    page = _html(dataset.read_meta(root), [n for n in SHEETS if (out / n).is_file()])
     with storage.atomic_path(out / "index.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out / "index.html"

@@ -94,6 +94,7 @@ def test_fit_and_export_commands(prepared_demo, tmp_path):
     proc = lipsync("fit", ds.path)
     assert proc.returncode == 0, proc.stderr
     assert (ds.path / "blendshapes.npy").is_file() and (ds.path / "report" / "blendshapes.png").is_file()
+    assert 'src="blendshapes.png"' in (ds.path / "report" / "index.html").read_text()
     csv_path, cues_path = tmp_path / "take.csv", tmp_path / "cues.json"
     assert lipsync("export", ds.path, "-f", "livelink-csv", "-o", csv_path).returncode == 0
     assert lipsync("export", ds.path, "-f", "rhubarb-json", "-o", cues_path).returncode == 0
