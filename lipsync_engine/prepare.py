@@ -458,6 +458,14 @@ def _meta(run: _Run, norm, ref, fingerprint: str, excluded: list[str]) -> dict:
     }
 
 
+def _result_options(options: PrepareOptions) -> dict:
+    """The options that change what prepare computes (not how fast, or whether a report is drawn)."""
+    d = asdict(options)
+    for how in ("workers", "chunk_frames", "max_chunk_frames", "report"):
+        d.pop(how)
+    return d
+
+
 def _check_output_dir(out: Path, fingerprint: str, overwrite: bool) -> bool:
     """True if `out` is already complete for these inputs; refuses to clobber anything else."""
     if not out.exists():
@@ -495,7 +503,7 @@ def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: 
     paths = collect_videos(videos)
     out = Path(out_dir)
     fps = [_take_fingerprint(p) for p in paths]
-    fingerprint = _fingerprint(fps, asdict(options), dataset.FORMAT_VERSION)
+    fingerprint = _fingerprint(fps, _result_options(options), dataset.FORMAT_VERSION)
     if _check_output_dir(out, fingerprint, overwrite):
         meta = dataset.read_meta(out)
         ref = (meta["reference"]["take"], meta["reference"]["frame"])
