@@ -1,0 +1,74 @@
+"""The network of Section 3.2 / Appendix G: shapes, published sizes, PCA initialisation."""
+
+import pytest
+import torch
+
+from lipsync_engine.model import (AtlasEncoder, GeometryDecoder, LipSync3D, ModelDimensions,
+                                  preset_dimensions)
+
+TINY = ModelDimensions().scaled(1 / 32)
+
+
+def test_forward_shapes_and_ranges():
+    torch.manual_seed(0)
+    model = LipSync3D(TINY)
+    spec = torch.randn(3, 256, 24, 2)
+    out = model(spec, torch.rand(3, 3, 128, 128) * 2 - 1)
+    assert out["vertex_deltas"].shape == (3, 468, 3)
+    assert out["atlas_delta"].shape == (3, 3, 128, 128)
+    assert out["blendshapes"].shape == (3, 52)
+    assert out["atlas_delta"].abs().max() <= 1.0
+    first = model(spec)  # the first frame: an all-zeros previous atlas
+    assert first["atlas_delta"].shape == (3, 3, 128, 128)
+
+
+def test_backward_reaches_every_parameter():
+    torch.manual_seed(0)
+    model = LipSync3D(TINY)
+    out = model(torch.randn(2, 256, 24, 2), torch.rand(2, 3, 128, 128))
+    loss = sum(v.square().mean() for v in out.values())
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+
+
+def test_published_sizes():
+    dims = preset_dimensions("paper")
+    enc = AtlasEncoder(dims)
+    n = sum(p.numel() for p in enc.parameters())
+    assert 69.0e6 < n < 70.5e6  # "the paper's AR encoder alone has ~70M parameters"
+    model = LipSync3D(dims)
+    assert model.texture.fc[0].in_features == 34 and model.texture.fc[0].out_features == 16384
+    assert model.geometry.hidden.out_features == 150 and model.geometry.out.out_features == 1404
+    no_ar = LipSync3D(ModelDimensions(atlas_code=0).scaled(1 / 32))
+    assert no_ar.atlas is None and no_ar.texture.fc[0].in_features == 32
+
+
+def test_bad_input_shapes_name_the_shape():
+    model = LipSync3D(TINY)
+    with pytest.raises(ValueError, match=r"\(2, 24, 256, 2\)"):
+        model(torch.zeros(2, 24, 256, 2))
+
+
+def test_pca_initialisation_reproduces_the_training_deltas():
+    torch.manual_seed(0)
+    basis = torch.randn(5, 468 * 3)
+    weights = torch.randn(200, 5) * torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5])
+    deltas = (weights @ basis + 0.3).view(200, 468, 3)
+    dec = GeometryDecoder(ModelDimensions())
+    explained = dec.init_from_pca(deltas)
+    assert explained > 0.999
+    mean = dec.out.bias.view(468, 3)
+    assert torch.allclose(mean, deltas.mean(0), atol=1e-4)
+    # every training delta is reachable through the output layer: residual of a least-squares fit
+    w = dec.out.weight.double()
+    centred = (deltas.view(200, -1) - deltas.view(200, -1).mean(0)).double()
+    coef = torch.linalg.lstsq(w, centred.T).solution
+    assert (w @ coef - centred.T).abs().max() < 1e-4  # float32 weights, deltas of size ~10
+
+
+def test_dimensions_round_trip():
+    d = ModelDimensions().scaled(0.25)
+    assert ModelDimensions.from_dict(d.to_dict()) == d
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_dimensions("huge")
