@@ -126,6 +126,17 @@ def _cmd_export(args, reporter: Reporter, cancel: CancelToken) -> None:
     reporter.info("RESULT", f"wrote {out} ({fmt}, {len(coeffs)} frames at {fps:g} fps)", path=str(out))
 
 
+def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
+    from .train import TrainOptions, train_speaker
+
+    options = TrainOptions(preset=args.preset, epochs=args.epochs, device=args.device)
+    r = train_speaker(args.speaker, args.output, options, reporter, cancel, resume=args.resume)
+    reporter.close()
+    val = f", held-out {r.val_loss:.4f}" if r.val_loss is not None else ""
+    reporter.info("RESULT", f"{r.path}: {r.epochs} epochs in {r.seconds:.0f} s, loss {r.train_loss:.4f}{val}; "
+                  f"curve: {r.path / 'loss_curve.png'}", path=str(r.path))
+
+
 def _cmd_synth(args, reporter: Reporter, cancel: CancelToken) -> None:
     from .synthetic import make_demo_video
 
@@ -191,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--sparsity", type=float, default=0.03, help="L1 weight in cm of motion (default 0.03)")
     sf.add_argument("--no-adapt", action="store_true", help="do not adapt the rig to the speaker's neutral face")
     sf.set_defaults(func=_cmd_fit)
+
+    st = sub.add_parser("train", help="train a personalized model on a prepared speaker (no evaluation yet)")
+    st.add_argument("speaker", type=Path, help="prepared speaker directory (run `lipsync fit` first for blendshapes)")
+    st.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
+    st.add_argument("--preset", choices=("cpu", "paper"), default="cpu", help="network width (default cpu = 1/8)")
+    st.add_argument("--epochs", type=int, default=30)
+    st.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    st.add_argument("--resume", action="store_true", help="continue MODEL_DIR after Ctrl-C or a crash")
+    st.set_defaults(func=_cmd_train)
 
     se = sub.add_parser("export", help="write a speaker's fitted coefficients for other tools")
     se.add_argument("speaker", type=Path, help="prepared speaker directory (after `lipsync fit`)")
