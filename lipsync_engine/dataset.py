@@ -24,7 +24,6 @@ Must not: compute anything; it only names, validates and opens files.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from .errors import DatasetError
 from .geometry import CylinderMap
+from .storage import read_versioned_json
 
 FORMAT = "lipsync3d-speaker"
 FORMAT_VERSION = 1
@@ -85,16 +85,7 @@ def read_meta(path: Path) -> dict:
     meta_path = Path(path) / META
     if not meta_path.is_file():
         raise DatasetError(f"{path}: not a prepared speaker directory (no {META}; run `lipsync prepare`)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{meta_path}: unreadable ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise DatasetError(f"{meta_path}: not a LipSync3D speaker directory (format {meta.get('format')!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise DatasetError(f"{meta_path}: format version {meta['format_version']} is newer than this "
-                           f"engine reads ({FORMAT_VERSION}); update the engine")
-    return meta
+    return read_versioned_json(meta_path, FORMAT, FORMAT_VERSION, "LipSync3D speaker directory", DatasetError)
 
 
 def open_speaker(path: Path) -> SpeakerDataset:

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import audio, dataset, jobs, media, normalize, storage
 from .config import LightingOptions
-from .errors import Cancelled, EngineError, InputError, NoFaceError
+from .errors import EngineError, InputError, NoFaceError
 from .progress import CancelToken, Progress, ProgressCallback, no_progress
 from .tracking import frame_ranges, track_frames
 from .version import __version__

@@ -55,6 +55,29 @@ def save_npz(path: Path, **arrays) -> None:
             np.savez(f, **arrays)
 
 
+def read_versioned_json(path: Path, fmt: str, version: int, what: str, error=None) -> dict:
+    """Read a JSON file that names its format and version; refuse others with a clear line.
+
+    what : the thing for messages ("LipSync3D model"); error : the exception class to raise.
+    """
+    from .errors import EngineError
+
+    error = error or EngineError
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise error(f"{path.parent}: not a {what} directory (no {path.name})") from e
+    except (OSError, ValueError) as e:
+        raise error(f"{path}: unreadable ({e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise error(f"{path}: not a {what} (format {doc.get('format') if isinstance(doc, dict) else None!r})")
+    if int(doc.get("format_version", 0)) > version:
+        raise error(f"{path}: format version {doc['format_version']} is newer than this engine reads "
+                    f"({version}); update the engine")
+    return doc
+
+
 def remove_stale_temporaries(folder: Path) -> None:
     """Delete temporaries left by a killed run (names start with '.' and hold '.tmp-')."""
     for p in Path(folder).glob(".*.tmp-*"):

@@ -10,7 +10,6 @@ audio (inference is its own stage) or touch Blender.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -178,15 +177,7 @@ def load_model(model_dir: Path, device: str = "cpu") -> tuple[LipSync3D, dict, d
     from safetensors.torch import load_file
 
     root = Path(model_dir)
-    try:
-        config = json.loads((root / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise EngineError(f"{root}: not a LipSync3D model directory ({CONFIG}: {e})") from e
-    if config.get("format") != MODEL_FORMAT:
-        raise EngineError(f"{root / CONFIG}: not a LipSync3D model (format {config.get('format')!r})")
-    if int(config.get("format_version", 0)) > MODEL_FORMAT_VERSION:
-        raise EngineError(f"{root / CONFIG}: model format {config['format_version']} is newer than this engine "
-                          f"reads ({MODEL_FORMAT_VERSION}); update the engine")
+    config = storage.read_versioned_json(root / CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION, "LipSync3D model")
     if not (root / WEIGHTS).is_file():
         raise EngineError(f"{root}: incomplete model directory, {WEIGHTS} is missing")
     tensors = load_file(str(root / WEIGHTS), device=device)
