@@ -47,6 +47,7 @@ import numpy as np
 from scipy.fft import dct, idct
 
 from . import dataset, storage
+from .dataset import segment_breaks  # noqa: F401  (public here too, for callers and tests)
 from .errors import DatasetError, InputError
 from .geometry import umeyama
 from .names import ARKIT_NAMES
@@ -261,16 +262,6 @@ def _admm(b: np.ndarray, sys_: _System, options: FitOptions) -> tuple[np.ndarray
             if max(moved, gap) < options.tolerance:
                 return z, it
     return z, options.max_iterations
-
-
-def segment_breaks(frame_index: np.ndarray) -> np.ndarray:
-    """(N, 2) (take, frame) rows -> (N,) bool, True where a frame does not follow the previous one."""
-    fi = np.asarray(frame_index)
-    if fi.ndim != 2 or fi.shape[1] != 2:
-        raise ValueError(f"frame_index must be (N, 2), got {fi.shape}")
-    out = np.ones(len(fi), bool)
-    out[1:] = (fi[1:, 0] != fi[:-1, 0]) | (fi[1:, 1] != fi[:-1, 1] + 1)
-    return out
 
 
 def _runs(breaks: np.ndarray | None, n: int) -> list[tuple[int, int]]:

@@ -81,6 +81,16 @@ class SpeakerDataset:
             return {k: z[k] for k in z.files}
 
 
+def segment_breaks(frame_index: np.ndarray) -> np.ndarray:
+    """(N, 2) (take, frame) rows -> (N,) bool, True where a frame does not follow the previous one."""
+    fi = np.asarray(frame_index)
+    if fi.ndim != 2 or fi.shape[1] != 2:
+        raise ValueError(f"frame_index must be (N, 2), got {fi.shape}")
+    out = np.ones(len(fi), bool)
+    out[1:] = (fi[1:, 0] != fi[:-1, 0]) | (fi[1:, 1] != fi[:-1, 1] + 1)
+    return out
+
+
 def read_meta(path: Path) -> dict:
     meta_path = Path(path) / META
     if not meta_path.is_file():

@@ -103,10 +103,9 @@ class SpeakerTensors:
         img = cv2.imread(str(Path(speaker_dir) / "reference_atlas_normalized.png"))[..., ::-1]
         crop = img[box["row"]:box["row"] + 128, box["col"]:box["col"] + 128]
         self.reference_lips = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 127.5 - 1
-        fi = np.asarray(ds.frame_index)
-        prev = np.arange(len(fi)) - 1
-        ok = (prev >= 0) & (fi[:, 0] == np.roll(fi[:, 0], 1)) & (fi[:, 1] == np.roll(fi[:, 1], 1) + 1)
-        self.previous = torch.from_numpy(np.where(ok, prev, -1))
+        # the previous frame for teacher forcing, -1 at the start of a take or after a gap
+        prev = np.arange(len(ds)) - 1
+        self.previous = torch.from_numpy(np.where(dataset.segment_breaks(ds.frame_index), -1, prev))
         bs = Path(speaker_dir) / "blendshapes.npy"
         self.blendshapes = torch.from_numpy(np.load(bs).astype(np.float32)) if bs.is_file() else None
 

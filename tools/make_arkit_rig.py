@@ -484,28 +484,27 @@ def brow_down(face: Face) -> np.ndarray:
     return to_tangent(face, d) + np.array([0.0, -0.05, 0.0]) * w[:, None]
 
 
+def _brow_lift(rel: np.ndarray, sx: float, rise: float, mask: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Lift by `rise` cm with a Gaussian of width sx around rel = 0, 2.0 cm upwards, 0.7 down."""
+    sy = np.where(rel[:, 1] > 0, 2.0, 0.7)
+    w = np.exp(-0.5 * ((rel[:, 0] / sx) ** 2 + (rel[:, 1] / sy) ** 2)) * mask
+    d = np.zeros_like(like)
+    d[:, 1] = rise * w
+    return d
+
+
 def brow_inner_up(face: Face) -> np.ndarray:
     """Inner brows up (both sides): the inner ends of the eyebrows and the forehead above them
     rise 0.5 cm (Gaussian 0.9 cm around each inner brow end, 2.0 cm upwards)."""
     v = face.v
-    rel = np.c_[np.abs(v[:, 0]), v[:, 1]] - (1.5, 4.6)
-    sy = np.where(rel[:, 1] > 0, 2.0, 0.7)
-    w = np.exp(-0.5 * ((rel[:, 0] / 0.9) ** 2 + (rel[:, 1] / sy) ** 2)) * (v[:, 2] > 2.0)
-    d = np.zeros_like(v)
-    d[:, 1] = 0.5 * w
-    return d
+    return _brow_lift(np.c_[np.abs(v[:, 0]), v[:, 1]] - (1.5, 4.6), 0.9, 0.5, v[:, 2] > 2.0, v)
 
 
 def brow_outer_up(face: Face) -> np.ndarray:
     """Outer brow up: the outer two thirds of the left eyebrow and the forehead above it rise
     0.45 cm (Gaussian 1.1 cm around (4.6, 4.4), 2.0 cm upwards)."""
     v = face.v
-    rel = v[:, :2] - (4.6, 4.4)
-    sy = np.where(rel[:, 1] > 0, 2.0, 0.7)
-    w = np.exp(-0.5 * ((rel[:, 0] / 1.1) ** 2 + (rel[:, 1] / sy) ** 2)) * (v[:, 2] > 0.0)
-    d = np.zeros_like(v)
-    d[:, 1] = 0.45 * w
-    return d
+    return _brow_lift(v[:, :2] - (4.6, 4.4), 1.1, 0.45, v[:, 2] > 0.0, v)
 
 
 def cheek_puff(face: Face) -> np.ndarray:
