@@ -11,7 +11,9 @@ audio (inference is its own stage) or touch Blender.
 from __future__ import annotations
 
 import math
+import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from .version import __version__
 MODEL_FORMAT = "lipsync3d-model"
 MODEL_FORMAT_VERSION = 1
 WEIGHTS, CONFIG, STATE, CURVE = "model.safetensors", "config.json", "train_state.pt", "loss_curve.png"
+# copied from the speaker directory so that a model directory is self-contained (predict needs no speaker)
+REFERENCE_FILES = ("reference_atlas.png", "reference_atlas_normalized.png")
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5       # Wang et al. 2004
 SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # for images in [0, 1]
 
@@ -148,11 +152,11 @@ def _split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _config(dims: ModelDimensions, options: TrainOptions, data: SpeakerTensors, spec_scale: float,
-            epoch: int, history: list, speaker_dir: Path) -> dict:
+            epoch: int, history: list, speaker_dir: Path, model_id: str) -> dict:
     return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "engine_version": __version__,
             "dims": dims.to_dict(), "options": asdict(options), "spectrogram_scale": spec_scale,
             "fps": data.meta["fps"], "lip_box": data.meta["lip_box"], "cylinder": data.meta["cylinder"],
-            "speaker": str(Path(speaker_dir).resolve()), "frames": len(data),
+            "speaker": str(Path(speaker_dir).resolve()), "frames": len(data), "model_id": model_id,
             "has_blendshapes": data.blendshapes is not None, "epochs_done": epoch, "history": history}
 
 
@@ -247,14 +251,18 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
     model = LipSync3D(dims).to(device)
     model.geometry.init_from_pca(data.deltas[train_idx])
     optimizer = torch.optim.Adam(model.parameters(), options.learning_rate)
-    start, history = 0, []
+    start, history, model_id = 0, [], uuid.uuid4().hex[:12]
     if resume and (out / CONFIG).is_file():
         model, config, _ = load_model(out, str(device))
+        model_id = config.get("model_id", model_id)
         optimizer = torch.optim.Adam(model.parameters(), options.learning_rate)
         state = torch.load(out / STATE, weights_only=True, map_location=device)
         optimizer.load_state_dict(state["optimizer"])
         start, history, spec_scale = state["epochs_done"], state["history"], config["spectrogram_scale"]
     out.mkdir(parents=True, exist_ok=True)
+    for name in REFERENCE_FILES:
+        with storage.atomic_path(out / name) as tmp:
+            shutil.copyfile(Path(speaker_dir) / name, tmp)
     per_epoch = len(train_idx) + len(val_idx)
     total = per_epoch * options.epochs
     done = {"n": start * per_epoch}
@@ -272,7 +280,7 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
         if not math.isfinite(train_loss):
             raise EngineError(f"training diverged at epoch {epoch + 1} (loss {train_loss}); lower the learning rate")
         save_checkpoint(out, model, optimizer, _config(dims, options, data, spec_scale, epoch + 1, history,
-                                                       Path(speaker_dir)), data)
+                                                       Path(speaker_dir), model_id), data)
         _plot(out / CURVE, history)
     last = history[-1] if history else {"train": float("nan"), "val": None}
     return TrainResult(out, len(history), last["train"], last["val"], time.perf_counter() - t0)

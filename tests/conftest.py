@@ -43,3 +43,19 @@ def prepared_demo(demo_video, tmp_path_factory):
     out = tmp_path_factory.mktemp("speaker") / "speaker"
     result = prepare_speaker([path], out, PrepareOptions(workers=2, chunk_frames=60))
     return open_speaker(out), result, truth
+
+
+@pytest.fixture(scope="session")
+def trained_demo(prepared_demo, tmp_path_factory):
+    """(model dir, SpeakerDataset, DemoTruth): a tiny (1/32 width) model trained on the demo speaker.
+
+    Shared by prediction, Blender and dubbing tests; about half a minute on 2 CPU cores.
+    """
+    from lipsync_engine.model import ModelDimensions
+    from lipsync_engine.train import TrainOptions, train_speaker
+
+    ds, _, truth = prepared_demo
+    out = tmp_path_factory.mktemp("model") / "demo model"
+    train_speaker(ds.path, out, TrainOptions(epochs=30, batch_size=16, learning_rate=1e-3, seed=1),
+                  dims=ModelDimensions().scaled(1 / 32))
+    return out, ds, truth
