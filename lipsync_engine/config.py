@@ -18,6 +18,7 @@ class LightingOptions:
     specular_smooth_sigma: float = 1.5  # Gaussian sigma (atlas pixels) of the smoothed image used for the mask
     remove_specularities: bool = True  # Section 3.1.2 "Specularity Removal"
     symmetrize_reference: bool = True  # Section 3.1.2 "Reference Atlas Normalization using Facial Symmetry"
+    register_skin: bool = True      # beyond the paper: optical flow aligns skin texture to the reference (normalize.py)
 
     def __post_init__(self) -> None:
         if self.patch_size < 2:

@@ -53,11 +53,10 @@ def test_mouth_openness_follows_ground_truth(prepared_demo):
 
 
 def test_atlases_match_the_reference_atlas_on_skin(prepared_demo):
-    """Pose and lighting normalized atlases look like the reference on skin.
+    """Pose and lighting normalized atlases look like the reference on skin: SSIM >= 0.9.
 
-    The issue asks SSIM >= 0.9; measured here: mean 0.83, worst frame 0.75 (docs/prepare.md
-    explains the gap: MediaPipe's per-vertex depth noise misregisters fine skin texture by
-    1-2 atlas pixels on the sides of the nose and face). This test holds the measured level.
+    Measured: mean 0.94, worst frame 0.906 with the skin registration (normalize.py); the
+    mesh alone gives mean 0.84, worst 0.75, because MediaPipe's landmarks slide on the skin.
     """
     ds, _, _ = prepared_demo
     topo = load_topology()
@@ -74,7 +73,36 @@ def test_atlases_match_the_reference_atlas_on_skin(prepared_demo):
         skin = cv2.erode(raster.triangle_mask(skin_tris).astype(np.uint8), np.ones((5, 5))) > 0
         _, ssim = structural_similarity(ds.atlas[i], aligned, channel_axis=2, full=True, data_range=255)
         scores.append(ssim.mean(axis=2)[skin].mean())
-    assert np.mean(scores) >= 0.82 and min(scores) >= 0.7, f"skin SSIM min {min(scores):.3f}, mean {np.mean(scores):.3f}"
+    assert np.mean(scores) >= 0.92 and min(scores) >= 0.9, f"skin SSIM min {min(scores):.3f}, mean {np.mean(scores):.3f}"
+
+
+def test_skin_registration_undoes_a_texture_slide_and_leaves_the_lips(prepared_demo):
+    """A 2 px texture slide on the skin is registered back; lips away from the skin stay as they were."""
+    import cv2
+
+    from lipsync_engine.config import LightingOptions
+
+    ds, _, _ = prepared_demo
+    topo = load_topology()
+    norm = normalize.PoseNormalization(np.asarray(ds.reference_vertices, np.float64), ds.cylinder, (0, 0))
+    builder = normalize.AtlasBuilder(norm, LightingOptions())
+    raster = builder.raster(norm.reference_vertices)
+    ref = cv2.imread(str(ds.path / "reference_atlas_normalized.png"))[..., ::-1].astype(np.float32) / 255
+    slid = cv2.warpAffine(np.rint(ref * 255).astype(np.uint8), np.float32([[1, 0, 2], [0, 1, -1]]), (256, 256),
+                          borderMode=cv2.BORDER_REPLICATE)
+    out = builder._register_skin(slid, ref, raster)
+    sel = np.zeros(len(topo.triangles), bool)
+    sel[topo.skin_triangles] = True
+    skin_full = raster.triangle_mask(sel)
+    skin = cv2.erode(skin_full.astype(np.uint8), np.ones((9, 9))) > 0
+    before = np.abs(slid / 255 - ref)[skin].mean()
+    after = np.abs(out / 255 - ref)[skin].mean()
+    assert after < 0.5 * before, (before, after)
+    sel[:] = False
+    sel[np.r_[topo.lip_triangles, topo.mouth_triangles]] = True
+    far_from_skin = cv2.distanceTransform((~skin_full).astype(np.uint8), cv2.DIST_L2, 5) > 12
+    lips = raster.triangle_mask(sel) & far_from_skin
+    assert lips.sum() > 100 and np.abs(out[lips].astype(int) - slid[lips]).max() <= 1, lips.sum()
 
 
 def test_lighting_normalization_removes_the_known_illumination(prepared_demo):
