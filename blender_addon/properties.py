@@ -1,0 +1,143 @@
+"""The add-on's settings stored in the .blend (scene.lipsync3d) and its runtime job status.
+
+Owns: PropertyGroups for the speaker videos, the trained models found, the dialogue source,
+the head import and the character options; `drive_options()` turns the character settings
+into one mapping.DriveOptions (the one place the UI's properties become engine/animation options).
+Must not: run the engine or change scene data in update callbacks.
+"""
+
+import bpy
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
+                       PointerProperty, StringProperty)
+
+from . import client, mapping
+
+_PRESET_ITEMS: list = []    # Blender needs the enum items kept alive while they are shown
+_PRESET_STAMP: list = [None]
+
+
+def preset_items(self, context):
+    """AUTO plus every preset file in blendshape_rigs/presets (re-read when a file changes)."""
+    root = client.bundled_engine_dir()
+    folder = root / "blendshape_rigs" / "presets" if root is not None else None
+    files = sorted(folder.glob("*.json")) if folder is not None and folder.is_dir() else []
+    stamp = tuple((p.name, p.stat().st_mtime_ns) for p in files)
+    if stamp != _PRESET_STAMP[0] or not _PRESET_ITEMS:
+        _PRESET_STAMP[0] = stamp
+        _PRESET_ITEMS[:] = [('AUTO', "Auto (best name match)", "The preset whose names match most shape keys")]
+        for name, preset in mapping.list_presets(folder) if files else []:
+            _PRESET_ITEMS.append((name, name.replace("_", " ").title(), preset.description[:200]))
+    return _PRESET_ITEMS
+
+
+def _is_shape_key_mesh(self, obj) -> bool:
+    return obj.type == 'MESH' and obj.data.shape_keys is not None and len(obj.data.shape_keys.key_blocks) > 1
+
+
+def _is_armature(self, obj) -> bool:
+    return obj.type == 'ARMATURE'
+
+
+class LIPSYNC3D_PG_video(bpy.types.PropertyGroup):
+    filepath: StringProperty(name="Video", subtype='FILE_PATH', description="A take of the speaker")
+
+
+class LIPSYNC3D_PG_model(bpy.types.PropertyGroup):
+    path: StringProperty(name="Folder", subtype='DIR_PATH')
+    summary: StringProperty(name="Summary")
+
+
+class LIPSYNC3D_PG_result(bpy.types.PropertyGroup):
+    path: StringProperty(name="Prediction", subtype='DIR_PATH')
+    frame_start: IntProperty(name="Start frame")
+    strip: StringProperty(name="Sound strip")
+
+
+class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
+    workspace: StringProperty(
+        name="Workspace", subtype='DIR_PATH', default="",
+        description="Folder for speakers, models, predictions and logs (empty: the add-on's user folder)")
+    # speaker
+    videos: CollectionProperty(type=LIPSYNC3D_PG_video)
+    video_index: IntProperty()
+    speaker_name: StringProperty(name="Speaker", default="speaker",
+                                 description="Name of the speaker and its model folder")
+    quality: EnumProperty(
+        name="Model size", default='CPU',
+        items=[('TINY', "Tiny (1/32)", "A quick test: minutes on a CPU, rough lips"),
+               ('CPU', "CPU (1/8)", "The CPU preset: good on a few minutes of video"),
+               ('PAPER', "Paper (full)", "The published network: use a GPU")])
+    epochs: IntProperty(name="Epochs", default=30, min=1, soft_max=500)
+    models: CollectionProperty(type=LIPSYNC3D_PG_model)
+    model_index: IntProperty(name="Model")
+    # dialogue
+    audio_source: EnumProperty(
+        name="Audio", default='STRIP',
+        items=[('STRIP', "Active strip", "The active sound strip of the Video Sequencer"),
+               ('CHANNEL', "Channel", "Every sound strip on a channel, as a batch"),
+               ('FILE', "File", "An audio or video file; a sound strip is added at the start frame")])
+    channel: IntProperty(name="Channel", default=1, min=1, max=128)
+    audio_file: StringProperty(name="Audio file", subtype='FILE_PATH')
+    file_frame_start: IntProperty(name="Start frame", default=1,
+                                  description="Scene frame of the audio file's first frame")
+    engine_smoothing: BoolProperty(name="Temporal smoothing", default=True,
+                                   description="The engine's smoothing of the predicted motion")
+    engine_preview: BoolProperty(name="Preview MP4", default=False,
+                                 description="Also let the engine render preview.mp4 (a frontal view with the audio)")
+    import_head: BoolProperty(name="Import head", default=True, description="Import the textured head afterwards")
+    drive_after: BoolProperty(name="Drive character", default=True,
+                              description="Animate the chosen character afterwards")
+    results: CollectionProperty(type=LIPSYNC3D_PG_result)
+    result_index: IntProperty()
+    # head
+    animation: EnumProperty(
+        name="Animation", default='SHAPE_KEYS',
+        items=[('SHAPE_KEYS', "Shape keys", "One shape key per frame, keyed per frame (stored in the .blend)"),
+               ('MESH_CACHE', "Mesh Cache", "A Mesh Cache modifier reading head.pc2 (light; for long dialogue)")])
+    # character
+    character: PointerProperty(name="Character", type=bpy.types.Object, poll=_is_shape_key_mesh,
+                               description="A mesh with shape keys to animate")
+    preset: EnumProperty(name="Mapping", items=preset_items,
+                         description="How the 52 ARKit coefficients become the character's shape keys")
+    strength: FloatProperty(name="Strength", default=1.0, min=0.0, soft_max=2.0)
+    smoothing: IntProperty(name="Smoothing", default=0, min=0, soft_max=10,
+                           description="Extra smoothing window radius in frames (0 = off)")
+    blinks: BoolProperty(name="Eye blinks", default=True, description="Add procedural eye blinks")
+    head_motion: BoolProperty(name="Head motion", default=False, description="Add a subtle head sway and nods")
+    head_amplitude: FloatProperty(name="Amplitude", default=2.0, min=0.0, soft_max=10.0,
+                                  description="Largest head rotation in degrees")
+    head_target: EnumProperty(
+        name="Head", default='OBJECT',
+        items=[('OBJECT', "Object", "Rotate the character object"),
+               ('BONE', "Bone", "Rotate a bone of an armature")])
+    armature: PointerProperty(name="Armature", type=bpy.types.Object, poll=_is_armature)
+    bone: StringProperty(name="Bone", default="head")
+
+    def drive_options(self) -> mapping.DriveOptions:
+        return mapping.DriveOptions(preset=self.preset, strength=self.strength, smoothing_frames=self.smoothing,
+                                    blinks=self.blinks, head_motion=self.head_motion,
+                                    head_amplitude_deg=self.head_amplitude)
+
+
+class LIPSYNC3D_PG_job(bpy.types.PropertyGroup):
+    """Runtime status for the panel (on the window manager, never saved)."""
+
+    running: BoolProperty()
+    text: StringProperty()
+    fraction: FloatProperty(subtype='FACTOR', min=0.0, max=1.0)
+    last_error: StringProperty()
+    last_log: StringProperty()
+    last_report: StringProperty()
+
+
+CLASSES = (LIPSYNC3D_PG_video, LIPSYNC3D_PG_model, LIPSYNC3D_PG_result, LIPSYNC3D_PG_settings, LIPSYNC3D_PG_job)
+
+
+def register_properties() -> None:
+    bpy.types.Scene.lipsync3d = PointerProperty(type=LIPSYNC3D_PG_settings)
+    bpy.types.WindowManager.lipsync3d_job = PointerProperty(type=LIPSYNC3D_PG_job)
+
+
+def unregister_properties() -> None:
+    del bpy.types.WindowManager.lipsync3d_job
+    del bpy.types.Scene.lipsync3d

@@ -1,0 +1,128 @@
+"""The add-on's operators on the synthetic demo with the real engine, in real Blender:
+train a tiny model (cancel, then resume), predict from a sound strip, import the head,
+drive a character, and render the head with the mouth open and closed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from blender_addon import results
+from blender_helpers import (emission_render_setup, engine_to_blender, evaluated_coords, make_character,
+                            texture_as_emission)
+
+bpy = pytest.importorskip("bpy")
+
+START_FRAME = 11          # where the dialogue strip starts on the timeline
+
+
+@pytest.mark.slow
+def test_train_tiny_model_cancel_and_resume(scene, blender, prepared_demo, demo_video, tmp_path):
+    ds, _, _ = prepared_demo
+    ws = tmp_path / "ws"
+    shutil.copytree(ds.path, ws / "speakers" / "demo")      # already prepared: prepare returns at once
+    s = scene.lipsync3d
+    s.workspace, s.speaker_name, s.quality, s.epochs = str(ws), "demo", 'TINY', 3
+    s.videos.add().filepath = str(demo_video[0])
+    runner = sys.modules[blender.__name__ + ".runner"]
+    operators = sys.modules[blender.__name__ + ".operators"]
+
+    class Probe(runner.EngineJobOperator):       # the modal operator's logic, driven by fake TIMER/ESC events
+        build_jobs = operators.LIPSYNC3D_OT_train.build_jobs
+        on_success = operators.LIPSYNC3D_OT_train.on_success
+
+        def report(self, level, message):
+            self.last = message
+
+    probe = Probe()
+    assert probe._begin(bpy.context)
+    assert [j.label for j in probe._chain.jobs] == ["Prepare", "Fit blendshapes", "Train"]
+    timer, deadline = SimpleNamespace(type='TIMER', value='NOTHING'), time.monotonic() + 240
+    while not (probe._chain.index == 2 and "epoch 2/3" in probe._chain.current.progress.message):
+        assert probe.modal(bpy.context, timer) == {'RUNNING_MODAL'} and time.monotonic() < deadline
+        time.sleep(0.05)
+    probe.modal(bpy.context, SimpleNamespace(type='ESC', value='PRESS'))
+    state = {'RUNNING_MODAL'}
+    while state == {'RUNNING_MODAL'}:
+        state = probe.modal(bpy.context, timer)
+        time.sleep(0.05)
+    assert state == {'CANCELLED'} and "cancelled" in probe.last
+    model = ws / "models" / "demo"
+    first = json.loads((model / "config.json").read_text())
+    assert first["epochs_done"] == 1 and (ws / "speakers" / "demo" / "blendshapes.npy").is_file()
+
+    assert bpy.ops.lipsync3d.train() == {'FINISHED'}           # resumes (train --resume), fit is not redone
+    config = json.loads((model / "config.json").read_text())
+    assert config["epochs_done"] == 3 and config["model_id"] == first["model_id"]
+    assert [h["epoch"] for h in config["history"]] == [1, 2, 3]
+    assert config["dims"]["freq_channels"][0] <= 4                 # the tiny (1/32) width
+    assert s.models[s.model_index].path == str(model) and s.models[s.model_index].summary.startswith("3 epochs")
+
+
+def _openness(vertices: np.ndarray) -> np.ndarray:
+    """Inner-lip gap (landmarks 13 and 14) per frame, engine units."""
+    return vertices[:, 13, 1] - vertices[:, 14, 1]
+
+
+@pytest.mark.slow
+def test_predict_import_drive_and_render(scene, blender, trained_demo, demo_video, tmp_path):
+    model_dir, _, _ = trained_demo
+    s = scene.lipsync3d
+    s.workspace = str(tmp_path / "ws")
+    scene.render.fps, scene.render.fps_base = 25, 1.0
+    sed = scene.sequence_editor_create()
+    strip = sed.strips.new_sound("Line 1", str(demo_video[0]), 2, START_FRAME)
+    strip.frame_offset_start = 25                 # trimmed: the first second is not used
+    strip.frame_offset_end = 25
+    sed.active_strip = strip
+    item = s.models.add()
+    item.name, item.path = "demo", str(model_dir)
+    character = make_character(["JAW_OPEN", "mouth-smile-left", "MOUTH_FUNNEL", "eye_blink_l", "Hat"])
+    s.character, s.blinks, s.smoothing, s.audio_source = character, False, 0, 'STRIP'
+    s.animation = 'SHAPE_KEYS'
+
+    t0 = time.perf_counter()
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}
+    seconds = time.perf_counter() - t0
+    result = results.read_prediction(s.results[0].path)
+    assert result.frames == strip.frame_final_duration == 100 and result.fps == 25.0
+    assert result.start_s == pytest.approx(1.0) and s.results[0].frame_start == START_FRAME + 25
+    first = START_FRAME + 25
+    head = next(o for o in scene.objects if o.name.startswith("LipSync3D head"))
+    with results.PointCache(result.file("pc2")) as pc:
+        verts = np.stack([np.asarray(pc.frame(i)).reshape(-1, 3) for i in range(result.frames)])
+    for i in (0, 37, 99):
+        scene.frame_set(first + i)
+        np.testing.assert_allclose(evaluated_coords(head), engine_to_blender(verts[i]), atol=1e-4)
+    # the character: keyed values at given frames equal the prediction's coefficients
+    track = results.read_coefficients(result.file("blendshapes_json"))
+    key = character.data.shape_keys
+    for i in (0, 50, 99):
+        scene.frame_set(first + i)
+        for kname, arkit in (("JAW_OPEN", "jawOpen"), ("mouth-smile-left", "mouthSmileLeft"),
+                             ("MOUTH_FUNNEL", "mouthFunnel"), ("eye_blink_l", "eyeBlinkLeft")):
+            assert key.key_blocks[kname].value == pytest.approx(track.frames[i][track.names.index(arkit)], abs=1e-5)
+    assert "Hat" in bpy.context.window_manager.lipsync3d_job.last_report
+    # predicting the same strip again reuses the folder (no engine run)
+    t0 = time.perf_counter()
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'} and time.perf_counter() - t0 < seconds / 2
+    # render: the face region differs between an open- and a closed-mouth frame
+    for obj in list(scene.objects):
+        if obj.name.startswith("LipSync3D head") and obj != head:
+            bpy.data.objects.remove(obj)
+    bpy.data.objects.remove(character)
+    gap = _openness(verts)
+    open_i, closed_i = int(np.argmax(gap)), int(np.argmin(gap))
+    assert gap[open_i] - gap[closed_i] > 0.3
+    texture_as_emission(head)
+    render = emission_render_setup(scene, head, size=96, samples=4)
+    frames = {i: render(first + i, tmp_path / f"r{i}.png").astype(float) for i in (open_i, closed_i)}
+    face = (slice(20, 90), slice(20, 76))
+    diff = np.abs(frames[open_i][face] - frames[closed_i][face]).mean()
+    assert diff > 4.0, f"open and closed mouth renders differ by only {diff:.2f} levels"
