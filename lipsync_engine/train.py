@@ -3,9 +3,13 @@
 Owns: turning a speaker directory into training tensors (normalized spectrograms, vertex
 deltas from the reference face, lip crops in [-1, 1], the previous frame's lip crop for
 teacher forcing), the loss R = R_tex + 3.0 R_geo + 0.3 R_bs with an SSIM texture loss, the
-loop with a contiguous held-out tail, checkpoints (safetensors weights + JSON config, a
-weights_only training state for --resume) and the loss curve. Must not: predict from new
-audio (inference is its own stage) or touch Blender.
+loop with a contiguous held-out tail, mixed precision where it helps, checkpoints
+(safetensors weights + JSON config, a weights_only training state with the RNG states so
+that --resume continues exactly) and the loss curve. Must not: predict from new audio
+(inference is its own stage), score held-out data (evaluate.py) or touch Blender.
+
+Mixed precision: bf16 autocast on CUDA by default ("auto"). On CPU it stays off by default:
+benchmarks/bench_train.py measures bf16 autocast against fp32 on this machine (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ WEIGHTS, CONFIG, STATE, CURVE = "model.safetensors", "config.json", "train_state
 REFERENCE_FILES = ("reference_atlas.png", "reference_atlas_normalized.png")
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5       # Wang et al. 2004
 SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # for images in [0, 1]
+MEMMAP_ABOVE_BYTES = 2 * 1024 ** 3       # auto: spectrograms + lips larger than this stay memory-mapped
+PRECISIONS = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -49,12 +55,18 @@ class TrainOptions:
     blendshape_weight: float = 0.3   # alpha_2 of the loss (paper)
     device: str = "auto"             # auto (CUDA, then MPS, then CPU), cpu, cuda, mps
     seed: int = 0
+    mixed_precision: str = "auto"    # auto (bf16 autocast on CUDA only), off, bf16, fp16 (CUDA)
+    in_memory: bool | None = None    # spectrograms + lips in RAM; None = auto (memory-mapped above 2 GiB)
+    augment_gain_db: float = 0.0     # beyond the paper: random spectrogram gain of +-this many dB per frame
+    augment_freq_mask: int = 0       # beyond the paper: zero a random band of up to this many frequency bins
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and learning_rate > 0")
         if not 0.0 <= self.val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
 
 
 @dataclass(frozen=True)
@@ -76,8 +88,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of (B, C, H, W) images in [0, 1] (Gaussian window 11, sigma 1.5)."""
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a TrainOptions.mixed_precision on a device, or None for fp32."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("mixed_precision fp16 needs a CUDA device; use bf16 or off")
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) images in [0, 1] -> (B, C, H-10, W-10) SSIM map (Gaussian window 11, sigma 1.5)."""
     x = torch.arange(SSIM_WINDOW, dtype=a.dtype, device=a.device) - SSIM_WINDOW // 2
     g = torch.exp(-x ** 2 / (2 * SSIM_SIGMA ** 2))
     g = (g / g.sum())
@@ -88,21 +109,32 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     mu_a, mu_b = blur(a), blur(b)
     var_a, var_b = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2
     cov = blur(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mu_a ** 2 + mu_b ** 2 + SSIM_C1) * (var_a + var_b + SSIM_C2))
-    return s.mean()
+    return ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mu_a ** 2 + mu_b ** 2 + SSIM_C1) * (var_a + var_b + SSIM_C2))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of (B, C, H, W) images in [0, 1] (Gaussian window 11, sigma 1.5)."""
+    return ssim_map(a, b).mean()
 
 
 class SpeakerTensors:
-    """A prepared speaker as training tensors (kept in memory; lips stay uint8 until batched)."""
+    """A prepared speaker as training tensors.
 
-    def __init__(self, speaker_dir: Path):
+    Spectrograms and lip crops (the bulk) are read into RAM, or, for large speakers
+    (in_memory None and more than MEMMAP_ABOVE_BYTES, or in_memory False), read batch by
+    batch from the speaker directory's memory maps; lips stay uint8 until batched.
+    """
+
+    def __init__(self, speaker_dir: Path, in_memory: bool | None = None):
         ds = dataset.open_speaker(speaker_dir)
         self.meta = ds.meta
-        self.spec = torch.from_numpy(np.array(ds.spectrograms, np.float32))
+        bulk = ds.spectrograms.nbytes + ds.lips.nbytes
+        self.in_memory = bulk <= MEMMAP_ABOVE_BYTES if in_memory is None else bool(in_memory)
+        self.spec = np.array(ds.spectrograms, np.float32) if self.in_memory else ds.spectrograms
+        self.lips = np.array(ds.lips) if self.in_memory else ds.lips                 # (N, 128, 128, 3) uint8
         ref = np.asarray(ds.reference_vertices, np.float32)
         self.reference_vertices = torch.from_numpy(ref)
         self.deltas = torch.from_numpy(np.asarray(ds.vertices, np.float32) - ref)
-        self.lips = torch.from_numpy(np.array(ds.lips))                              # (N, 128, 128, 3) uint8
         box = ds.meta["lip_box"]
         img = cv2.imread(str(Path(speaker_dir) / "reference_atlas_normalized.png"))[..., ::-1]
         crop = img[box["row"]:box["row"] + 128, box["col"]:box["col"] + 128]
@@ -116,14 +148,29 @@ class SpeakerTensors:
     def __len__(self) -> int:
         return len(self.deltas)
 
+    @staticmethod
+    def _rows(array: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
+        """array[idx] as a tensor; a memory map is read in sorted row order (sequential I/O)."""
+        rows = idx.numpy()
+        if isinstance(array, np.memmap):
+            uniq, inverse = np.unique(rows, return_inverse=True)
+            return torch.from_numpy(np.ascontiguousarray(array[uniq])[inverse])
+        return torch.from_numpy(array[rows])
+
+    def spec_at(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, 256, 24, 2) float32 spectrograms, unscaled."""
+        return self._rows(self.spec, idx)
+
     def lips_at(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, 3, 128, 128) float in [-1, 1]; zeros where idx < 0."""
-        out = self.lips[idx.clamp_min(0)].permute(0, 3, 1, 2).float() / 127.5 - 1
+        out = self._rows(self.lips, idx.clamp_min(0)).permute(0, 3, 1, 2).float() / 127.5 - 1
         return out * (idx >= 0).float()[:, None, None, None]
 
 
-def _losses(model, batch: dict, data: SpeakerTensors, options: TrainOptions, device) -> dict:
-    out = model(batch["spec"], batch["prev"])
+def _losses(model, batch: dict, data: SpeakerTensors, options: TrainOptions, device, amp=None) -> dict:
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        out = model(batch["spec"], batch["prev"])
+    out = {k: v.float() for k, v in out.items()}  # the losses in fp32
     pred = (data.reference_lips.to(device) + out["atlas_delta"]).clamp(-1, 1)
     tex = 1 - ssim((pred + 1) / 2, (batch["lips"] + 1) / 2)
     geo = (out["vertex_deltas"] - batch["deltas"]).square().sum(-1).mean()
@@ -138,10 +185,28 @@ def _batch(data: SpeakerTensors, idx: torch.Tensor, spec_scale: float, options, 
     prev = data.previous[idx]
     if train:  # teacher forcing; zeros with probability ar_zero_probability (the first frame's case)
         prev = torch.where(torch.rand(len(idx), generator=gen) < options.ar_zero_probability, -1, prev)
-    b = {"spec": data.spec[idx] * spec_scale, "prev": data.lips_at(prev), "lips": data.lips_at(idx),
+    spec = data.spec_at(idx) * spec_scale
+    if train:
+        spec = _augment(spec, options, gen)
+    b = {"spec": spec, "prev": data.lips_at(prev), "lips": data.lips_at(idx),
          "deltas": data.deltas[idx],
          "blendshapes": data.blendshapes[idx] if data.blendshapes is not None else None}
     return {k: (v.to(device) if v is not None else None) for k, v in b.items()}
+
+
+def _augment(spec: torch.Tensor, options: TrainOptions, gen: torch.Generator) -> torch.Tensor:
+    """Random gain and a random masked frequency band (SpecAugment) per frame; (B, 256, 24, 2)."""
+    n = len(spec)
+    if options.augment_gain_db > 0:
+        db = (torch.rand(n, generator=gen) * 2 - 1) * options.augment_gain_db
+        spec = spec * (10 ** (db / 20))[:, None, None, None]
+    if options.augment_freq_mask > 0:
+        width = torch.randint(0, options.augment_freq_mask + 1, (n,), generator=gen)
+        start = torch.randint(0, spec.shape[1] - options.augment_freq_mask, (n,), generator=gen)
+        f = torch.arange(spec.shape[1])
+        keep = (f[None] < start[:, None]) | (f[None] >= (start + width)[:, None])
+        spec = spec * keep[:, :, None, None]
+    return spec
 
 
 def _split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,17 +216,34 @@ def _split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.arange(n - n_val), torch.arange(n - n_val, n)
 
 
+def spectrogram_scale(data: SpeakerTensors, rows: torch.Tensor, chunk: int = 1024) -> float:
+    """1 / standard deviation of the training frames' spectrogram values (read in chunks)."""
+    total, square, count = 0.0, 0.0, 0
+    for s in range(0, len(rows), chunk):
+        x = data.spec_at(rows[s:s + chunk]).double()
+        total, square, count = total + float(x.sum()), square + float(x.square().sum()), count + x.numel()
+    var = max(square / count - (total / count) ** 2, 0.0)
+    return float(1.0 / max(var ** 0.5, 1e-8))
+
+
 def _config(dims: ModelDimensions, options: TrainOptions, data: SpeakerTensors, spec_scale: float,
-            epoch: int, history: list, speaker_dir: Path, model_id: str) -> dict:
+            epoch: int, history: list, speaker_dir: Path, model_id: str, n_train: int) -> dict:
     return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "engine_version": __version__,
             "dims": dims.to_dict(), "options": asdict(options), "spectrogram_scale": spec_scale,
             "fps": data.meta["fps"], "lip_box": data.meta["lip_box"], "cylinder": data.meta["cylinder"],
             "speaker": str(Path(speaker_dir).resolve()), "frames": len(data), "model_id": model_id,
+            "split": {"train_frames": n_train, "held_out_frames": len(data) - n_train,
+                      "rule": "held-out frames are the contiguous tail of the speaker's frames"},
             "has_blendshapes": data.blendshapes is not None, "epochs_done": epoch, "history": history}
 
 
-def save_checkpoint(out: Path, model: LipSync3D, optimizer, config: dict, data: SpeakerTensors) -> None:
-    """Weights (safetensors: no pickle) + config, then the resumable training state; all atomic."""
+def save_checkpoint(out: Path, model: LipSync3D, optimizer, config: dict, data: SpeakerTensors,
+                    rng: dict | None = None) -> None:
+    """Weights (safetensors: no pickle) + config, then the resumable training state; all atomic.
+
+    rng : {"generator": ByteTensor, "torch": ByteTensor} so that a resumed run draws the same
+    shuffles, teacher-forcing zeros and dropout masks as an uninterrupted one.
+    """
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -171,23 +253,55 @@ def save_checkpoint(out: Path, model: LipSync3D, optimizer, config: dict, data: 
         save_file(tensors, str(tmp))
     with storage.atomic_path(out / STATE) as tmp:
         torch.save({"optimizer": optimizer.state_dict(), "epochs_done": config["epochs_done"],
-                    "history": config["history"]}, tmp)
+                    "history": config["history"], **(rng or {})}, tmp)
     storage.write_json(out / CONFIG, config)
 
 
-def load_model(model_dir: Path, device: str = "cpu") -> tuple[LipSync3D, dict, dict]:
-    """(model in eval mode, config, extra tensors) from MODEL_DIR; never unpickles."""
+def _load_weights(path: Path, device: str) -> dict:
     from safetensors.torch import load_file
 
+    if not path.is_file():
+        raise EngineError(f"{path.parent}: incomplete model directory, {path.name} is missing")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise EngineError(f"{path}: corrupted or not a safetensors weights file ({type(e).__name__}: {e})") from e
+
+
+def load_model(model_dir: Path, device: str = "cpu") -> tuple[LipSync3D, dict, dict]:
+    """(model in eval mode, config, extra tensors) from MODEL_DIR; never unpickles.
+
+    Raises EngineError naming the file for a missing, foreign, newer or damaged model.
+    """
     root = Path(model_dir)
+    if root.is_file():
+        raise EngineError(f"{root}: is a file, not a model directory (one made by `lipsync train`)")
     config = storage.read_versioned_json(root / CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION, "LipSync3D model")
-    if not (root / WEIGHTS).is_file():
-        raise EngineError(f"{root}: incomplete model directory, {WEIGHTS} is missing")
-    tensors = load_file(str(root / WEIGHTS), device=device)
-    model = LipSync3D(ModelDimensions.from_dict(config["dims"])).to(device)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    try:
+        dims = ModelDimensions.from_dict(config["dims"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise EngineError(f"{root / CONFIG}: damaged model config ({type(e).__name__}: {e})") from e
+    tensors = _load_weights(root / WEIGHTS, device)
+    model = LipSync3D(dims).to(device)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    except RuntimeError as e:
+        raise EngineError(f"{root / WEIGHTS}: weights do not fit the network in {CONFIG} "
+                          f"({str(e).splitlines()[0]})") from e
+    for name in ("reference_vertices", "reference_lips"):
+        if name not in tensors:
+            raise EngineError(f"{root / WEIGHTS}: the {name} tensor is missing")
     model.eval()
     return model, config, {k: v for k, v in tensors.items() if not k.startswith("model.")}
+
+
+def _load_state(path: Path, device) -> dict:
+    try:
+        return torch.load(path, weights_only=True, map_location=device)
+    except FileNotFoundError as e:
+        raise EngineError(f"{path.parent}: cannot resume, {path.name} is missing") from e
+    except Exception as e:  # a truncated or foreign file: torch raises several error types
+        raise EngineError(f"{path}: cannot resume, the training state is damaged ({type(e).__name__})") from e
 
 
 def _plot(path: Path, history: list) -> None:
@@ -210,22 +324,71 @@ def _plot(path: Path, history: list) -> None:
     plt.close(fig)
 
 
-def _epoch(model, optimizer, data, idx, spec_scale, options, gen, device, train, tick) -> float:
+def _loss_text(sums: dict, count: int) -> str:
+    """'loss 0.2134 (tex 0.1900, geo 0.0041, bs 0.0312)' from summed per-frame losses."""
+    parts = ", ".join(f"{short} {sums[k] / count:.4f}" for k, short in
+                      (("texture", "tex"), ("geometry", "geo"), ("blendshapes", "bs")) if k in sums)
+    return f"loss {sums['total'] / count:.4f} ({parts})"
+
+
+def _epoch(model, optimizer, data, idx, spec_scale, options, gen, device, train, tick, amp=None) -> dict:
+    """One pass over idx; returns the mean of every loss term over its frames."""
     model.train(train)
     order = idx[torch.randperm(len(idx), generator=gen)] if train else idx
-    total, count = 0.0, 0
+    sums, count = {}, 0
     for s in range(0, len(order), options.batch_size):
         sel = order[s:s + options.batch_size]
         with torch.set_grad_enabled(train):
-            losses = _losses(model, _batch(data, sel, spec_scale, options, gen, device, train), data, options, device)
+            losses = _losses(model, _batch(data, sel, spec_scale, options, gen, device, train), data, options,
+                             device, amp)
         if train:
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
-        total += float(losses["total"].detach()) * len(sel)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(sel)
         count += len(sel)
-        tick(len(sel))
-    return total / max(count, 1)
+        tick(len(sel), _loss_text(sums, count))
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _resume(out: Path, model: LipSync3D, optimizer, gen: torch.Generator, device) -> tuple[int, list, dict]:
+    """Load MODEL_DIR's checkpoint into model, optimizer and RNGs; (epochs done, history, config)."""
+    trained, config, _ = load_model(out, str(device))
+    model.load_state_dict(trained.state_dict())
+    state = _load_state(out / STATE, device)
+    optimizer.load_state_dict(state["optimizer"])
+    if "generator" in state:
+        gen.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch"].cpu())
+    return int(state["epochs_done"]), list(state["history"]), config
+
+
+def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bool, dims):
+    """Data, split, scale, model, optimizer and the state to start from (fresh or resumed)."""
+    if (out / CONFIG).is_file() and not resume:
+        raise EngineError(f"{out}: already holds a model; pass --resume to continue it or choose another folder")
+    torch.manual_seed(options.seed)
+    gen = torch.Generator().manual_seed(options.seed)
+    device = pick_device(options.device)
+    data = SpeakerTensors(speaker_dir, options.in_memory)
+    train_idx, val_idx = _split(len(data), options.val_fraction)
+    run = {"data": data, "train_idx": train_idx, "val_idx": val_idx, "gen": gen, "device": device,
+           "start": 0, "history": [], "model_id": uuid.uuid4().hex[:12]}
+    if resume and (out / CONFIG).is_file():
+        config = storage.read_versioned_json(out / CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION, "LipSync3D model")
+        dims = ModelDimensions.from_dict(config["dims"])
+    dims = dims or preset_dimensions(options.preset)
+    model = LipSync3D(dims).to(device)
+    model.geometry.init_from_pca(data.deltas[train_idx])
+    optimizer = torch.optim.Adam(model.parameters(), options.learning_rate)
+    run.update(dims=dims, model=model, optimizer=optimizer, spec_scale=None)
+    if resume and (out / CONFIG).is_file():
+        run["start"], run["history"], config = _resume(out, model, optimizer, gen, device)
+        run["model_id"], run["spec_scale"] = config.get("model_id", run["model_id"]), config["spectrogram_scale"]
+    if run["spec_scale"] is None:
+        run["spec_scale"] = spectrogram_scale(data, train_idx)
+    return run
 
 
 def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: TrainOptions = TrainOptions(),
@@ -233,54 +396,44 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
                   resume: bool = False, dims: ModelDimensions | None = None) -> TrainResult:
     """Train a LipSync3D model on SPEAKER_DIR into MODEL_DIR, checkpointing every epoch.
 
-    resume : continue from MODEL_DIR's last checkpoint (after Ctrl-C or a crash). Without it,
-    an existing model directory is refused rather than overwritten.
+    resume : continue from MODEL_DIR's last checkpoint (after Ctrl-C or a crash) with the same
+    step, losses and random state. Without it, an existing model directory is refused.
+    Progress messages carry the running losses of the epoch ("epoch 3/30 loss ...").
     """
     t0 = time.perf_counter()
     cancel = cancel or CancelToken()
-    out = Path(model_dir)
-    if (out / CONFIG).is_file() and not resume:
-        raise EngineError(f"{out}: already holds a model; pass --resume to continue it or choose another folder")
-    torch.manual_seed(options.seed)
-    gen = torch.Generator().manual_seed(options.seed)
-    device = pick_device(options.device)
-    data = SpeakerTensors(Path(speaker_dir))
-    train_idx, val_idx = _split(len(data), options.val_fraction)
-    spec_scale = float(1.0 / data.spec[train_idx].std().clamp_min(1e-8))
-    dims = dims or preset_dimensions(options.preset)
-    model = LipSync3D(dims).to(device)
-    model.geometry.init_from_pca(data.deltas[train_idx])
-    optimizer = torch.optim.Adam(model.parameters(), options.learning_rate)
-    start, history, model_id = 0, [], uuid.uuid4().hex[:12]
-    if resume and (out / CONFIG).is_file():
-        model, config, _ = load_model(out, str(device))
-        model_id = config.get("model_id", model_id)
-        optimizer = torch.optim.Adam(model.parameters(), options.learning_rate)
-        state = torch.load(out / STATE, weights_only=True, map_location=device)
-        optimizer.load_state_dict(state["optimizer"])
-        start, history, spec_scale = state["epochs_done"], state["history"], config["spectrogram_scale"]
+    out, speaker_dir = Path(model_dir), Path(speaker_dir)
+    r = _prepare_run(speaker_dir, out, options, resume, dims)
+    data, train_idx, val_idx, history = r["data"], r["train_idx"], r["val_idx"], r["history"]
+    amp = autocast_dtype(options.mixed_precision, r["device"])
     out.mkdir(parents=True, exist_ok=True)
     for name in REFERENCE_FILES:
         with storage.atomic_path(out / name) as tmp:
-            shutil.copyfile(Path(speaker_dir) / name, tmp)
+            shutil.copyfile(speaker_dir / name, tmp)
     per_epoch = len(train_idx) + len(val_idx)
     total = per_epoch * options.epochs
-    done = {"n": start * per_epoch}
+    done = {"n": r["start"] * per_epoch, "last": ""}
 
-    def tick(n: int) -> None:
+    def tick(n: int, text: str, what: str = "") -> None:
         done["n"] += n
-        on_progress(Progress("train", done["n"], total, f"epoch {len(history) + 1}/{options.epochs}"))
+        held = f"; held-out {history[-1]['val']:.4f}" if history and history[-1].get("val") is not None else ""
+        on_progress(Progress("train", done["n"], total, f"epoch {len(history) + 1}/{options.epochs} {what}{text}{held}"))
         cancel.check()
 
-    for epoch in range(start, options.epochs):
-        train_loss = _epoch(model, optimizer, data, train_idx, spec_scale, options, gen, device, True, tick)
-        val_loss = _epoch(model, optimizer, data, val_idx, spec_scale, options, gen, device, False, tick) \
-            if len(val_idx) else None
-        history.append({"epoch": epoch + 1, "train": train_loss, "val": val_loss})
-        if not math.isfinite(train_loss):
-            raise EngineError(f"training diverged at epoch {epoch + 1} (loss {train_loss}); lower the learning rate")
-        save_checkpoint(out, model, optimizer, _config(dims, options, data, spec_scale, epoch + 1, history,
-                                                       Path(speaker_dir), model_id), data)
+    for epoch in range(r["start"], options.epochs):
+        tr = _epoch(r["model"], r["optimizer"], data, train_idx, r["spec_scale"], options, r["gen"], r["device"],
+                    True, tick, amp)
+        va = _epoch(r["model"], r["optimizer"], data, val_idx, r["spec_scale"], options, r["gen"], r["device"],
+                    False, lambda n, t: tick(n, t, "held-out "), amp) if len(val_idx) else None
+        history.append({"epoch": epoch + 1, "train": tr["total"], "val": va["total"] if va else None,
+                        "train_terms": {k: v for k, v in tr.items() if k != "total"},
+                        "val_terms": {k: v for k, v in va.items() if k != "total"} if va else None})
+        if not math.isfinite(tr["total"]):
+            raise EngineError(f"training diverged at epoch {epoch + 1} (loss {tr['total']}); lower the learning rate")
+        config = _config(r["dims"], options, data, r["spec_scale"], epoch + 1, history, speaker_dir, r["model_id"],
+                         len(train_idx))
+        save_checkpoint(out, r["model"], r["optimizer"], config, data,
+                        {"generator": r["gen"].get_state(), "torch": torch.get_rng_state()})
         _plot(out / CURVE, history)
     last = history[-1] if history else {"train": float("nan"), "val": None}
     return TrainResult(out, len(history), last["train"], last["val"], time.perf_counter() - t0)

@@ -1,5 +1,9 @@
 """Real torch training on the prepared synthetic speaker: loss falls, checkpoints reload, resume works."""
 
+import json
+import shutil
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -27,8 +31,6 @@ def test_training_learns_mouth_motion_from_audio(prepared_demo, tmp_path):
     ds, _, _ = prepared_demo
     opts = TrainOptions(epochs=12, batch_size=16, learning_rate=1e-3, seed=1)
     result = train_speaker(ds.path, tmp_path / "model", opts, dims=TINY)
-    import json
-
     hist = json.loads((tmp_path / "model" / "config.json").read_text())["history"]
     assert len(hist) == 12 and hist[-1]["train"] < 0.9 * hist[0]["train"], hist
     assert (tmp_path / "model" / "loss_curve.png").stat().st_size > 5000
@@ -44,8 +46,11 @@ def test_training_learns_mouth_motion_from_audio(prepared_demo, tmp_path):
     assert result.epochs == 12
 
 
-def test_resume_continues_and_refuses_to_overwrite(prepared_demo, tmp_path):
+def test_resume_continues_at_the_same_step_with_the_same_loss(prepared_demo, tmp_path):
+    """Ctrl-C in epoch 3, then --resume: the same epochs, the same losses as an uninterrupted run."""
     ds, _, _ = prepared_demo
+    opts = TrainOptions(epochs=4, batch_size=32, seed=2)
+    straight = train_speaker(ds.path, tmp_path / "straight", opts, dims=TINY)
     out = tmp_path / "model"
     token = CancelToken()
 
@@ -53,13 +58,94 @@ def test_resume_continues_and_refuses_to_overwrite(prepared_demo, tmp_path):
         if p.stage == "train" and p.done > 2.5 * len(ds):
             token.set()
 
-    opts = TrainOptions(epochs=4, batch_size=32, seed=2)
     with pytest.raises(Cancelled):
         train_speaker(ds.path, out, opts, on_progress=stop_in_epoch_3, cancel=token, dims=TINY)
     _, config, _ = load_model(out)
     assert config["epochs_done"] == 2                       # the last finished epoch was kept
     with pytest.raises(EngineError, match="--resume"):
         train_speaker(ds.path, out, opts, dims=TINY)
-    first = []
-    result = train_speaker(ds.path, out, opts, resume=True, dims=TINY, on_progress=first.append)
-    assert result.epochs == 4 and first[0].done >= 2 * len(ds)   # resumed, not restarted
+    seen = []
+    result = train_speaker(ds.path, out, opts, resume=True, on_progress=seen.append)
+    assert result.epochs == 4 and seen[0].done == 2 * len(ds) + min(32, len(ds))  # resumed at epoch 3's first step
+    a = json.loads((tmp_path / "straight" / "config.json").read_text())["history"]
+    b = json.loads((out / "config.json").read_text())["history"]
+    assert [h["train"] for h in b] == pytest.approx([h["train"] for h in a], rel=1e-5)
+    assert [h["val"] for h in b] == pytest.approx([h["val"] for h in a], rel=1e-5)
+    assert result.train_loss == pytest.approx(straight.train_loss, rel=1e-5)
+    assert "loss" in seen[-1].message and "tex" in seen[-1].message  # the bar shows running losses
+
+
+@pytest.fixture(scope="module")
+def one_epoch_model(prepared_demo, tmp_path_factory):
+    ds, _, _ = prepared_demo
+    out = tmp_path_factory.mktemp("m") / "model"
+    train_speaker(ds.path, out, TrainOptions(epochs=1, seed=3), dims=TINY)
+    return out
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupted_weights_are_a_clear_error(one_epoch_model, tmp_path):
+    bad = _copy(one_epoch_model, tmp_path / "bad")
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(EngineError, match=r"model\.safetensors: corrupted or not a safetensors"):
+        load_model(bad)
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(EngineError, match="model.safetensors is missing"):
+        load_model(bad)
+
+
+def test_damaged_training_state_refuses_to_resume(one_epoch_model, prepared_demo, tmp_path):
+    ds, _, _ = prepared_demo
+    bad = _copy(one_epoch_model, tmp_path / "bad")
+    (bad / "train_state.pt").write_bytes(b"not a torch file")
+    with pytest.raises(EngineError, match=r"train_state\.pt: cannot resume"):
+        train_speaker(ds.path, bad, TrainOptions(epochs=2, seed=3), resume=True)
+
+
+def test_foreign_files_and_newer_versions_are_refused(one_epoch_model, tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 100)
+    with pytest.raises(EngineError, match="is a file, not a model directory"):
+        load_model(tmp_path / "clip.mp4")
+    with pytest.raises(EngineError, match="not a LipSync3D model directory"):
+        load_model(tmp_path)
+    foreign = _copy(one_epoch_model, tmp_path / "foreign")
+    (foreign / "config.json").write_text(json.dumps({"format": "something-else", "format_version": 1}))
+    with pytest.raises(EngineError, match="not a LipSync3D model"):
+        load_model(foreign)
+    (foreign / "config.json").write_text("{ not json")
+    with pytest.raises(EngineError, match="unreadable"):
+        load_model(foreign)
+    newer = _copy(one_epoch_model, tmp_path / "newer")
+    config = json.loads((newer / "config.json").read_text())
+    config["format_version"] = 99
+    (newer / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EngineError, match="format version 99 is newer"):
+        load_model(newer)
+    other = _copy(one_epoch_model, tmp_path / "other")
+    config = json.loads((other / "config.json").read_text())
+    config["dims"] = ModelDimensions().scaled(1 / 16).to_dict()
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EngineError, match="weights do not fit the network"):
+        load_model(other)
+
+
+def test_memory_mapped_batches_and_bf16_autocast(prepared_demo, tmp_path):
+    """Memory-mapped batches give the same losses as in-memory ones; bf16 autocast trains (CPU)."""
+    ds, _, _ = prepared_demo
+    base = TrainOptions(epochs=1, batch_size=32, seed=4, val_fraction=0.2)
+    a = train_speaker(ds.path, tmp_path / "ram", replace(base, in_memory=True), dims=TINY)
+    b = train_speaker(ds.path, tmp_path / "mmap", replace(base, in_memory=False), dims=TINY)
+    assert b.train_loss == pytest.approx(a.train_loss, rel=1e-6) and b.val_loss == pytest.approx(a.val_loss, rel=1e-6)
+    c = train_speaker(ds.path, tmp_path / "bf16", replace(base, mixed_precision="bf16"), dims=TINY)
+    assert np.isfinite(c.train_loss) and c.train_loss == pytest.approx(a.train_loss, rel=0.05)
+    config = json.loads((tmp_path / "ram" / "config.json").read_text())
+    n_val = int(round(len(ds) * 0.2))
+    assert config["split"] == {"train_frames": len(ds) - n_val, "held_out_frames": n_val,
+                               "rule": "held-out frames are the contiguous tail of the speaker's frames"}
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        train_speaker(ds.path, tmp_path / "fp16", replace(base, mixed_precision="fp16", device="cpu"), dims=TINY)

@@ -1,0 +1,180 @@
+"""Training speed of `lipsync train`: steps/s per preset, and wall time to reach the quality bars.
+
+Usage:
+  .venv/bin/python benchmarks/bench_train.py steps [--widths 1 0.25 0.125] [--batch 32] [--device cpu]
+      one training step (forward, SSIM + 3.0 L2 + 0.3 L1 loss, backward, Adam) per width, fp32 and
+      bf16 autocast, median of --repeats after a warm-up, interleaved so that load changes hit both;
+  .venv/bin/python benchmarks/bench_train.py quality SPEAKER_DIR MODEL_DIR [--epochs 60] [--eval-every 10]
+      [--val-fraction 0.2] [--learning-rate 1e-3] [--preset cpu]
+      trains in legs of --eval-every epochs (each leg resumes the last, exactly), evaluates the
+      model on its held-out tail after each leg (lipsync evaluate) and prints when the issue's
+      bars are met; training time excludes the evaluations. Writes MODEL_DIR/bench_quality.json.
+  .venv/bin/python benchmarks/bench_train.py epoch SPEAKER_DIR --preset paper --device cuda
+      time per epoch of a preset on a device (the GPU figure of docs/benchmarks.md).
+
+Every run prints the load average, since the machine's 2 cores are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from lipsync_engine.model import LipSync3D, ModelDimensions  # noqa: E402
+from lipsync_engine.train import ssim  # noqa: E402
+
+BARS = {"openness_r": 0.8, "atlas_ssim": 0.9}   # the issue's absolute bars (and: beat every baseline)
+
+
+def _load() -> str:
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def _step(model, opt, batch, amp) -> float:
+    spec, prev, lips, deltas, bs = batch
+    t0 = time.perf_counter()
+    with torch.autocast(spec.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(spec, prev)
+    out = {k: v.float() for k, v in out.items()}
+    pred = (out["atlas_delta"]).clamp(-1, 1)
+    loss = 1 - ssim((pred + 1) / 2, (lips + 1) / 2) + 3.0 * (out["vertex_deltas"] - deltas).square().sum(-1).mean() \
+        + 0.3 * (out["blendshapes"] - bs).abs().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if spec.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def steps(args) -> None:
+    g = torch.Generator().manual_seed(0)
+    batch = [torch.randn(args.batch, 256, 24, 2, generator=g), torch.rand(args.batch, 3, 128, 128, generator=g) * 2 - 1,
+             torch.rand(args.batch, 3, 128, 128, generator=g) * 2 - 1, torch.randn(args.batch, 468, 3, generator=g) * 0.1,
+             torch.rand(args.batch, 52, generator=g)]
+    batch = [b.to(args.device) for b in batch]
+    for w in args.widths:
+        torch.manual_seed(0)
+        model = LipSync3D(ModelDimensions().scaled(w)).to(args.device)
+        opt = torch.optim.Adam(model.parameters(), 1e-4)
+        times = {"fp32": [], "bf16": []}
+        _step(model, opt, batch, False), _step(model, opt, batch, True)     # warm-up
+        for _ in range(args.repeats):
+            for mode in times:
+                times[mode].append(_step(model, opt, batch, mode == "bf16"))
+        med = {m: sorted(t)[len(t) // 2] for m, t in times.items()}
+        print(f"width {w:<6g} {sum(p.numel() for p in model.parameters()) / 1e6:7.2f} M parameters  "
+              f"fp32 {med['fp32'] * 1e3:7.0f} ms/step ({1 / med['fp32']:5.2f} steps/s)  "
+              f"bf16 autocast {med['bf16'] * 1e3:7.0f} ms/step ({1 / med['bf16']:5.2f} steps/s)  "
+              f"bf16/fp32 {med['bf16'] / med['fp32']:.2f}  [{_load()}]", flush=True)
+
+
+def _meets(metrics: dict, beats: dict) -> dict:
+    m = metrics["model"]
+    ok = {k: m[k] >= v for k, v in BARS.items()}
+    ok.update({f"beats_{k}": beats.get(k, False) for k in ("lmd_px", "openness_r", "lip_ssim")})
+    return ok
+
+
+def quality(args) -> None:
+    from lipsync_engine.evaluate import EvaluateOptions, evaluate_model
+    from lipsync_engine.train import TrainOptions, train_speaker
+
+    options = TrainOptions(preset=args.preset, epochs=args.eval_every, learning_rate=args.learning_rate,
+                           val_fraction=args.val_fraction, batch_size=args.batch, seed=args.seed,
+                           geometry_weight=args.geometry_weight, augment_gain_db=args.augment_gain_db,
+                           augment_freq_mask=args.augment_freq_mask)
+    dims = ModelDimensions().scaled(args.width) if args.width else None
+    if args.atlas_code is not None:
+        from lipsync_engine.model import preset_dimensions
+        dims = replace(dims or preset_dimensions(args.preset), atlas_code=args.atlas_code)
+    model_dir, log, train_s = Path(args.model), [], args.prior_train_s
+    done = json.loads((model_dir / "config.json").read_text())["epochs_done"] if args.resume else 0
+    first_pass = None
+    for epochs in [e for e in range(args.eval_every, args.epochs + 1, args.eval_every) if e > done]:
+        t0 = time.perf_counter()
+        train_speaker(args.speaker, model_dir, replace(options, epochs=epochs), resume=args.resume or bool(log),
+                      dims=dims)
+        train_s += time.perf_counter() - t0
+        r = evaluate_model(model_dir, args.speaker, model_dir / "evaluation", EvaluateOptions(write_plots=True))
+        doc = json.loads(r.path.read_text())
+        ok = _meets(r.metrics, doc["model_beats_baselines"])
+        if all(ok.values()) and first_pass is None:
+            first_pass = {"epochs": epochs, "train_s": round(train_s, 1)}
+        row = {"epochs": epochs, "train_s": round(train_s, 1), "load": os.getloadavg(),
+               "model": {k: r.metrics["model"][k] for k in ("lmd_px", "lip_ssim", "atlas_ssim", "openness_r",
+                                                           "jitter_ratio", "texture_jitter_ratio", "blendshape_mae")},
+               "bars": ok}
+        log.append(row)
+        print(json.dumps(row), flush=True)
+    summary = {"command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "legs": log,
+               "first_pass_of_all_bars": first_pass, "baselines": {k: v for k, v in r.metrics.items() if k != "model"}}
+    (model_dir / "bench_quality.json").write_text(json.dumps(summary, indent=1))
+    print("all bars first met:", first_pass or "not within the budget")
+
+
+def epoch(args) -> None:
+    from lipsync_engine.train import TrainOptions, train_speaker
+
+    t0 = time.perf_counter()
+    r = train_speaker(args.speaker, args.model, TrainOptions(preset=args.preset, epochs=args.epochs,
+                                                             device=args.device, val_fraction=0.0))
+    dt = time.perf_counter() - t0
+    print(f"{args.preset} on {args.device}: {r.epochs} epochs in {dt:.1f} s ({dt / r.epochs:.2f} s/epoch, "
+          f"500 epochs ~ {500 * dt / r.epochs / 60:.1f} min)  [{_load()}]")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("steps")
+    s.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.25, 0.125])
+    s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--device", default="cpu")
+    q = sub.add_parser("quality")
+    q.add_argument("speaker")
+    q.add_argument("model")
+    q.add_argument("--epochs", type=int, default=60)
+    q.add_argument("--eval-every", type=int, default=10)
+    q.add_argument("--val-fraction", type=float, default=0.2)
+    q.add_argument("--learning-rate", type=float, default=1e-3)
+    q.add_argument("--batch", type=int, default=32)
+    q.add_argument("--preset", default="cpu")
+    q.add_argument("--width", type=float)
+    q.add_argument("--atlas-code", type=int, help="N_a (0 = no auto-regression, the Figure 5 ablation)")
+    q.add_argument("--geometry-weight", type=float, default=3.0)
+    q.add_argument("--augment-gain-db", type=float, default=0.0)
+    q.add_argument("--augment-freq-mask", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    q.add_argument("--resume", action="store_true", help="continue MODEL's training (exactly, lipsync train --resume)")
+    q.add_argument("--prior-train-s", type=float, default=0.0, help="training seconds already spent (with --resume)")
+    e = sub.add_parser("epoch")
+    e.add_argument("speaker")
+    e.add_argument("--model", default="out/bench_epoch_model")
+    e.add_argument("--preset", default="paper")
+    e.add_argument("--device", default="cuda")
+    e.add_argument("--epochs", type=int, default=3)
+    args = ap.parse_args()
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    print(f"# command: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
+    print(f"# machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {_load()}", flush=True)
+    {"steps": steps, "quality": quality, "epoch": epoch}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
