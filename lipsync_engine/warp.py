@@ -86,10 +86,13 @@ class Raster:
         t, px, py, lam = _covered_pixels(pts, tris, h, w)
         pix = py * w + px
         if depth is not None:  # the nearest triangle wins: keep the last of each pixel after sorting
-            z = (lam * np.asarray(depth, np.float32)[tris[t]]).sum(1)
-            order = np.lexsort((z, pix))
-            last = np.r_[pix[order][1:] != pix[order][:-1], True]
-            keep = order[last]
+            shared = np.bincount(pix, minlength=h * w)[pix] > 1  # only pixels covered twice need the sort
+            dup = np.flatnonzero(shared)
+            z = (lam[dup] * np.asarray(depth, np.float32)[tris[t[dup]]]).sum(1)
+            order = dup[np.lexsort((z, pix[dup]))]
+            last = np.r_[pix[order][1:] != pix[order][:-1], True] if len(order) else np.zeros(0, bool)
+            shared[order[last]] = False  # now False exactly where an entry is kept (in triangle order)
+            keep = np.flatnonzero(~shared)
             pix, t, lam = pix[keep], t[keep], lam[keep]
         self.size = (h, w)
         self.pixels, self.lam, self.triangle = pix, lam, t
@@ -116,6 +119,16 @@ class Raster:
         m[self.pixels] = self._interp @ src
         m = m.reshape(self.size + (2,))
         return np.ascontiguousarray(m[..., 0]), np.ascontiguousarray(m[..., 1])
+
+    def interpolate(self, values: np.ndarray, fill: float = -1.0) -> np.ndarray:
+        """(H, W, K) float32: per-vertex values (V, K) interpolated at each covered pixel; `fill` elsewhere.
+
+        Several remap sources and per-vertex weights in one sparse product (dub.py uses 5 columns).
+        """
+        vals = np.asarray(values, np.float32)
+        m = np.full((self.size[0] * self.size[1], vals.shape[1]), fill, np.float32)
+        m[self.pixels] = self._interp @ vals
+        return m.reshape(self.size + (vals.shape[1],))
 
     def warp(self, image: np.ndarray, src_points: np.ndarray) -> np.ndarray:
         """Resample `image` (h, w[, C]) so that src_points land on this raster's mesh."""
