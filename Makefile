@@ -35,6 +35,9 @@ system-libs:
 
 demo: $(STAMP)
 	$(BIN)/lipsync demo -o $(DEMO_OUT)
+	# the Blender scene: the add-on (built and installed in a throw-away Blender user folder) predicts,
+	# imports the textured head and drives a character; a .blend, a rendered PNG and an MP4 in $(DEMO_OUT)/blender
+	$(BIN)/python tools/make_demo_blend.py --demo $(DEMO_OUT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

@@ -18,7 +18,13 @@ _PUBLIC = {
     "open_speaker": "dataset", "SpeakerDataset": "dataset",
     "fit_speaker": "blendshapes", "fit_coefficients": "blendshapes", "FitOptions": "blendshapes",
     "make_demo_video": "synthetic", "load_demo_truth": "synthetic",
+    "evaluate_model": "evaluate", "EvaluateOptions": "evaluate", "EvaluationResult": "evaluate",
+    "predict": "predict", "load_predictor": "predict", "Predictor": "predict", "PredictOptions": "predict",
+    "Prediction": "predict", "compose_atlas": "predict", "OutputOptions": "prediction_folder",
+    "PredictResult": "prediction_folder", "predict_to_folder": "prediction_folder", "write_outputs": "prediction_folder",
     "LightingOptions": "config", "EngineError": "errors", "CancelToken": "progress", "Progress": "progress",
+    "dub_video": "dub", "DubOptions": "dub", "DubResult": "dub",
+    "cartoon_prediction": "cartoon", "cartoon_frame": "cartoon", "CartoonOptions": "cartoon", "CartoonResult": "cartoon",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -54,6 +54,8 @@ class Reporter:
             self.bar = tqdm(total=p.total, desc=f"{p.stage:>8}", unit="fr" if p.stage in ("track", "atlas") else "",
                             file=self.console, dynamic_ncols=True, leave=True, postfix=p.message or None)
         self.bar.total = p.total
+        if p.message and p.message != getattr(self.bar, "postfix", None):  # e.g. the running training losses
+            self.bar.set_postfix_str(p.message, refresh=False)
         self.bar.update(p.done - self.bar.n)  # tqdm throttles the redraws
 
     def close(self) -> None:
@@ -74,6 +76,10 @@ def _cmd_prepare(args, reporter: Reporter, cancel: CancelToken) -> None:
     from .prepare import PrepareOptions, prepare_speaker
 
     options = PrepareOptions(workers=args.workers, report=not args.no_report)
+    if args.no_lighting_normalization:  # the ablation of Section 3.1.2 (docs/evaluation.md)
+        options = replace(options, lighting=replace(options.lighting, normalize=False))
+    if args.reference_speaker:  # held-out videos in a trained speaker's normalized space
+        options = replace(options, reference_speaker=str(args.reference_speaker))
     if args.reference:
         take, _, frame = args.reference.partition(":")
         options = replace(options, reference=(int(take), int(frame)))
@@ -129,8 +135,15 @@ def _cmd_export(args, reporter: Reporter, cancel: CancelToken) -> None:
 def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
     from .train import TrainOptions, train_speaker
 
-    options = TrainOptions(preset=args.preset, epochs=args.epochs, device=args.device)
-    r = train_speaker(args.speaker, args.output, options, reporter, cancel, resume=args.resume)
+    options = TrainOptions(preset=args.preset, epochs=args.epochs, device=args.device, val_fraction=args.val_fraction,
+                           learning_rate=args.learning_rate, batch_size=args.batch_size,
+                           mixed_precision=args.mixed_precision)
+    dims = None
+    if args.width is not None:  # e.g. 1/32 for a tiny test model (the add-on's "Tiny" quality)
+        from .model import ModelDimensions
+
+        dims = ModelDimensions().scaled(args.width)
+    r = train_speaker(args.speaker, args.output, options, reporter, cancel, resume=args.resume, dims=dims)
     reporter.close()
     val = f", held-out {r.val_loss:.4f}" if r.val_loss is not None else ""
     reporter.info("RESULT", f"{r.path}: {r.epochs} epochs in {r.seconds:.0f} s, loss {r.train_loss:.4f}{val}; "
@@ -171,6 +184,7 @@ def _cmd_demo(args, reporter: Reporter, cancel: CancelToken) -> None:
     livelink = out / "demo_blendshapes_livelink.csv"
     coeffs, fps = load_fitted(result.path)
     write_livelink_csv(livelink, coeffs, ARKIT_NAMES, fps)
+    model, pred = _demo_train_and_predict(out, result.path, video, reporter, cancel)
     reporter.info("RESULT", "\n".join([
         "demo finished. Outputs:",
         f"  synthetic input video : {video} (ground truth: {video.with_suffix('.truth.json')})",
@@ -178,7 +192,164 @@ def _cmd_demo(args, reporter: Reporter, cancel: CancelToken) -> None:
         f"  report (open this)    : {result.path / 'report' / 'index.html'}",
         f"  ARKit-52 coefficients : {fit.coefficients_path} (plot: {fit.plot_path})",
         f"  Live Link Face CSV    : {livelink}",
+        f"  trained model         : {model} (loss curve: {model / 'loss_curve.png'})",
+        f"  prediction from audio : {pred.path} ({pred.frames} frames at {pred.fps:g} fps; result.json)",
+        f"  preview (watch this)  : {pred.path / 'preview.mp4'}",
     ]), path=str(out))
+
+
+DEMO_WIDTH, DEMO_EPOCHS = 1 / 32, 40   # the tests' tiny model (1/32 width), ~1.5 min on 2 idle cores
+
+
+def _demo_train_and_predict(out: Path, speaker: Path, video: Path, reporter: Reporter, cancel: CancelToken):
+    """make demo, last steps: a tiny model trained on the demo speaker (resumed or skipped when
+    already there), then `lipsync predict` from the demo video's own audio at 30 fps."""
+    from .model import ModelDimensions
+    from .predict import PredictOptions
+    from .prediction_folder import OutputOptions, predict_to_folder
+    from .train import CONFIG, TrainOptions, train_speaker
+
+    model = out / "model"
+    options = TrainOptions(epochs=DEMO_EPOCHS, batch_size=16, learning_rate=1e-3, seed=1)
+    train_speaker(speaker, model, options, reporter, cancel, resume=(model / CONFIG).is_file(),
+                  dims=ModelDimensions().scaled(DEMO_WIDTH))
+    reporter.close()
+    pred = predict_to_folder(model, video, out / "prediction", PredictOptions(fps=30.0),
+                             OutputOptions(overwrite=True), reporter, cancel)
+    reporter.close()
+    return model, pred
+
+
+def _predict_outputs(audio: list[Path], output: Path | None) -> list[Path]:
+    """One AUDIO: OUT is its prediction folder. Several: OUT (default .) holds STEM_lipsync per file."""
+    from .errors import InputError
+
+    if len(audio) == 1:
+        return [output or Path(f"{audio[0].stem}_lipsync")]
+    stems = [a.stem for a in audio]
+    if len(set(stems)) != len(stems):
+        raise InputError(f"several audio files share a name ({', '.join(sorted({s for s in stems if stems.count(s) > 1}))}); "
+                         "predict them in separate calls with -o")
+    return [(output or Path(".")) / f"{s}_lipsync" for s in stems]
+
+
+def _cmd_predict(args, reporter: Reporter, cancel: CancelToken) -> None:
+    from .predict import PredictOptions, load_predictor
+    from .prediction_folder import OutputOptions, check_output_dir, predict_to_folder
+
+    from .errors import InputError
+
+    relight = args.relight if args.relight in (None, "reference") else int(args.relight) \
+        if args.relight.lstrip("-").isdigit() else args.relight
+    try:
+        options = PredictOptions(fps=args.fps, start_s=args.start, end_s=args.end, smoothing=not args.no_smoothing,
+                                 silence_db=args.silence_db, atlas=not args.no_atlas,
+                                 chunk_frames=args.chunk_frames, device=args.device)
+        out_options = OutputOptions(atlas_images=not args.no_atlas, preview=not args.no_preview,
+                                    preview_size=args.preview_size, relight=relight, overwrite=args.overwrite)
+    except ValueError as e:
+        raise InputError(f"predict: {e}") from e
+    outs = _predict_outputs(args.audio, args.output)
+    for out in outs:                      # refuse before any work is done
+        check_output_dir(out, args.overwrite)
+    predictor = load_predictor(args.model, args.device)   # loaded once for every file
+    for audio, out in zip(args.audio, outs):
+        r = predict_to_folder(predictor, audio, out, options, out_options, reporter, cancel)
+        reporter.close()
+        reporter.info("RESULT", f"{r.path}: {r.frames} frames at {r.fps:g} fps ({r.silent_frames} silent) from "
+                      f"{audio.name} in {r.seconds:.1f} s; manifest: {r.manifest}"
+                      + (f"; preview: {r.path / 'preview.mp4'}" if out_options.preview else ""),
+                      path=str(r.path), frames=r.frames, fps=r.fps)
+
+
+def _cmd_info(args, reporter: Reporter, cancel: CancelToken) -> None:
+    """Versions, the engine's location and the compute device (the add-on's "Check engine")."""
+    import platform
+
+    import numpy
+    import torch
+
+    from .train import pick_device
+
+    device = pick_device(args.device)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
+        "Apple MPS" if device.type == "mps" else ""
+    try:
+        import mediapipe
+        mp_version = mediapipe.__version__
+    except ImportError as e:
+        mp_version = ""
+        reporter.info("WARN", f"mediapipe cannot be imported ({e}); prepare will not work")
+    info = {"engine_version": __version__, "protocol": protocol.PROTOCOL_VERSION, "python": platform.python_version(),
+            "torch": torch.__version__, "mediapipe": mp_version, "numpy": numpy.__version__,
+            "device": str(device), "gpu": gpu, "engine_path": str(Path(__file__).resolve().parent)}
+    reporter.info("RESULT", f"lipsync {__version__} (Python {info['python']}, torch {info['torch']}, mediapipe "
+                  f"{mp_version or 'missing'}); device {device}" + (f" ({gpu})" if gpu else ", no GPU found"),
+                  **info)
+
+
+def _cmd_dub(args, reporter: Reporter, cancel: CancelToken) -> None:
+    from .dub import DubOptions, dub_video
+
+    try:
+        options = DubOptions(video_start_s=args.video_start, video_end_s=args.video_end, audio_start_s=args.audio_start,
+                             audio_end_s=args.audio_end, loop=args.loop, workers=args.workers, crf=args.crf,
+                             device=args.device)
+    except ValueError as e:
+        raise EngineError(f"dub: {e}") from e
+    r = dub_video(args.model, args.audio, args.video, args.output, options, reporter, cancel, overwrite=args.overwrite)
+    reporter.close()
+    looped = f", video {'looped (pingpong)' if args.loop == 'pingpong' else 'held'} to the audio's length" \
+        if r.looped else ""
+    resumed = f", {r.resumed} segment(s) reused" if r.resumed else ""
+    reporter.info("RESULT", f"{r.path}: {r.frames} frames at {r.fps:g} fps, {r.faces} with the new mouth{looped}; "
+                  f"{r.seconds:.1f} s ({r.frames / max(r.seconds, 1e-9):.1f} frames/s){resumed}",
+                  path=str(r.path), frames=r.frames)
+
+
+def _rgb(text: str) -> tuple[int, int, int]:
+    """'30,22,20' or '#1e1614' -> (30, 22, 20)."""
+    t = text.strip().lstrip("#")
+    try:
+        rgb = tuple(int(t[i:i + 2], 16) for i in (0, 2, 4)) if "," not in t and len(t) == 6 else \
+            tuple(int(v) for v in t.split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        raise argparse.ArgumentTypeError(f"not a colour: {text!r} (use R,G,B with 0-255 or #rrggbb)")
+    return rgb
+
+
+def _cmd_cartoon(args, reporter: Reporter, cancel: CancelToken) -> None:
+    from .cartoon import FEATURES, CartoonOptions, cartoon_prediction
+
+    features = tuple(f.strip() for f in args.features.split(",")) if args.features else FEATURES
+    try:
+        options = CartoonOptions(size=args.size, line_width=args.line_width, line_color=args.line_color,
+                                 filter_strength=args.filter_strength, color_levels=args.color_levels,
+                                 features=features, preview=not args.no_preview)
+    except ValueError as e:
+        raise EngineError(f"cartoon: {e}") from e
+    r = cartoon_prediction(args.prediction, options, reporter, cancel)
+    reporter.close()
+    reporter.info("RESULT", f"{r.path / r.files['cartoon_dir']}: {r.frames} cartoon frames "
+                  f"({r.frames / max(r.seconds, 1e-9):.0f} frames/s); contours: {r.path / r.files['contours']}"
+                  + (f"; preview: {r.path / r.files['cartoon_preview']}" if "cartoon_preview" in r.files else ""),
+                  path=str(r.path), frames=r.frames)
+
+
+def _cmd_evaluate(args, reporter: Reporter, cancel: CancelToken) -> None:
+    from .evaluate import EvaluateOptions, evaluate_model
+
+    r = evaluate_model(args.model, args.held_out, args.output, EvaluateOptions(device=args.device), reporter, cancel)
+    reporter.close()
+    lines = [f"{'method':<10} {'LMD px':>7} {'lip SSIM':>8} {'atlas SSIM':>10} {'open r':>7} {'jitter':>7} {'bs MAE':>7}"]
+    for name, m in r.metrics.items():
+        bs = "-" if m["blendshape_mae"] is None else f"{m['blendshape_mae']:.4f}"
+        lines.append(f"{name:<10} {m['lmd_px']:7.3f} {m['lip_ssim']:8.4f} {m['atlas_ssim']:10.4f} "
+                     f"{m['openness_r']:7.3f} {m['jitter_ratio']:7.2f} {bs:>7}")
+    reporter.info("RESULT", f"{r.frames} held-out frames (jitter: x the ground truth's own)\n" + "\n".join(lines)
+                  + f"\nwrote {r.path}", path=str(r.path), metrics=r.metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--reference", metavar="TAKE:FRAME", help="force the reference frame")
     sp.add_argument("--overwrite", action="store_true", help="replace a speaker directory made from other inputs")
     sp.add_argument("--no-report", action="store_true", help="skip the HTML/PNG report")
+    sp.add_argument("--no-lighting-normalization", action="store_true",
+                    help="keep raw atlases (no gain/colour normalization); for the ablation study")
+    sp.add_argument("--reference-speaker", type=Path, metavar="SPEAKER_DIR",
+                    help="use that speaker directory's reference face and atlas (held-out videos for evaluation)")
     sp.set_defaults(func=_cmd_prepare)
 
     sf = sub.add_parser("fit", help="fit ARKit-52 blendshape coefficients to a prepared speaker")
@@ -203,13 +378,19 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--no-adapt", action="store_true", help="do not adapt the rig to the speaker's neutral face")
     sf.set_defaults(func=_cmd_fit)
 
-    st = sub.add_parser("train", help="train a personalized model on a prepared speaker (no evaluation yet)")
+    st = sub.add_parser("train", help="train a personalized model on a prepared speaker")
     st.add_argument("speaker", type=Path, help="prepared speaker directory (run `lipsync fit` first for blendshapes)")
     st.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
     st.add_argument("--preset", choices=("cpu", "paper"), default="cpu", help="network width (default cpu = 1/8)")
     st.add_argument("--epochs", type=int, default=30)
     st.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     st.add_argument("--resume", action="store_true", help="continue MODEL_DIR after Ctrl-C or a crash")
+    st.add_argument("--width", type=float, help="channel width as a fraction of the paper's (overrides --preset)")
+    st.add_argument("--val-fraction", type=float, default=0.1, help="held-out tail of the frames (default 0.1)")
+    st.add_argument("--learning-rate", type=float, default=1e-4, help="Adam step size (default 1e-4)")
+    st.add_argument("--batch-size", type=int, default=32, help="frames per step (default 32)")
+    st.add_argument("--mixed-precision", choices=("auto", "off", "bf16", "fp16"), default="auto",
+                    help="autocast dtype (default auto: bf16 on CUDA, fp32 on CPU)")
     st.set_defaults(func=_cmd_train)
 
     se = sub.add_parser("export", help="write a speaker's fitted coefficients for other tools")
@@ -229,6 +410,66 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("-o", "--output", type=Path, default=Path("out/demo"))
     sd.add_argument("--duration", type=float, default=8.0)
     sd.set_defaults(func=_cmd_demo)
+
+    sq = sub.add_parser("predict", help="animation from dialogue audio: meshes, atlases, blendshapes, a preview")
+    sq.add_argument("model", type=Path, help="model directory (lipsync train)")
+    sq.add_argument("audio", type=Path, nargs="+", help="wav, flac, ogg, mp3, m4a/aac, or a video's audio track")
+    sq.add_argument("-o", "--output", type=Path, help="prediction folder (one AUDIO; default STEM_lipsync) or the "
+                    "folder of one STEM_lipsync per AUDIO (several; default .)")
+    sq.add_argument("--fps", type=float, default=30.0, help="output frame rate, e.g. 24, 25, 29.97, 60 (default 30)")
+    sq.add_argument("--start", type=float, help="first second of the audio to use")
+    sq.add_argument("--end", type=float, help="last second of the audio to use")
+    sq.add_argument("--no-smoothing", action="store_true", help="no temporal smoothing of vertices/blendshapes")
+    sq.add_argument("--silence-db", type=float, default=-45.0,
+                    help="frames this many dB below the file's peak rest closed (default -45)")
+    sq.add_argument("--no-atlas", action="store_true", help="geometry and blendshapes only (no lip atlases)")
+    sq.add_argument("--no-preview", action="store_true", help="skip preview.mp4")
+    sq.add_argument("--preview-size", type=int, default=512, help="preview side in pixels (default 512)")
+    sq.add_argument("--relight", metavar="FRAME|reference",
+                    help="put the lighting of the reference frame (or of a speaker frame index) back on the atlases")
+    sq.add_argument("--chunk-frames", type=int, default=512, help="frames per chunk (memory bound; default 512)")
+    sq.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    sq.add_argument("--overwrite", action="store_true", help="replace a prediction already in the output folder")
+    sq.set_defaults(func=_cmd_predict)
+
+    si = sub.add_parser("info", help="versions, engine location and the compute device found")
+    si.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    si.set_defaults(func=_cmd_info)
+
+    sb = sub.add_parser("dub", help="put the mouth predicted from new audio into a video of the speaker")
+    sb.add_argument("model", type=Path, help="model directory (lipsync train)")
+    sb.add_argument("--audio", type=Path, required=True, help="the new audio (any audio file or a video's track)")
+    sb.add_argument("--video", type=Path, required=True, help="target video of the same speaker")
+    sb.add_argument("-o", "--output", type=Path, required=True, help="output .mp4")
+    sb.add_argument("--video-start", type=float, default=0.0, help="first second of the target video (default 0)")
+    sb.add_argument("--video-end", type=float, help="last second of the target video (default: its end)")
+    sb.add_argument("--audio-start", type=float, default=0.0, help="first second of the audio (default 0)")
+    sb.add_argument("--audio-end", type=float, help="last second of the audio (default: its end)")
+    sb.add_argument("--loop", choices=("pingpong", "hold"), default="pingpong",
+                    help="audio longer than the video: play it back and forth (default) or hold the last frame")
+    sb.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    sb.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
+    sb.add_argument("--device", default="auto", help="prediction device: auto, cpu, cuda or mps")
+    sb.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    sb.set_defaults(func=_cmd_dub)
+
+    sc = sub.add_parser("cartoon", help="add cartoon line-art frames and contours to a prediction folder")
+    sc.add_argument("prediction", type=Path, help="prediction folder (lipsync predict -o ...)")
+    sc.add_argument("--size", type=int, default=512, help="frame side in pixels (default 512)")
+    sc.add_argument("--line-width", type=float, default=3.0, help="contour width in pixels (default 3)")
+    sc.add_argument("--line-color", type=_rgb, default=(30, 22, 20), help="R,G,B or #rrggbb (default 30,22,20)")
+    sc.add_argument("--filter-strength", type=float, default=1.0, help="bilateral filtering, 0 = off (default 1)")
+    sc.add_argument("--color-levels", type=int, default=12, help="posterization levels per channel, 0 = off")
+    sc.add_argument("--features", help="comma-separated contours (default: all; see docs/dub.md)")
+    sc.add_argument("--no-preview", action="store_true", help="skip cartoon_preview.mp4")
+    sc.set_defaults(func=_cmd_cartoon)
+    sv = sub.add_parser("evaluate", help="score a model on held-out speech against baselines (JSON + plots)")
+    sv.add_argument("model", type=Path, help="model directory (lipsync train)")
+    sv.add_argument("held_out", type=Path, nargs="+", help="the model's speaker directory (its held-out tail is "
+                    "used), another speaker directory in its space, or held-out videos of the same speaker")
+    sv.add_argument("-o", "--output", type=Path, help="folder for evaluation.json and plots (default MODEL/evaluation)")
+    sv.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
+    sv.set_defaults(func=_cmd_evaluate)
     return p
 
 

@@ -19,6 +19,7 @@ class LightingOptions:
     remove_specularities: bool = True  # Section 3.1.2 "Specularity Removal"
     symmetrize_reference: bool = True  # Section 3.1.2 "Reference Atlas Normalization using Facial Symmetry"
     register_skin: bool = True      # beyond the paper: optical flow aligns skin texture to the reference (normalize.py)
+    normalize: bool = True          # Section 3.1.2 gain + colour normalization (False: raw atlases, for the ablation)
 
     def __post_init__(self) -> None:
         if self.patch_size < 2:

@@ -179,10 +179,10 @@ class AtlasBuilder:
         raw = self.unroll(image, landmarks, raster).astype(np.float32) / 255.0
         ref = raw
         skin = raster.triangle_mask(self.skin)
-        if self.options.remove_specularities:
+        if self.options.remove_specularities and self.options.normalize:
             ref, _ = lighting.remove_specularities(ref, skin, self.options)
         valid = raster.mask
-        if self.options.symmetrize_reference:
+        if self.options.symmetrize_reference and self.options.normalize:
             mirror_uv = self.ref_uv[self.topo.mirror]
             mirrored = raster.warp(ref, mirror_uv)
             mirrored_valid = raster.warp(valid.astype(np.float32), mirror_uv) > 0.999
@@ -201,8 +201,12 @@ class AtlasBuilder:
         if self.options.register_skin:
             raw = self._register_skin(raw, ref_aligned[..., :3], raster)
         valid = raster.mask & (ref_aligned[..., 3] > 0.999)
-        res = lighting.normalize_frame(raw.astype(np.float32) / 255.0, ref_aligned[..., :3], valid, self.options,
-                                       skin_mask=raster.triangle_mask(self.skin))
+        if not self.options.normalize:  # the ablation of Section 3.1.2: the raw texture, unit gain
+            res = lighting.LightingResult(raw.astype(np.float32) / 255.0, np.ones(raw.shape[:2], np.float32),
+                                          valid.astype(np.float32), np.ones(3, np.float32), np.zeros(3, np.float32))
+        else:
+            res = lighting.normalize_frame(raw.astype(np.float32) / 255.0, ref_aligned[..., :3], valid, self.options,
+                                           skin_mask=raster.triangle_mask(self.skin))
         out = np.where(raster.mask[..., None], res.image, 0.0)
         small = ATLAS_SIZE // GAIN_DOWNSAMPLE
         gain = cv2.resize(res.gain.astype(np.float32), (small, small), interpolation=cv2.INTER_AREA)

@@ -22,7 +22,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from . import audio, dataset, jobs, media, normalize, storage
+from . import audio, dataset, geometry, jobs, media, normalize, storage
 from .config import LightingOptions
 from .errors import EngineError, InputError, NoFaceError
 from .progress import CancelToken, Progress, ProgressCallback, no_progress
@@ -47,6 +47,7 @@ class PrepareOptions:
     reference: tuple[int, int] | None = None  # force the reference frame: (take, frame number)
     pose_smoothing_s: float = 0.06   # Gaussian sigma (seconds) of per-frame pose smoothing, 0 = off
     report: bool = True              # write SPEAKER_DIR/report
+    reference_speaker: str | None = None  # reuse this speaker directory's normalized space (held-out videos)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -282,6 +283,28 @@ class _Run:
     def normalize_geometry(self, ref: tuple[int, int]) -> normalize.PoseNormalization:
         k, f = ref
         norm = normalize.build_pose_normalization(self.takes[k]["track"]["landmarks"][f])
+        return self.normalize_takes(norm)
+
+    def borrow_reference(self, speaker: Path):
+        """Another speaker directory's normalized space (reference face, cylinder, lip box and
+        normalized reference atlas), so that held-out takes line up with its training frames."""
+        meta = dataset.read_meta(speaker)
+        box = meta["lip_box"]
+        norm = normalize.PoseNormalization(np.load(speaker / dataset.REFERENCE_VERTICES).astype(np.float64),
+                                           geometry.CylinderMap.from_dict(meta["cylinder"]), (box["row"], box["col"]))
+        self.normalize_takes(norm)
+        builder = normalize.AtlasBuilder(norm, self.options.lighting)
+        image = cv2.imread(str(speaker / "reference_atlas_normalized.png"))
+        if image is None:
+            raise InputError(f"{speaker / 'reference_atlas_normalized.png'}: missing or unreadable")
+        valid = builder.raster(norm.reference_vertices).mask
+        builder.reference = np.dstack([image[..., ::-1].astype(np.float32) / 255.0, valid.astype(np.float32)])
+        for name in ("reference_atlas.png", "reference_atlas_normalized.png"):
+            with storage.atomic_path(self.out / name) as tmp:
+                shutil.copyfile(speaker / name, tmp)
+        return (-1, -1), norm, builder
+
+    def normalize_takes(self, norm: normalize.PoseNormalization) -> normalize.PoseNormalization:
         for t in self.takes:
             lms = t["track"]["landmarks"][t["usable"]]
             sigma_frames = self.options.pose_smoothing_s * (t["info"].fps or 25.0)
@@ -446,7 +469,8 @@ def _meta(run: _Run, norm, ref, fingerprint: str, excluded: list[str]) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
         "frames": int(sum(len(t["usable"]) for t in run.takes)), "fps": fps[0] if len(fps) == 1 else fps,
         "takes": takes, "excluded": excluded,
-        "reference": {"take": ref[0], "frame": ref[1]},
+        "reference": {"take": ref[0], "frame": ref[1],
+                      **({"speaker": run.options.reference_speaker} if run.options.reference_speaker else {})},
         "cylinder": norm.cylinder.to_dict(), "atlas_size": normalize.ATLAS_SIZE,
         "lip_box": {"row": norm.lip_box[0], "col": norm.lip_box[1], "size": normalize.LIP_SIZE},
         "audio": {"sample_rate": audio.SAMPLE_RATE, "window": audio.WINDOW_LENGTH, "hop": audio.HOP_LENGTH,
@@ -463,6 +487,10 @@ def _result_options(options: PrepareOptions) -> dict:
     d = asdict(options)
     for how in ("workers", "chunk_frames", "max_chunk_frames", "report"):
         d.pop(how)
+    if d["reference_speaker"] is None:  # the default: directories prepared before the option stay valid
+        d.pop("reference_speaker")
+    if d["lighting"].get("normalize", True):  # the default: directories prepared before the option stay valid
+        d["lighting"].pop("normalize", None)
     return d
 
 
@@ -520,9 +548,12 @@ def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: 
     with jobs.WorkerPool(options.workers, cancel, warm=(__name__,)) as pool:
         run.track()
         excluded = run.check_faces()
-        ref = run.choose_reference()
-        norm = run.normalize_geometry(ref)
-        builder, _ = run.reference_atlas(ref, norm)
+        if options.reference_speaker:
+            ref, norm, builder = run.borrow_reference(Path(options.reference_speaker))
+        else:
+            ref = run.choose_reference()
+            norm = run.normalize_geometry(ref)
+            builder, _ = run.reference_atlas(ref, norm)
         ref_key = _fingerprint(ref, norm.cylinder.to_dict(), asdict(options.lighting))
         atlas_jobs = run.atlas_jobs(norm, builder, ref_key, _sample_frames(run.takes))
         run.atlases(atlas_jobs, pool)

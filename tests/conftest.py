@@ -51,10 +51,12 @@ def trained_demo(prepared_demo, tmp_path_factory):
 
     Shared by prediction, Blender and dubbing tests; about half a minute on 2 CPU cores.
     """
+    from lipsync_engine.blendshapes import fit_speaker
     from lipsync_engine.model import ModelDimensions
     from lipsync_engine.train import TrainOptions, train_speaker
 
     ds, _, truth = prepared_demo
+    fit_speaker(ds.path)  # blendshape targets, so the model's blendshape head is trained too
     out = tmp_path_factory.mktemp("model") / "demo model"
     train_speaker(ds.path, out, TrainOptions(epochs=30, batch_size=16, learning_rate=1e-3, seed=1),
                   dims=ModelDimensions().scaled(1 / 32))

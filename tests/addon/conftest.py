@@ -59,7 +59,9 @@ def blender(addon_zip, tmp_path_factory):
     prefs.engine_python = sys.executable
     yield sys.modules[module]
     addon_utils.disable(module)
-    repos.remove(repo)
+    repos = bpy.context.preferences.extensions.repos   # re-read: resets in between may have rebuilt the list
+    for r in [r for r in repos if r.module == REPO_MODULE]:
+        repos.remove(r)
 
 
 @pytest.fixture
