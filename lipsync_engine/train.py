@@ -41,6 +41,7 @@ SSIM_WINDOW, SSIM_SIGMA = 11, 1.5       # Wang et al. 2004
 SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # for images in [0, 1]
 MEMMAP_ABOVE_BYTES = 2 * 1024 ** 3       # auto: spectrograms + lips larger than this stay memory-mapped
 PRECISIONS = ("auto", "off", "bf16", "fp16")
+COSINE_FLOOR = 0.05                      # the cosine schedule ends at this fraction of the learning rate
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,17 @@ class TrainOptions:
     in_memory: bool | None = None    # spectrograms + lips in RAM; None = auto (memory-mapped above 2 GiB)
     augment_gain_db: float = 0.0     # beyond the paper: random spectrogram gain of +-this many dB per frame
     augment_freq_mask: int = 0       # beyond the paper: zero a random band of up to this many frequency bins
+    grad_clip: float = 0.0           # clip the gradient norm to this (0 = off)
+    atlas_lr_scale: float = 1.0      # learning-rate factor of the AR atlas encoder (its tanh code can saturate)
+    lr_schedule: str = "constant"    # "constant" or "cosine" (per epoch, from learning_rate down to 5% of it)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and learning_rate > 0")
         if not 0.0 <= self.val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
 
@@ -344,12 +350,33 @@ def _epoch(model, optimizer, data, idx, spec_scale, options, gen, device, train,
         if train:
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
+            if options.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
             optimizer.step()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(sel)
         count += len(sel)
         tick(len(sel), _loss_text(sums, count))
     return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _optimizer(model: LipSync3D, options: TrainOptions) -> torch.optim.Adam:
+    """Adam; the AR atlas encoder gets its own learning rate (atlas_lr_scale)."""
+    atlas = list(model.atlas.parameters()) if model.atlas is not None else []
+    ids = {id(p) for p in atlas}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in ids]}]
+    if atlas:
+        groups.append({"params": atlas, "lr": options.learning_rate * options.atlas_lr_scale})
+    return torch.optim.Adam(groups, options.learning_rate)
+
+
+def _set_learning_rate(optimizer, options: TrainOptions, epoch: int) -> None:
+    """The learning rate of an epoch (0-based) under options.lr_schedule, for every parameter group."""
+    factor = 1.0
+    if options.lr_schedule == "cosine" and options.epochs > 1:
+        factor = COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * epoch / (options.epochs - 1)))
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = options.learning_rate * factor * (options.atlas_lr_scale if i == 1 else 1.0)
 
 
 def _resume(out: Path, model: LipSync3D, optimizer, gen: torch.Generator, device) -> tuple[int, list, dict]:
@@ -381,7 +408,7 @@ def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bo
     dims = dims or preset_dimensions(options.preset)
     model = LipSync3D(dims).to(device)
     model.geometry.init_from_pca(data.deltas[train_idx])
-    optimizer = torch.optim.Adam(model.parameters(), options.learning_rate)
+    optimizer = _optimizer(model, options)
     run.update(dims=dims, model=model, optimizer=optimizer, spec_scale=None)
     if resume and (out / CONFIG).is_file():
         run["start"], run["history"], config = _resume(out, model, optimizer, gen, device)
@@ -421,6 +448,7 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
         cancel.check()
 
     for epoch in range(r["start"], options.epochs):
+        _set_learning_rate(r["optimizer"], options, epoch)
         tr = _epoch(r["model"], r["optimizer"], data, train_idx, r["spec_scale"], options, r["gen"], r["device"],
                     True, tick, amp)
         va = _epoch(r["model"], r["optimizer"], data, val_idx, r["spec_scale"], options, r["gen"], r["device"],
