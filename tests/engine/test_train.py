@@ -149,3 +149,25 @@ def test_memory_mapped_batches_and_bf16_autocast(prepared_demo, tmp_path):
                                "rule": "held-out frames are the contiguous tail of the speaker's frames"}
     with pytest.raises(ValueError, match="fp16 needs a CUDA"):
         train_speaker(ds.path, tmp_path / "fp16", replace(base, mixed_precision="fp16", device="cpu"), dims=TINY)
+
+
+def test_cosine_schedule_and_the_atlas_encoder_learning_rate():
+    from lipsync_engine.model import LipSync3D
+    from lipsync_engine.train import COSINE_FLOOR, _optimizer, _set_learning_rate
+
+    opts = TrainOptions(epochs=5, learning_rate=1e-3, lr_schedule="cosine", atlas_lr_scale=0.1)
+    optimizer = _optimizer(LipSync3D(TINY), opts)
+    assert len(optimizer.param_groups) == 2
+    rates = []
+    for epoch in range(5):
+        _set_learning_rate(optimizer, opts, epoch)
+        rates.append([g["lr"] for g in optimizer.param_groups])
+    assert rates[0] == pytest.approx([1e-3, 1e-4]) and rates[-1] == pytest.approx([1e-3 * COSINE_FLOOR, 1e-4 * COSINE_FLOOR])
+    assert rates[2][0] == pytest.approx(1e-3 * (COSINE_FLOOR + (1 - COSINE_FLOOR) / 2))
+    assert all(a[0] > b[0] for a, b in zip(rates, rates[1:]))
+    constant = TrainOptions(epochs=5, learning_rate=1e-3)
+    no_ar = _optimizer(LipSync3D(replace(TINY, atlas_code=0)), constant)
+    _set_learning_rate(no_ar, constant, 3)
+    assert [g["lr"] for g in no_ar.param_groups] == [1e-3]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainOptions(lr_schedule="step")
