@@ -9,6 +9,7 @@ track, or write files.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -226,28 +227,44 @@ class AtlasBuilder:
         reference from 0.84 to 0.94 (worst frame 0.75 -> 0.91); docs/prepare.md.
         """
         if self._flow is None:
+            # the MEDIUM preset with 12 descent and 1 refinement iterations: 4.5 instead of 6.6 ms a
+            # frame and no worse (demo skin SSIM mean 0.943, worst 0.909 against 0.942 / 0.905)
             self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+            self._flow.setGradientDescentIterations(12)
+            self._flow.setVariationalRefinementIterations(1)
+        h, w = raw.shape[:2]
         valid = raster.mask.astype(np.float32)
-        den = cv2.GaussianBlur(valid, (0, 0), REGISTER_SIGMA) + 1e-4
+        den = _smooth(valid) + 1e-4
         flow = self._flow.calc(_flow_image(ref, valid, den), _flow_image(raw.astype(np.float32) / 255.0, valid, den),
                                None)
         skin = cv2.erode(raster.triangle_mask(self.skin).astype(np.uint8), np.ones((3, 3), np.uint8))
         weight = cv2.GaussianBlur(skin.astype(np.float32), (0, 0), REGISTER_FEATHER / 2)
         mag = cv2.magnitude(flow[..., 0], flow[..., 1])
         flow *= (weight * np.minimum(1.0, REGISTER_MAX_PX / np.maximum(mag, 1e-6)))[..., None]
-        h, w = raw.shape[:2]
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        gx, gy = _pixel_grid(h, w)
         return cv2.remap(raw, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+
+
+def _smooth(image: np.ndarray) -> np.ndarray:
+    """A Gaussian blur of sigma REGISTER_SIGMA, computed at 1/4 size (local statistics are smooth; 10x faster)."""
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
+    return cv2.resize(cv2.GaussianBlur(small, (0, 0), REGISTER_SIGMA / 4), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _flow_image(rgb: np.ndarray, valid: np.ndarray, den: np.ndarray) -> np.ndarray:
     """uint8 luminance with its local mean and contrast removed (REGISTER_SIGMA), for optical flow.
 
-    valid : (H, W) float32 coverage mask; den : its blur (the local weight of the window).
+    valid : (H, W) float32 coverage mask; den : its smoothed version (the local weight of the window).
     """
     y = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114) * valid
-    mean = cv2.GaussianBlur(y, (0, 0), REGISTER_SIGMA) / den
-    var = np.maximum(cv2.GaussianBlur(y * y, (0, 0), REGISTER_SIGMA) / den - mean * mean, 0.0)
+    mean = _smooth(y) / den
+    var = np.maximum(_smooth(y * y) / den - mean * mean, 0.0)
     z = (y - mean) * valid / np.sqrt(var + 1e-4)
     return np.clip(z * 40 + 128, 0, 255).astype(np.uint8)
 

@@ -55,7 +55,7 @@ def test_mouth_openness_follows_ground_truth(prepared_demo):
 def test_atlases_match_the_reference_atlas_on_skin(prepared_demo):
     """Pose and lighting normalized atlases look like the reference on skin: SSIM >= 0.9.
 
-    Measured: mean 0.94, worst frame 0.906 with the skin registration (normalize.py); the
+    Measured: mean 0.94, worst frame 0.909 with the skin registration (normalize.py); the
     mesh alone gives mean 0.84, worst 0.75, because MediaPipe's landmarks slide on the skin.
     """
     ds, _, _ = prepared_demo
