@@ -137,7 +137,8 @@ def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
 
     options = TrainOptions(preset=args.preset, epochs=args.epochs, device=args.device, val_fraction=args.val_fraction,
                            learning_rate=args.learning_rate, batch_size=args.batch_size,
-                           mixed_precision=args.mixed_precision)
+                           mixed_precision=args.mixed_precision, geometry_weight=args.geometry_weight,
+                           lip_weight=args.lip_weight)
     dims = None
     if args.width is not None:  # e.g. 1/32 for a tiny test model (the add-on's "Tiny" quality)
         from .model import ModelDimensions
@@ -389,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--val-fraction", type=float, default=0.1, help="held-out tail of the frames (default 0.1)")
     st.add_argument("--learning-rate", type=float, default=1e-4, help="Adam step size (default 1e-4)")
     st.add_argument("--batch-size", type=int, default=32, help="frames per step (default 32)")
+    st.add_argument("--geometry-weight", type=float, default=3.0, help="weight of the vertex loss (paper: 3)")
+    st.add_argument("--lip-weight", type=float, default=0.0,
+                    help="extra weight of the lip vertices in the vertex loss (default 0, as in the paper)")
     st.add_argument("--mixed-precision", choices=("auto", "off", "bf16", "fp16"), default="auto",
                     help="autocast dtype (default auto: bf16 on CUDA, fp32 on CPU)")
     st.set_defaults(func=_cmd_train)

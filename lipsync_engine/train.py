@@ -14,6 +14,7 @@ benchmarks/bench_train.py measures bf16 autocast against fp32 on this machine (d
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import time
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from . import dataset, storage
 from .errors import DatasetError, EngineError
 from .model import LipSync3D, ModelDimensions, preset_dimensions
+from .topology import load_topology
 from .progress import CancelToken, Progress, ProgressCallback, no_progress
 from .version import __version__
 
@@ -63,12 +65,15 @@ class TrainOptions:
     grad_clip: float = 0.0           # clip the gradient norm to this (0 = off)
     atlas_lr_scale: float = 1.0      # learning-rate factor of the AR atlas encoder (its tanh code can saturate)
     lr_schedule: str = "constant"    # "constant" or "cosine" (per epoch, from learning_rate down to 5% of it)
+    lip_weight: float = 0.0          # beyond the paper: extra weight of the lip vertices in the vertex loss
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and learning_rate > 0")
         if not 0.0 <= self.val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        if self.lip_weight < 0:
+            raise ValueError(f"lip_weight must be >= 0, got {self.lip_weight}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.mixed_precision not in PRECISIONS:
@@ -173,13 +178,23 @@ class SpeakerTensors:
         return out * (idx >= 0).float()[:, None, None, None]
 
 
+@functools.lru_cache(maxsize=4)
+def _vertex_weights(lip_weight: float) -> torch.Tensor:
+    """(468,) weights of the vertex loss: 1, plus lip_weight on the inner and outer lip loops."""
+    topo = load_topology()
+    w = torch.ones(len(topo.vertices))
+    w[np.unique(np.r_[topo.lips_outer, topo.lips_inner])] += lip_weight
+    return w
+
+
 def _losses(model, batch: dict, data: SpeakerTensors, options: TrainOptions, device, amp=None) -> dict:
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         out = model(batch["spec"], batch["prev"])
     out = {k: v.float() for k, v in out.items()}  # the losses in fp32
     pred = (data.reference_lips.to(device) + out["atlas_delta"]).clamp(-1, 1)
     tex = 1 - ssim((pred + 1) / 2, (batch["lips"] + 1) / 2)
-    geo = (out["vertex_deltas"] - batch["deltas"]).square().sum(-1).mean()
+    geo = (out["vertex_deltas"] - batch["deltas"]).square().sum(-1)
+    geo = (geo * _vertex_weights(options.lip_weight).to(device)).mean() if options.lip_weight else geo.mean()
     losses = {"texture": tex, "geometry": geo}
     if batch.get("blendshapes") is not None:
         losses["blendshapes"] = (out["blendshapes"] - batch["blendshapes"]).abs().mean()

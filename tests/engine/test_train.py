@@ -171,3 +171,16 @@ def test_cosine_schedule_and_the_atlas_encoder_learning_rate():
     assert [g["lr"] for g in no_ar.param_groups] == [1e-3]
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainOptions(lr_schedule="step")
+
+
+def test_lip_weight_weights_the_lip_loops_of_the_vertex_loss():
+    from lipsync_engine.topology import load_topology
+    from lipsync_engine.train import _vertex_weights
+
+    topo = load_topology()
+    w = _vertex_weights(10.0).numpy()
+    lips = np.unique(np.r_[topo.lips_outer, topo.lips_inner])
+    assert w.shape == (468,) and len(lips) >= 40
+    assert np.all(w[lips] == 11.0) and np.all(np.delete(w, lips) == 1.0)
+    with pytest.raises(ValueError, match="lip_weight"):
+        TrainOptions(lip_weight=-1.0)
