@@ -3,7 +3,7 @@ Pencil object riding on the imported head frame by frame, and a toon material fo
 
 Owns: the Cartoon operator (runs `lipsync cartoon PREDICTION` for the head's prediction when
 its contours are missing or asked for again, then builds the scene data), the Grease Pencil
-v3 object (one layer, one drawing per scene frame, one stroke per contour of contours.json;
+v3 object on Blender 4.3+, a legacy one on 4.2 (one layer, one drawing per scene frame, one stroke per contour of contours.json;
 each point is the head's vertex of that frame from head.pc2, pushed a little outwards from
 the speaker's cylinder axis so the line sits on the skin instead of in it), its ink
 material, and the toon material (the head's own atlas texture through a two-tone diffuse
@@ -110,12 +110,17 @@ def build_line_art(context, head, width_mm: float = 1.5, color=(0.02, 0.015, 0.0
     cylinder = result.manifest.get("cylinder")
     with results.PointCache(result.file("pc2")) as pc:
         for i in range(result.frames):
-            drawing = layer.frames.new(start + i).drawing
-            drawing.add_strokes(sizes)
-            drawing.attributes["position"].data.foreach_set("vector", _line_points(pc.frame(i), ids, cylinder))
-            drawing.attributes.new("radius", 'FLOAT', 'POINT').data.foreach_set("value", [radius] * len(ids))
-            cyclic = drawing.attributes.get("cyclic") or drawing.attributes.new("cyclic", 'BOOLEAN', 'CURVE')
-            cyclic.data.foreach_set("value", [bool(c["closed"]) for c in lines])
+            frame = layer.frames.new(start + i)
+            points = _line_points(pc.frame(i), ids, cylinder)
+            if hasattr(frame, "drawing"):          # Grease Pencil v3 (Blender 4.3+)
+                drawing = frame.drawing
+                drawing.add_strokes(sizes)
+                drawing.attributes["position"].data.foreach_set("vector", points)
+                drawing.attributes.new("radius", 'FLOAT', 'POINT').data.foreach_set("value", [radius] * len(ids))
+                cyclic = drawing.attributes.get("cyclic") or drawing.attributes.new("cyclic", 'BOOLEAN', 'CURVE')
+                cyclic.data.foreach_set("value", [bool(c["closed"]) for c in lines])
+            else:                                  # legacy Grease Pencil (Blender 4.2)
+                _legacy_strokes(frame, lines, sizes, points, radius)
     layer.frames.new(start + result.frames)        # empty: the lines end with the prediction
     obj = bpy.data.objects.new(gp.name, gp)
     for coll in head.users_collection:
@@ -123,6 +128,20 @@ def build_line_art(context, head, width_mm: float = 1.5, color=(0.02, 0.015, 0.0
     obj.parent = head                  # identity parent inverse: the points are in the head's coordinates
     obj["lipsync3d_contours"] = [c["name"] for c in lines]
     return obj
+
+
+def _legacy_strokes(frame, lines, sizes, points, radius: float) -> None:
+    """Blender 4.2's Grease Pencil: one 3D-space stroke per contour; its line width is the
+    legacy thickness (radius x 2000, Blender's LEGACY_RADIUS_CONVERSION_FACTOR)."""
+    k = 0
+    for contour, n in zip(lines, sizes):
+        stroke = frame.strokes.new()
+        stroke.display_mode = '3DSPACE'
+        stroke.line_width = max(1, int(round(radius * 2000)))
+        stroke.use_cyclic = bool(contour["closed"])
+        stroke.points.add(n)
+        stroke.points.foreach_set("co", points[3 * k:3 * (k + n)])
+        k += n
 
 
 def toon_material(head) -> bpy.types.Material:

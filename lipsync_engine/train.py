@@ -89,6 +89,24 @@ class TrainResult:
     seconds: float
 
 
+# Named training recipes. "paper": Section 3.2 / Appendix G as published (alpha_1 = 3, Adam
+# 1e-4, meant for ~500 epochs on a GPU). "fast" (the CLI's and the add-on's default): what
+# measured best within a CPU budget of minutes (docs/evaluation.md): 10x the step size, a
+# vertex loss weighted 30 instead of 3 so the shared audio code learns the mouth before the
+# texture, and 11x weight on the lip loops.
+RECIPES = {
+    "paper": {"learning_rate": 1e-4, "geometry_weight": 3.0, "lip_weight": 0.0},
+    "fast": {"learning_rate": 1e-3, "geometry_weight": 30.0, "lip_weight": 10.0},
+}
+
+
+def recipe_options(name: str, **overrides) -> TrainOptions:
+    """TrainOptions of a named recipe (RECIPES), with any field overridden."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    return TrainOptions(**{**RECIPES[name], **overrides})
+
+
 def pick_device(name: str) -> torch.device:
     if name != "auto":
         return torch.device(name)

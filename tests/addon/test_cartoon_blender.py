@@ -43,12 +43,19 @@ def _head(blender, folder, start):
     return obj
 
 
-def _stroke_points(gp_obj, frame):
-    layer = gp_obj.data.layers["Contours"]
-    drawing = next(f.drawing for f in layer.frames if f.frame_number == frame)
-    pos = np.zeros(len(drawing.attributes["position"].data) * 3, np.float32)
-    drawing.attributes["position"].data.foreach_get("vector", pos)
-    return drawing, pos.reshape(-1, 3)
+def _strokes(gp_obj, frame) -> dict:
+    """The strokes of one frame, read the same way on Grease Pencil v3 (4.3+) and legacy (4.2)."""
+    f = next(f for f in gp_obj.data.layers["Contours"].frames if f.frame_number == frame)
+    if hasattr(f, "drawing"):
+        d = f.drawing
+        pos = np.zeros(len(d.attributes["position"].data) * 3, np.float32)
+        d.attributes["position"].data.foreach_get("vector", pos)
+        return {"sizes": [len(s.points) for s in d.strokes], "cyclic": [s.cyclic for s in d.strokes],
+                "radius": d.strokes[0].points[0].radius if len(d.strokes) else None, "pos": pos.reshape(-1, 3)}
+    pos = [p.co[:] for s in f.strokes for p in s.points]
+    return {"sizes": [len(s.points) for s in f.strokes], "cyclic": [s.use_cyclic for s in f.strokes],
+            "radius": f.strokes[0].line_width / 2000 if len(f.strokes) else None,
+            "pos": np.array(pos, np.float32).reshape(-1, 3)}
 
 
 def test_line_art_strokes_follow_the_contours_frame_by_frame(scene, blender, tmp_path):
@@ -56,16 +63,17 @@ def test_line_art_strokes_follow_the_contours_frame_by_frame(scene, blender, tmp
     cartoon = _module(blender, "cartoon")
     head = _head(blender, tmp_path / "pred", 21)
     gp_obj = cartoon.build_line_art(bpy.context, head, width_mm=2.0)
-    assert gp_obj.type == 'GREASEPENCIL' and gp_obj.parent == head
+    assert gp_obj.type in ('GREASEPENCIL', 'GPENCIL') and gp_obj.parent == head     # v3 / 4.2's legacy
     lines = json.loads((tmp_path / "pred" / "contours.json").read_text())["contours"]
     ids = [i for c in lines for i in c["vertex_ids"]]
     layer = gp_obj.data.layers["Contours"]
     assert [f.frame_number for f in layer.frames] == list(range(21, 28))        # 6 drawings + the empty end
     cyl = data["cylinder"]
     for i in (0, 3, 5):
-        drawing, pos = _stroke_points(gp_obj, 21 + i)
-        assert [len(s.points) for s in drawing.strokes] == [len(c["vertex_ids"]) for c in lines]
-        assert [s.cyclic for s in drawing.strokes] == [c["closed"] for c in lines]
+        strokes = _strokes(gp_obj, 21 + i)
+        pos = strokes["pos"]
+        assert strokes["sizes"] == [len(c["vertex_ids"]) for c in lines]
+        assert strokes["cyclic"] == [c["closed"] for c in lines]
         v = data["vertices"][i][ids].astype(np.float64)
         out = np.stack([v[:, 0] - cyl.cx, np.zeros(len(v)), v[:, 2] - cyl.cz], 1)
         expected = v + cartoon.SKIN_OFFSET * out / np.linalg.norm(out, axis=1, keepdims=True)
@@ -73,9 +81,9 @@ def test_line_art_strokes_follow_the_contours_frame_by_frame(scene, blender, tmp
         # on the skin: each point is the head's vertex of that frame, within the offset
         scene.frame_set(21 + i)
         assert np.abs(pos - engine_to_blender(v)).max() <= cartoon.SKIN_OFFSET + 1e-5
-    radius = drawing.strokes[0].points[0].radius * 0.01                  # the head's 0.01 scale
-    assert radius == pytest.approx(0.001, rel=1e-3)                       # 2 mm wide
-    assert not list(next(f for f in layer.frames if f.frame_number == 27).drawing.strokes)
+    radius = strokes["radius"] * 0.01                                     # the head's 0.01 scale
+    assert radius == pytest.approx(0.001, rel=1e-2)                       # 2 mm wide (legacy: integer widths)
+    assert _strokes(gp_obj, 27)["sizes"] == []
     assert gp_obj.data.materials[0].is_grease_pencil
 
 
@@ -106,7 +114,7 @@ def test_cartoon_operator_runs_the_engine_and_builds_the_line_art(scene, blender
     assert bpy.ops.lipsync3d.cartoon() == {'FINISHED'}
     assert (tmp_path / "pred" / "contours.json").is_file()
     assert len(list((tmp_path / "pred" / "cartoon").glob("cartoon_*.png"))) == 4
-    gp_obj = next(o for o in scene.objects if o.type == 'GREASEPENCIL')
+    gp_obj = next(o for o in scene.objects if o.type in ('GREASEPENCIL', 'GPENCIL'))
     assert gp_obj.parent == head and "toon" in head.active_material.name
     bpy.context.view_layer.objects.active = None
     with pytest.raises(RuntimeError, match="select a head imported by LipSync3D"):

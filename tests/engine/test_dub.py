@@ -149,7 +149,8 @@ def test_dub_with_new_audio_moves_the_mouth_with_it(trained_demo, demo_video, pr
     r_new = np.corrcoef(opened, truth)[0, 1]
     r_old = np.corrcoef(original, truth)[0, 1]
     # the tiny test model's lip texture opens less than its geometry (its own predicted openness
-    # follows this audio with r ~0.95); re-tracked from pixels, the dub gave r ~0.55-0.60 on 3 seeds
+    # follows this audio with r ~0.95); re-tracked from pixels, the dub gave r 0.74-0.88 over training
+    # seeds with the fixture's 60 epochs of the fast recipe (0.25-0.79 with 30 epochs)
     assert r_new >= 0.45 and r_new > r_old + 0.3, (r_new, r_old)
 
 

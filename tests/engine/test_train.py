@@ -11,7 +11,7 @@ import torch
 from lipsync_engine.errors import Cancelled, EngineError
 from lipsync_engine.model import ModelDimensions
 from lipsync_engine.progress import CancelToken
-from lipsync_engine.train import TrainOptions, load_model, ssim, train_speaker
+from lipsync_engine.train import RECIPES, TrainOptions, load_model, recipe_options, ssim, train_speaker
 
 pytestmark = pytest.mark.slow
 TINY = ModelDimensions().scaled(1 / 32)
@@ -29,7 +29,7 @@ def test_training_learns_mouth_motion_from_audio(prepared_demo, tmp_path):
     from lipsync_engine.normalize import mouth_openness
 
     ds, _, _ = prepared_demo
-    opts = TrainOptions(epochs=12, batch_size=16, learning_rate=1e-3, seed=1)
+    opts = recipe_options("fast", epochs=12, batch_size=16, seed=1)
     result = train_speaker(ds.path, tmp_path / "model", opts, dims=TINY)
     hist = json.loads((tmp_path / "model" / "config.json").read_text())["history"]
     assert len(hist) == 12 and hist[-1]["train"] < 0.9 * hist[0]["train"], hist
@@ -184,3 +184,14 @@ def test_lip_weight_weights_the_lip_loops_of_the_vertex_loss():
     assert np.all(w[lips] == 11.0) and np.all(np.delete(w, lips) == 1.0)
     with pytest.raises(ValueError, match="lip_weight"):
         TrainOptions(lip_weight=-1.0)
+
+
+def test_recipes():
+    paper = recipe_options("paper", epochs=500)
+    assert (paper.learning_rate, paper.geometry_weight, paper.lip_weight, paper.blendshape_weight) == (1e-4, 3.0, 0.0, 0.3)
+    assert paper == TrainOptions(epochs=500)                    # the dataclass defaults are the paper's
+    fast = recipe_options("fast", learning_rate=5e-4)
+    assert (fast.learning_rate, fast.geometry_weight, fast.lip_weight) == (5e-4, 30.0, 10.0)
+    assert set(RECIPES) == {"paper", "fast"}
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe_options("slow")
