@@ -71,3 +71,30 @@ def make_character(names):
     for n in names:
         obj.shape_key_add(name=n)
     return obj
+
+
+# Blender 4.2-5.0 differences the tests read through (the add-on has its own in anim.py etc.)
+
+def ensure_fcurve(action, id_data, data_path: str):
+    """An F-curve of `action` (assigned to id_data): slotted actions on 4.4+, legacy on 4.2/4.3."""
+    if hasattr(action, "fcurve_ensure_for_datablock"):
+        return action.fcurve_ensure_for_datablock(id_data, data_path)
+    return action.fcurves.find(data_path) or action.fcurves.new(data_path)
+
+
+def action_fcurves(action) -> list:
+    """Every F-curve of an action: its layers' strips' channel bags on 4.4+, Action.fcurves before."""
+    if getattr(action, "layers", None) is not None and len(action.layers):
+        return [c for layer in action.layers for st in layer.strips for cb in st.channelbags for c in cb.fcurves]
+    return list(action.fcurves)
+
+
+def vse_strips(sed, every: bool = False) -> list:
+    """The VSE's top-level (or, with every, all) strips: `strips` on 4.4+, `sequences` before."""
+    if every:
+        return list(sed.strips_all if hasattr(sed, "strips_all") else sed.sequences_all)
+    return list(sed.strips if hasattr(sed, "strips") else sed.sequences)
+
+
+def new_sound_strip(sed, name: str, path: str, channel: int, frame: int):
+    return (sed.strips if hasattr(sed, "strips") else sed.sequences).new_sound(name, path, channel, frame)

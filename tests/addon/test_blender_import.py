@@ -10,8 +10,8 @@ import pytest
 
 from blender_addon import results
 
-from blender_helpers import (emission_render_setup, engine_to_blender, evaluated_coords, make_character,
-                            texture_as_emission)
+from blender_helpers import (emission_render_setup, engine_to_blender, ensure_fcurve, evaluated_coords,
+                             make_character, texture_as_emission)
 from handmade import atlas_colour, make_result
 
 bpy = pytest.importorskip("bpy")   # bpy is pinned in requirements.lock: this never skips in `make test`
@@ -115,7 +115,7 @@ def test_drive_character_keys_equal_the_prediction_and_keep_the_users_action(sce
     key = obj.data.shape_keys
     users = bpy.data.actions.new("Hand keyed")
     key.animation_data_create().action = users
-    fc = users.fcurve_ensure_for_datablock(key, 'key_blocks["Hat"].value')
+    fc = ensure_fcurve(users, key, 'key_blocks["Hat"].value')
     fc.keyframe_points.insert(1, 0.7)
     result = results.read_prediction(tmp_path / "pred")
     report = character.drive_character(obj, [(result, 50)], mapping.DriveOptions(blinks=False))

@@ -9,7 +9,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from blender_helpers import make_character
+from blender_helpers import action_fcurves, make_character, new_sound_strip, vse_strips
 
 bpy = pytest.importorskip("bpy")
 
@@ -197,10 +197,10 @@ def test_channel_batch_predicts_each_strip_where_it_sits(fake_engine, scene, tmp
     model = _fake_model(scene, tmp_path)
     scene.render.fps, scene.render.fps_base = 30, 1.001
     sed = scene.sequence_editor_create()
-    a = sed.strips.new_sound("Line A", str(_wav(tmp_path / "a.wav", 2.0)), 3, 1)
-    b = sed.strips.new_sound("Line B", str(_wav(tmp_path / "b.wav", 2.0)), 3, 100)
+    a = new_sound_strip(sed, "Line A", str(_wav(tmp_path / "a.wav", 2.0)), 3, 1)
+    b = new_sound_strip(sed, "Line B", str(_wav(tmp_path / "b.wav", 2.0)), 3, 100)
     b.frame_offset_start = 12                             # trimmed: starts 12 frames into its sound
-    sed.strips.new_sound("Other channel", str(_wav(tmp_path / "c.wav", 1.0)), 4, 1)
+    new_sound_strip(sed, "Other channel", str(_wav(tmp_path / "c.wav", 1.0)), 4, 1)
     s = scene.lipsync3d
     s.audio_source, s.channel, s.animation = 'CHANNEL', 3, 'MESH_CACHE'
     s.character, s.blinks = make_character(["jawOpen"]), False
@@ -224,8 +224,7 @@ def test_channel_batch_predicts_each_strip_where_it_sits(fake_engine, scene, tmp
     scene.frame_set(113)
     assert sorted(h["lipsync3d_frame_start"] for h in heads if not h.hide_render) == [112]
     fc = s.character.data.shape_keys.animation_data.action
-    keys = sorted({int(k.co[0]) for layer in fc.layers for st in layer.strips for cb in st.channelbags
-                   for c in cb.fcurves for k in c.keyframe_points})
+    keys = sorted({int(k.co[0]) for c in action_fcurves(fc) for k in c.keyframe_points})
     assert keys == [1, 2, 3, 4, 5, 6, 7, 111, 112, 113, 114, 115, 116, 117]    # two takes, rest keys in the gap
 
 
@@ -242,6 +241,6 @@ def test_file_source_adds_the_sound_strip_at_the_start_frame(fake_engine, scene,
     assert bpy.ops.lipsync3d.predict() == {'FINISHED'}
     call = json.loads(log.read_text().splitlines()[0])
     assert "--end" not in call and call[call.index("--start") + 1] == "0.000000"
-    strips = [x for x in scene.sequence_editor.strips if x.type == 'SOUND']
+    strips = [x for x in vse_strips(scene.sequence_editor) if x.type == 'SOUND']
     assert len(strips) == 1 and strips[0].frame_start == 40 and scene.sync_mode == 'AUDIO_SYNC'
     assert scene.frame_end >= 45

@@ -15,7 +15,7 @@ import pytest
 
 from blender_addon import results
 from blender_helpers import (emission_render_setup, engine_to_blender, evaluated_coords, make_character,
-                            texture_as_emission)
+                             new_sound_strip, texture_as_emission)
 
 bpy = pytest.importorskip("bpy")
 
@@ -77,7 +77,7 @@ def test_predict_import_drive_and_render(scene, blender, trained_demo, demo_vide
     s.workspace = str(tmp_path / "ws")
     scene.render.fps, scene.render.fps_base = 25, 1.0
     sed = scene.sequence_editor_create()
-    strip = sed.strips.new_sound("Line 1", str(demo_video[0]), 2, START_FRAME)
+    strip = new_sound_strip(sed, "Line 1", str(demo_video[0]), 2, START_FRAME)
     strip.frame_offset_start = 25                 # trimmed: the first second is not used
     strip.frame_offset_end = 25
     sed.active_strip = strip

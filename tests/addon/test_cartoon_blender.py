@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from blender_helpers import engine_to_blender
+from blender_helpers import engine_to_blender, vse_strips
 from handmade import make_result
 
 bpy = pytest.importorskip("bpy")   # bpy is pinned in requirements.lock: this never skips in `make test`
@@ -152,7 +152,7 @@ def test_dub_operator_command_line_and_vse_placement(fake_engine, scene, blender
     assert argv[argv.index("--loop") + 1] == "hold" and "--overwrite" in argv
     _movie(out, frames=25)                                          # as if the engine had written it
     assert bpy.ops.lipsync3d.dub() == {'FINISHED'}                  # already there: placed without a run
-    strips = list(scene.sequence_editor.strips_all)
+    strips = vse_strips(scene.sequence_editor, every=True)
     movie = next(x for x in strips if x.type == 'MOVIE')
     sound = next(x for x in strips if x.type == 'SOUND')
     assert movie.frame_final_start == 10 and movie.frame_final_duration == 25 and sound.frame_final_start == 10
