@@ -45,7 +45,10 @@ def own_action(id_data, name: str, source: str) -> tuple:
 def fcurve(action, id_data, data_path: str, index: int = 0, group: str = ""):
     """The F-curve for data_path[index] of id_data in `action` (already assigned to id_data)."""
     if hasattr(action, "fcurve_ensure_for_datablock"):        # Blender 4.4+: slotted actions
-        return action.fcurve_ensure_for_datablock(id_data, data_path, index=index, group_name=group)
+        try:
+            return action.fcurve_ensure_for_datablock(id_data, data_path, index=index, group_name=group)
+        except TypeError:                                     # 4.4's takes no group_name
+            return action.fcurve_ensure_for_datablock(id_data, data_path, index=index)
     fc = action.fcurves.find(data_path, index=index)
     return fc or action.fcurves.new(data_path, index=index, action_group=group)
 

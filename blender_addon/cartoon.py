@@ -104,7 +104,9 @@ def build_line_art(context, head, width_mm: float = 1.5, color=(0.02, 0.015, 0.0
     context.view_layer.update()                    # matrix_world of a head imported just now
     scale = max(abs(s) for s in head.matrix_world.to_scale()) or 1.0
     radius = width_mm / 1000.0 / 2.0 / scale
-    gp = bpy.data.grease_pencils.new(f"{head.name} line-art")
+    # v3 data is bpy.data.grease_pencils_v3 on 4.3/4.4 and bpy.data.grease_pencils after them
+    # (where 4.2's is legacy: _legacy_strokes below)
+    gp = getattr(bpy.data, "grease_pencils_v3", bpy.data.grease_pencils).new(f"{head.name} line-art")
     gp.materials.append(_ink_material(f"{head.name} ink", color))
     layer = gp.layers.new(LAYER)
     cylinder = result.manifest.get("cylinder")
