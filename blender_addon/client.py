@@ -337,15 +337,7 @@ class EngineJob:
 
     def wait(self, timeout_s: float | None = None, on_message=None) -> JobOutcome:
         """Block until the job ends (tests, background mode); on_message(Message) for each message."""
-        end = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.outcome is None:
-            for m in self.poll():
-                if on_message:
-                    on_message(m)
-            if end is not None and time.monotonic() > end:
-                self.kill()
-                end = None
-            time.sleep(POLL_SLEEP_S)
+        _poll_until_done(self, timeout_s, on_message)
         for m in self.poll():
             if on_message:
                 on_message(m)
@@ -471,15 +463,7 @@ class JobChain:
         self.current.kill()
 
     def wait(self, timeout_s: float | None = None, on_message=None) -> JobOutcome:
-        end = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.outcome is None:
-            for m in self.poll():
-                if on_message:
-                    on_message(m)
-            if end is not None and time.monotonic() > end:
-                self.kill()
-                end = None
-            time.sleep(POLL_SLEEP_S)
+        _poll_until_done(self, timeout_s, on_message)
         return self.outcome
 
     def status_text(self) -> str:
@@ -496,3 +480,17 @@ class JobChain:
     def fraction(self) -> float:
         """Overall progress in [0, 1]: finished jobs count whole, the current one by its stage."""
         return min((self.index + self.current.progress.fraction) / len(self.jobs), 1.0)
+
+
+def _poll_until_done(job, timeout_s: float | None, on_message) -> None:
+    """Poll a Job or Chain until it has an outcome, giving each message to on_message; kill it
+    once timeout_s has passed (it then still ends through its own outcome)."""
+    end = None if timeout_s is None else time.monotonic() + timeout_s
+    while job.outcome is None:
+        for m in job.poll():
+            if on_message:
+                on_message(m)
+        if end is not None and time.monotonic() > end:
+            job.kill()
+            end = None
+        time.sleep(POLL_SLEEP_S)

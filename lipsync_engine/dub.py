@@ -140,17 +140,9 @@ def _track_job(job: dict) -> None:
             if f.index >= first:
                 yield f
 
-    done = 0
-
-    def on_frame(n: int) -> None:
-        nonlocal done
-        if n - done >= 10:
-            jobs.report(n - done)
-            done = n
-            jobs.check_cancel()
-
-    t = track_frames(frames(), on_frame)
-    jobs.report(len(t.face_count) - done)
+    progress = jobs.FrameReporter()
+    t = track_frames(frames(), progress)
+    progress.finish(len(t.face_count))
     storage.save_npz(Path(job["out"]), landmarks=t.landmarks, face_count=t.face_count, times=t.times_s)
 
 

@@ -35,6 +35,24 @@ def check_cancel() -> None:
         raise Cancelled("cancelled; finished work is kept and a re-run resumes from it")
 
 
+class FrameReporter:
+    """on_frame(n) for tracking in a job: reports progress and checks for cancel every `every`
+    frames; finish(total) reports the rest."""
+
+    def __init__(self, every: int = 10):
+        self.every, self.done = every, 0
+
+    def __call__(self, n: int) -> None:
+        if n - self.done >= self.every:
+            report(n - self.done)
+            self.done = n
+            check_cancel()
+
+    def finish(self, total: int) -> None:
+        report(total - self.done)
+        self.done = total
+
+
 def _worker_init(event, progress_queue, warm: tuple[str, ...]) -> None:
     # one worker per core: BLAS and OpenCV thread pools would only oversubscribe the cores
     # (measured: 26 -> 19 ms per atlas frame with two workers on two cores). numpy is not

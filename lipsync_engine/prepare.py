@@ -108,17 +108,9 @@ def _take_fingerprint(path: Path) -> str:
 def _track_job(job: dict) -> None:
     """Worker: decode + track one take, load its audio, write .work/track_K.npz."""
     path, out = Path(job["path"]), Path(job["out"])
-    done = 0
-
-    def on_frame(n: int) -> None:
-        nonlocal done
-        if n - done >= 10:
-            jobs.report(n - done)
-            done = n
-            jobs.check_cancel()
-
-    track = track_frames(media.iter_video_frames(path), on_frame=on_frame)
-    jobs.report(len(track.times_s) - done)
+    progress = jobs.FrameReporter()
+    track = track_frames(media.iter_video_frames(path), on_frame=progress)
+    progress.finish(len(track.times_s))
     if len(track.times_s) == 0:
         raise InputError(f"{path.name}: the video has no frames")
     sound = media.load_audio(path, sample_rate=audio.SAMPLE_RATE)
