@@ -427,11 +427,11 @@ def fit_speaker(speaker_dir: Path | str, on_progress: ProgressCallback = no_prog
     t0 = time.perf_counter()
     on_progress(Progress("fit", 0, len(ds), "fitting blendshapes"))
     result = fit_coefficients(ds.vertices, ds.reference_vertices, rig, options,
-                              breaks=segment_breaks(ds.frame_index), on_progress=on_progress, cancel=cancel)
+                              breaks=ds.breaks, on_progress=on_progress, cancel=cancel)
     seconds = time.perf_counter() - t0
     storage.save_npy(root / COEFFICIENTS_FILE, result.coefficients)
     (root / PLOT_FILE).parent.mkdir(parents=True, exist_ok=True)
-    plot_coefficients(root / PLOT_FILE, result, fps, segment_breaks(ds.frame_index) & (np.arange(len(ds)) > 0))
+    plot_coefficients(root / PLOT_FILE, result, fps, ds.breaks & (np.arange(len(ds)) > 0))
     storage.write_json(root / META_FILE, _fit_meta(ds, rig, result, options, seconds))
     if (root / "report" / "index.html").is_file():
         from .report import write_index  # matplotlib is only needed when there is a report

@@ -87,6 +87,8 @@ def _cmd_prepare(args, reporter: Reporter, cancel: CancelToken) -> None:
     reporter.close()
     for line in result.excluded:
         reporter.info("WARN", line)
+    for line in result.cuts:
+        reporter.info("STATUS", line)
     what = "already prepared" if result.skipped else f"prepared in {result.seconds:.1f} s"
     reporter.info("RESULT", f"{result.path}: {result.frames} frames from {result.takes} take(s), {what}; "
                   f"report: {result.path / 'report' / 'index.html'}", path=str(result.path), frames=result.frames)

@@ -3,7 +3,8 @@
 Written by prepare.py, read by training and evaluation. Layout of SPEAKER_DIR (all
 arrays are .npy, memory-mappable; N = usable frames over all takes, in take order):
 
-    meta.json                  format, version, takes, reference, cylinder, options (written last)
+    meta.json                  format, version, takes (with their jump cuts), reference, cylinder,
+                               options (written last)
     vertices.npy               (N, 468, 3) float32  normalized vertices (Section 3.1.1)
     landmarks.npy              (N, 468, 3) float32  tracked landmarks, image pixels (y down)
     poses.npz                  scale (N,), rotation (N, 3, 3), translation (N, 3): image(y-up) -> normalized
@@ -76,18 +77,31 @@ class SpeakerDataset:
     def reference_vertices(self) -> np.ndarray:
         return np.load(self.path / REFERENCE_VERTICES)
 
+    @property
+    def cuts(self) -> dict[int, list[int]]:
+        """{take: frame numbers that start a new shot} (jump cuts found by prepare; none in older directories)."""
+        return {k: t["cuts"] for k, t in enumerate(self.meta.get("takes", [])) if t.get("cuts")}
+
+    @property
+    def breaks(self) -> np.ndarray:
+        """(N,) bool: True where a frame does not continue the previous one (take, gap or jump cut)."""
+        return segment_breaks(np.asarray(self.frame_index), self.cuts)
+
     def poses(self) -> dict:
         with np.load(self.path / POSES) as z:
             return {k: z[k] for k in z.files}
 
 
-def segment_breaks(frame_index: np.ndarray) -> np.ndarray:
-    """(N, 2) (take, frame) rows -> (N,) bool, True where a frame does not follow the previous one."""
+def segment_breaks(frame_index: np.ndarray, cuts: dict[int, list[int]] | None = None) -> np.ndarray:
+    """(N, 2) (take, frame) rows -> (N,) bool, True where a frame does not follow the previous one
+    (a new take, a gap) or, with cuts ({take: [frame numbers]}, SpeakerDataset.cuts), starts a new shot."""
     fi = np.asarray(frame_index)
     if fi.ndim != 2 or fi.shape[1] != 2:
         raise ValueError(f"frame_index must be (N, 2), got {fi.shape}")
     out = np.ones(len(fi), bool)
     out[1:] = (fi[1:, 0] != fi[:-1, 0]) | (fi[1:, 1] != fi[:-1, 1] + 1)
+    for take, frames in (cuts or {}).items():
+        out |= (fi[:, 0] == take) & np.isin(fi[:, 1], frames)
     return out
 
 

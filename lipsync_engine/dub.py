@@ -46,11 +46,6 @@ TRACK_SHARD_MIN, TRACK_SHARD_MAX = 100, 1000  # frames per tracking shard (one M
 MIN_SEGMENT = 25            # fewest output frames per segment when a short dub is split over the workers
 MAX_REVERSED_SEGMENT = 25   # frames of a backward (pingpong) segment: they are held in memory to reverse
 AUDIO_RATE = 48000          # Hz of the muxed AAC track (mono)
-# A face whose height changes by more than CUT_SCALE, or whose centre moves by more than
-# CUT_SHIFT face heights, from one frame to the next is a new shot (a cut or a zoom): head
-# motion is ~5x smaller (anchor clip: <= 1% a frame; its jump cut at 57.2 s: 11%). Pose smoothing
-# restarts there (frame numbers get a gap of CUT_GAP).
-CUT_SCALE, CUT_SHIFT, CUT_GAP = 0.04, 0.05, 1000
 
 
 @dataclass(frozen=True)
@@ -169,17 +164,6 @@ def _track(pool: jobs.WorkerPool, video: Path, first: int, count: int, fps: floa
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _cuts(landmarks: np.ndarray) -> np.ndarray:
-    """(F,) bool: True where the face jumps from the previous frame (a camera cut or zoom), so
-    that pose smoothing does not mix the shots. landmarks : (F, 468, 3) pixels of usable frames."""
-    height = np.ptp(landmarks[:, :, 1], axis=1)
-    centre = landmarks[:, :, :2].mean(axis=1)
-    jump = np.zeros(len(landmarks), bool)
-    jump[1:] = (np.abs(np.diff(height)) > CUT_SCALE * height[:-1]) | \
-        (np.linalg.norm(np.diff(centre, axis=0), axis=1) > CUT_SHIFT * height[:-1])
-    return jump
-
-
 def _poses(track: dict, reference_vertices: np.ndarray, first: int, fps: float, smoothing_s: float) -> dict:
     """Per tracked frame (NaN where unusable): the target's normalized vertices and similarity pose."""
     usable = track["face_count"] == 1
@@ -188,9 +172,9 @@ def _poses(track: dict, reference_vertices: np.ndarray, first: int, fps: float, 
            "scale": np.full(n, np.nan), "rotation": np.full((n, 3, 3), np.nan), "translation": np.full((n, 3), np.nan)}
     idx = np.flatnonzero(usable)
     if len(idx):
-        v, s, r, t = normalize.normalize_vertices(track["landmarks"][idx], reference_vertices,
-                                                  first + idx + CUT_GAP * np.cumsum(_cuts(track["landmarks"][idx])),
-                                                  smoothing_s * fps)
+        lms, numbers = track["landmarks"][idx], first + idx      # pose smoothing restarts at jump cuts
+        v, s, r, t = normalize.normalize_vertices(lms, reference_vertices, numbers, smoothing_s * fps,
+                                                  normalize.detect_cuts(lms, numbers))
         out["target_vertices"][idx], out["scale"][idx], out["rotation"][idx], out["translation"][idx] = v, s, r, t
     return out
 

@@ -234,8 +234,8 @@ class _Frames:
 
 
 def _frames(ds: dataset.SpeakerDataset, rows: np.ndarray) -> _Frames:
-    fi = np.asarray(ds.frame_index)[rows]
-    breaks = dataset.segment_breaks(fi)
+    breaks = ds.breaks[rows]
+    breaks[:1] = True
     breaks[1:] |= np.diff(rows) != 1     # a gap in the selected rows is a break too
     return _Frames(ds, rows, breaks)
 

@@ -10,6 +10,7 @@ track, or write files.
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -34,6 +35,18 @@ REGISTER_SIGMA = 6.0    # local mean/contrast window (pixels) of the images the 
 OPEN_MOUTH_PENALTY = 300.0  # per unit of (inner-lip gap / face height)
 CLOSED_EYE_PENALTY = 100.0  # per unit of eye openness below EYE_OPEN_MIN
 EYE_OPEN_MIN = 0.2          # eyelid gap / eye width of an open eye
+# A jump cut (an edited take, a camera switch or a zoom) between two frames, either of:
+# - a geometric jump: the face's height changes by more than CUT_SCALE, or its centre moves by
+#   more than CUT_SHIFT face heights (head motion is ~5x smaller: the anchor clip moves <= 1% a
+#   frame, its jump cuts 6-11%);
+# - a spike: a step of the rigid face points both CUT_MOTION times the take's median step and
+#   CUT_SPIKE times the median of the 6 neighbouring steps (a fast head turn lasts several
+#   frames; a cut is one isolated jump). On the anchor clip its 4 cuts are 17-35x the median and
+#   11-35x their neighbours; its fastest real motion is 10.5x the median and at most 4.2x its
+#   neighbours. This finds cuts between similar framings in a steady take.
+# Both find exactly the anchor's 4 cuts, and none in GRID s1's 100 clips.
+CUT_SCALE, CUT_SHIFT = 0.04, 0.05
+CUT_MOTION, CUT_SPIKE = 8.0, 6.0
 
 
 def mouth_openness(points: np.ndarray) -> np.ndarray:
@@ -95,13 +108,46 @@ def build_pose_normalization(reference_landmarks: np.ndarray) -> PoseNormalizati
     return PoseNormalization(ref, cyl, box)
 
 
+def detect_cuts(landmarks: np.ndarray, frame_numbers: np.ndarray | None = None) -> np.ndarray:
+    """(F, 468, 3) image-frame landmarks (pixels) of one take's usable frames -> (F,) bool, True on
+    the first frame after a jump cut (CUT_SCALE, CUT_MOTION), so that pose smoothing does not mix
+    two shots. Steps across a gap in frame_numbers are not candidates (a gap already breaks)."""
+    lm = np.asarray(landmarks, np.float64)
+    cuts = np.zeros(len(lm), bool)
+    if len(lm) < 2:
+        return cuts
+    numbers = np.arange(len(lm)) if frame_numbers is None else np.asarray(frame_numbers)
+    follows = np.diff(numbers) == 1
+    height = np.ptp(lm[:, :, 1], axis=1)
+    centre = lm[:, :, :2].mean(axis=1)
+    cuts[1:] = follows & ((np.abs(np.diff(height)) > CUT_SCALE * height[:-1]) |
+                          (np.linalg.norm(np.diff(centre, axis=0), axis=1) > CUT_SHIFT * height[:-1]))
+    ids = load_topology().pose_ids
+    width = np.maximum(np.ptp(lm[:, :, 0], axis=1), 1e-6)
+    step = np.linalg.norm(np.diff(lm[:, ids, :2], axis=0), axis=-1).mean(1) / width[1:]   # (F-1,)
+    step[~follows] = np.nan
+    typical = np.nanmedian(step) if np.isfinite(step).any() else np.nan
+    if len(lm) < 3 or not typical > 0:
+        return cuts
+    padded = np.pad(step, 3, mode="edge")
+    around = np.stack([padded[k:k + len(step)] for k in (0, 1, 2, 4, 5, 6)])
+    with warnings.catch_warnings():        # a step whose neighbours are all gaps: nan, handled below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        neighbours = np.nanmedian(around, axis=0)
+    neighbours = np.where(np.isfinite(neighbours), np.maximum(neighbours, typical), typical)
+    cuts[1:] |= np.isfinite(step) & (step > CUT_MOTION * typical) & (step > CUT_SPIKE * neighbours)
+    return cuts
+
+
 def normalize_vertices(landmarks: np.ndarray, reference_vertices: np.ndarray,
-                       frame_numbers: np.ndarray | None = None, smoothing: float = POSE_SMOOTHING):
+                       frame_numbers: np.ndarray | None = None, smoothing: float = POSE_SMOOTHING,
+                       cuts: np.ndarray | None = None):
     """Align every frame's rigid upper face to the reference (Umeyama), r^ = c R v + t.
 
     landmarks : (F, 468, 3) image-frame pixels of one take's usable frames.
     frame_numbers : (F,) their frame numbers; poses are smoothed over runs of consecutive
         frames only (Gaussian, sigma `smoothing` frames; 0 = off) to remove tracking jitter.
+    cuts : (F,) bool, True where a new shot starts (detect_cuts): smoothing stops there too.
     Returns (vertices (F, 468, 3) float32 normalized, scale (F,), rotation (F, 3, 3),
     translation (F, 3)): the similarity taking y-up image points to the normalized space.
     """
@@ -111,19 +157,23 @@ def normalize_vertices(landmarks: np.ndarray, reference_vertices: np.ndarray,
                                                topo.pose_weights)
     if smoothing > 0 and len(yup) > 1:
         numbers = np.arange(len(yup)) if frame_numbers is None else np.asarray(frame_numbers)
-        scale, rot, trans = smooth_poses(scale, rot, trans, numbers, smoothing)
+        scale, rot, trans = smooth_poses(scale, rot, trans, numbers, smoothing, cuts)
     verts = scale[:, None, None] * np.einsum("fij,fnj->fni", rot, yup) + trans[:, None, :]
     return verts.astype(np.float32), scale, rot, trans
 
 
-def smooth_poses(scale, rot, trans, frame_numbers, sigma: float):
-    """Gaussian-smooth similarity poses over each run of consecutive frame numbers.
+def smooth_poses(scale, rot, trans, frame_numbers, sigma: float, cuts: np.ndarray | None = None):
+    """Gaussian-smooth similarity poses over each run of consecutive frame numbers (a run also
+    ends where `cuts`, (F,) bool, marks the first frame of a new shot).
 
     Rotations are averaged element-wise and projected back onto SO(3) (SVD), which is
     exact enough for the sub-degree jitter this removes.
     """
     scale, rot, trans = scale.copy(), rot.copy(), trans.copy()
-    breaks = np.flatnonzero(np.diff(frame_numbers) != 1) + 1
+    starts = np.r_[False, np.diff(frame_numbers) != 1]
+    if cuts is not None:
+        starts |= np.asarray(cuts, bool)
+    breaks = np.flatnonzero(starts[1:]) + 1
     for run in np.split(np.arange(len(scale)), breaks):
         if len(run) < 2:
             continue

@@ -70,6 +70,7 @@ class PrepareResult:
     reference: tuple[int, int]   # (take, frame number)
     skipped: bool                # True when the directory was already complete for these inputs
     seconds: float
+    cuts: tuple[str, ...] = ()   # one line per take with jump cuts (an edited take)
 
 
 def collect_videos(inputs: Sequence[Path | str]) -> list[Path]:
@@ -300,8 +301,9 @@ class _Run:
         for t in self.takes:
             lms = t["track"]["landmarks"][t["usable"]]
             sigma_frames = self.options.pose_smoothing_s * (t["info"].fps or 25.0)
+            t["cuts"] = normalize.detect_cuts(lms, t["usable"])
             t["vertices"], *pose = normalize.normalize_vertices(lms, norm.reference_vertices, t["usable"],
-                                                                sigma_frames)
+                                                                sigma_frames, t["cuts"])
             t["pose"] = pose
         return norm
 
@@ -443,6 +445,13 @@ def _assemble(run: _Run, norm, atlas_jobs: list[dict]) -> None:
     run.timings["assemble_s"] = time.perf_counter() - t0
 
 
+def _cut_lines(takes: list[dict]) -> tuple[str, ...]:
+    """One line per take of meta["takes"] with jump cuts."""
+    return tuple(f"{t['name']}: {len(t['cuts'])} jump cut(s), at frame(s) {', '.join(map(str, t['cuts']))}: "
+                 f"pose smoothing and the model's previous frame restart there"
+                 for t in takes if t.get("cuts"))
+
+
 def _meta(run: _Run, norm, ref, fingerprint: str, excluded: list[str]) -> dict:
     takes = []
     for t in run.takes:
@@ -451,6 +460,7 @@ def _meta(run: _Run, norm, ref, fingerprint: str, excluded: list[str]) -> dict:
             "path": str(t["path"].resolve()), "name": t["path"].name, "fps": info.fps,
             "size": [int(s) for s in tr["size"]], "rotation": info.rotation, "frames": int(len(tr["face_count"])),
             "usable_frames": int(len(t["usable"])), "excluded": t["excluded"],
+            "cuts": [int(f) for f in t["usable"][t["cuts"]]],
             "video_duration_s": float(len(tr["face_count"]) / info.fps) if info.fps else None,
             "audio_duration_s": float(len(tr["audio"]) / audio.SAMPLE_RATE),
             "audio_offset_s": float(tr["audio_offset"]),
@@ -531,7 +541,7 @@ def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: 
             from .report import write_report
             write_report(out, on_progress)
         return PrepareResult(out, meta["frames"], len(meta["takes"]), tuple(meta["excluded"]), ref, True,
-                             time.perf_counter() - t0)
+                             time.perf_counter() - t0, _cut_lines(meta["takes"]))
     run = _Run(paths, out, options, on_progress, cancel)
     run.work.mkdir(parents=True, exist_ok=True)
     storage.remove_stale_temporaries(out)
@@ -552,10 +562,12 @@ def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: 
     cancel.check()
     _assemble(run, norm, atlas_jobs)
     run.timings["total_s"] = time.perf_counter() - t0
-    storage.write_json(out / dataset.META, _meta(run, norm, ref, fingerprint, excluded))
+    meta = _meta(run, norm, ref, fingerprint, excluded)
+    storage.write_json(out / dataset.META, meta)
     shutil.rmtree(run.work, ignore_errors=True)
     if options.report:
         from .report import write_report
         write_report(out, on_progress)
     frames = sum(len(t["usable"]) for t in run.takes)
-    return PrepareResult(out, frames, len(run.takes), tuple(excluded), ref, False, time.perf_counter() - t0)
+    return PrepareResult(out, frames, len(run.takes), tuple(excluded), ref, False, time.perf_counter() - t0,
+                         _cut_lines(meta["takes"]))

@@ -168,9 +168,9 @@ class SpeakerTensors:
         img = cv2.imread(str(Path(speaker_dir) / "reference_atlas_normalized.png"))[..., ::-1]
         crop = img[box["row"]:box["row"] + 128, box["col"]:box["col"] + 128]
         self.reference_lips = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 127.5 - 1
-        # the previous frame for teacher forcing, -1 at the start of a take or after a gap
+        # the previous frame for teacher forcing, -1 at the start of a take, after a gap or a jump cut
         prev = np.arange(len(ds)) - 1
-        self.previous = torch.from_numpy(np.where(dataset.segment_breaks(ds.frame_index), -1, prev))
+        self.previous = torch.from_numpy(np.where(ds.breaks, -1, prev))
         bs = Path(speaker_dir) / "blendshapes.npy"
         self.blendshapes = torch.from_numpy(np.load(bs).astype(np.float32)) if bs.is_file() else None
 

@@ -78,15 +78,15 @@ def test_source_schedule_pingpong_and_hold():
 
 def test_pose_smoothing_restarts_at_a_jump_cut(prepared_demo):
     """A face that jumps 30 px between two frames (the anchor clip's edits do) is a new shot."""
-    from lipsync_engine.dub import _cuts
+    from lipsync_engine.normalize import detect_cuts
 
     lm = np.repeat(np.asarray(prepared_demo[0].landmarks[:1], np.float64), 12, axis=0)
     lm[:, :, 0] += np.arange(12)[:, None] * 1.5                     # steady head motion
     lm[7:, :, 1] += 30.0                                             # the cut
-    assert np.flatnonzero(_cuts(lm)).tolist() == [7]
+    assert np.flatnonzero(detect_cuts(lm)).tolist() == [7]
     lm[7:, :, 1] -= 30.0
     lm[7:] = lm[7:].mean(1, keepdims=True) + 1.10 * (lm[7:] - lm[7:].mean(1, keepdims=True))   # a 10% zoom
-    assert np.flatnonzero(_cuts(lm)).tolist() == [7]
+    assert np.flatnonzero(detect_cuts(lm)).tolist() == [7]
 
 
 def test_composite_is_the_identity_when_nothing_moves(demo_video, prepared_demo, trained_demo):

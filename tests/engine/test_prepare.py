@@ -28,6 +28,8 @@ def test_every_frame_is_tracked_and_arrays_line_up(prepared_demo):
     assert ds.spectrograms.shape == (n, 256, 24, 2) and ds.lips.shape == (n, 128, 128, 3)
     assert np.allclose(ds.frame_times, np.arange(n) / truth.fps, atol=1e-3)
     assert ds.meta["format_version"] == dataset.FORMAT_VERSION
+    # one continuous shot: no jump cut, so the only break is the first frame
+    assert ds.meta["takes"][0]["cuts"] == [] and not result.cuts and np.flatnonzero(ds.breaks).tolist() == [0]
 
 
 def test_recovers_known_head_rotation_within_2_degrees(prepared_demo):
