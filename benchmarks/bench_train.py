@@ -95,7 +95,8 @@ def quality(args) -> None:
                            val_fraction=args.val_fraction, batch_size=args.batch, seed=args.seed,
                            geometry_weight=args.geometry_weight, augment_gain_db=args.augment_gain_db,
                            augment_freq_mask=args.augment_freq_mask, lr_schedule=args.lr_schedule,
-                           atlas_lr_scale=args.atlas_lr_scale, lip_weight=args.lip_weight)
+                           atlas_lr_scale=args.atlas_lr_scale, lip_weight=args.lip_weight,
+                           geometry_epochs=args.geometry_epochs)
     dims = ModelDimensions().scaled(args.width) if args.width else None
     if args.atlas_code is not None:
         from lipsync_engine.model import preset_dimensions
@@ -162,6 +163,7 @@ def main() -> None:
     q.add_argument("--lr-schedule", default="constant", help="constant or cosine (use one leg: --eval-every = --epochs)")
     q.add_argument("--atlas-lr-scale", type=float, default=1.0)
     q.add_argument("--lip-weight", type=float, default=0.0, help="extra weight of the lip vertices in the vertex loss")
+    q.add_argument("--geometry-epochs", type=int, default=0, help="freeze encoder, vertices and blendshapes after N")
     q.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     q.add_argument("--resume", action="store_true", help="continue MODEL's training (exactly, lipsync train --resume)")
     q.add_argument("--prior-train-s", type=float, default=0.0, help="training seconds already spent (with --resume)")

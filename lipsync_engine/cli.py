@@ -138,7 +138,8 @@ def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
     from .train import recipe_options, train_speaker
 
     chosen = {k: v for k, v in (("learning_rate", args.learning_rate), ("geometry_weight", args.geometry_weight),
-                                ("lip_weight", args.lip_weight)) if v is not None}
+                                ("lip_weight", args.lip_weight), ("geometry_epochs", args.geometry_epochs))
+              if v is not None}
     options = recipe_options(args.recipe, preset=args.preset, epochs=args.epochs, device=args.device,
                              val_fraction=args.val_fraction, batch_size=args.batch_size,
                              mixed_precision=args.mixed_precision, **chosen)
@@ -399,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--geometry-weight", type=float, help="weight of the vertex loss (default: the recipe's)")
     st.add_argument("--lip-weight", type=float, help="extra weight of the lip vertices in the vertex loss "
                                                       "(default: the recipe's)")
+    st.add_argument("--geometry-epochs", type=int, metavar="N",
+                    help="after N epochs only the lip texture keeps learning: the audio encoder, vertices and "
+                         "blendshapes stop (default 0 = never; short videos over-fit the vertices first)")
     st.add_argument("--mixed-precision", choices=("auto", "off", "bf16", "fp16"), default="auto",
                     help="autocast dtype (default auto: bf16 on CUDA, fp32 on CPU)")
     st.set_defaults(func=_cmd_train)

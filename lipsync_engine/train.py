@@ -66,6 +66,8 @@ class TrainOptions:
     atlas_lr_scale: float = 1.0      # learning-rate factor of the AR atlas encoder (its tanh code can saturate)
     lr_schedule: str = "constant"    # "constant" or "cosine" (per epoch, from learning_rate down to 5% of it)
     lip_weight: float = 0.0          # beyond the paper: extra weight of the lip vertices in the vertex loss
+    geometry_epochs: int = 0         # beyond the paper: after this many epochs (0 = never) the audio encoder,
+                                     # geometry decoder and blendshape head stop learning; the texture goes on
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -74,6 +76,8 @@ class TrainOptions:
             raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
         if self.lip_weight < 0:
             raise ValueError(f"lip_weight must be >= 0, got {self.lip_weight}")
+        if self.geometry_epochs < 0:
+            raise ValueError(f"geometry_epochs must be >= 0, got {self.geometry_epochs}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.mixed_precision not in PRECISIONS:
@@ -412,6 +416,15 @@ def _set_learning_rate(optimizer, options: TrainOptions, epoch: int) -> None:
         group["lr"] = options.learning_rate * factor * (options.atlas_lr_scale if i == 1 else 1.0)
 
 
+def _freeze_geometry(model: LipSync3D, options: TrainOptions, epoch: int) -> None:
+    """From epoch options.geometry_epochs (0-based) on, the shared audio encoder, the geometry decoder
+    and the blendshape head get no gradients (Adam skips them), so only the texture keeps learning:
+    on a short video the vertices over-fit epochs before the lip texture stops improving."""
+    frozen = 0 < options.geometry_epochs <= epoch
+    for part in (model.audio, model.geometry, model.blendshapes):
+        part.requires_grad_(not frozen)
+
+
 def _resume(out: Path, model: LipSync3D, optimizer, gen: torch.Generator, device) -> tuple[int, list, dict]:
     """Load MODEL_DIR's checkpoint into model, optimizer and RNGs; (epochs done, history, config)."""
     trained, config, _ = load_model(out, str(device))
@@ -482,6 +495,7 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
 
     for epoch in range(r["start"], options.epochs):
         _set_learning_rate(r["optimizer"], options, epoch)
+        _freeze_geometry(r["model"], options, epoch)
         tr = _epoch(r["model"], r["optimizer"], data, train_idx, r["spec_scale"], options, r["gen"], r["device"],
                     True, tick, amp)
         va = _epoch(r["model"], r["optimizer"], data, val_idx, r["spec_scale"], options, r["gen"], r["device"],

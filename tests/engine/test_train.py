@@ -83,6 +83,21 @@ def one_epoch_model(prepared_demo, tmp_path_factory):
     return out
 
 
+def test_geometry_epochs_freeze_the_audio_path_and_train_the_texture_on(one_epoch_model, prepared_demo, tmp_path):
+    """geometry_epochs=1: epoch 2 leaves encoder, geometry and blendshape weights exactly as epoch 1 left them."""
+    ds, _, _ = prepared_demo
+    train_speaker(ds.path, tmp_path / "m", TrainOptions(epochs=2, seed=3, geometry_epochs=1), dims=TINY)
+    first, second = load_model(one_epoch_model)[0].state_dict(), load_model(tmp_path / "m")[0].state_dict()
+    frozen = [k for k in first if k.split(".")[0] in ("audio", "geometry", "blendshapes")]
+    learning = [k for k in first if k.split(".")[0] in ("texture", "atlas")]
+    assert frozen and learning
+    assert all(torch.equal(first[k], second[k]) for k in frozen)
+    moved = [float((first[k] - second[k]).abs().max()) for k in learning if first[k].is_floating_point()]
+    assert max(moved) > 1e-4 and np.mean([m > 0 for m in moved]) > 0.9
+    with pytest.raises(ValueError, match="geometry_epochs"):
+        TrainOptions(geometry_epochs=-1)
+
+
 def _copy(src, dst):
     shutil.copytree(src, dst)
     return dst
