@@ -6,7 +6,8 @@ Usage (from the repository root, after `make venv`; SPEAKER is a prepared speake
     .venv/bin/python benchmarks/openness_ceiling.py geometry SPEAKER --limit 0.8 --val-fraction 0.125   # inner split
 
 ridge: linear ridge regression from log spectrogram magnitudes (32 bands x 24 columns,
-standardized on the training frames) to mouth openness, for several regularizations.
+standardized on the training frames) to mouth openness, for several regularizations, and
+with the audio shifted by -4..4 frames (an audio-video offset would show as a better shift).
 geometry: the model's audio encoder and geometry decoder alone (cpu preset, PCA-initialized,
 Adam), trained on the vertex loss with the lip loops weighted 1 + --lip-weight; prints the
 openness correlation on training and held-out frames every 5 epochs. The held-out frames are
@@ -47,11 +48,19 @@ def ridge(args) -> None:
     x = mag.reshape(n, 32, 8, -1).mean(2).reshape(n, -1)
     z = (x - x[:cut].mean(0)) / (x[:cut].std(0) + 1e-6)
     y = mouth_openness(np.asarray(ds.vertices[:n]))
-    for lam in (1, 10, 100, 1000):
+    def fit(z, lam):
         w = np.linalg.solve(z[:cut].T @ z[:cut] + lam * np.eye(z.shape[1]), z[:cut].T @ (y[:cut] - y[:cut].mean()))
         p = z @ w
-        print(f"ridge lambda {lam:>5}: openness r train {np.corrcoef(p[:cut], y[:cut])[0, 1]:.3f}, "
-              f"held-out {np.corrcoef(p[cut:], y[cut:])[0, 1]:.3f}")
+        return np.corrcoef(p[:cut], y[:cut])[0, 1], np.corrcoef(p[cut:], y[cut:])[0, 1]
+
+    for lam in (1, 10, 100, 1000):
+        r_train, r_held = fit(z, lam)
+        print(f"ridge lambda {lam:>5}: openness r train {r_train:.3f}, held-out {r_held:.3f}")
+    # audio-video offset: openness of frame t from the audio window of frame t + lag (lambda 100)
+    for lag in range(-4, 5):
+        shifted = x[np.clip(np.arange(n) + lag, 0, n - 1)]
+        r_train, r_held = fit((shifted - shifted[:cut].mean(0)) / (shifted[:cut].std(0) + 1e-6), 100)
+        print(f"ridge lambda   100, audio shifted by {lag:+d} frame(s): train {r_train:.3f}, held-out {r_held:.3f}")
 
 
 def geometry(args) -> None:
