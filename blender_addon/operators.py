@@ -107,6 +107,8 @@ class LIPSYNC3D_OT_train(runner.EngineJobOperator, bpy.types.Operator):
             self.report({'INFO'}, f"{model}: already trained ({done} epochs); choose another speaker name to retrain")
         else:
             extra = ["--resume"] if done is not None else model_args(s.quality)
+            if s.shape_epochs:
+                extra += ["--geometry-epochs", s.shape_epochs]
             jobs.append(spec.job("Train", "train", speaker, "-o", model, "--epochs", s.epochs, "--device",
                                  spec.device, *extra, log_path=runner.log_path(context, "train")))
         self._model = model

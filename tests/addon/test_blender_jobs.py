@@ -36,6 +36,11 @@ def test_train_runs_prepare_fit_train_with_the_right_command_lines(fake_engine, 
     assert calls[2] == ["--json", "train", str(ws / "speakers" / "anna"), "-o", str(ws / "models" / "anna"),
                         "--epochs", "3", "--device", "cpu", "--width", "0.03125"]
     assert bpy.context.window_manager.lipsync3d_job.running is False
+    # Shape Epochs: the mouth shapes stop learning after them (lipsync train --geometry-epochs)
+    scene.lipsync3d.speaker_name, scene.lipsync3d.shape_epochs = "ben", 2
+    assert bpy.ops.lipsync3d.train() == {'FINISHED'}
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert last[1] == "train" and last[-2:] == ["--geometry-epochs", "2"]
 
 
 def test_engine_error_is_shown_in_the_ui(fake_engine, scene, tmp_path):
