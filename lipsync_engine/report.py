@@ -169,7 +169,8 @@ def write_index(speaker_dir: Path) -> Path:
 
 def _html(meta: dict, images: list[str]) -> str:
     rows = "".join(f"<tr><td>{html.escape(t['name'])}</td><td>{t['frames']}</td><td>{t['usable_frames']}</td>"
-                   f"<td>{html.escape(t['excluded'] or '-')}</td></tr>" for t in meta["takes"])
+                   f"<td>{html.escape(t['excluded'] or '-')}</td>"
+                   f"<td>{', '.join(map(str, t.get('cuts') or [])) or '-'}</td></tr>" for t in meta["takes"])
     imgs = "".join(f'<h2>{html.escape(n[:-4].replace("_", " "))}</h2><img src="{n}" style="max-width:100%">'
                    for n in images)
     timings = html.escape(json.dumps(meta.get("timings", {})))
@@ -178,5 +179,5 @@ def _html(meta: dict, images: list[str]) -> str:
             f"<h1>Prepared speaker: {meta['frames']} frames from {len(meta['takes'])} take(s)</h1>"
             f"<p>Reference frame: take {meta['reference']['take']}, frame {meta['reference']['frame']}. "
             f"Timings (s): {timings}</p>"
-            f"<table border=1 cellpadding=3><tr><th>take</th><th>frames</th><th>usable</th><th>excluded</th></tr>"
+            f"<table border=1 cellpadding=3><tr><th>take</th><th>frames</th><th>usable</th><th>excluded</th><th>jump cuts (frames)</th></tr>"
             f"{rows}</table>{imgs}</body>")

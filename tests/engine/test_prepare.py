@@ -175,6 +175,7 @@ def test_report_is_written(prepared_demo):
     ds, _, _ = prepared_demo
     report = ds.path / "report"
     assert "Prepared speaker" in (report / "index.html").read_text()
+    assert "<th>jump cuts (frames)</th>" in (report / "index.html").read_text()
     for name in ("tracking.png", "normalized_meshes.png", "atlases.png", "reference.png", "openness.png"):
         assert (report / name).stat().st_size > 10000, name
         assert f'src="{name}"' in (report / "index.html").read_text()
