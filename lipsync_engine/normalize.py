@@ -37,8 +37,8 @@ CLOSED_EYE_PENALTY = 100.0  # per unit of eye openness below EYE_OPEN_MIN
 EYE_OPEN_MIN = 0.2          # eyelid gap / eye width of an open eye
 # A jump cut (an edited take, a camera switch or a zoom) between two frames, either of:
 # - a geometric jump: the face's height changes by more than CUT_SCALE, or its centre moves by
-#   more than CUT_SHIFT face heights (head motion is ~5x smaller: the anchor clip moves <= 1% a
-#   frame, its jump cuts 6-11%);
+#   more than CUT_SHIFT face heights (the anchor clip's centre moves at most 3.3% of the face
+#   height a frame, its jump cuts 5.1-11%: a thin margin, hence the second rule);
 # - a spike: a step of the rigid face points both CUT_MOTION times the take's median step and
 #   CUT_SPIKE times the median of the 6 neighbouring steps (a fast head turn lasts several
 #   frames; a cut is one isolated jump). On the anchor clip its 4 cuts are 17-35x the median and

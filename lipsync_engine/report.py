@@ -179,5 +179,6 @@ def _html(meta: dict, images: list[str]) -> str:
             f"<h1>Prepared speaker: {meta['frames']} frames from {len(meta['takes'])} take(s)</h1>"
             f"<p>Reference frame: take {meta['reference']['take']}, frame {meta['reference']['frame']}. "
             f"Timings (s): {timings}</p>"
-            f"<table border=1 cellpadding=3><tr><th>take</th><th>frames</th><th>usable</th><th>excluded</th><th>jump cuts (frames)</th></tr>"
+            f"<table border=1 cellpadding=3><tr><th>take</th><th>frames</th><th>usable</th><th>excluded</th>"
+            f"<th>jump cuts (frames)</th></tr>"
             f"{rows}</table>{imgs}</body>")
