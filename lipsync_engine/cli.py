@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import protocol
-from .errors import Cancelled, EngineError
+from .errors import Cancelled, EngineError, InputError
 from .progress import CancelToken, Progress
 from .version import __version__
 
@@ -97,8 +97,11 @@ def _cmd_prepare(args, reporter: Reporter, cancel: CancelToken) -> None:
 def _cmd_fit(args, reporter: Reporter, cancel: CancelToken) -> None:
     from .blendshapes import FitOptions, fit_speaker
 
-    options = replace(FitOptions(), smoothness=args.smoothness, sparsity=args.sparsity,
-                      adapt_to_neutral=not args.no_adapt)
+    try:
+        options = replace(FitOptions(), smoothness=args.smoothness, sparsity=args.sparsity,
+                          adapt_to_neutral=not args.no_adapt)
+    except ValueError as e:
+        raise InputError(f"fit: {e}") from e
     s = fit_speaker(args.speaker, reporter, options, cancel)
     reporter.close()
     reporter.info("RESULT", f"{s.coefficients_path}: {s.frames} frames of {len(s.names)} ARKit coefficients "
@@ -140,9 +143,12 @@ def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
     chosen = {k: v for k, v in (("learning_rate", args.learning_rate), ("geometry_weight", args.geometry_weight),
                                 ("lip_weight", args.lip_weight), ("geometry_epochs", args.geometry_epochs))
               if v is not None}
-    options = recipe_options(args.recipe, preset=args.preset, epochs=args.epochs, device=args.device,
-                             val_fraction=args.val_fraction, batch_size=args.batch_size,
-                             mixed_precision=args.mixed_precision, **chosen)
+    try:
+        options = recipe_options(args.recipe, preset=args.preset, epochs=args.epochs, device=args.device,
+                                 val_fraction=args.val_fraction, batch_size=args.batch_size,
+                                 mixed_precision=args.mixed_precision, **chosen)
+    except ValueError as e:
+        raise InputError(f"train: {e}") from e
     dims = None
     if args.width is not None:  # e.g. 1/32 for a tiny test model (the add-on's "Tiny" quality)
         from .model import ModelDimensions
@@ -203,7 +209,7 @@ def _cmd_demo(args, reporter: Reporter, cancel: CancelToken) -> None:
     ]), path=str(out))
 
 
-DEMO_WIDTH, DEMO_EPOCHS = 1 / 32, 60   # the tests' tiny model (1/32 width), ~1.5 min on 2 idle cores
+DEMO_WIDTH, DEMO_EPOCHS = 1 / 32, 60   # the tests' tiny model (1/32 width); all of make demo: ~4.5 min
 
 
 def _demo_train_and_predict(out: Path, speaker: Path, video: Path, reporter: Reporter, cancel: CancelToken):
@@ -227,8 +233,6 @@ def _demo_train_and_predict(out: Path, speaker: Path, video: Path, reporter: Rep
 
 def _predict_outputs(audio: list[Path], output: Path | None) -> list[Path]:
     """One AUDIO: OUT is its prediction folder. Several: OUT (default .) holds STEM_lipsync per file."""
-    from .errors import InputError
-
     if len(audio) == 1:
         return [output or Path(f"{audio[0].stem}_lipsync")]
     stems = [a.stem for a in audio]
@@ -241,8 +245,6 @@ def _predict_outputs(audio: list[Path], output: Path | None) -> list[Path]:
 def _cmd_predict(args, reporter: Reporter, cancel: CancelToken) -> None:
     from .predict import PredictOptions, load_predictor
     from .prediction_folder import OutputOptions, check_output_dir, predict_to_folder
-
-    from .errors import InputError
 
     relight = args.relight if args.relight in (None, "reference") else int(args.relight) \
         if args.relight.lstrip("-").isdigit() else args.relight

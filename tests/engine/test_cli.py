@@ -85,6 +85,16 @@ def test_usage_errors_exit_2():
     assert "usage" in proc.stderr
 
 
+def test_out_of_range_options_give_one_line_error(tmp_path):
+    """Values argparse accepts but the options refuse: a one-line error naming the command, no traceback."""
+    assert_one_line_error(lipsync("train", tmp_path, "-o", tmp_path / "m", "--geometry-epochs", "-1"),
+                          "train:", "geometry_epochs")
+    assert_one_line_error(lipsync("train", tmp_path, "-o", tmp_path / "m", "--val-fraction", "0.7"),
+                          "train:", "val_fraction")
+    assert_one_line_error(lipsync("fit", tmp_path, "--smoothness", "-1"), "fit:", "smoothness")
+    assert not (tmp_path / "m").exists()
+
+
 @pytest.mark.slow
 def test_fit_and_export_commands(prepared_demo, tmp_path):
     from lipsync_engine.exports import read_livelink_csv, read_rhubarb_json
