@@ -219,11 +219,12 @@ def _demo_train_and_predict(out: Path, speaker: Path, video: Path, reporter: Rep
     from .model.network import ModelDimensions
     from .inference.predictor import PredictOptions
     from .inference.folder import OutputOptions, predict_to_folder
-    from .model.train import CONFIG, recipe_options, train_speaker
+    from .model.checkpoint import holds_model
+    from .model.train import recipe_options, train_speaker
 
     model = out / "model"
     options = recipe_options("fast", epochs=DEMO_EPOCHS, batch_size=16, seed=1)
-    train_speaker(speaker, model, options, reporter, cancel, resume=(model / CONFIG).is_file(),
+    train_speaker(speaker, model, options, reporter, cancel, resume=holds_model(model),
                   dims=ModelDimensions().scaled(DEMO_WIDTH))
     reporter.close()
     pred = predict_to_folder(model, video, out / "prediction", PredictOptions(fps=30.0),
@@ -277,7 +278,7 @@ def _cmd_info(args, reporter: Reporter, cancel: CancelToken) -> None:
     import numpy
     import torch
 
-    from .model.train import pick_device
+    from .model.checkpoint import pick_device
 
     device = pick_device(args.device)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \

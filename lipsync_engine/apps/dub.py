@@ -36,8 +36,8 @@ import numpy as np
 
 from ..core import jobs, storage
 from ..io import media, videowriter
-from ..prepare import pose as normalize
-from ..prepare.config import LightingOptions
+from ..prepare import normalize
+from ..prepare.lighting import LightingOptions
 from ..core.errors import EngineError, InputError, NoFaceError
 from .faceblend import FEATHER, FaceBlender, model_assets
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress

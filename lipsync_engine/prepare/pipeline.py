@@ -22,11 +22,11 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from . import audio, speaker as dataset, pose as normalize
+from . import audio, dataset, normalize
 from ..face import geometry
 from ..core import jobs, storage
 from ..io import media
-from .config import LightingOptions
+from .lighting import LightingOptions
 from ..core.errors import EngineError, InputError, NoFaceError
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from ..face.tracking import frame_ranges, track_frames
@@ -290,14 +290,12 @@ class _Run:
                                            geometry.CylinderMap.from_dict(meta["cylinder"]), (box["row"], box["col"]))
         self.normalize_takes(norm)
         builder = normalize.AtlasBuilder(norm, self.options.lighting)
-        image = cv2.imread(str(speaker / "reference_atlas_normalized.png"))
-        if image is None:
-            raise InputError(f"{speaker / 'reference_atlas_normalized.png'}: missing or unreadable")
+        image = dataset.read_reference_atlas(speaker)
         valid = builder.raster(norm.reference_vertices).mask
-        builder.reference = np.dstack([image[..., ::-1].astype(np.float32) / 255.0, valid.astype(np.float32)])
-        for name in ("reference_atlas.png", "reference_atlas_normalized.png"):
-            with storage.atomic_path(self.out / name) as tmp:
-                shutil.copyfile(speaker / name, tmp)
+        builder.reference = np.dstack([image.astype(np.float32) / 255.0, valid.astype(np.float32)])
+        for src, dst in zip(dataset.reference_atlas_files(speaker), dataset.reference_atlas_files(self.out)):
+            with storage.atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
         return (-1, -1), norm, builder
 
     def normalize_takes(self, norm: normalize.PoseNormalization) -> normalize.PoseNormalization:
@@ -316,8 +314,9 @@ class _Run:
         image = _reference_image(t["path"], f, self._seek_time(t, f))
         builder = normalize.AtlasBuilder(norm, self.options.lighting)
         raw, normalized = builder.set_reference(image, t["track"]["landmarks"][f])
-        _write_png(self.out / "reference_atlas.png", normalize.to_uint8(raw))
-        _write_png(self.out / "reference_atlas_normalized.png", normalize.to_uint8(normalized))
+        raw_file, normalized_file = dataset.reference_atlas_files(self.out)
+        _write_png(raw_file, normalize.to_uint8(raw))
+        _write_png(normalized_file, normalize.to_uint8(normalized))
         return builder, image
 
     def _chunk_size(self, frames: int) -> int:
@@ -476,8 +475,8 @@ def _meta(run: _Run, norm, ref, fingerprint: str, excluded: list[str]) -> dict:
         "takes": takes, "excluded": excluded,
         "reference": {"take": ref[0], "frame": ref[1],
                       **({"speaker": run.options.reference_speaker} if run.options.reference_speaker else {})},
-        "cylinder": norm.cylinder.to_dict(), "atlas_size": normalize.ATLAS_SIZE,
-        "lip_box": {"row": norm.lip_box[0], "col": norm.lip_box[1], "size": normalize.LIP_SIZE},
+        "cylinder": norm.cylinder.to_dict(), "atlas_size": geometry.ATLAS_SIZE,
+        "lip_box": {"row": norm.lip_box[0], "col": norm.lip_box[1], "size": geometry.LIP_SIZE},
         "audio": {"sample_rate": audio.SAMPLE_RATE, "window": audio.WINDOW_LENGTH, "hop": audio.HOP_LENGTH,
                   "n_fft": audio.N_FFT, "frequencies": audio.N_FREQ, "columns": audio.N_COLUMNS,
                   "layout": "spectrograms.npy[frame, frequency, column, (real, imag)]"},

@@ -46,9 +46,9 @@ from pathlib import Path
 import numpy as np
 from scipy.fft import dct, idct
 
-from ..prepare import speaker as dataset
+from ..prepare import dataset
 from ..core import storage
-from ..prepare.speaker import segment_breaks  # noqa: F401  (public here too, for callers and tests)
+from ..prepare.dataset import segment_breaks  # noqa: F401  (public here too, for callers and tests)
 from ..core.errors import DatasetError, InputError
 from ..face.geometry import umeyama
 from .names import ARKIT_NAMES
