@@ -17,11 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from .core import protocol
+from .core.protocol import EXIT_CANCELLED, EXIT_CRASH, EXIT_ERROR, EXIT_OK, EXIT_USAGE  # noqa: F401
 from .core.errors import Cancelled, EngineError, InputError
 from .core.progress import CancelToken, Progress
 from .core.version import __version__
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CRASH, EXIT_CANCELLED = 0, 1, 2, 3, 130
 
 
 def _console():
