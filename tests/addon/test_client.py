@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from blender_addon import client
+from blender_addon.core import client
 
 FAKE = Path(__file__).parent / "fake_engine"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blender_addon import client, engine_env, mapping, results
+from blender_addon.core import client, engine_env, mapping, results
 from lipsync_engine.rig import names
 from lipsync_engine.io import pointcache
 
@@ -175,7 +175,7 @@ def test_non_protocol_job_streams_lines_as_status(tmp_path):
 
 def test_the_addon_imports_only_bpy_and_the_standard_library():
     allowed = set(sys.stdlib_module_names) | {"bpy", "bpy_extras", "addon_utils", "mathutils"}
-    for path in ADDON.glob("*.py"):
+    for path in ADDON.rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

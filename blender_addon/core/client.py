@@ -69,7 +69,7 @@ def parse_line(line: str) -> Message:
 # ---------------------------------------------------------------------------------------------
 
 def addon_dir() -> Path:
-    return Path(__file__).resolve().parent
+    return Path(__file__).resolve().parents[1]      # this file is <add-on>/core/client.py
 
 
 def bundled_engine_dir(root: Path | None = None) -> Path | None:
