@@ -37,16 +37,6 @@ def test_parse_line_accepts_protocol_messages_and_names_bad_lines():
     assert client.MESSAGE_TYPES == ("STATUS", "PROGRESS", "WARN", "ERROR", "RESULT", "DONE")
 
 
-def test_protocol_constants_match_the_engine():
-    from lipsync_engine import cli
-    from lipsync_engine.core import protocol
-
-    assert client.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
-    assert client.MESSAGE_TYPES == protocol.MESSAGE_TYPES
-    assert (client.EXIT_OK, client.EXIT_ERROR, client.EXIT_USAGE, client.EXIT_CRASH, client.EXIT_CANCELLED) == (
-        cli.EXIT_OK, cli.EXIT_ERROR, cli.EXIT_USAGE, cli.EXIT_CRASH, cli.EXIT_CANCELLED)
-
-
 def test_command_and_environment():
     spec = client.EngineSpec("/opt/py/bin/python", "/addon/engine")
     assert spec.command("train", "SPK", "-o", Path("M")) == [
