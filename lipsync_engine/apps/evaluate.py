@@ -475,7 +475,7 @@ def prepare_held_out(config: dict, videos: list[Path], out_dir: Path, on_progres
                              reference_speaker=str(train_dir.resolve()), report=False)
     result = prepare_speaker(videos, out_dir, options, on_progress, cancel)
     if (train_dir / "blendshapes.npy").is_file() and not (result.path / "blendshapes.npy").is_file():
-        fit_speaker(result.path, on_progress, cancel=cancel)
+        fit_speaker(result.path, on_progress=on_progress, cancel=cancel)
     return result.path
 
 

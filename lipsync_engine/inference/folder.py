@@ -28,7 +28,7 @@ from ..prepare import audio
 from ..io import exports, media
 from ..rig import names
 from ..core import storage
-from ..core.errors import EngineError, InputError
+from ..core.errors import EngineError, InputError, OutputExists
 from ..rig.names import ARKIT_NAMES
 from .predictor import (PROGRESS_EVERY, Plan, PredictionChunk, Prediction, PredictOptions, Predictor, load_samples,
                       load_predictor, plan_prediction)
@@ -84,7 +84,8 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise InputError(f"{out}: exists and is not a folder")
     if (out / "result.json").exists():
         if not overwrite:
-            raise EngineError(f"{out}: already holds a prediction; pass --overwrite to replace it")
+            # the flag stays in this message: tests/engine/test_predict.py checks the library's words
+            raise OutputExists(f"{out}: already holds a prediction; pass --overwrite to replace it")
     elif any(out.iterdir()):
         raise EngineError(f"{out}: folder is not empty and holds no prediction; choose another output folder")
 

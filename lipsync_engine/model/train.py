@@ -18,7 +18,7 @@ import functools
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 
 from ..prepare import dataset
 from ..core import storage
-from ..core.errors import DatasetError, EngineError
+from ..core.errors import DatasetError, EngineError, OutputExists
 from .checkpoint import (CURVE, copy_reference_files, config_header, holds_model, load_model,
                          load_train_state, pick_device, read_config, save_checkpoint)
 from .losses import ssim
@@ -331,31 +331,50 @@ def _resume(out: Path, model: LipSync3D, optimizer, gen: torch.Generator, device
     return int(state["epochs_done"]), list(state["history"]), config
 
 
-def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bool, dims):
+@dataclass
+class _RunState:
+    """What a training run works with, fresh or resumed (_prepare_run)."""
+
+    data: SpeakerTensors            # the speaker as tensors
+    train_idx: torch.Tensor         # frame rows trained on
+    val_idx: torch.Tensor           # the held-out tail's rows
+    gen: torch.Generator            # shuffles, teacher-forcing zeros, augmentation
+    device: torch.device
+    dims: ModelDimensions
+    model: LipSync3D
+    optimizer: torch.optim.Optimizer
+    spec_scale: float               # 1 / std of the training spectrograms
+    start: int = 0                  # epochs already done
+    history: list = field(default_factory=list)     # one dict per epoch done
+    model_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bool, dims) -> _RunState:
     """Data, split, scale, model, optimizer and the state to start from (fresh or resumed)."""
     if holds_model(out) and not resume:
-        raise EngineError(f"{out}: already holds a model; pass --resume to continue it or choose another folder")
+        # the flag stays in this message: tests/engine/test_train.py checks the library's words
+        raise OutputExists(f"{out}: already holds a model; pass --resume to continue it or choose another folder")
     torch.manual_seed(options.seed)
     gen = torch.Generator().manual_seed(options.seed)
     device = pick_device(options.device)
     data = SpeakerTensors(speaker_dir, options.in_memory)
     train_idx, val_idx = _split(len(data), options.val_fraction)
-    run = {"data": data, "train_idx": train_idx, "val_idx": val_idx, "gen": gen, "device": device,
-           "start": 0, "history": [], "model_id": uuid.uuid4().hex[:12]}
-    if resume and holds_model(out):
-        config = read_config(out)
-        dims = ModelDimensions.from_dict(config["dims"])
+    model_id = uuid.uuid4().hex[:12]
+    resuming = resume and holds_model(out)
+    if resuming:
+        dims = ModelDimensions.from_dict(read_config(out)["dims"])
     dims = dims or preset_dimensions(options.preset)
     model = LipSync3D(dims).to(device)
     model.geometry.init_from_pca(data.deltas[train_idx])
     optimizer = _optimizer(model, options)
-    run.update(dims=dims, model=model, optimizer=optimizer, spec_scale=None)
-    if resume and holds_model(out):
-        run["start"], run["history"], config = _resume(out, model, optimizer, gen, device)
-        run["model_id"], run["spec_scale"] = config.get("model_id", run["model_id"]), config["spectrogram_scale"]
-    if run["spec_scale"] is None:
-        run["spec_scale"] = spectrogram_scale(data, train_idx)
-    return run
+    start, history, spec_scale = 0, [], None
+    if resuming:
+        start, history, config = _resume(out, model, optimizer, gen, device)
+        model_id, spec_scale = config.get("model_id", model_id), config["spectrogram_scale"]
+    if spec_scale is None:
+        spec_scale = spectrogram_scale(data, train_idx)
+    return _RunState(data, train_idx, val_idx, gen, device, dims, model, optimizer, spec_scale, start, history,
+                     model_id)
 
 
 def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: TrainOptions = TrainOptions(),
@@ -371,13 +390,13 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
     cancel = cancel or CancelToken()
     out, speaker_dir = Path(model_dir), Path(speaker_dir)
     r = _prepare_run(speaker_dir, out, options, resume, dims)
-    data, train_idx, val_idx, history = r["data"], r["train_idx"], r["val_idx"], r["history"]
-    amp = autocast_dtype(options.mixed_precision, r["device"])
+    data, train_idx, val_idx, history = r.data, r.train_idx, r.val_idx, r.history
+    amp = autocast_dtype(options.mixed_precision, r.device)
     out.mkdir(parents=True, exist_ok=True)
     copy_reference_files(dataset.reference_atlas_files(speaker_dir), out)
     per_epoch = len(train_idx) + len(val_idx)
     total = per_epoch * options.epochs
-    done = {"n": r["start"] * per_epoch, "last": ""}
+    done = {"n": r.start * per_epoch, "last": ""}
 
     def tick(n: int, text: str, what: str = "") -> None:
         done["n"] += n
@@ -385,22 +404,22 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
         on_progress(Progress("train", done["n"], total, f"epoch {len(history) + 1}/{options.epochs} {what}{text}{held}"))
         cancel.check()
 
-    for epoch in range(r["start"], options.epochs):
-        _set_learning_rate(r["optimizer"], options, epoch)
-        _freeze_geometry(r["model"], options, epoch)
-        tr = _epoch(r["model"], r["optimizer"], data, train_idx, r["spec_scale"], options, r["gen"], r["device"],
+    for epoch in range(r.start, options.epochs):
+        _set_learning_rate(r.optimizer, options, epoch)
+        _freeze_geometry(r.model, options, epoch)
+        tr = _epoch(r.model, r.optimizer, data, train_idx, r.spec_scale, options, r.gen, r.device,
                     True, tick, amp)
-        va = _epoch(r["model"], r["optimizer"], data, val_idx, r["spec_scale"], options, r["gen"], r["device"],
+        va = _epoch(r.model, r.optimizer, data, val_idx, r.spec_scale, options, r.gen, r.device,
                     False, lambda n, t: tick(n, t, "held-out "), amp) if len(val_idx) else None
         history.append({"epoch": epoch + 1, "train": tr["total"], "val": va["total"] if va else None,
                         "train_terms": {k: v for k, v in tr.items() if k != "total"},
                         "val_terms": {k: v for k, v in va.items() if k != "total"} if va else None})
         if not math.isfinite(tr["total"]):
             raise EngineError(f"training diverged at epoch {epoch + 1} (loss {tr['total']}); lower the learning rate")
-        config = _config(r["dims"], options, data, r["spec_scale"], epoch + 1, history, speaker_dir, r["model_id"],
+        config = _config(r.dims, options, data, r.spec_scale, epoch + 1, history, speaker_dir, r.model_id,
                          len(train_idx))
-        save_checkpoint(out, r["model"], r["optimizer"], config, data.reference_vertices, data.reference_lips,
-                        {"generator": r["gen"].get_state(), "torch": torch.get_rng_state()})
+        save_checkpoint(out, r.model, r.optimizer, config, data.reference_vertices, data.reference_lips,
+                        {"generator": r.gen.get_state(), "torch": torch.get_rng_state()})
         _plot(out / CURVE, history)
     last = history[-1] if history else {"train": float("nan"), "val": None}
     return TrainResult(out, len(history), last["train"], last["val"], time.perf_counter() - t0)
