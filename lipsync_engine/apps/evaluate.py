@@ -223,13 +223,8 @@ class _Frames:
         return np.asarray(self.ds.lips[self.rows])
 
     def blendshapes(self) -> np.ndarray | None:
-        f = self.ds.path / "blendshapes.npy"
-        if not f.is_file():
-            return None
-        coeffs = np.load(f, mmap_mode="r")
-        if len(coeffs) != len(self.ds):
-            raise DatasetError(f"{f}: {len(coeffs)} rows for {len(self.ds)} frames; run `lipsync fit` again")
-        return np.asarray(coeffs[self.rows], np.float32)
+        coeffs = self.ds.blendshapes()
+        return None if coeffs is None else np.asarray(coeffs[self.rows], np.float32)
 
 
 def _frames(ds: dataset.SpeakerDataset, rows: np.ndarray) -> _Frames:

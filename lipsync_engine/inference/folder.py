@@ -6,7 +6,7 @@ at the end (nothing half-written; an existing result only replaced with overwrit
 vertices as a PC2 streamed frame block by frame block and an npz copied from it, the neutral
 head OBJ, the full-atlas PNG sequence, the coefficient exports, the preview MP4, and the
 thread that predicts the next chunk while this one is written.
-Must not: predict (predict.py), or import bpy.
+Must not: predict (predictor.py), or import bpy.
 """
 
 from __future__ import annotations

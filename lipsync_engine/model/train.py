@@ -136,8 +136,8 @@ class SpeakerTensors:
         # the previous frame for teacher forcing, -1 at the start of a take, after a gap or a jump cut
         prev = np.arange(len(ds)) - 1
         self.previous = torch.from_numpy(np.where(ds.breaks, -1, prev))
-        bs = Path(speaker_dir) / "blendshapes.npy"
-        self.blendshapes = torch.from_numpy(np.load(bs).astype(np.float32)) if bs.is_file() else None
+        bs = ds.blendshapes()
+        self.blendshapes = torch.from_numpy(np.asarray(bs, np.float32)) if bs is not None else None
 
     def __len__(self) -> int:
         return len(self.deltas)

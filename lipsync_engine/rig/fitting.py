@@ -13,7 +13,7 @@ that optimization and everything around it:
   report/blendshapes.png, each written atomically, the JSON last.
 
 Must not: track or normalize video, change the prepared arrays, or know any other rig's
-names (names.py maps ARKit names to other rigs; exports.py writes interchange files).
+names (names.py maps ARKit names to other rigs; io/exports.py writes interchange files).
 
 The problem, for one run of consecutive frames t = 1..T (a take with no excluded frames):
 
