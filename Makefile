@@ -1,6 +1,7 @@
 # Two commands for a newcomer (see README.md):
 #   make demo   create .venv, install everything, run the engine on its built-in demo video
-#   make test   same .venv, run the whole test suite
+#   make test   same .venv, run the whole test suite (what CI runs)
+#   make test-fast  the tier without MediaPipe tracking or training (-m "not slow"), under a minute
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,7 @@ DEMO_OUT ?= out/demo
 BPY_DEBS := libx11-6 libxrender1 libxxf86vm1 libxfixes3 libxi6 libxkbcommon0 libsm6 \
             libgl1 libegl1 libglx-mesa0 libegl-mesa0 libgl1-mesa-dri
 
-.PHONY: demo test venv system-libs bench clean
+.PHONY: demo test test-fast venv system-libs bench clean
 
 venv: $(STAMP)
 
@@ -41,6 +42,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_prepare.py
