@@ -33,6 +33,7 @@ import torch
 from ..core import storage
 from ..core.errors import DatasetError
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..core.version import __version__
 from ..face.geometry import LIP_SIZE
 from ..face.topology import load_topology
 from ..inference.render import compose_atlas as compose
@@ -40,7 +41,11 @@ from ..model import checkpoint
 from ..model.losses import SSIM_WINDOW, ssim_map
 from ..model.network import autoregressive_lips
 from ..prepare import dataset
+from ..prepare.audio import HANN, N_FFT
+from ..prepare.lighting import LightingOptions
 from ..prepare.normalize import mouth_openness
+from ..prepare.pipeline import PrepareOptions, prepare_speaker
+from ..rig.fitting import fit_speaker
 
 FORMAT = "lipsync3d-evaluation"
 FORMAT_VERSION = 1
@@ -186,8 +191,6 @@ def spectrogram_envelope(spectrograms: np.ndarray) -> np.ndarray:
     four columns nearest the frame time (60 ms) and divided by the window energy, it is the
     mean-square audio level there, as `audio.envelope` measures over 40 ms from raw samples.
     """
-    from ..prepare.audio import HANN, N_FFT
-
     p = band_powers(np.asarray(spectrograms)[:, :, list(ENVELOPE_COLUMNS)])   # (N, 256, 4)
     energy = (p[:, 0] + 2 * p[:, 1:].sum(1)) / N_FFT                           # (N, 4)
     return np.sqrt(energy.mean(1) / float((HANN.astype(np.float64) ** 2).sum()))
@@ -460,10 +463,6 @@ def prepare_held_out(config: dict, videos: list[Path], out_dir: Path, on_progres
                      cancel: CancelToken | None = None) -> Path:
     """Prepare held-out videos in the model's normalized space (its speaker's reference face,
     cylinder and reference atlas, the same lighting options) and fit their blendshapes."""
-    from ..rig.fitting import fit_speaker
-    from ..prepare.lighting import LightingOptions
-    from ..prepare.pipeline import PrepareOptions, prepare_speaker
-
     train_dir = Path(config["speaker"])
     used = dataset.read_meta(train_dir)["options"]
     options = PrepareOptions(lighting=LightingOptions(**used["lighting"]), pose_smoothing_s=used["pose_smoothing_s"],
@@ -533,8 +532,6 @@ def _predict_all(model_dir: Path, train: _Frames, test: _Frames, options: Evalua
 
 def _document(config: dict, model_dir: Path, test: _Frames, metrics: dict, truth: dict,
               options: EvaluateOptions, seconds: float) -> dict:
-    from ..core.version import __version__
-
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "engine_version": __version__,
             "model": str(model_dir.resolve()), "model_id": config.get("model_id"),
             "held_out": str(test.ds.path.resolve()), "frames": int(len(test.rows)),

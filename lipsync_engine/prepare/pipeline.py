@@ -22,15 +22,15 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from . import audio, dataset, normalize
-from ..face import geometry
 from ..core import jobs, storage
-from ..io import media
-from .lighting import LightingOptions
 from ..core.errors import InputError, NoFaceError, OutputExists
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
-from ..face.tracking import frame_ranges, track_frames
 from ..core.version import __version__
+from ..face import geometry
+from ..face.tracking import frame_ranges, track_frames
+from ..io import media
+from . import audio, dataset, normalize
+from .lighting import LightingOptions
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm", ".m4v", ".wmv", ".flv"}
 WORK = ".work"

@@ -46,15 +46,15 @@ from pathlib import Path
 import numpy as np
 from scipy.fft import dct, idct
 
-from ..prepare import dataset
 from ..core import storage
+from ..prepare import dataset
 from ..prepare.dataset import segment_breaks  # noqa: F401  (public here too, for callers and tests)
 from ..core.errors import DatasetError, InputError
-from ..face.geometry import umeyama
-from .names import ARKIT_NAMES
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
-from ..face.topology import N_VERTICES, load_topology
 from ..core.version import __version__
+from ..face.geometry import umeyama
+from ..face.topology import N_VERTICES, load_topology
+from .names import ARKIT_NAMES
 
 RIGS_DIR = Path(__file__).resolve().parents[2] / "blendshape_rigs"
 DEFAULT_RIG = "arkit52"
