@@ -137,7 +137,7 @@ class SpeakerTensors:
         prev = np.arange(len(ds)) - 1
         self.previous = torch.from_numpy(np.where(ds.breaks, -1, prev))
         bs = ds.blendshapes()
-        self.blendshapes = torch.from_numpy(np.asarray(bs, np.float32)) if bs is not None else None
+        self.blendshapes = torch.from_numpy(np.array(bs, np.float32)) if bs is not None else None
 
     def __len__(self) -> int:
         return len(self.deltas)

@@ -183,7 +183,7 @@ def _load_track(path: Path, fingerprint: str) -> dict | None:
 # ---------------------------------------------------------------- stage 2: atlases
 
 def _atlas_job(job: AtlasJob) -> None:
-    """Worker: atlases of the usable frames job['frames'] of one take into a chunk directory."""
+    """Worker: atlases of the usable frames job.frames of one take into a chunk directory."""
     norm = job.norm
     builder = normalize.AtlasBuilder(norm, job.lighting)
     builder.reference = job.reference
@@ -207,12 +207,12 @@ def _atlas_job(job: AtlasJob) -> None:
             fa = builder.frame(frame.image, job.landmarks[i], job.vertices[i])
             atlas[i], gain[i], color[i] = fa.normalized, fa.gain, fa.color
             if frame.index in job.sample_frames:
-                samples.update(_sample(f"{job['take']}_{frame.index}", frame.image, fa))
+                samples.update(_sample(f"{job.take}_{frame.index}", frame.image, fa))
             seen += 1
             jobs.report(1)
             jobs.check_cancel()
         if seen != n:
-            raise InputError(f"{Path(job['path']).name}: could only decode {seen} of {n} frames "
+            raise InputError(f"{Path(job.path).name}: could only decode {seen} of {n} frames "
                              f"in frames {frames[0]}-{frames[-1]} on the second pass (file changed?)")
         atlas.flush()
         del atlas
@@ -304,7 +304,7 @@ class _Run:
                     parts.append(f"{label} in frames {frame_ranges(np.flatnonzero(sel))}")
             t.usable, t.excluded = usable, "; ".join(parts)
             if parts:
-                lines.append(f"{name}: {len(counts) - len(usable)} frame(s) excluded: {t['excluded']}")
+                lines.append(f"{name}: {len(counts) - len(usable)} frame(s) excluded: {t.excluded}")
         return lines
 
     def choose_reference(self) -> tuple[int, int]:
