@@ -33,6 +33,8 @@ import torch
 
 from . import dataset, storage
 from .errors import DatasetError
+from .articulation import articulation_metrics
+from .geometry import CylinderMap
 from .normalize import mouth_openness
 from .progress import CancelToken, Progress, ProgressCallback, no_progress
 from .topology import load_topology
@@ -241,9 +243,15 @@ def _frames(ds: dataset.SpeakerDataset, rows: np.ndarray) -> _Frames:
 
 
 def model_split(config: dict) -> tuple[int, int]:
-    """(training frames, all frames) of the speaker a model was trained on (its held-out tail follows)."""
+    """(frames before the held-out tail, all frames) of the speaker a model was trained on.
+
+    The held-out tail is the test tail when the model has one (TrainOptions.test_fraction: neither
+    trained on nor used to stop training or fit the articulation gain), else the validation tail.
+    """
     split = config.get("split")
     n = int(config["frames"])
+    if split and int(split.get("test_frames", 0)) > 0:
+        return n - int(split["test_frames"]), n
     if split:
         return int(split["train_frames"]), n
     n_val = int(round(n * float(config["options"]["val_fraction"])))
@@ -329,15 +337,27 @@ def predict_autoregressive(model, spectrograms: np.ndarray, breaks: np.ndarray, 
 
 
 def model_prediction(model_dir: Path, spectrograms: np.ndarray, breaks: np.ndarray, device: str,
-                     cancel=None, tick=lambda n: None) -> MethodOutput:
-    from .train import load_model
+                     cancel=None, tick=lambda n: None, articulation: float | None = None,
+                     texture: str = "auto") -> MethodOutput:
+    """The model's output as `lipsync predict` shapes it (articulation gain, mouth-bank texture),
+    without its temporal smoothing or silence handling."""
+    from .articulation import MouthBank, MouthRenderer
+    from .train import MOUTH_BANK, load_model
 
     model, config, extra = load_model(model_dir, device)
     out = predict_autoregressive(model, spectrograms, breaks, float(config["spectrogram_scale"]),
                                  extra["reference_lips"], device, cancel, tick)
     ref = extra["reference_vertices"].cpu().numpy()
-    bs = out["blendshapes"] if config.get("has_blendshapes", True) else None
-    return MethodOutput(out["vertex_deltas"] + ref, out["lips"], bs)
+    gain = float((config.get("articulation") or {}).get("gain", 1.0)) if articulation is None else articulation
+    vertices = ref + out["vertex_deltas"] * np.float32(gain)
+    bs = np.clip(out["blendshapes"] * gain, 0, 1) if config.get("has_blendshapes", True) else None
+    lips = out["lips"]
+    if config.get("mouth_bank") and texture != "network":
+        with np.load(Path(model_dir) / MOUTH_BANK) as z:
+            renderer = MouthRenderer(MouthBank.from_arrays(z), CylinderMap.from_dict(config["cylinder"]),
+                                     config["lip_box"])
+        lips = renderer.render(vertices, breaks)
+    return MethodOutput(vertices, lips, bs)
 
 
 def reference_lips(speaker: dataset.SpeakerDataset) -> np.ndarray:
@@ -436,6 +456,8 @@ def score(pred: MethodOutput, truth: dict, cylinder, lip_box: dict, ref_atlas: n
          "texture_jitter": texture_jitter(pred.lips, breaks)}
     m["jitter_ratio"] = m["jitter_px"] / max(truth["jitter_px"], 1e-12)
     m["texture_jitter_ratio"] = m["texture_jitter"] / max(truth["texture_jitter"], 1e-12)
+    m.update(articulation_metrics(pred.vertices, truth["vertices"], pred.lips, truth["lips"], breaks, cylinder,
+                                  lip_box, truth["rest"]))
     has = pred.blendshapes is not None and truth["blendshapes"] is not None
     m["blendshape_mae"] = float(np.abs(pred.blendshapes - truth["blendshapes"]).mean()) if has else None
     return m
@@ -534,6 +556,7 @@ def evaluate_model(model_dir: Path | str, held_out, output_dir: Path | str | Non
     preds = _predict_all(model_dir, train, test, options, cancel, tick)
     ref_atlas = reference_atlas(model_dir)
     truth = _truth(test, train.ds.cylinder, ref_atlas, box, options)
+    truth["rest"] = np.asarray(train.ds.reference_vertices, np.float32)
     metrics = {}
     for name, p in preds.items():
         metrics[name] = score(p, truth, train.ds.cylinder, box, ref_atlas, test.breaks, options)
