@@ -34,11 +34,12 @@ BANK_SIZE = 512             # mouth crops kept in a model folder (k-means medoid
 BANK_NEIGHBOURS = 3         # crops blended per frame
 BANK_TEMPORAL_SIGMA = 1.0   # frames: Gaussian smoothing of the blend weights over time
 WEIGHT_TRUNCATE = 3.0       # the smoothing kernel's radius in sigmas
-GAIN_RANGE = (0.5, 3.0)     # the fitted articulation gain is clipped to this
+GAIN_RANGE = (0.5, 5.0)     # the fitted articulation gain is clipped to this
 CROP_MARGIN = 24            # pixels around the lip box whose triangles are warped
 TEETH_MIN_FRACTION = 0.02   # of the mouth window: teeth-coloured pixels above this = teeth visible
 TEETH_BRIGHTER = 1.05       # teeth: brighter than the crop's median brightness by this factor ...
 TEETH_SATURATION = 0.80     # ... and at most this fraction of its median saturation
+RETRACK_SCALE = 2           # atlases are upscaled this much before MediaPipe tracks them again
 MOUTH_GROW_PX = (4, 6, 14)  # the rest face's inner-lip box grown left/right, up, down (crop pixels)
 
 
@@ -116,6 +117,45 @@ def teeth_fraction(lips: np.ndarray, window: tuple[slice, slice]) -> np.ndarray:
     return out
 
 
+def atlas_openness(atlases) -> np.ndarray:
+    """(N,) mouth openness of (N, 256, 256, 3) uint8 atlases tracked again with MediaPipe (NaN where
+    no face is found): how far the mouth opens in the texture itself.
+
+    The atlases are upscaled RETRACK_SCALE times (the Face Mesh model wants a face over ~200 px)
+    and tracked in video mode, one take. On the anchor's recorded atlases the re-tracked openness
+    follows the mesh's with r 0.89.
+    """
+    from types import SimpleNamespace
+
+    from .tracking import track_frames
+
+    def frames():
+        for i, a in enumerate(atlases):
+            big = cv2.resize(np.ascontiguousarray(a), None, fx=RETRACK_SCALE, fy=RETRACK_SCALE,
+                             interpolation=cv2.INTER_CUBIC)
+            yield SimpleNamespace(index=i, time_s=i / 25.0, image=big)
+
+    track = track_frames(frames())
+    out = np.full(len(track.usable), np.nan)
+    if track.usable.any():
+        out[track.usable] = mouth_openness(np.asarray(track.landmarks)[track.usable])
+    return out
+
+
+def texture_metrics(pred_openness: np.ndarray, true_openness: np.ndarray, breaks: np.ndarray) -> dict:
+    """Amplitude and speed ratio and r of the re-tracked atlas openness (atlas_openness), over the
+    frames tracked in both (a gap where either failed counts as a segment break)."""
+    ok = np.isfinite(pred_openness) & np.isfinite(true_openness)
+    if ok.sum() < 3:
+        return {"texture_amplitude_ratio": float("nan"), "texture_speed_ratio": float("nan"),
+                "texture_openness_r": float("nan"), "texture_tracked": float(ok.mean()) if len(ok) else 0.0}
+    b = np.asarray(breaks, bool) | np.r_[True, ~ok[:-1]]
+    p, t, b = pred_openness[ok], true_openness[ok], b[ok]
+    r = float(np.corrcoef(p, t)[0, 1]) if p.std() > 1e-12 and t.std() > 1e-12 else 0.0
+    return {"texture_amplitude_ratio": amplitude_ratio(p, t, b), "texture_speed_ratio": speed_ratio(p, t, b),
+            "texture_openness_r": r, "texture_tracked": float(ok.mean())}
+
+
 def articulation_metrics(pred_vertices: np.ndarray, true_vertices: np.ndarray, pred_lips: np.ndarray,
                          true_lips: np.ndarray, breaks: np.ndarray, cylinder: CylinderMap,
                          lip_box: dict, rest_vertices: np.ndarray) -> dict:
@@ -140,20 +180,72 @@ def articulation_metrics(pred_vertices: np.ndarray, true_vertices: np.ndarray, p
 
 # ----------------------------------------------------------------------------- articulation gain
 
-def apply_gain(vertex_deltas: np.ndarray, gain: float) -> np.ndarray:
-    """Vertex deltas from the rest (reference) face scaled by the articulation gain: 0 = rest, 1 = raw."""
-    return np.asarray(vertex_deltas) * np.float32(gain)
+def apply_gain_coefficients(coefficients: np.ndarray, gain: float, centre: np.ndarray | None,
+                            names) -> np.ndarray:
+    """(N, 52) ARKit coefficients with the articulation gain: up to 1 all scale about the neutral
+    (0); above 1 only the jaw and mouth coefficients scale about their mean (blinks, brows and
+    cheeks are not articulation). Clipped to [0, 1]."""
+    c = np.asarray(coefficients, np.float32)
+    g = np.float32(gain)
+    if g <= 1 or centre is None:
+        return np.clip(c * g, 0, 1)
+    mouth = np.array([n.startswith(("jaw", "mouth")) for n in names])
+    out = c.copy()
+    centre = np.asarray(centre, np.float32)
+    out[:, mouth] = centre[mouth] + g * (c[:, mouth] - centre[mouth])
+    return np.clip(out, 0, 1)
 
 
-def fit_gain(pred_openness: np.ndarray, true_openness: np.ndarray, breaks: np.ndarray,
-             rest_openness: float) -> float:
-    """The gain g that makes the pooled std of rest + g (pred - rest) equal the truth's, clipped to GAIN_RANGE.
+def opening_direction(deltas: np.ndarray, openness: np.ndarray) -> np.ndarray:
+    """(468, 3) unit vector: the direction of vertex motion that goes with mouth opening.
 
-    Openness is (close to) linear in the vertex deltas, so scaling the deltas by g scales the
-    openness's variation about the rest face by g.
+    deltas (N, 468, 3) true vertex deltas of training frames, openness (N,): the covariance of the
+    deltas with the openness, normalized (the least-squares direction of opening).
     """
-    p = pooled_std(np.asarray(pred_openness) - rest_openness, breaks)
-    t = pooled_std(true_openness, breaks)
+    x = np.asarray(deltas, np.float64).reshape(len(deltas), -1)
+    o = np.asarray(openness, np.float64)
+    u = ((x - x.mean(0)) * (o - o.mean())[:, None]).sum(0)
+    norm = np.linalg.norm(u)
+    return (u / norm if norm > 0 else u).reshape(-1, 3).astype(np.float32)
+
+
+def opening_component(deltas: np.ndarray, centre: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """(N,) coordinate of (N, 468, 3) deltas about `centre` along the opening direction."""
+    d = np.asarray(deltas, np.float32) - np.asarray(centre, np.float32)
+    return d.reshape(len(d), -1) @ np.asarray(direction, np.float32).reshape(-1)
+
+
+def apply_gain(deltas: np.ndarray, gain: float, centre: np.ndarray | None = None,
+               direction: np.ndarray | None = None) -> np.ndarray:
+    """Predicted deltas from the rest face (vertex deltas (N, 468, 3) or coefficients (N, 52)) with
+    the articulation gain applied.
+
+    Up to 1 the deltas scale about the rest face (0 = the rest face, 1 = the raw output). Above 1
+    the motion about `centre` (the model's mean prediction) is scaled: a network trained on little
+    data predicts a shrunken copy of the speaker's motion about its mean. With `direction`
+    (vertices only) only the motion along the opening direction is scaled: the other directions
+    hold what audio explains least, and scaling them would only add noise.
+    """
+    deltas = np.asarray(deltas, np.float32)
+    g = np.float32(gain)
+    if g <= 1 or centre is None:
+        return deltas * g
+    centre = np.asarray(centre, np.float32)
+    if direction is None:
+        return centre + g * (deltas - centre)
+    u = np.asarray(direction, np.float32)
+    c = opening_component(deltas, centre, u)
+    return deltas + (g - 1) * c[:, None, None] * u[None]
+
+
+def fit_gain(pred: np.ndarray, true: np.ndarray, breaks: np.ndarray) -> float:
+    """The gain g that makes the pooled std of (N,) pred equal the truth's, clipped to GAIN_RANGE.
+
+    pred, true : mouth openness, or the opening component (opening_component), of the predicted
+    and the true frames; both are linear in the motion, so scaling the motion by g scales their
+    variation by g.
+    """
+    p, t = pooled_std(pred, breaks), pooled_std(true, breaks)
     if not np.isfinite(p) or p < 1e-9 or not np.isfinite(t):
         return 1.0
     return float(np.clip(t / p, *GAIN_RANGE))

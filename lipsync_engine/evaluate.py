@@ -33,7 +33,7 @@ import torch
 
 from . import dataset, storage
 from .errors import DatasetError
-from .articulation import articulation_metrics
+from .articulation import articulation_metrics, atlas_openness, texture_metrics
 from .geometry import CylinderMap
 from .normalize import mouth_openness
 from .progress import CancelToken, Progress, ProgressCallback, no_progress
@@ -341,7 +341,8 @@ def model_prediction(model_dir: Path, spectrograms: np.ndarray, breaks: np.ndarr
                      texture: str = "auto") -> MethodOutput:
     """The model's output as `lipsync predict` shapes it (articulation gain, mouth-bank texture),
     without its temporal smoothing or silence handling."""
-    from .articulation import MouthBank, MouthRenderer
+    from .articulation import MouthBank, MouthRenderer, apply_gain, apply_gain_coefficients
+    from .names import ARKIT_NAMES
     from .train import MOUTH_BANK, load_model
 
     model, config, extra = load_model(model_dir, device)
@@ -349,8 +350,12 @@ def model_prediction(model_dir: Path, spectrograms: np.ndarray, breaks: np.ndarr
                                  extra["reference_lips"], device, cancel, tick)
     ref = extra["reference_vertices"].cpu().numpy()
     gain = float((config.get("articulation") or {}).get("gain", 1.0)) if articulation is None else articulation
-    vertices = ref + out["vertex_deltas"] * np.float32(gain)
-    bs = np.clip(out["blendshapes"] * gain, 0, 1) if config.get("has_blendshapes", True) else None
+    centre = {k: extra[k].float().cpu().numpy() for k in ("mean_vertex_deltas", "mean_blendshapes",
+                                                           "opening_direction") if k in extra}
+    vertices = ref + apply_gain(out["vertex_deltas"], gain, centre.get("mean_vertex_deltas"),
+                                centre.get("opening_direction"))
+    bs = apply_gain_coefficients(out["blendshapes"], gain, centre.get("mean_blendshapes"), ARKIT_NAMES) \
+        if config.get("has_blendshapes", True) else None
     lips = out["lips"]
     if config.get("mouth_bank") and texture != "network":
         with np.load(Path(model_dir) / MOUTH_BANK) as z:
@@ -440,6 +445,9 @@ def score(pred: MethodOutput, truth: dict, cylinder, lip_box: dict, ref_atlas: n
     lip_ssim = ssim_per_frame(pred.lips, truth["lips"], options.device, options.batch_frames)
     rows, cols = lip_region(lip_box)
     full, own = [], []
+    composed = (a for s in range(0, len(pred.lips), options.batch_frames)
+                for a in compose_atlas(ref_atlas, pred.lips[s:s + options.batch_frames], lip_box))
+    texture_open = atlas_openness(composed)
     for s in range(0, len(pred.lips), options.batch_frames):
         lips, gt = pred.lips[s:s + options.batch_frames], truth["atlas"](s, s + options.batch_frames)
         full.append(ssim_sums(compose_atlas(ref_atlas, lips, lip_box)[:, rows, cols], gt[:, rows, cols],
@@ -458,6 +466,7 @@ def score(pred: MethodOutput, truth: dict, cylinder, lip_box: dict, ref_atlas: n
     m["texture_jitter_ratio"] = m["texture_jitter"] / max(truth["texture_jitter"], 1e-12)
     m.update(articulation_metrics(pred.vertices, truth["vertices"], pred.lips, truth["lips"], breaks, cylinder,
                                   lip_box, truth["rest"]))
+    m.update(texture_metrics(texture_open, truth["texture_openness"], breaks))
     has = pred.blendshapes is not None and truth["blendshapes"] is not None
     m["blendshape_mae"] = float(np.abs(pred.blendshapes - truth["blendshapes"]).mean()) if has else None
     return m
@@ -557,6 +566,7 @@ def evaluate_model(model_dir: Path | str, held_out, output_dir: Path | str | Non
     ref_atlas = reference_atlas(model_dir)
     truth = _truth(test, train.ds.cylinder, ref_atlas, box, options)
     truth["rest"] = np.asarray(train.ds.reference_vertices, np.float32)
+    truth["texture_openness"] = atlas_openness(truth["atlas"](s, s + 1)[0] for s in range(n))
     metrics = {}
     for name, p in preds.items():
         metrics[name] = score(p, truth, train.ds.cylinder, box, ref_atlas, test.breaks, options)

@@ -48,7 +48,7 @@ from .names import ARKIT_NAMES
 from .progress import CancelToken, Progress, ProgressCallback, no_progress
 from .render import compose_atlas  # noqa: F401  (public here: the full atlas of a prediction)
 from .train import MOUTH_BANK, REFERENCE_FILES, load_model, pick_device
-from .articulation import MouthBank, MouthRenderer
+from .articulation import MouthBank, MouthRenderer, apply_gain, apply_gain_coefficients
 
 __all__ = ["PredictOptions", "Prediction", "Predictor", "load_predictor", "predict", "compose_atlas", "Plan",
            "plan_prediction", "PredictionChunk", "frame_count"]
@@ -259,6 +259,8 @@ class Predictor:
         self.model_id = str(self.config.get("model_id", ""))
         self.has_blendshapes = bool(self.config.get("has_blendshapes", True))
         self.gain = float((self.config.get("articulation") or {}).get("gain", 1.0))   # 1.0: format version 1
+        self.centre = {k: extra[k].float().cpu().numpy() for k in
+                       ("mean_vertex_deltas", "mean_blendshapes", "opening_direction") if k in extra}
         self.renderer = None
         if self.config.get("mouth_bank"):
             try:
@@ -342,10 +344,12 @@ class Predictor:
                   weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(deltas (n, 468, 3), blendshapes (n, 52)) of every row of codes: scaled by the articulation
         gain, smoothed, clipped, eased to rest (rows within `halo` of either end are only context)."""
-        gain = np.float32(self.articulation(options))
-        deltas = self.model.geometry(codes).float().cpu().numpy() * gain
-        bs = self.model.blendshapes(codes).float().cpu().numpy() * gain if self.has_blendshapes \
-            else np.zeros((len(codes), len(ARKIT_NAMES)), np.float32)
+        gain = self.articulation(options)
+        deltas = apply_gain(self.model.geometry(codes).float().cpu().numpy(), gain,
+                            self.centre.get("mean_vertex_deltas"), self.centre.get("opening_direction"))
+        bs = apply_gain_coefficients(self.model.blendshapes(codes).float().cpu().numpy(), gain,
+                                     self.centre.get("mean_blendshapes"), ARKIT_NAMES) \
+            if self.has_blendshapes else np.zeros((len(codes), len(ARKIT_NAMES)), np.float32)
         if halo:
             sigma = options.smoothing_sigma_s * options.fps
             deltas = gaussian_filter1d(deltas, sigma, axis=0, mode="nearest", truncate=SMOOTHING_TRUNCATE)

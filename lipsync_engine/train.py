@@ -48,6 +48,7 @@ MEMMAP_ABOVE_BYTES = 2 * 1024 ** 3       # auto: spectrograms + lips larger than
 PRECISIONS = ("auto", "off", "bf16", "fp16")
 COSINE_FLOOR = 0.05                      # the cosine schedule ends at this fraction of the learning rate
 MIN_GAIN_FRAMES = 25                     # validation frames needed to fit the articulation gain
+CENTRE_FRAMES = 2000                     # training frames whose mean prediction centres the gain
 MIN_STOP_FRAMES = 50                     # validation frames needed to stop the geometry on them (2 s at 25 fps)
 MIN_STOP_EPOCHS = 8                      # the geometry is never stopped before this many epochs
 
@@ -308,7 +309,7 @@ def _config(dims: ModelDimensions, options: TrainOptions, data: SpeakerTensors, 
 
 
 def save_checkpoint(out: Path, model: LipSync3D, optimizer, config: dict, data: SpeakerTensors,
-                    rng: dict | None = None) -> None:
+                    rng: dict | None = None, extra: dict | None = None) -> None:
     """Weights (safetensors: no pickle) + config, then the resumable training state; all atomic.
 
     rng : {"generator": ByteTensor, "torch": ByteTensor} so that a resumed run draws the same
@@ -319,6 +320,8 @@ def save_checkpoint(out: Path, model: LipSync3D, optimizer, config: dict, data: 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors["reference_vertices"] = data.reference_vertices.contiguous()
     tensors["reference_lips"] = data.reference_lips.contiguous()
+    for k, v in (extra or {}).items():
+        tensors[k] = torch.as_tensor(v).float().contiguous()
     with storage.atomic_path(out / WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
     with storage.atomic_path(out / STATE) as tmp:
@@ -485,26 +488,52 @@ def _early_stop(model: LipSync3D, options: TrainOptions, stop: dict, val_r: floa
 
 @torch.no_grad()
 def fit_articulation(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor, spec_scale: float,
-                     device) -> dict:
+                     device, centre: dict | None) -> dict:
     """The articulation gain fitted on frames the model did not train on (the validation tail).
 
-    The gain scales the predicted vertex deltas (and coefficients) about the rest face so that the
-    mouth openness varies as much as the speaker's (articulation.fit_gain); 1.0 without frames.
+    The gain scales the predicted motion along the opening direction, about the model's mean
+    prediction (`centre`, from articulation_centre), so that it varies as much as the speaker's
+    (articulation.fit_gain); 1.0 without enough frames. Also returns the tail's openness r.
     """
-    if len(rows) < MIN_GAIN_FRAMES:
+    if len(rows) < MIN_GAIN_FRAMES or centre is None:
         return {"gain": 1.0, "fitted_on": None}
-    was_training = model.training
-    model.eval()
-    deltas = torch.cat([model.geometry(model.audio(data.spec_at(rows[s:s + 256]).to(device) * spec_scale)).float().cpu()
-                        for s in range(0, len(rows), 256)]).numpy()
-    model.train(was_training)
+    deltas, _ = _geometry_outputs(model, data, rows, spec_scale, device)
     ref = data.reference_vertices.numpy()
     breaks = (data.previous[rows] < 0).numpy()
-    pred, true = mouth_openness(ref + deltas), mouth_openness(ref + data.deltas[rows].numpy())
-    gain = articulation.fit_gain(pred, true, breaks, float(mouth_openness(ref)))
+    true_deltas = data.deltas[rows].numpy()
+    pred, true = mouth_openness(ref + deltas), mouth_openness(ref + true_deltas)
+    u, mean = centre["opening_direction"], centre["mean_vertex_deltas"]
+    gain = articulation.fit_gain(articulation.opening_component(deltas, mean, u),
+                                 articulation.opening_component(true_deltas, mean, u), breaks)
     return {"gain": gain, "fitted_on": "validation tail", "frames": int(len(rows)),
             "raw_amplitude_ratio": articulation.amplitude_ratio(pred, true, breaks),
             "openness_r": float(np.corrcoef(pred, true)[0, 1]) if pred.std() > 0 and true.std() > 0 else 0.0}
+
+
+@torch.no_grad()
+def _geometry_outputs(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor, spec_scale: float,
+                      device) -> tuple[np.ndarray, np.ndarray]:
+    """(vertex deltas (n, 468, 3), blendshapes (n, 52)) of the model's geometry branch on rows, in eval mode."""
+    was_training = model.training
+    model.eval()
+    deltas, bs = [], []
+    for s in range(0, len(rows), 256):
+        code = model.audio(data.spec_at(rows[s:s + 256]).to(device) * spec_scale)
+        deltas.append(model.geometry(code).float().cpu())
+        bs.append(model.blendshapes(code).float().cpu())
+    model.train(was_training)
+    return torch.cat(deltas).numpy(), torch.cat(bs).numpy()
+
+
+def articulation_centre(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor, spec_scale: float,
+                        device) -> dict:
+    """The mean of the model's own vertex deltas and coefficients over (at most CENTRE_FRAMES of) the
+    training frames: the articulation gain scales the motion about it (articulation.apply_gain)."""
+    step = max(1, len(rows) // CENTRE_FRAMES)
+    deltas, bs = _geometry_outputs(model, data, rows[::step], spec_scale, device)
+    true = data.deltas[rows[::step]].numpy()
+    u = articulation.opening_direction(true, mouth_openness(data.reference_vertices.numpy() + true))
+    return {"mean_vertex_deltas": deltas.mean(0), "mean_blendshapes": bs.mean(0), "opening_direction": u}
 
 
 def _save_mouth_bank(out: Path, data: SpeakerTensors, rows: torch.Tensor, size: int, cylinder) -> dict | None:
@@ -610,17 +639,19 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
         if not math.isfinite(tr["total"]):
             raise EngineError(f"training diverged at epoch {epoch + 1} (loss {tr['total']}); lower the learning rate")
         was_stopped = bool(stop.get("stopped"))
-        art = fit_articulation(r["model"], data, val_idx, r["spec_scale"], r["device"])
+        centre = articulation_centre(r["model"], data, train_idx, r["spec_scale"], r["device"])
+        art = fit_articulation(r["model"], data, val_idx, r["spec_scale"], r["device"], centre)
         history[-1]["val_openness_r"] = art.get("openness_r")
         _early_stop(r["model"], options, stop, art.get("openness_r"), len(val_idx), epoch)
         if stop.get("stopped") and not was_stopped:
             history[-1]["geometry_stopped"] = epoch + 1 - stop["since"]   # the epoch whose geometry is kept
-            art = fit_articulation(r["model"], data, val_idx, r["spec_scale"], r["device"])
+            centre = articulation_centre(r["model"], data, train_idx, r["spec_scale"], r["device"])
+            art = fit_articulation(r["model"], data, val_idx, r["spec_scale"], r["device"], centre)
         config = _config(r["dims"], options, data, r["spec_scale"], epoch + 1, history, speaker_dir, r["model_id"],
                          len(train_idx), len(val_idx), art)
         config["mouth_bank"] = bank
         save_checkpoint(out, r["model"], r["optimizer"], config, data,
-                        {"generator": r["gen"].get_state(), "torch": torch.get_rng_state(), **stop})
+                        {"generator": r["gen"].get_state(), "torch": torch.get_rng_state(), **stop}, centre)
         _plot(out / CURVE, history)
     last = history[-1] if history else {"train": float("nan"), "val": None}
     return TrainResult(out, len(history), last["train"], last["val"], time.perf_counter() - t0)

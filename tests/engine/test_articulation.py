@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from lipsync_engine.articulation import (GAIN_RANGE, MouthBank, MouthRenderer, amplitude_ratio, apply_gain,
-                                          fit_gain, mouth_window, pooled_std, speed_ratio, teeth_fraction)
+                                          fit_gain, mouth_window, opening_component, opening_direction, pooled_std,
+                                          speed_ratio, teeth_fraction)
 from lipsync_engine.normalize import mouth_openness
 
 
@@ -26,22 +27,46 @@ def test_amplitude_and_speed_ratios_are_pooled_per_take():
 
 
 def test_fitted_gain_scales_openness_by_the_expected_factor(prepared_demo):
-    """Deltas shrunk to 40% about the rest face: the fitted gain is 2.5 and restores the amplitude."""
+    """Motion shrunk to 40% about its mean: the fitted gain is 2.5 and, applied about the model's
+    mean, restores the amplitude and the mean mouth; up to 1 the gain scales about the rest face."""
     ds = prepared_demo[0]
     rest = np.asarray(ds.reference_vertices, np.float32)
-    true = np.asarray(ds.vertices, np.float32)
+    true = np.asarray(ds.vertices, np.float32) - rest           # deltas from the rest face
     breaks = np.asarray(ds.breaks)
-    shrunk = rest + 0.4 * (true - rest)
-    rest_open = float(mouth_openness(rest))
-    gain = fit_gain(mouth_openness(shrunk), mouth_openness(true), breaks, rest_open)
+    centre = true.mean(0)
+    shrunk = centre + 0.4 * (true - centre)
+    gain = fit_gain(mouth_openness(rest + shrunk), mouth_openness(rest + true), breaks)
     assert gain == pytest.approx(2.5, rel=0.03)
-    restored = rest + apply_gain(shrunk - rest, gain)
-    assert amplitude_ratio(mouth_openness(restored), mouth_openness(true), breaks) == pytest.approx(1.0, abs=0.03)
-    assert fit_gain(mouth_openness(true), mouth_openness(true), breaks, rest_open) == pytest.approx(1.0, abs=0.01)
-    # a flat prediction cannot be rescued: the gain stays inside its range
-    assert fit_gain(np.full(len(true), rest_open + 1e-4), mouth_openness(true), breaks, rest_open) == 1.0
-    assert GAIN_RANGE[0] <= fit_gain(mouth_openness(rest + 0.01 * (true - rest)), mouth_openness(true), breaks,
-                                     rest_open) <= GAIN_RANGE[1]
+    restored = apply_gain(shrunk, gain, centre)
+    assert amplitude_ratio(mouth_openness(rest + restored), mouth_openness(rest + true), breaks) == \
+        pytest.approx(1.0, abs=0.03)
+    np.testing.assert_allclose(restored.mean(0), centre, atol=1e-5)
+    np.testing.assert_allclose(apply_gain(shrunk, 0.0, centre), 0.0)              # 0 = the rest face
+    np.testing.assert_allclose(apply_gain(shrunk, 1.0, centre), shrunk)           # 1 = the raw output
+    np.testing.assert_allclose(apply_gain(shrunk, 0.5, centre), 0.5 * shrunk)     # <= 1: about the rest face
+    assert fit_gain(mouth_openness(rest + true), mouth_openness(rest + true), breaks) == pytest.approx(1.0, abs=0.01)
+    # a flat prediction cannot be rescued, a tiny one is clipped to the range
+    flat = np.full(len(true), float(mouth_openness(rest)))
+    assert fit_gain(flat, mouth_openness(rest + true), breaks) == 1.0
+    assert fit_gain(mouth_openness(rest + 0.01 * true), mouth_openness(rest + true), breaks) == GAIN_RANGE[1]
+
+
+def test_gain_along_the_opening_direction_leaves_other_motion_alone(prepared_demo):
+    """Above 1 the gain scales only the motion along the opening direction: a delta orthogonal to
+    it is unchanged, the opening component grows by the gain."""
+    ds = prepared_demo[0]
+    rest = np.asarray(ds.reference_vertices, np.float32)
+    true = np.asarray(ds.vertices, np.float32) - rest
+    u = opening_direction(true, mouth_openness(rest + true))
+    assert np.linalg.norm(u) == pytest.approx(1.0, abs=1e-5)
+    centre = true.mean(0)
+    c = opening_component(true, centre, u)
+    assert np.corrcoef(c, mouth_openness(rest + true))[0, 1] > 0.9
+    other = np.random.default_rng(0).normal(size=(468, 3)).astype(np.float32)
+    other -= (other.ravel() @ u.ravel()) * u                                  # orthogonal to the opening
+    moved = apply_gain(np.stack([centre + other, centre + 0.01 * u]), 3.0, centre, u)
+    np.testing.assert_allclose(moved[0], centre + other, atol=1e-5)
+    np.testing.assert_allclose(moved[1], centre + 0.03 * u, atol=1e-6)
 
 
 def test_mouth_bank_texture_opens_as_far_as_the_mesh(prepared_demo):
@@ -109,6 +134,7 @@ def test_held_out_demo_is_as_lively_as_the_speaker(held_out_model, tmp_path):
     assert m["openness_r"] >= 0.8, m
     assert m["speed_ratio"] >= 0.7, m
     assert m["sharpness_ratio"] >= 0.8, m
+    assert 0.7 <= m["texture_amplitude_ratio"] <= 1.4 and m["texture_openness_r"] >= 0.6, m   # the atlases too
     assert r.metrics["static"]["amplitude_ratio"] == 0.0
 
 
@@ -127,8 +153,9 @@ def test_articulation_zero_is_rest_and_one_is_the_raw_network(held_out_model, de
     assert np.abs(rest.blendshapes).max() == 0.0
     raw = p.predict(demo_video[0], PredictOptions(articulation=1.0, atlas=False, **quiet))
     default = p.predict(demo_video[0], PredictOptions(atlas=False, **quiet))
-    np.testing.assert_allclose(default.vertices - p.reference_vertices,
-                               p.gain * (raw.vertices - p.reference_vertices), atol=1e-4)
+    expected = apply_gain(raw.vertices - p.reference_vertices, p.gain, p.centre["mean_vertex_deltas"],
+                          p.centre["opening_direction"])
+    np.testing.assert_allclose(default.vertices - p.reference_vertices, expected, atol=1e-4)
     # the raw output is the network's own: its geometry decoder on the audio code
     from lipsync_engine import audio
 
