@@ -15,11 +15,14 @@ Metrics, per method (docs/evaluation.md, "Cartoon and dubbing"):
 - Mouth LMD: both videos are tracked again with MediaPipe, their landmarks aligned to the
   model's reference face (Umeyama on the rigid upper face, as prepare does) and the 40 lip
   landmarks projected into the 256-px atlas (evaluate.py's definition); mean distance.
-- Mouth openness correlation with the original (inner-lip gap / face height).
+- Mouth openness correlation with the original (inner-lip gap / face height), and the
+  amplitude ratio: standard deviation of the dubbed video's re-tracked openness over the
+  original's (1 = the mouth opens as much as the speaker's).
 - Seam: the blend mask of each frame is recomputed (faceblend), its transition ring is the
   pixels with 0.1 < alpha < 0.9; the mean Sobel gradient magnitude of the dubbed frame on
   the ring over that of the original frame on the same ring. Within 0.8-1.2 is "no visible seam".
-Writes METRICS_JSON and, with --images, small PNGs of sample frames and a plot.
+Writes METRICS_JSON, side_by_side.mp4 (original | dubbed, with the audio) and, with --images,
+small PNGs of sample frames and a plot.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from lipsync_engine.prepare import normalize  # noqa: E402
 from lipsync_engine.apps.dub import DubOptions, _poses, dub_video  # noqa: E402
 from lipsync_engine.apps.faceblend import FaceBlender  # noqa: E402
 from lipsync_engine.face.tracking import track_frames  # noqa: E402
+from lipsync_engine.io.videowriter import write_mp4  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RING = (0.1, 0.9)            # alpha range of the blend boundary ring
@@ -117,6 +121,7 @@ def run_method(name, model, video, start_s, end_s, out_dir, predict_fn, original
     open_o = normalize.mouth_openness(track_o["landmarks"][:n][ok])
     return {"frames": n, "seconds": seconds, "ssim_face": float(ssim.mean()), "ssim_face_min": float(ssim.min()),
             "lmd": float(lmd), "openness_r": float(np.corrcoef(open_d, open_o)[0, 1]),
+            "amplitude_ratio": float(open_d.std() / max(open_o.std(), 1e-12)),
             "ssim_per_frame": ssim.tolist(), "openness": open_d.tolist()}, dubbed
 
 
@@ -159,7 +164,8 @@ def main(argv=None) -> int:
         results[name], videos[name] = run_method(name, args.model, args.video, args.start_s, args.end_s, args.out,
                                                  fn, originals, track_o, ref, cylinder)
         print(f"{name}: SSIM face {results[name]['ssim_face']:.4f} (min {results[name]['ssim_face_min']:.3f}), "
-              f"LMD {results[name]['lmd']:.3f} px, openness r {results[name]['openness_r']:.3f}", flush=True)
+              f"LMD {results[name]['lmd']:.3f} px, openness r {results[name]['openness_r']:.3f}, "
+              f"amplitude ratio {results[name]['amplitude_ratio']:.2f}", flush=True)
     poses = _poses(track_o, ref, first, info.fps, DubOptions().pose_smoothing_s)
     blender = FaceBlender(args.model, DubOptions().lighting)
     ratios = seam_ratios(originals, videos["model"], track_o, poses, *recorded["model"], blender)
@@ -170,6 +176,13 @@ def main(argv=None) -> int:
           f"{results['seam']['ratio_p95']:.3f}), frames within 20%: {results['seam']['within_20pct']:.1%}")
     results["original_openness"] = normalize.mouth_openness(track_o["landmarks"]).tolist()
     (args.out / "metrics.json").write_text(json.dumps(results, indent=1))
+    n = min(len(originals), len(videos["model"]))
+    track_audio = media.load_audio(args.video)
+    a0 = int(round(args.start_s * track_audio.sample_rate))
+    write_mp4(args.out / "side_by_side.mp4", (np.hstack([originals[i], videos["model"][i]]) for i in range(n)),
+              info.fps, (track_audio.samples[a0:a0 + int(n / info.fps * track_audio.sample_rate)],
+                         track_audio.sample_rate))
+    print(f"wrote {args.out / 'side_by_side.mp4'} (original | dubbed)")
     if args.images:
         figures(args.images, originals, videos, results, track_o)
     return 0

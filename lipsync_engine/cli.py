@@ -167,7 +167,7 @@ def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
               if v is not None}
     options = _options("train", lambda: recipe_options(
         args.recipe, preset=args.preset, epochs=args.epochs, device=args.device, val_fraction=args.val_fraction,
-        batch_size=args.batch_size, mixed_precision=args.mixed_precision, **chosen))
+        test_fraction=args.test_fraction, batch_size=args.batch_size, mixed_precision=args.mixed_precision, **chosen))
     dims = None
     if args.width is not None:  # e.g. 1/32 for a tiny test model (the add-on's "Tiny" quality)
         from .model.network import ModelDimensions
@@ -271,7 +271,7 @@ def _cmd_predict(args, reporter: Reporter, cancel: CancelToken) -> None:
     options, out_options = _options("predict", lambda: (
         PredictOptions(fps=args.fps, start_s=args.start, end_s=args.end, smoothing=not args.no_smoothing,
                        silence_db=args.silence_db, atlas=not args.no_atlas, chunk_frames=args.chunk_frames,
-                       device=args.device),
+                       device=args.device, articulation=args.articulation, texture=args.texture),
         OutputOptions(atlas_images=not args.no_atlas, preview=not args.no_preview, preview_size=args.preview_size,
                       relight=relight, overwrite=args.overwrite)))
     outs = _predict_outputs(args.audio, args.output)
@@ -318,7 +318,8 @@ def _cmd_dub(args, reporter: Reporter, cancel: CancelToken) -> None:
 
     options = _options("dub", lambda: DubOptions(
         video_start_s=args.video_start, video_end_s=args.video_end, audio_start_s=args.audio_start,
-        audio_end_s=args.audio_end, loop=args.loop, workers=args.workers, crf=args.crf, device=args.device))
+        audio_end_s=args.audio_end, loop=args.loop, workers=args.workers, crf=args.crf, device=args.device,
+        articulation=args.articulation))
     r = dub_video(args.model, args.audio, args.video, args.output, options, reporter, cancel, overwrite=args.overwrite)
     reporter.close()
     looped = f", video {'looped (pingpong)' if args.loop == 'pingpong' else 'held'} to the audio's length" \
@@ -362,12 +363,17 @@ def _cmd_evaluate(args, reporter: Reporter, cancel: CancelToken) -> None:
 
     r = evaluate_model(args.model, args.held_out, args.output, EvaluateOptions(device=args.device), reporter, cancel)
     reporter.close()
-    lines = [f"{'method':<10} {'LMD px':>7} {'lip SSIM':>8} {'atlas SSIM':>10} {'open r':>7} {'jitter':>7} {'bs MAE':>7}"]
+    lines = [f"{'method':<10} {'LMD px':>7} {'lip SSIM':>8} {'atlas SSIM':>10} {'open r':>7} {'jitter':>7} {'bs MAE':>7}"
+             f" {'amp':>5} {'speed':>5} {'tx amp':>6} {'tx spd':>6} {'sharp':>5} {'teeth':>5}"]
     for name, m in r.metrics.items():
         bs = "-" if m["blendshape_mae"] is None else f"{m['blendshape_mae']:.4f}"
+        teeth = "-" if m["teeth_recall"] != m["teeth_recall"] else f"{m['teeth_recall']:.2f}"
         lines.append(f"{name:<10} {m['lmd_px']:7.3f} {m['lip_ssim']:8.4f} {m['atlas_ssim']:10.4f} "
-                     f"{m['openness_r']:7.3f} {m['jitter_ratio']:7.2f} {bs:>7}")
-    reporter.info("RESULT", f"{r.frames} held-out frames (jitter: x the ground truth's own)\n" + "\n".join(lines)
+                     f"{m['openness_r']:7.3f} {m['jitter_ratio']:7.2f} {bs:>7} {m['amplitude_ratio']:5.2f} "
+                     f"{m['speed_ratio']:5.2f} {m['texture_amplitude_ratio']:6.2f} {m['texture_speed_ratio']:6.2f} "
+                     f"{m['sharpness_ratio']:5.2f} {teeth:>5}")
+    reporter.info("RESULT", f"{r.frames} held-out frames (jitter, amp(litude), speed, sharp(ness): x the ground "
+                            f"truth's own; tx: of the atlases tracked again; teeth: recall of frames showing teeth)\n" + "\n".join(lines)
                   + f"\nwrote {r.path}", path=str(r.path), metrics=r.metrics)
 
 
@@ -405,7 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     st.add_argument("--resume", action="store_true", help="continue MODEL_DIR after Ctrl-C or a crash")
     st.add_argument("--width", type=float, help="channel width as a fraction of the paper's (overrides --preset)")
-    st.add_argument("--val-fraction", type=float, default=0.1, help="held-out tail of the frames (default 0.1)")
+    st.add_argument("--val-fraction", type=float, default=0.1,
+                    help="validation tail (default 0.1): stops the vertices when they over-fit and fits the "
+                         "articulation gain; never trained on")
+    st.add_argument("--test-fraction", type=float, default=0.0,
+                    help="last part of the frames that training never reads, for `lipsync evaluate` (default 0)")
     st.add_argument("--recipe", choices=("fast", "paper"), default="fast",
                     help="fast (default: learning rate 1e-3, vertex loss x30, lip vertices x11; best within minutes "
                          "on a CPU) or paper (1e-4, x3, as published, for ~500 epochs)")
@@ -455,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("--preview-size", type=int, default=512, help="preview side in pixels (default 512)")
     sq.add_argument("--relight", metavar="FRAME|reference",
                     help="put the lighting of the reference frame (or of a speaker frame index) back on the atlases")
+    sq.add_argument("--articulation", type=float, metavar="GAIN",
+                    help="mouth movement about the rest face: 0 = rest, 1 = the raw network, default = the gain "
+                         "fitted on the model's validation tail (lively as the speaker)")
+    sq.add_argument("--texture", choices=("auto", "bank", "network"), default="auto",
+                    help="lip crops from the model's mouth bank of real crops warped to the predicted mesh (auto, "
+                         "bank) or from the texture decoder (network)")
     sq.add_argument("--chunk-frames", type=int, default=512, help="frames per chunk (memory bound; default 512)")
     sq.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     sq.add_argument("--overwrite", action="store_true", help="replace a prediction already in the output folder")
@@ -469,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--audio", type=Path, required=True, help="the new audio (any audio file or a video's track)")
     sb.add_argument("--video", type=Path, required=True, help="target video of the same speaker")
     sb.add_argument("-o", "--output", type=Path, required=True, help="output .mp4")
+    sb.add_argument("--articulation", type=float, metavar="GAIN",
+                    help="mouth movement about the rest face: 0 = rest, 1 = the raw network, default = the gain "
+                         "fitted on the model's validation tail (lively as the speaker)")
     sb.add_argument("--video-start", type=float, default=0.0, help="first second of the target video (default 0)")
     sb.add_argument("--video-end", type=float, help="last second of the target video (default: its end)")
     sb.add_argument("--audio-start", type=float, default=0.0, help="first second of the audio (default 0)")

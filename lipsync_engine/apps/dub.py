@@ -68,6 +68,7 @@ class DubOptions:
     crf: int = 18                       # H.264 quality (lower is better, 18 ~ visually lossless)
     preset: str = "veryfast"            # x264 speed preset
     device: str = "auto"                # prediction device (auto, cpu, cuda, mps)
+    articulation: float | None = None   # mouth gain (PredictOptions.articulation; None = the model's fitted one)
 
     def __post_init__(self) -> None:
         if self.loop not in LOOP_MODES:
@@ -190,7 +191,8 @@ def _predict_streaming(model_dir: Path, audio: Path, plan: "_Plan", options: Dub
 
     predictor = load_predictor(model_dir, options.device)
     popts = PredictOptions(fps=plan.fps, start_s=plan.audio_start_s, end_s=plan.audio_end_s,
-                           smoothing=options.smoothing, atlas=True, device=options.device)
+                           smoothing=options.smoothing, atlas=True, device=options.device,
+                           articulation=options.articulation)
     pp = plan_prediction(audio, popts)
     with storage.atomic_path(work / "pred_vertices.npy") as tv, storage.atomic_path(work / "pred_lips.npy") as tl:
         verts = np.lib.format.open_memmap(tv, "w+", np.float32, (plan.n_out, 468, 3))

@@ -34,10 +34,12 @@ from ..core import storage
 from ..core.errors import DatasetError
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from ..core.version import __version__
-from ..face.geometry import LIP_SIZE
+from ..face.geometry import LIP_SIZE, CylinderMap
 from ..face.topology import load_topology
 from ..inference.render import compose_atlas as compose
 from ..model import checkpoint
+from ..model.articulation import (MouthBank, MouthRenderer, apply_gain, apply_gain_coefficients,
+                                  articulation_metrics, atlas_openness, texture_metrics)
 from ..model.losses import SSIM_WINDOW, ssim_map
 from ..model.network import autoregressive_lips
 from ..prepare import dataset
@@ -46,6 +48,7 @@ from ..prepare.lighting import LightingOptions
 from ..prepare.normalize import mouth_openness
 from ..prepare.pipeline import PrepareOptions, prepare_speaker
 from ..rig.fitting import fit_speaker
+from ..rig.names import ARKIT_NAMES
 
 FORMAT = "lipsync3d-evaluation"
 FORMAT_VERSION = 1
@@ -238,9 +241,15 @@ def _frames(ds: dataset.SpeakerDataset, rows: np.ndarray) -> _Frames:
 
 
 def model_split(config: dict) -> tuple[int, int]:
-    """(training frames, all frames) of the speaker a model was trained on (its held-out tail follows)."""
+    """(frames before the held-out tail, all frames) of the speaker a model was trained on.
+
+    The held-out tail is the test tail when the model has one (TrainOptions.test_fraction: neither
+    trained on nor used to stop training or fit the articulation gain), else the validation tail.
+    """
     split = config.get("split")
     n = int(config["frames"])
+    if split and int(split.get("test_frames", 0)) > 0:
+        return n - int(split["test_frames"]), n
     if split:
         return int(split["train_frames"]), n
     n_val = int(round(n * float(config["options"]["val_fraction"])))
@@ -316,13 +325,28 @@ def predict_autoregressive(model, spectrograms: np.ndarray, breaks: np.ndarray, 
 
 
 def model_prediction(model_dir: Path, spectrograms: np.ndarray, breaks: np.ndarray, device: str,
-                     cancel=None, tick=lambda n: None) -> MethodOutput:
+                     cancel=None, tick=lambda n: None, articulation: float | None = None,
+                     texture: str = "auto") -> MethodOutput:
+    """The model's output as `lipsync predict` shapes it (articulation gain, mouth-bank texture),
+    without its temporal smoothing or silence handling."""
     model, config, extra = checkpoint.load_model(model_dir, device)
     out = predict_autoregressive(model, spectrograms, breaks, float(config["spectrogram_scale"]),
                                  extra["reference_lips"], device, cancel, tick)
     ref = extra["reference_vertices"].cpu().numpy()
-    bs = out["blendshapes"] if config.get("has_blendshapes", True) else None
-    return MethodOutput(out["vertex_deltas"] + ref, out["lips"], bs)
+    gain = float((config.get("articulation") or {}).get("gain", 1.0)) if articulation is None else articulation
+    centre = {k: extra[k].float().cpu().numpy() for k in ("mean_vertex_deltas", "mean_blendshapes",
+                                                           "opening_direction") if k in extra}
+    vertices = ref + apply_gain(out["vertex_deltas"], gain, centre.get("mean_vertex_deltas"),
+                                centre.get("opening_direction"))
+    bs = apply_gain_coefficients(out["blendshapes"], gain, centre.get("mean_blendshapes"), ARKIT_NAMES) \
+        if config.get("has_blendshapes", True) else None
+    lips = out["lips"]
+    if config.get("mouth_bank") and texture != "network":
+        with np.load(Path(model_dir) / checkpoint.MOUTH_BANK) as z:
+            renderer = MouthRenderer(MouthBank.from_arrays(z), CylinderMap.from_dict(config["cylinder"]),
+                                     config["lip_box"])
+        lips = renderer.render(vertices, breaks)
+    return MethodOutput(vertices, lips, bs)
 
 
 def reference_lips(speaker: dataset.SpeakerDataset) -> np.ndarray:
@@ -394,6 +418,9 @@ def score(pred: MethodOutput, truth: dict, cylinder, lip_box: dict, ref_atlas: n
     lip_ssim = ssim_per_frame(pred.lips, truth["lips"], options.device, options.batch_frames)
     rows, cols = lip_region(lip_box)
     full, own = [], []
+    composed = (a for s in range(0, len(pred.lips), options.batch_frames)
+                for a in compose_atlas(ref_atlas, pred.lips[s:s + options.batch_frames], lip_box))
+    texture_open = atlas_openness(composed)
     for s in range(0, len(pred.lips), options.batch_frames):
         lips, gt = pred.lips[s:s + options.batch_frames], truth["atlas"](s, s + options.batch_frames)
         full.append(ssim_sums(compose_atlas(ref_atlas, lips, lip_box)[:, rows, cols], gt[:, rows, cols],
@@ -410,6 +437,9 @@ def score(pred: MethodOutput, truth: dict, cylinder, lip_box: dict, ref_atlas: n
          "texture_jitter": texture_jitter(pred.lips, breaks)}
     m["jitter_ratio"] = m["jitter_px"] / max(truth["jitter_px"], 1e-12)
     m["texture_jitter_ratio"] = m["texture_jitter"] / max(truth["texture_jitter"], 1e-12)
+    m.update(articulation_metrics(pred.vertices, truth["vertices"], pred.lips, truth["lips"], breaks, cylinder,
+                                  lip_box, truth["rest"]))
+    m.update(texture_metrics(texture_open, truth["texture_openness"], breaks))
     has = pred.blendshapes is not None and truth["blendshapes"] is not None
     m["blendshape_mae"] = float(np.abs(pred.blendshapes - truth["blendshapes"]).mean()) if has else None
     return m
@@ -502,6 +532,8 @@ def evaluate_model(model_dir: Path | str, held_out, output_dir: Path | str | Non
     preds = _predict_all(model_dir, train, test, options, cancel, tick)
     ref_atlas = checkpoint.read_reference_atlas(model_dir)
     truth = _truth(test, train.ds.cylinder, ref_atlas, box, options)
+    truth["rest"] = np.asarray(train.ds.reference_vertices, np.float32)
+    truth["texture_openness"] = atlas_openness(truth["atlas"](s, s + 1)[0] for s in range(n))
     metrics = {}
     for name, p in preds.items():
         metrics[name] = score(p, truth, train.ds.cylinder, box, ref_atlas, test.breaks, options)

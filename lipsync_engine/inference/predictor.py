@@ -43,7 +43,8 @@ from ..core.errors import EngineError, InputError
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from ..face.geometry import CylinderMap
 from ..io import media
-from ..model.checkpoint import check_reference_files, load_model, pick_device
+from ..model.articulation import MouthBank, MouthRenderer, apply_gain, apply_gain_coefficients
+from ..model.checkpoint import MOUTH_BANK, check_reference_files, load_model, pick_device
 from ..model.network import autoregressive_lips
 from ..prepare import audio
 from ..rig.names import ARKIT_NAMES
@@ -70,7 +71,11 @@ class PredictOptions:
     silence_db: float = -45.0         # frames quieter than this (dB below the file's peak) rest closed; -inf = off
     silence_min_s: float = 0.2        # quiet runs shorter than this (pauses between words) are not silence
     silence_ramp_s: float = 0.1       # seconds over which the mouth eases into and out of rest
-    atlas: bool = True                # predict lip atlases (auto-regressive) too
+    atlas: bool = True                # predict lip atlases too
+    articulation: float | None = None  # mouth gain about the rest face: None = the model's fitted value,
+                                       # 0 = the rest face, 1 = the raw network output
+    texture: str = "auto"             # lip crops: "auto" (the mouth bank when the model has one), "bank" or
+                                      # "network" (the paper's texture decoder, auto-regressive)
     chunk_frames: int = 512           # frames per chunk (bounded memory: ~50 MB of spectrograms and lips)
     device: str = "auto"              # torch device for predict(); auto = CUDA, then MPS, then CPU
 
@@ -83,6 +88,10 @@ class PredictOptions:
             raise ValueError(f"end_s ({self.end_s}) must be after start_s ({self.start_s or 0.0})")
         if self.chunk_frames < 1 or self.smoothing_sigma_s < 0 or self.silence_min_s < 0 or self.silence_ramp_s < 0:
             raise ValueError("chunk_frames must be >= 1 and the smoothing/silence times >= 0")
+        if self.articulation is not None and not (math.isfinite(self.articulation) and 0 <= self.articulation <= 5):
+            raise ValueError(f"articulation must be between 0 and 5, got {self.articulation}")
+        if self.texture not in ("auto", "bank", "network"):
+            raise ValueError(f"texture must be auto, bank or network, got {self.texture!r}")
 
 
 @dataclass(frozen=True)
@@ -245,6 +254,29 @@ class Predictor:
                 m.inplace = True
         self.model_id = str(self.config.get("model_id", ""))
         self.has_blendshapes = bool(self.config.get("has_blendshapes", True))
+        self.gain = float((self.config.get("articulation") or {}).get("gain", 1.0))   # 1.0: format version 1
+        self.centre = {k: extra[k].float().cpu().numpy() for k in
+                       ("mean_vertex_deltas", "mean_blendshapes", "opening_direction") if k in extra}
+        self.renderer = None
+        if self.config.get("mouth_bank"):
+            try:
+                with np.load(self.model_dir / MOUTH_BANK) as z:
+                    bank = MouthBank.from_arrays(z)
+            except (OSError, ValueError, KeyError) as e:
+                raise EngineError(f"{self.model_dir / MOUTH_BANK}: missing or damaged mouth bank ({e})") from e
+            ref_lips = ((self.reference_lips[0].permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round()
+            self.reference_crop = ref_lips.clip(0, 255).astype(np.uint8)
+            self.renderer = MouthRenderer(bank, self.cylinder, self.lip_box)
+
+    def articulation(self, options: PredictOptions) -> float:
+        """The mouth gain a prediction uses: options.articulation, else the model's fitted one."""
+        return self.gain if options.articulation is None else float(options.articulation)
+
+    def uses_bank(self, options: PredictOptions) -> bool:
+        if options.texture == "bank" and self.renderer is None:
+            raise EngineError(f"{self.model_dir}: this model has no mouth bank (format version 1); "
+                              f"predict its texture with the network or train it again")
+        return self.renderer is not None and options.texture != "network"
 
     # -- public
 
@@ -266,19 +298,24 @@ class Predictor:
                     cancel: CancelToken | None = None) -> Iterator[PredictionChunk]:
         """Yield the prediction chunk by chunk (options.chunk_frames frames each, in order)."""
         cancel = cancel or CancelToken()
-        halo = self._halo(options)
+        bank = options.atlas and self.uses_bank(options)
+        smooth = self._halo(options)
+        halo = smooth + (self.renderer.halo if bank else 0)   # the bank's blend weights look a few frames around
         previous = None                                   # the shown lips of the last frame, (1, 3, 128, 128)
         for s in range(0, plan.frames, options.chunk_frames):
             e = min(plan.frames, s + options.chunk_frames)
             a, b = max(0, s - halo), min(plan.frames, e + halo)
             with torch.inference_mode(), _one_thread(self.device):
                 codes = self._codes(plan, a, b)                                       # (b - a, N_s)
-                deltas, bs = self._geometry(codes, options, halo, s - a, e - a, plan.weight[s:e])
+                deltas, bs = self._geometry(codes, options, smooth, plan.weight[a:b])  # all b - a rows
                 lips = None
-                if options.atlas:
+                if bank:
+                    lips = self._bank_lips(deltas, plan.weight[a:b], s - a, e - a)
+                elif options.atlas:
                     def tick(done: int, first=s) -> None:
                         on_progress(Progress("predict", first + done, plan.frames, plan.label))
                     lips, previous = self._lips(codes[s - a:e - a], plan.weight[s:e], previous, cancel, tick)
+            deltas, bs = deltas[s - a:e - a], bs[s - a:e - a]
             vertices = (self.reference_vertices[None] + deltas).astype(np.float32)
             yield PredictionChunk(s, plan.times[s:e], vertices, bs, lips, plan.silent[s:e])
             on_progress(Progress("predict", e, plan.frames, plan.label))
@@ -299,18 +336,32 @@ class Predictor:
         spec = torch.from_numpy(spec).to(self.device) * self.scale
         return torch.cat([self.model.audio(spec[i:i + ENCODE_BATCH]) for i in range(0, len(spec), ENCODE_BATCH)])
 
-    def _geometry(self, codes: torch.Tensor, options: PredictOptions, halo: int, s: int, e: int,
+    def _geometry(self, codes: torch.Tensor, options: PredictOptions, halo: int,
                   weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(deltas (n, 468, 3), blendshapes (n, 52)) of rows s..e-1 of codes: smoothed, clipped, eased to rest."""
-        deltas = self.model.geometry(codes).float().cpu().numpy()
-        bs = self.model.blendshapes(codes).float().cpu().numpy() if self.has_blendshapes \
-            else np.zeros((len(codes), len(ARKIT_NAMES)), np.float32)
+        """(deltas (n, 468, 3), blendshapes (n, 52)) of every row of codes: scaled by the articulation
+        gain, smoothed, clipped, eased to rest (rows within `halo` of either end are only context)."""
+        gain = self.articulation(options)
+        deltas = apply_gain(self.model.geometry(codes).float().cpu().numpy(), gain,
+                            self.centre.get("mean_vertex_deltas"), self.centre.get("opening_direction"))
+        bs = apply_gain_coefficients(self.model.blendshapes(codes).float().cpu().numpy(), gain,
+                                     self.centre.get("mean_blendshapes"), ARKIT_NAMES) \
+            if self.has_blendshapes else np.zeros((len(codes), len(ARKIT_NAMES)), np.float32)
         if halo:
             sigma = options.smoothing_sigma_s * options.fps
             deltas = gaussian_filter1d(deltas, sigma, axis=0, mode="nearest", truncate=SMOOTHING_TRUNCATE)
             bs = gaussian_filter1d(bs, sigma, axis=0, mode="nearest", truncate=SMOOTHING_TRUNCATE)
         w = weight.astype(np.float32)
-        return deltas[s:e] * w[:, None, None], np.clip(bs[s:e], 0.0, 1.0) * w[:, None]
+        return deltas * w[:, None, None], np.clip(bs, 0.0, 1.0) * w[:, None]
+
+    def _bank_lips(self, deltas: np.ndarray, weight: np.ndarray, s: int, e: int) -> np.ndarray:
+        """(e - s, 128, 128, 3) uint8 lip crops of rows s..e-1 from the mouth bank, eased to the
+        reference crop where the frame rests (weight < 1)."""
+        vertices = self.reference_vertices[None] + deltas
+        lips = self.renderer.render(vertices, rows=slice(s, e))
+        w = weight[s:e, None, None, None].astype(np.float32)
+        if (w < 1).any():
+            lips = (w * lips + (1 - w) * self.reference_crop[None] + 0.5).astype(np.uint8)
+        return lips
 
     def _lips(self, codes: torch.Tensor, weight: np.ndarray, previous, cancel: CancelToken, tick):
         """Auto-regressive lips of n frames (network.autoregressive_lips): (uint8 (n, 128, 128, 3),

@@ -28,8 +28,9 @@ from ..core.version import __version__
 from ..face.geometry import ATLAS_SIZE
 
 MODEL_FORMAT = "lipsync3d-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2   # 2: articulation gain and centre, mouth bank, test split; version 1 models still load
 WEIGHTS, CONFIG, STATE, CURVE = "model.safetensors", "config.json", "train_state.pt", "loss_curve.png"
+MOUTH_BANK = "mouth_bank.npz"   # real lip crops of the training frames with their meshes (model/articulation.py)
 # copied from the speaker directory so that a model directory is self-contained (predict needs no speaker)
 REFERENCE_FILES = ("reference_atlas.png", "reference_atlas_normalized.png")
 
@@ -104,12 +105,14 @@ def check_reference_files(model_dir: Path) -> None:
 
 
 def save_checkpoint(out: Path, model, optimizer, config: dict, reference_vertices, reference_lips,
-                    rng: dict | None = None) -> None:
+                    rng: dict | None = None, extra: dict | None = None) -> None:
     """Weights (safetensors: no pickle) + config, then the resumable training state; all atomic.
 
     model : a LipSync3D; reference_vertices (468, 3) and reference_lips (3, 128, 128) tensors.
     rng : {"generator": ByteTensor, "torch": ByteTensor} so that a resumed run draws the same
     shuffles, teacher-forcing zeros and dropout masks as an uninterrupted one.
+    extra : more named arrays for the weights file (the articulation centre: mean_vertex_deltas,
+    mean_blendshapes, opening_direction).
     """
     import torch
     from safetensors.torch import save_file
@@ -117,6 +120,8 @@ def save_checkpoint(out: Path, model, optimizer, config: dict, reference_vertice
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors["reference_vertices"] = reference_vertices.contiguous()
     tensors["reference_lips"] = reference_lips.contiguous()
+    for k, v in (extra or {}).items():
+        tensors[k] = torch.as_tensor(v).float().contiguous()
     with storage.atomic_path(out / WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
     with storage.atomic_path(out / STATE) as tmp:

@@ -27,16 +27,23 @@ import torch
 from ..core import storage
 from ..core.errors import DatasetError, EngineError, OutputExists
 from ..prepare import dataset
-from .checkpoint import (CURVE, copy_reference_files, config_header, holds_model, load_model,
+from .checkpoint import (CURVE, MOUTH_BANK, copy_reference_files, config_header, holds_model, load_model,
                          load_train_state, pick_device, read_config, save_checkpoint)
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..face.geometry import CylinderMap
 from ..face.topology import load_topology
+from ..prepare.normalize import mouth_openness
+from . import articulation
 from .losses import ssim
 from .network import LipSync3D, ModelDimensions, preset_dimensions
 
 MEMMAP_ABOVE_BYTES = 2 * 1024 ** 3       # auto: spectrograms + lips larger than this stay memory-mapped
 PRECISIONS = ("auto", "off", "bf16", "fp16")
 COSINE_FLOOR = 0.05                      # the cosine schedule ends at this fraction of the learning rate
+MIN_GAIN_FRAMES = 25                     # validation frames needed to fit the articulation gain
+CENTRE_FRAMES = 2000                     # training frames whose mean prediction centres the gain
+MIN_STOP_FRAMES = 50                     # validation frames needed to stop the geometry on them (2 s at 25 fps)
+MIN_STOP_EPOCHS = 8                      # the geometry is never stopped before this many epochs
 
 
 @dataclass(frozen=True)
@@ -44,10 +51,12 @@ class TrainOptions:
     preset: str = "cpu"              # network width: "paper" (as published) or "cpu" (1/8 width)
     epochs: int = 30                 # passes over the training frames
     batch_size: int = 32             # frames per step
-    learning_rate: float = 1e-4      # Adam
-    val_fraction: float = 0.1        # contiguous held-out tail of the frames (0 = none)
+    learning_rate: float = 1e-3      # Adam (the "fast" recipe; the paper's is 1e-4)
+    val_fraction: float = 0.1        # contiguous validation tail before the test tail (0 = none): it stops the
+                                     # geometry (geometry_patience) and fits the articulation gain
+    test_fraction: float = 0.0       # contiguous last part of the frames that training never reads (evaluation)
     ar_zero_probability: float = 0.2  # previous atlas replaced by zeros (paper, Appendix G.2)
-    geometry_weight: float = 3.0     # alpha_1 of the loss (paper)
+    geometry_weight: float = 30.0    # alpha_1 of the loss (the "fast" recipe; the paper's is 3)
     blendshape_weight: float = 0.3   # alpha_2 of the loss (paper)
     device: str = "auto"             # auto (CUDA, then MPS, then CPU), cpu, cuda, mps
     seed: int = 0
@@ -58,15 +67,27 @@ class TrainOptions:
     grad_clip: float = 0.0           # clip the gradient norm to this (0 = off)
     atlas_lr_scale: float = 1.0      # learning-rate factor of the AR atlas encoder (its tanh code can saturate)
     lr_schedule: str = "constant"    # "constant" or "cosine" (per epoch, from learning_rate down to 5% of it)
-    lip_weight: float = 0.0          # beyond the paper: extra weight of the lip vertices in the vertex loss
+    lip_weight: float = 10.0         # beyond the paper: extra weight of the lip vertices in the vertex loss
     geometry_epochs: int = 0         # beyond the paper: after this many epochs (0 = never) the audio encoder,
                                      # geometry decoder and blendshape head stop learning; the texture goes on
+    geometry_patience: int = 5       # beyond the paper: when the validation tail's mouth-openness correlation has
+                                     # not improved for this many epochs, the best geometry is restored and
+                                     # frozen (0 = off); the articulation gain then fixes its amplitude
+    mouth_bank: int = 512            # real lip crops kept for the texture (articulation.MouthBank; 0 = none)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and learning_rate > 0")
+        for name in ("epochs", "batch_size", "learning_rate", "val_fraction", "test_fraction", "geometry_weight",
+                     "blendshape_weight", "lip_weight", "ar_zero_probability"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if not 0.0 <= self.val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        if not 0.0 <= self.test_fraction < 0.5:
+            raise ValueError(f"test_fraction must be in [0, 0.5), got {self.test_fraction}")
+        if self.geometry_patience < 0 or self.mouth_bank < 0:
+            raise ValueError("geometry_patience and mouth_bank must be >= 0")
         if self.lip_weight < 0:
             raise ValueError(f"lip_weight must be >= 0, got {self.lip_weight}")
         if self.geometry_epochs < 0:
@@ -86,14 +107,15 @@ class TrainResult:
     seconds: float
 
 
-# Named training recipes. "paper": Section 3.2 / Appendix G as published (alpha_1 = 3, Adam
-# 1e-4, meant for ~500 epochs on a GPU). "fast" (the CLI's and the add-on's default): what
-# measured best within a CPU budget of minutes (docs/evaluation.md): 10x the step size, a
-# vertex loss weighted 30 instead of 3 so the shared audio code learns the mouth before the
-# texture, and 11x weight on the lip loops.
+# Named training recipes. "fast" = TrainOptions() (the one default of Python, the CLI and the
+# add-on): what measured best within a CPU budget of minutes (docs/evaluation.md): 10x the
+# paper's step size, a vertex loss weighted 30 instead of 3 so the shared audio code learns the
+# mouth before the texture, 11x weight on the lip loops, the geometry stopped on the validation
+# tail. "paper": Section 3.2 / Appendix G as published (alpha_1 = 3, Adam 1e-4, meant for ~500
+# epochs on a GPU).
 RECIPES = {
-    "paper": {"learning_rate": 1e-4, "geometry_weight": 3.0, "lip_weight": 0.0},
-    "fast": {"learning_rate": 1e-3, "geometry_weight": 30.0, "lip_weight": 10.0},
+    "fast": {},
+    "paper": {"learning_rate": 1e-4, "geometry_weight": 3.0, "lip_weight": 0.0, "geometry_patience": 0},
 }
 
 
@@ -213,11 +235,14 @@ def _augment(spec: torch.Tensor, options: TrainOptions, gen: torch.Generator) ->
     return spec
 
 
-def _split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    n_val = int(round(n * val_fraction))
-    if n - n_val < 1:
+def _split(n: int, val_fraction: float, test_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training rows, validation rows): the validation tail (val_fraction of the frames before the
+    test tail) follows the training frames; the test tail (test_fraction of all) is never read."""
+    usable = n - int(round(n * test_fraction))
+    n_val = int(round(usable * val_fraction))
+    if usable - n_val < 1:
         raise DatasetError(f"too few frames to train on ({n})")
-    return torch.arange(n - n_val), torch.arange(n - n_val, n)
+    return torch.arange(usable - n_val), torch.arange(usable - n_val, usable)
 
 
 def spectrogram_scale(data: SpeakerTensors, rows: torch.Tensor, chunk: int = 1024) -> float:
@@ -231,13 +256,16 @@ def spectrogram_scale(data: SpeakerTensors, rows: torch.Tensor, chunk: int = 102
 
 
 def _config(dims: ModelDimensions, options: TrainOptions, data: SpeakerTensors, spec_scale: float,
-            epoch: int, history: list, speaker_dir: Path, model_id: str, n_train: int) -> dict:
+            epoch: int, history: list, speaker_dir: Path, model_id: str, n_train: int, n_val: int,
+            articulation: dict) -> dict:
     return {**config_header(),
             "dims": dims.to_dict(), "options": asdict(options), "spectrogram_scale": spec_scale,
             "fps": data.meta["fps"], "lip_box": data.meta["lip_box"], "cylinder": data.meta["cylinder"],
             "speaker": str(Path(speaker_dir).resolve()), "frames": len(data), "model_id": model_id,
-            "split": {"train_frames": n_train, "held_out_frames": len(data) - n_train,
-                      "rule": "held-out frames are the contiguous tail of the speaker's frames"},
+            "split": {"train_frames": n_train, "val_frames": n_val, "test_frames": len(data) - n_train - n_val,
+                      "held_out_frames": len(data) - n_train,
+                      "rule": "frames in order: training, then the validation tail, then the test tail"},
+            "articulation": articulation,
             "has_blendshapes": data.blendshapes is not None, "epochs_done": epoch, "history": history}
 
 
@@ -310,13 +338,110 @@ def _set_learning_rate(optimizer, options: TrainOptions, epoch: int) -> None:
         group["lr"] = options.learning_rate * factor * (options.atlas_lr_scale if i == 1 else 1.0)
 
 
-def _freeze_geometry(model: LipSync3D, options: TrainOptions, epoch: int) -> None:
-    """From epoch options.geometry_epochs (0-based) on, the shared audio encoder, the geometry decoder
-    and the blendshape head get no gradients (Adam skips them), so only the texture keeps learning:
-    on a short video the vertices over-fit epochs before the lip texture stops improving."""
-    frozen = 0 < options.geometry_epochs <= epoch
-    for part in (model.audio, model.geometry, model.blendshapes):
-        part.requires_grad_(not frozen)
+GEOMETRY_PARTS = ("audio", "geometry", "blendshapes")   # what stops learning when the geometry is frozen
+
+
+def _freeze_geometry(model: LipSync3D, options: TrainOptions, epoch: int, stopped: bool = False) -> None:
+    """From epoch options.geometry_epochs (0-based) on, or once the validation tail stopped the
+    geometry (`stopped`), the shared audio encoder, the geometry decoder and the blendshape head get
+    no gradients (Adam skips them), so only the texture keeps learning: on a short video the
+    vertices over-fit epochs before the lip texture stops improving."""
+    frozen = stopped or 0 < options.geometry_epochs <= epoch
+    for name in GEOMETRY_PARTS:
+        getattr(model, name).requires_grad_(not frozen)
+
+
+def _geometry_state(model: LipSync3D) -> dict:
+    return {f"{name}.{k}": v.detach().clone() for name in GEOMETRY_PARTS
+            for k, v in getattr(model, name).state_dict().items()}
+
+
+def _early_stop(model: LipSync3D, options: TrainOptions, stop: dict, val_r: float | None, n_val: int,
+                epoch: int) -> None:
+    """Keep the geometry of the epoch with the best validation openness correlation; after
+    geometry_patience epochs without improvement (and at least MIN_STOP_EPOCHS in all) restore it and
+    freeze it (stop["stopped"] = True). Off below MIN_STOP_FRAMES validation frames: too few to judge by.
+
+    The correlation, not the vertex loss, decides: the loss prefers an early, shrunken mouth that
+    the articulation gain would have to blow up; the gain can fix amplitude, not timing."""
+    if options.geometry_patience <= 0 or val_r is None or stop.get("stopped") or n_val < MIN_STOP_FRAMES:
+        return
+    loss = -float(val_r)
+    if loss < stop.get("best_loss", float("inf")):
+        stop.update(best_loss=loss, best=_geometry_state(model), since=0)
+        return
+    stop["since"] = stop.get("since", 0) + 1
+    if stop["since"] >= options.geometry_patience and epoch + 1 >= MIN_STOP_EPOCHS:
+        for name in GEOMETRY_PARTS:
+            part = getattr(model, name)
+            part.load_state_dict({k[len(name) + 1:]: v for k, v in stop["best"].items() if k.startswith(name + ".")})
+        stop["stopped"] = True
+
+
+@torch.no_grad()
+def fit_articulation(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor, spec_scale: float,
+                     device, centre: dict | None) -> dict:
+    """The articulation gain fitted on frames the model did not train on (the validation tail).
+
+    The gain scales the predicted motion along the opening direction, about the model's mean
+    prediction (`centre`, from articulation_centre), so that it varies as much as the speaker's
+    (articulation.fit_gain); 1.0 without enough frames. Also returns the tail's openness r.
+    """
+    if len(rows) < MIN_GAIN_FRAMES or centre is None:
+        return {"gain": 1.0, "fitted_on": None}
+    deltas, _ = _geometry_outputs(model, data, rows, spec_scale, device)
+    ref = data.reference_vertices.numpy()
+    breaks = (data.previous[rows] < 0).numpy()
+    true_deltas = data.deltas[rows].numpy()
+    pred, true = mouth_openness(ref + deltas), mouth_openness(ref + true_deltas)
+    u, mean = centre["opening_direction"], centre["mean_vertex_deltas"]
+    gain = articulation.fit_gain(articulation.opening_component(deltas, mean, u),
+                                 articulation.opening_component(true_deltas, mean, u), breaks)
+    return {"gain": gain, "fitted_on": "validation tail", "frames": int(len(rows)),
+            "raw_amplitude_ratio": articulation.amplitude_ratio(pred, true, breaks),
+            "openness_r": float(np.corrcoef(pred, true)[0, 1]) if pred.std() > 0 and true.std() > 0 else 0.0}
+
+
+@torch.no_grad()
+def _geometry_outputs(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor, spec_scale: float,
+                      device) -> tuple[np.ndarray, np.ndarray]:
+    """(vertex deltas (n, 468, 3), blendshapes (n, 52)) of the model's geometry branch on rows, in eval mode."""
+    was_training = model.training
+    model.eval()
+    deltas, bs = [], []
+    for s in range(0, len(rows), 256):
+        code = model.audio(data.spec_at(rows[s:s + 256]).to(device) * spec_scale)
+        deltas.append(model.geometry(code).float().cpu())
+        bs.append(model.blendshapes(code).float().cpu())
+    model.train(was_training)
+    return torch.cat(deltas).numpy(), torch.cat(bs).numpy()
+
+
+def articulation_centre(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor, spec_scale: float,
+                        device) -> dict:
+    """The mean of the model's own vertex deltas and coefficients over (at most CENTRE_FRAMES of) the
+    training frames: the articulation gain scales the motion about it (articulation.apply_gain)."""
+    step = max(1, len(rows) // CENTRE_FRAMES)
+    deltas, bs = _geometry_outputs(model, data, rows[::step], spec_scale, device)
+    true = data.deltas[rows[::step]].numpy()
+    u = articulation.opening_direction(true, mouth_openness(data.reference_vertices.numpy() + true))
+    return {"mean_vertex_deltas": deltas.mean(0), "mean_blendshapes": bs.mean(0), "opening_direction": u}
+
+
+def _save_mouth_bank(out: Path, data: SpeakerTensors, rows: torch.Tensor, size: int, cylinder) -> dict | None:
+    """Build the mouth bank from the training frames (once: it does not depend on the weights)."""
+    if size <= 0:
+        return None
+    if not (out / MOUTH_BANK).is_file():
+        idx = rows.numpy()
+        lips = np.asarray(data.lips[idx]) if data.in_memory else SpeakerTensors._rows(data.lips, rows).numpy()
+        vertices = data.reference_vertices.numpy()[None] + data.deltas[rows].numpy()
+        bank = articulation.MouthBank.build(lips, vertices, cylinder, size)
+        with storage.atomic_path(out / MOUTH_BANK) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **bank.to_arrays())
+    with np.load(out / MOUTH_BANK) as z:
+        return {"file": MOUTH_BANK, "size": int(len(z["crops"]))}
 
 
 def _resume(out: Path, model: LipSync3D, optimizer, gen: torch.Generator, device) -> tuple[int, list, dict]:
@@ -325,6 +450,9 @@ def _resume(out: Path, model: LipSync3D, optimizer, gen: torch.Generator, device
     model.load_state_dict(trained.state_dict())
     state = load_train_state(out, device)
     optimizer.load_state_dict(state["optimizer"])
+    stop = {k: state[k] for k in ("best", "best_loss", "since", "stopped") if k in state}
+    config["_early_stop"] = {k: (float(v) if k == "best_loss" else int(v) if k == "since" else bool(v)
+                                 if k == "stopped" else {n: t.cpu() for n, t in v.items()}) for k, v in stop.items()}
     if "generator" in state:
         gen.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch"].cpu())
@@ -347,6 +475,7 @@ class _RunState:
     start: int = 0                  # epochs already done
     history: list = field(default_factory=list)     # one dict per epoch done
     model_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    stop: dict = field(default_factory=dict)        # the geometry's early stop (_early_stop)
 
 
 def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bool, dims) -> _RunState:
@@ -358,7 +487,7 @@ def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bo
     gen = torch.Generator().manual_seed(options.seed)
     device = pick_device(options.device)
     data = SpeakerTensors(speaker_dir, options.in_memory)
-    train_idx, val_idx = _split(len(data), options.val_fraction)
+    train_idx, val_idx = _split(len(data), options.val_fraction, options.test_fraction)
     model_id = uuid.uuid4().hex[:12]
     resuming = resume and holds_model(out)
     if resuming:
@@ -367,14 +496,15 @@ def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bo
     model = LipSync3D(dims).to(device)
     model.geometry.init_from_pca(data.deltas[train_idx])
     optimizer = _optimizer(model, options)
-    start, history, spec_scale = 0, [], None
+    start, history, spec_scale, stop = 0, [], None, {}
     if resuming:
         start, history, config = _resume(out, model, optimizer, gen, device)
+        stop = config.pop("_early_stop", {})
         model_id, spec_scale = config.get("model_id", model_id), config["spectrogram_scale"]
     if spec_scale is None:
         spec_scale = spectrogram_scale(data, train_idx)
     return _RunState(data, train_idx, val_idx, gen, device, dims, model, optimizer, spec_scale, start, history,
-                     model_id)
+                     model_id, stop)
 
 
 def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: TrainOptions = TrainOptions(),
@@ -404,9 +534,11 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
         on_progress(Progress("train", done["n"], total, f"epoch {len(history) + 1}/{options.epochs} {what}{text}{held}"))
         cancel.check()
 
+    bank = _save_mouth_bank(out, data, train_idx, options.mouth_bank, CylinderMap.from_dict(data.meta["cylinder"]))
+    stop = r.stop
     for epoch in range(r.start, options.epochs):
         _set_learning_rate(r.optimizer, options, epoch)
-        _freeze_geometry(r.model, options, epoch)
+        _freeze_geometry(r.model, options, epoch, bool(stop.get("stopped")))
         tr = _epoch(r.model, r.optimizer, data, train_idx, r.spec_scale, options, r.gen, r.device,
                     True, tick, amp)
         va = _epoch(r.model, r.optimizer, data, val_idx, r.spec_scale, options, r.gen, r.device,
@@ -416,10 +548,20 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
                         "val_terms": {k: v for k, v in va.items() if k != "total"} if va else None})
         if not math.isfinite(tr["total"]):
             raise EngineError(f"training diverged at epoch {epoch + 1} (loss {tr['total']}); lower the learning rate")
+        was_stopped = bool(stop.get("stopped"))
+        centre = articulation_centre(r.model, data, train_idx, r.spec_scale, r.device)
+        art = fit_articulation(r.model, data, val_idx, r.spec_scale, r.device, centre)
+        history[-1]["val_openness_r"] = art.get("openness_r")
+        _early_stop(r.model, options, stop, art.get("openness_r"), len(val_idx), epoch)
+        if stop.get("stopped") and not was_stopped:
+            history[-1]["geometry_stopped"] = epoch + 1 - stop["since"]   # the epoch whose geometry is kept
+            centre = articulation_centre(r.model, data, train_idx, r.spec_scale, r.device)
+            art = fit_articulation(r.model, data, val_idx, r.spec_scale, r.device, centre)
         config = _config(r.dims, options, data, r.spec_scale, epoch + 1, history, speaker_dir, r.model_id,
-                         len(train_idx))
+                         len(train_idx), len(val_idx), art)
+        config["mouth_bank"] = bank
         save_checkpoint(out, r.model, r.optimizer, config, data.reference_vertices, data.reference_lips,
-                        {"generator": r.gen.get_state(), "torch": torch.get_rng_state()})
+                        {"generator": r.gen.get_state(), "torch": torch.get_rng_state(), **stop}, centre)
         _plot(out / CURVE, history)
     last = history[-1] if history else {"train": float("nan"), "val": None}
     return TrainResult(out, len(history), last["train"], last["val"], time.perf_counter() - t0)

@@ -1,0 +1,187 @@
+"""Articulation (issue 13): the measures, the fitted gain, the mouth bank and a held-out check on the demo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from lipsync_engine.model.articulation import (GAIN_RANGE, MouthBank, MouthRenderer, amplitude_ratio, apply_gain,
+                                          fit_gain, mouth_window, opening_component, opening_direction, pooled_std,
+                                          speed_ratio, teeth_fraction)
+from lipsync_engine.prepare.normalize import mouth_openness
+
+
+def test_amplitude_and_speed_ratios_are_pooled_per_take():
+    t = np.linspace(0, 6 * np.pi, 300)
+    true = np.sin(t)
+    breaks = np.zeros(300, bool)
+    breaks[[0, 150]] = True
+    # a constant offset per take is not articulation: only the variation about each take's mean counts
+    pred = 0.5 * true + np.where(np.arange(300) < 150, 0.0, 3.0)
+    assert amplitude_ratio(pred, true, breaks) == pytest.approx(0.5, rel=1e-6)
+    assert speed_ratio(pred, true, breaks) == pytest.approx(0.5, rel=1e-3)
+    assert pooled_std(np.full(10, 2.0), np.r_[True, np.zeros(9, bool)]) == 0.0
+
+
+def test_fitted_gain_scales_openness_by_the_expected_factor(prepared_demo):
+    """Motion shrunk to 40% about its mean: the fitted gain is 2.5 and, applied about the model's
+    mean, restores the amplitude and the mean mouth; up to 1 the gain scales about the rest face."""
+    ds = prepared_demo[0]
+    rest = np.asarray(ds.reference_vertices, np.float32)
+    true = np.asarray(ds.vertices, np.float32) - rest           # deltas from the rest face
+    breaks = np.asarray(ds.breaks)
+    centre = true.mean(0)
+    shrunk = centre + 0.4 * (true - centre)
+    gain = fit_gain(mouth_openness(rest + shrunk), mouth_openness(rest + true), breaks)
+    assert gain == pytest.approx(2.5, rel=0.03)
+    restored = apply_gain(shrunk, gain, centre)
+    assert amplitude_ratio(mouth_openness(rest + restored), mouth_openness(rest + true), breaks) == \
+        pytest.approx(1.0, abs=0.03)
+    np.testing.assert_allclose(restored.mean(0), centre, atol=1e-5)
+    np.testing.assert_allclose(apply_gain(shrunk, 0.0, centre), 0.0)              # 0 = the rest face
+    np.testing.assert_allclose(apply_gain(shrunk, 1.0, centre), shrunk)           # 1 = the raw output
+    np.testing.assert_allclose(apply_gain(shrunk, 0.5, centre), 0.5 * shrunk)     # <= 1: about the rest face
+    assert fit_gain(mouth_openness(rest + true), mouth_openness(rest + true), breaks) == pytest.approx(1.0, abs=0.01)
+    # a flat prediction cannot be rescued, a tiny one is clipped to the range
+    flat = np.full(len(true), float(mouth_openness(rest)))
+    assert fit_gain(flat, mouth_openness(rest + true), breaks) == 1.0
+    assert fit_gain(mouth_openness(rest + 0.01 * true), mouth_openness(rest + true), breaks) == GAIN_RANGE[1]
+
+
+def test_gain_along_the_opening_direction_leaves_other_motion_alone(prepared_demo):
+    """Above 1 the gain scales only the motion along the opening direction: a delta orthogonal to
+    it is unchanged, the opening component grows by the gain."""
+    ds = prepared_demo[0]
+    rest = np.asarray(ds.reference_vertices, np.float32)
+    true = np.asarray(ds.vertices, np.float32) - rest
+    u = opening_direction(true, mouth_openness(rest + true))
+    assert np.linalg.norm(u) == pytest.approx(1.0, abs=1e-5)
+    centre = true.mean(0)
+    c = opening_component(true, centre, u)
+    assert np.corrcoef(c, mouth_openness(rest + true))[0, 1] > 0.9
+    other = np.random.default_rng(0).normal(size=(468, 3)).astype(np.float32)
+    other -= (other.ravel() @ u.ravel()) * u                                  # orthogonal to the opening
+    moved = apply_gain(np.stack([centre + other, centre + 0.01 * u]), 3.0, centre, u)
+    np.testing.assert_allclose(moved[0], centre + other, atol=1e-5)
+    np.testing.assert_allclose(moved[1], centre + 0.03 * u, atol=1e-6)
+
+
+def test_mouth_bank_texture_opens_as_far_as_the_mesh(prepared_demo):
+    """Crops from the bank, warped to a mesh, look like the recorded crop of that mesh (SSIM), and a
+    wide-open mesh gives a crop whose mouth window is darker than a closed one's."""
+    from lipsync_engine.apps.evaluate import ssim_per_frame
+
+    ds = prepared_demo[0]
+    lips, vertices = np.asarray(ds.lips), np.asarray(ds.vertices, np.float32)
+    n = len(lips)
+    bank = MouthBank.build(lips[: n // 2], vertices[: n // 2], ds.cylinder, size=64)
+    assert len(bank) == 64 and bank.crops.dtype == np.uint8
+    renderer = MouthRenderer(bank, ds.cylinder, ds.meta["lip_box"])
+    held = slice(n // 2, n)
+    out = renderer.render(vertices[held])
+    assert out.shape == (n - n // 2, 128, 128, 3)
+    ssim = ssim_per_frame(out, lips[held])
+    assert ssim.mean() > 0.9, ssim.mean()
+    # chunked rendering with a halo equals the whole sequence
+    part = renderer.render(vertices[held][:40], rows=slice(10, 30))
+    np.testing.assert_array_equal(part[3:17], renderer.render(vertices[held][:40])[13:27])
+
+    rest = np.asarray(ds.reference_vertices, np.float32)
+    opened = mouth_openness(vertices)
+    widest = vertices[int(np.argmax(opened))]
+    crops = renderer.render(np.stack([rest, rest + 1.5 * (widest - rest)]))
+    rows, cols = mouth_window(rest, ds.cylinder, ds.meta["lip_box"])
+    dark = [(c[rows, cols].mean(-1) < 0.6 * np.median(c.mean(-1))).mean() for c in crops]
+    assert dark[1] > dark[0] + 0.03, dark
+    assert teeth_fraction(lips[:5], (rows, cols)).shape == (5,)
+
+
+@pytest.fixture(scope="module")
+def held_out_model(prepared_demo, tmp_path_factory):
+    """A tiny model trained on the first 70% of the demo, validated on the next 15%; the last 15% unseen."""
+    from lipsync_engine.model.network import ModelDimensions
+    from lipsync_engine.model.train import TrainOptions, train_speaker
+
+    ds = prepared_demo[0]
+    speaker = tmp_path_factory.mktemp("art") / "speaker"
+    shutil.copytree(ds.path, speaker)
+    from lipsync_engine.rig.fitting import fit_speaker
+
+    fit_speaker(speaker)
+    out = tmp_path_factory.mktemp("art") / "model"
+    train_speaker(speaker, out, TrainOptions(epochs=40, batch_size=16, seed=1, val_fraction=0.2,
+                                             test_fraction=0.15, mouth_bank=128),
+                  dims=ModelDimensions().scaled(1 / 32))
+    return out, speaker
+
+
+def test_held_out_demo_is_as_lively_as_the_speaker(held_out_model, tmp_path):
+    """Trained on the first part of the demo, the model's held-out predictions move the mouth as much
+    as the recording (amplitude ratio 0.8-1.25) and in sync (r >= 0.8), with the gain fitted on the
+    validation tail (never on the scored frames)."""
+    from lipsync_engine.apps.evaluate import EvaluateOptions, evaluate_model
+
+    model_dir, speaker = held_out_model
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["format_version"] == 2 and config["articulation"]["fitted_on"] == "validation tail"
+    assert config["split"]["test_frames"] > 0 and config["mouth_bank"]["size"] == 128
+    r = evaluate_model(model_dir, speaker, tmp_path / "eval", EvaluateOptions(write_plots=False))
+    m = r.metrics["model"]
+    assert 0.8 <= m["amplitude_ratio"] <= 1.25, m
+    assert m["openness_r"] >= 0.8, m
+    assert m["speed_ratio"] >= 0.7, m
+    assert m["sharpness_ratio"] >= 0.8, m
+    assert 0.7 <= m["texture_amplitude_ratio"] <= 1.4 and m["texture_openness_r"] >= 0.6, m   # the atlases too
+    assert r.metrics["static"]["amplitude_ratio"] == 0.0
+
+
+def test_articulation_zero_is_rest_and_one_is_the_raw_network(held_out_model, demo_video):
+    import torch
+
+    from lipsync_engine.io import media
+    from lipsync_engine.inference.predictor import PredictOptions, load_predictor
+
+    model_dir, _ = held_out_model
+    p = load_predictor(model_dir, "cpu")
+    assert p.gain != 1.0
+    quiet = dict(fps=25.0, end_s=2.0, smoothing=False, silence_db=float("-inf"))
+    rest = p.predict(demo_video[0], PredictOptions(articulation=0.0, **quiet))
+    np.testing.assert_allclose(rest.vertices, np.broadcast_to(p.reference_vertices, rest.vertices.shape), atol=1e-6)
+    assert np.abs(rest.blendshapes).max() == 0.0
+    raw = p.predict(demo_video[0], PredictOptions(articulation=1.0, atlas=False, **quiet))
+    default = p.predict(demo_video[0], PredictOptions(atlas=False, **quiet))
+    expected = apply_gain(raw.vertices - p.reference_vertices, p.gain, p.centre["mean_vertex_deltas"],
+                          p.centre["opening_direction"])
+    np.testing.assert_allclose(default.vertices - p.reference_vertices, expected, atol=1e-4)
+    # the raw output is the network's own: its geometry decoder on the audio code
+    from lipsync_engine.prepare import audio
+
+    track = media.load_audio(demo_video[0])
+    spec = audio.spectrogram_frames(track.samples, raw.times)
+    with torch.no_grad():
+        deltas = p.model.geometry(p.model.audio(torch.from_numpy(spec) * p.scale)).numpy()
+    np.testing.assert_allclose(raw.vertices, p.reference_vertices + deltas, atol=1e-4)
+
+
+def test_version_1_model_still_predicts(held_out_model, demo_video, tmp_path):
+    """A model folder of format version 1 (no gain, no mouth bank) predicts with the network texture."""
+    from lipsync_engine.inference.predictor import PredictOptions, load_predictor
+
+    model_dir, _ = held_out_model
+    old = tmp_path / "old model"
+    shutil.copytree(model_dir, old)
+    (old / "mouth_bank.npz").unlink()
+    config = json.loads((old / "config.json").read_text())
+    config["format_version"] = 1
+    for key in ("articulation", "mouth_bank"):
+        config.pop(key)
+    (old / "config.json").write_text(json.dumps(config))
+    p = load_predictor(old, "cpu")
+    assert p.gain == 1.0 and p.renderer is None
+    pred = p.predict(demo_video[0], PredictOptions(fps=25.0, end_s=1.0))
+    assert pred.lips.shape == (25, 128, 128, 3)
+    with pytest.raises(Exception, match="no mouth bank"):
+        p.predict(demo_video[0], PredictOptions(fps=25.0, end_s=1.0, texture="bank"))
