@@ -1,35 +1,76 @@
-"""Drive a character's shape keys (and optionally its head) from a prediction.
+"""Drive a character from predictions: one take per line on the NLA, eased to rest.
 
 Owns: reading the predicted ARKit coefficients (blendshapes_json of result.json), choosing
-the preset, matching the character's shape keys (mapping.py), and writing one F-curve per
-driven key in a NEW action named "LipSync3D <take>" (anim.py keeps the user's action on an
-NLA track), values clipped to each key's slider range; a head sway on the object or on an
-armature bone, in an action of its own.
+the preset, the character's targets (shape keys matched by mapping.py, or an armature's
+bones: jawOpen turns the jaw bone), and for each line (a sound strip) a NEW action named
+after it, pushed as an NLA strip at the line's frame (anim.push_take): values resampled from
+the result's fps to the scene's (sub-frame keys), clipped to each key's slider range, eased
+to the rest pose over `ease` frames before and after. Procedural blinks and head motion go
+into strips of their own that ADD on top (the head on the object's delta rotation, or on a
+bone), so the user's own animation is never replaced. Older takes of the same line are muted
+(removed only with replace); the user's active action moves into the NLA unchanged.
 Must not: run the engine or import the head (importer.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import bpy
 
 from . import anim, client, mapping, results
 
+DEFAULT_EASE = 3                    # frames from rest into a line and back to rest after it
+JAW_WORDS = ("jaw",)                # an armature's jaw bone: the first bone whose name holds one of these
+
 
 @dataclass(frozen=True)
+class Target:
+    """One animated channel of the character and what drives it: value = offset + gain * source.
+
+    rotation : "" for a plain value (a shape key), else the bone axis "X", "Y" or "Z" that the
+    value turns (radians); on a quaternion bone the angle becomes the quaternion's components.
+    """
+
+    name: str               # what the user sees: the shape key or "bone: rotation X"
+    data_path: str          # on the data-block being animated (the shape-key block, or the armature)
+    source: str             # the preset channel (or ARKit name) that drives it
+    gain: float = 1.0
+    offset: float = 0.0
+    lo: float = 0.0
+    hi: float = 1.0
+    rotation: str = ""
+    index: int = 0
+
+
+@dataclass
 class DriveReport:
-    action: str             # the new shape-key action
+    action: str             # the (last) line's take
     preset: str             # the preset used
     match: mapping.Match    # what drives what, and what was left out
-    kept: str               # the user's action moved to an NLA track ("" if none)
-    head_action: str = ""   # the head-motion action ("" if none)
+    takes: list = field(default_factory=list)          # every take made (action names)
+    nla: anim.TakeReport = field(default_factory=anim.TakeReport)
+    head_action: str = ""   # the (last) head-motion action ("" if none)
+    unchanged: list = field(default_factory=list)      # lines already driven from the same inputs
+    warnings: list = field(default_factory=list)
+
+    @property
+    def kept(self) -> str:
+        return ", ".join(self.nla.kept)
 
     def text(self) -> str:
-        kept = f"; your action '{self.kept}' is kept on an NLA track" if self.kept else ""
-        head = f"; head motion in '{self.head_action}'" if self.head_action else ""
-        return f"'{self.action}' ({self.preset} preset): {self.match.report()}{kept}{head}"
+        takes = ", ".join(f"'{t}'" for t in self.takes) or "no new take"
+        parts = [f"{takes} ({self.preset} preset): {self.match.report()}"]
+        if self.unchanged:
+            parts.append("already driven, unchanged: " + ", ".join(self.unchanged))
+        nla = self.nla.text()
+        if nla:
+            parts.append(nla)
+        if self.head_action:
+            parts.append(f"head motion added in '{self.head_action}'")
+        return "; ".join(parts + self.warnings)
 
 
 def presets_folder() -> Path:
@@ -59,89 +100,183 @@ def choose_preset(key_names: list, wanted: str) -> mapping.Preset:
     return by_name[name]
 
 
-def drive_character(obj, segments: list, options: mapping.DriveOptions, head=None, bone: str = "",
-                    take: str = "") -> DriveReport:
-    """Key obj's shape keys from one or more predictions placed on the timeline.
+def _esc(name: str) -> str:
+    return bpy.utils.escape_identifier(name)
 
-    segments : [(PredictionResult, frame_start)], e.g. every strip of a channel; between two
-        segments the keys rest (the preset's values for all-zero coefficients).
-    head : the object to sway (obj itself, or an armature with `bone`), when options.head_motion.
-    """
+
+def shape_key_targets(obj, options: mapping.DriveOptions) -> tuple:
+    """(preset, match, targets) of a mesh character: its shape keys matched to the preset's channels."""
     key = obj.data.shape_keys if obj.type == 'MESH' else None
     if key is None or len(key.key_blocks) < 2:
         raise ValueError(f"{obj.name}: has no shape keys to drive")
-    if options.head_motion and head is not None and head.type == 'ARMATURE' and bone \
-            and head.pose.bones.get(bone) is None:     # checked before anything is written
-        raise ValueError(f"{head.name}: has no bone named {bone!r}")
     names = [kb.name for kb in key.key_blocks[1:]]       # the first is the basis
     preset = choose_preset(names, options.preset)
     match = mapping.match_names(names, preset.outputs, preset.aliases)
-    segments = sorted(segments, key=lambda s: s[1])
-    frames, values, arkit = _timeline(segments, preset, options)
-    first = segments[0][0]
-    take = take or Path(first.audio).stem or first.path.name
-    action, kept = anim.own_action(key, f"LipSync3D {take}", str(first.path))
-    column = {c: j for j, c in enumerate(preset.outputs)}
-    for key_name, channel in match.assignments.items():
-        kb = key.key_blocks[key_name]
-        j = column[channel]
-        series = [min(max(r[j], kb.slider_min), kb.slider_max) for r in values]
-        fc = anim.fcurve(action, key, f'key_blocks["{bpy.utils.escape_identifier(key_name)}"].value',
-                         group="LipSync3D")
-        anim.set_keys(fc, frames, series)
-    head_action = ""
-    if options.head_motion and head is not None:
-        head_action = drive_head(head, bone, arkit, frames, first.fps, options, take)
-    return DriveReport(action.name, preset.name, match, kept, head_action)
+    targets = [Target(k, f'key_blocks["{_esc(k)}"].value', ch, lo=key.key_blocks[k].slider_min,
+                      hi=key.key_blocks[k].slider_max) for k, ch in match.assignments.items()]
+    return preset, match, targets
 
 
-def _timeline(segments: list, preset: mapping.Preset, options: mapping.DriveOptions) -> tuple:
-    """(frames, channel rows, ARKit rows) over all segments, with rest keys in the gaps."""
-    zeros = [0.0] * len(mapping.ARKIT_NAMES)
-    rest = preset.apply([zeros])[0]
-    frames, values, arkit = [], [], []
-    for result, start in segments:
-        rows = arkit_rows(result)
-        if frames and start > frames[-1] + 1:
-            gap = [frames[-1] + 1] + ([start - 1] if start - 1 > frames[-1] + 1 else [])
-            frames += gap
-            values += [rest] * len(gap)
-            arkit += [zeros] * len(gap)
-        keep = [i for i in range(len(rows)) if not frames or start + i > frames[-1]]   # overlaps: first wins
-        seg = mapping.channel_values(rows, result.fps, preset, options)
-        frames += [start + i for i in keep]
-        values += [seg[i] for i in keep]
-        arkit += [rows[i] for i in keep]
-    return frames, values, arkit
+def find_jaw_bone(arm) -> str:
+    return next((b.name for b in arm.pose.bones if any(w in b.name.casefold() for w in JAW_WORDS)), "")
 
 
-def drive_head(target, bone: str, rows: list, frames: list, fps: float, options: mapping.DriveOptions,
-               take: str) -> str:
-    """Key a subtle sway (pitch, yaw, roll) in an action of its own; returns the action's name.
+def armature_targets(arm, jaw_bone: str = "", jaw_degrees: float = 25.0, axis: str = "X") -> tuple:
+    """(preset, match, targets) of an armature character: jawOpen turns the jaw bone about `axis`
+    by up to jaw_degrees (the ARKit preset: its channels are the 52 coefficients)."""
+    bone = jaw_bone or find_jaw_bone(arm)
+    if not bone or arm.pose.bones.get(bone) is None:
+        raise ValueError(f"{arm.name}: no jaw bone {('named ' + repr(bone)) if bone else 'found'}; "
+                         "name it in the Character panel")
+    preset = dict(mapping.list_presets(presets_folder()))["arkit"]
+    pb = arm.pose.bones[bone]
+    path = f'pose.bones["{_esc(bone)}"].' + ("rotation_quaternion" if pb.rotation_mode == 'QUATERNION'
+                                                else "rotation_euler")
+    target = Target(f"{bone}: rotation {axis}", path, "jawOpen", gain=math.radians(jaw_degrees), lo=-math.pi,
+                    hi=math.pi, rotation=axis, index="XYZ".index(axis))
+    used = ("jawOpen",)
+    match = mapping.Match({target.name: "jawOpen"}, (), tuple(c for c in preset.outputs if c not in used))
+    return preset, match, [target]
 
-    On an object: rotation about its X (pitch), Z (yaw: Blender's up) and Y (roll), added to
-    its current rotation. On a pose bone: about the bone's X, Y (along the bone, which points
-    up in a head bone) and Z, relative to its rest pose.
+
+def _channels(target: Target, series: list) -> list:
+    """[(data_path, index, values)] that key `series` (the target's values) on its data-block."""
+    if not target.rotation:
+        return [(target.data_path, target.index, series)]
+    axis = "XYZ".index(target.rotation)
+    if target.data_path.endswith("rotation_quaternion"):
+        out = [(target.data_path, 0, [math.cos(a / 2) for a in series])]
+        return out + [(target.data_path, axis + 1, [math.sin(a / 2) for a in series])]
+    return [(target.data_path, axis, series)]
+
+
+def _rest_channels(target: Target, value: float) -> dict:
+    return {(p, i): v[0] for p, i, v in _channels(target, [value])}
+
+
+def drive_character(obj, segments: list, options: mapping.DriveOptions, head=None, bone: str = "",
+                    take: str = "", replace: bool = False, ease: int = DEFAULT_EASE, scene=None,
+                    targets: tuple | None = None) -> DriveReport:
+    """One take per segment on obj's NLA (see the module's docstring).
+
+    segments : [(PredictionResult, frame_start)] or [(result, frame_start, line)]: line names the
+        take (a sound strip's name; default `take`, else the audio's stem).
+    head : the object to sway (an object, or an armature with `bone`), when options.head_motion.
+    targets : (preset, match, targets) to use instead of matching the character (the mapping
+        table; armature characters).
     """
-    angles = mapping.head_motion(rows, fps, options.head_amplitude_deg, options.seed + 1, frames)
+    scene = scene or bpy.context.scene
+    if options.head_motion and head is not None and head.type == 'ARMATURE' and bone \
+            and head.pose.bones.get(bone) is None:     # checked before anything is written
+        raise ValueError(f"{head.name}: has no bone named {bone!r}")
+    if targets is None:
+        targets = armature_targets(obj) if obj.type == 'ARMATURE' else shape_key_targets(obj, options)
+    preset, match, rows = targets
+    holder = obj if obj.type == 'ARMATURE' else obj.data.shape_keys
+    column = {c: j for j, c in enumerate(preset.outputs)}
+    rows = [t for t in rows if t.source in column]
+    report = DriveReport("", preset.name, match)
+    zeros = [0.0] * len(mapping.ARKIT_NAMES)
+    rest = [v * options.strength for v in preset.apply([zeros])[0]]
+    rest_of = {t: min(max(t.offset + t.gain * rest[column[t.source]], t.lo), t.hi) for t in rows}
+    channels = {}
+    for t in rows:
+        channels.update(_rest_channels(t, rest_of[t]))
+    anim.ensure_rest(holder, channels)
+    anim.keep_user_action(holder, report.nla)
+    fps_scene = scene.render.fps / scene.render.fps_base
+    for seg in sorted(segments, key=lambda s: s[1]):
+        result, start = seg[0], seg[1]
+        line = (seg[2] if len(seg) > 2 else "") or take or Path(result.audio).stem or result.path.name
+        signature = f"{result.path}|{start}|{fps_scene:.6f}|{options}|{preset.name}|{ease}|" \
+                    f"{[(t.data_path, t.index, t.source, t.gain, t.offset) for t in rows]}"
+        if anim.live_take(holder, line, "lips", signature) is not None:
+            report.unchanged.append(line)
+            continue
+        step = fps_scene / result.fps                       # scene frames per result frame
+        if abs(step - 1.0) > 1e-6:
+            report.warnings.append(f"'{line}' was predicted at {result.fps:g} fps and resampled to the scene's "
+                                   f"{fps_scene:g} fps")
+        arkit = mapping.smooth(arkit_rows(result), options.smoothing_frames)
+        values = [[v * options.strength for v in r] for r in preset.apply(arkit)]
+        frames = [start + i * step for i in range(len(values))]
+        keys = ([start - ease] if ease > 0 else []) + frames + ([frames[-1] + ease] if ease > 0 else [])
+        anim.retire_line(holder, line, "lips", replace, report.nla)
+        action = anim.begin_action(holder, f"LipSync3D {line}", str(result.path), line, "lips", signature)
+        action[anim.CORE] = [float(frames[0]), float(frames[-1])]
+        for t in rows:
+            j = column[t.source]
+            series = [min(max(t.offset + t.gain * r[j], t.lo), t.hi) for r in values]
+            if ease > 0:
+                series = [rest_of[t]] + series + [rest_of[t]]
+            for path, index, vals in _channels(t, series):
+                anim.set_keys(anim.take_fcurve(action, holder, path, index, group="LipSync3D"), keys, vals)
+        anim.push_take(holder, action)
+        report.takes.append(action.name)
+        report.action = action.name
+        if options.blinks:
+            _blinks(holder, rows, column, arkit, values, preset, options, result.fps, keys, ease, line,
+                    signature, replace, report)
+        if options.head_motion and head is not None:
+            report.head_action = drive_head(head, bone, arkit, keys, frames, result.fps, options, line, ease,
+                                            replace, report.nla, signature)
+    return report
+
+
+def _blinks(holder, rows, column, arkit, values, preset, options, fps, keys, ease, line, signature, replace,
+            report) -> None:
+    """Procedural blinks as an ADD strip: (preset output with blinks) - (without), zero at the ends."""
+    blinked = [[v * options.strength for v in r] for r in preset.apply(mapping.add_blinks(arkit, fps, options.seed))]
+    delta = {}
+    for t in rows:
+        j = column[t.source]
+        d = [t.gain * (b[j] - v[j]) for b, v in zip(blinked, values)]
+        if any(abs(x) > 1e-9 for x in d) and not t.rotation:
+            delta[t] = ([0.0] if ease > 0 else []) + d + ([0.0] if ease > 0 else [])
+    anim.retire_line(holder, line, "blinks", replace, report.nla)
+    if not delta:
+        return
+    action = anim.begin_action(holder, f"LipSync3D blinks {line}", line, line, "blinks", signature)
+    for t, series in delta.items():
+        anim.set_keys(anim.take_fcurve(action, holder, t.data_path, t.index, group="LipSync3D blinks"), keys, series)
+    anim.push_take(holder, action, additive='ADD')
+
+
+def drive_head(target, bone: str, rows: list, keys: list, frames: list, fps: float, options: mapping.DriveOptions,
+               take: str, ease: int = DEFAULT_EASE, replace: bool = False, nla=None, signature: str = "") -> str:
+    """A subtle sway (pitch, yaw, roll) in an ADD strip of its own; returns the action's name.
+
+    On an object: its delta rotation (added to whatever rotation it has, keyed or not), about
+    X (pitch), Z (yaw: Blender's up) and Y (roll). On a pose bone: about the bone's X, Y (along
+    the bone) and Z, added to its own animation (COMBINE for quaternions). Zero at the ends.
+    """
+    nla = nla if nla is not None else anim.TakeReport()
+    step = (frames[1] - frames[0]) if len(frames) > 1 else 1.0
+    angles = mapping.head_motion(rows, fps, options.head_amplitude_deg, options.seed + 1,
+                                 [f / step for f in frames])        # time = scene frame / scene fps
     if target.type == 'ARMATURE' and bone:
         holder = target.pose.bones.get(bone)
         if holder is None:
             raise ValueError(f"{target.name}: has no bone named {bone!r}")
-        base = f'pose.bones["{bpy.utils.escape_identifier(bone)}"].'
+        base = f'pose.bones["{_esc(bone)}"].'
+        quat = holder.rotation_mode == 'QUATERNION'
+        paths = (base + "rotation_quaternion", base + "rotation_euler")
+        anim.keep_user_action(target, nla)      # an active action would replace the bone's motion on top
     else:
-        holder, base = target, ""
-        rest = tuple(target.rotation_euler)
-        angles = [(a[0] + rest[0], a[2] + rest[1], a[1] + rest[2]) for a in angles]
-    action, _ = anim.own_action(target, f"LipSync3D head {take}", take)
+        angles = [(a[0], a[2], a[1]) for a in angles]          # pitch about X, yaw about Z (up), roll about Y
+        quat = target.rotation_mode == 'QUATERNION'
+        paths = ("delta_rotation_quaternion", "delta_rotation_euler")
+    if len(keys) > len(angles):
+        angles = [(0.0, 0.0, 0.0)] + angles + [(0.0, 0.0, 0.0)]
+    anim.retire_line(target, take, "head", replace, nla)
+    action = anim.begin_action(target, f"LipSync3D head {take}", take, take, "head", signature)
     group = bone or "LipSync3D head"
-    if holder.rotation_mode == 'QUATERNION':
+    if quat:
         quats = [mapping.euler_to_quaternion(*a) for a in angles]
         for i in range(4):
-            anim.set_keys(anim.fcurve(action, target, base + "rotation_quaternion", i, group), frames,
-                          [q[i] for q in quats])
+            anim.set_keys(anim.take_fcurve(action, target, paths[0], i, group), keys, [q[i] for q in quats])
     else:
         for i in range(3):
-            anim.set_keys(anim.fcurve(action, target, base + "rotation_euler", i, group), frames,
-                          [a[i] for a in angles])
+            anim.set_keys(anim.take_fcurve(action, target, paths[1], i, group), keys, [a[i] for a in angles])
+    anim.push_take(target, action, additive='COMBINE' if quat else 'ADD')
     return action.name

@@ -313,7 +313,7 @@ class LIPSYNC3D_OT_predict(runner.EngineJobOperator, bpy.types.Operator):
                 if len(segments) > 1:
                     _show_only_during(obj, start, start + result.frames - 1)
         if s.drive_after and s.character is not None:
-            report = _drive(context, [(r, f) for r, f, _ in segments])
+            report = _drive(context, [(r, f, src.name) for r, f, src in segments])
             self.report({'INFO'}, report.text())
         else:
             self.report({'INFO'}, f"predicted {sum(r.frames for r, _, _ in segments)} frames")
@@ -332,7 +332,8 @@ def _drive(context, segments: list):
     s = settings(context)
     head = s.armature if s.head_target == 'BONE' and s.armature is not None else s.character
     bone = s.bone if s.head_target == 'BONE' else ""
-    report = character.drive_character(s.character, segments, s.drive_options(), head=head, bone=bone)
+    report = character.drive_character(s.character, segments, s.drive_options(), head=head, bone=bone,
+                                       replace=s.replace_takes, ease=s.ease_frames, scene=context.scene)
     context.window_manager.lipsync3d_job.last_report = report.text()
     return report
 
@@ -376,7 +377,7 @@ class LIPSYNC3D_OT_drive_character(bpy.types.Operator):
             if s.character is None:
                 raise runner.UserError("choose a character (a mesh with shape keys) first")
             result, item = _selected_result(context)
-            report = _drive(context, [(result, item.frame_start)])
+            report = _drive(context, [(result, item.frame_start, item.strip or item.name)])
         except (runner.UserError, results.ResultError, ValueError, OSError) as e:
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}

@@ -147,6 +147,9 @@ class LIPSYNC3D_PT_character(_Panel, bpy.types.Panel):
         col.prop(s, "strength", slider=True)
         col.prop(s, "smoothing")
         col.prop(s, "blinks")
+        row = col.row(align=True)
+        row.prop(s, "ease_frames")
+        row.prop(s, "replace_takes", toggle=True)
         col.prop(s, "head_motion")
         if s.head_motion:
             sub = col.box()

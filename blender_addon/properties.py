@@ -117,6 +117,11 @@ class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
                ('BONE', "Bone", "Rotate a bone of an armature")])
     armature: PointerProperty(name="Armature", type=bpy.types.Object, poll=_is_armature)
     bone: StringProperty(name="Bone", default="head")
+    ease_frames: IntProperty(name="Ease", default=3, min=0, soft_max=24,
+                             description="Frames from the rest pose into each line and back to rest after it")
+    replace_takes: BoolProperty(name="Replace", default=False,
+                                description="Re-driving a line removes its older take (off: the older take is "
+                                            "muted and kept on the NLA)")
 
     def drive_options(self) -> mapping.DriveOptions:
         return mapping.DriveOptions(preset=self.preset, strength=self.strength, smoothing_frames=self.smoothing,

@@ -228,9 +228,13 @@ def test_channel_batch_predicts_each_strip_where_it_sits(fake_engine, scene, tmp
     assert [h.hide_render for h in heads] == [True, True]
     scene.frame_set(113)
     assert sorted(h["lipsync3d_frame_start"] for h in heads if not h.hide_render) == [112]
-    fc = s.character.data.shape_keys.animation_data.action
-    keys = sorted({int(k.co[0]) for c in action_fcurves(fc) for k in c.keyframe_points})
-    assert keys == [1, 2, 3, 4, 5, 6, 7, 111, 112, 113, 114, 115, 116, 117]    # two takes, rest keys in the gap
+    takes = {st.name: st for t in s.character.data.shape_keys.animation_data.nla_tracks for st in t.strips
+             if st.action.get("lipsync3d_line")}
+    assert sorted(takes) == ["Line A", "Line B"]         # one take per strip, named after it, where it sits
+    for name, first in (("Line A", 1), ("Line B", 112)):
+        keys = sorted({round(k.co[0], 3) for c in action_fcurves(takes[name].action) for k in c.keyframe_points})
+        assert keys == [first - 3] + [first + i for i in range(6)] + [first + 5 + 3]   # eased to rest over 3 frames
+        assert takes[name].frame_start == first - 3 and takes[name].extrapolation == 'NOTHING'
 
 
 def test_file_source_adds_the_sound_strip_at_the_start_frame(fake_engine, scene, tmp_path, monkeypatch):

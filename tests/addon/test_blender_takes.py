@@ -1,0 +1,210 @@
+"""Takes in production (issue 14), in real Blender (bpy 5.0.1, headless): every line is its own
+take on the NLA, eased to rest; blinks and head motion add on top of the user's animation;
+results made at another frame rate are resampled to the scene's."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from blender_addon import results
+
+from blender_helpers import ensure_fcurve, make_character
+from handmade import make_result
+
+bpy = pytest.importorskip("bpy")
+
+
+def _mods(blender):
+    return (sys.modules[blender.__name__ + ".character"], sys.modules[blender.__name__ + ".mapping"],
+            sys.modules[blender.__name__ + ".anim"])
+
+
+def _value_at(scene, obj, name: str, frame: float) -> float:
+    scene.frame_set(int(frame), subframe=frame - int(frame))
+    return obj.data.shape_keys.key_blocks[name].value
+
+
+def _coeff(folder, name: str) -> np.ndarray:
+    d = json.loads((folder / "blendshapes.json").read_text())
+    return np.array(d["frames"])[:, d["names"].index(name)]
+
+
+def _take(id_data, line: str, muted: bool = False):
+    return [s for t in id_data.animation_data.nla_tracks for s in t.strips
+            if s.action is not None and s.action.get("lipsync3d_line") == line and s.mute == muted]
+
+
+def test_line_a_then_line_b_both_play_and_a_hand_edit_survives_a_re_drive_of_b(scene, blender, tmp_path):
+    character, mapping, _ = _mods(blender)
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=20, seed=1)
+    make_result(tmp_path / "b", frames=20, seed=2)
+    a, b = results.read_prediction(tmp_path / "a"), results.read_prediction(tmp_path / "b")
+    obj = make_character(["jawOpen", "mouthFunnel"])
+    key = obj.data.shape_keys
+    options = mapping.DriveOptions(blinks=False)
+    character.drive_character(obj, [(a, 10, "Line A")], options)          # Predict, active strip A
+    character.drive_character(obj, [(b, 60, "Line B")], options)          # then active strip B
+    jaw_a, jaw_b = _coeff(tmp_path / "a", "jawOpen"), _coeff(tmp_path / "b", "jawOpen")
+    for i in (0, 7, 19):
+        assert _value_at(scene, obj, "jawOpen", 10 + i) == pytest.approx(jaw_a[i], abs=1e-5)
+        assert _value_at(scene, obj, "jawOpen", 60 + i) == pytest.approx(jaw_b[i], abs=1e-5)
+    # an animator fixes one key of line A by hand...
+    take_a = _take(key, "Line A")[0].action
+    fc = next(c for c in take_a.layers[0].strips[0].channelbags[0].fcurves if "jawOpen" in c.data_path)
+    kp = next(k for k in fc.keyframe_points if k.co[0] == 15)
+    kp.co[1] = kp.handle_left[1] = kp.handle_right[1] = 0.9
+    fc.update()
+    assert _value_at(scene, obj, "jawOpen", 15) == pytest.approx(0.9)
+    # ...then line B is driven again: a new take, the old one muted, A's edit holds
+    report = character.drive_character(obj, [(b, 62, "Line B")], options)
+    assert _value_at(scene, obj, "jawOpen", 15) == pytest.approx(0.9)
+    assert report.nla.muted == ["LipSync3D Line B"] and "muted older take 'LipSync3D Line B'" in report.text()
+    assert len(_take(key, "Line B", muted=True)) == 1 and len(_take(key, "Line B")) == 1
+    for i in (0, 19):
+        assert _value_at(scene, obj, "jawOpen", 62 + i) == pytest.approx(jaw_b[i], abs=1e-5)
+    assert bpy.data.actions.get("LipSync3D Line B") is not None          # the older take is still there
+    # Replace removes the older takes of the line, and says so
+    report = character.drive_character(obj, [(b, 64, "Line B")], options, replace=True)
+    assert sorted(report.nla.replaced) == ["LipSync3D Line B", "LipSync3D Line B.001"]
+    assert [s.action.name for s in _take(key, "Line B")] == ["LipSync3D Line B"]      # the name is free again
+    assert not _take(key, "Line B", muted=True)
+    assert _value_at(scene, obj, "jawOpen", 15) == pytest.approx(0.9)
+    assert _value_at(scene, obj, "jawOpen", 64 + 5) == pytest.approx(jaw_b[5], abs=1e-5)
+
+
+def test_the_users_action_is_moved_into_the_nla_by_name_and_never_changed(scene, blender, tmp_path):
+    character, mapping, _ = _mods(blender)
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=10)
+    obj = make_character(["jawOpen", "Hat"])
+    key = obj.data.shape_keys
+    users = bpy.data.actions.new("Anna face")
+    key.animation_data_create().action = users
+    for f, v in ((1, 0.2), (200, 0.6)):
+        ensure_fcurve(users, key, 'key_blocks["Hat"].value').keyframe_points.insert(f, v)
+        ensure_fcurve(users, key, 'key_blocks["jawOpen"].value').keyframe_points.insert(f, v)
+    before = [(c.data_path, tuple(tuple(k.co) for k in c.keyframe_points))
+              for c in users.layers[0].strips[0].channelbags[0].fcurves]
+    texts = [character.drive_character(obj, [(results.read_prediction(tmp_path / "a"), frame, line)],
+                                       mapping.DriveOptions(blinks=False)).text()
+             for line, frame in (("A", 50), ("B", 80), ("A", 50), ("A", 52))]
+    assert "your action 'Anna face' moved into the NLA" in texts[0]
+    assert "already driven, unchanged: A" in texts[2]         # same inputs: nothing redone, nothing stacked
+    assert "muted older take 'LipSync3D A'" in texts[3]
+    after = [(c.data_path, tuple(tuple(k.co) for k in c.keyframe_points))
+             for c in users.layers[0].strips[0].channelbags[0].fcurves]
+    assert after == before and users.users >= 1
+    curve = {c.data_path: c for c in users.layers[0].strips[0].channelbags[0].fcurves}
+    assert _value_at(scene, obj, "Hat", 100.5) == pytest.approx(curve['key_blocks["Hat"].value'].evaluate(100.5))
+    assert _value_at(scene, obj, "jawOpen", 150) == pytest.approx(                     # between takes
+        curve['key_blocks["jawOpen"].value'].evaluate(150))
+
+
+def test_after_a_take_the_character_is_at_rest_within_the_ease(scene, blender, tmp_path):
+    """The demo's defect: the last frame (eyes 82% closed, jaw half open) held for the rest of the shot."""
+    character, mapping, _ = _mods(blender)
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=150, seed=4)           # 6 s: at least one procedural blink
+    path = tmp_path / "a" / "blendshapes.json"
+    d = json.loads(path.read_text())
+    for row in d["frames"][-3:] + d["frames"][:1]:
+        row[d["names"].index("jawOpen")], row[d["names"].index("eyeBlinkLeft")] = 0.5, 0.82
+    path.write_text(json.dumps(d))
+    obj = make_character(["jawOpen", "eyeBlinkLeft"])
+    result = results.read_prediction(tmp_path / "a")
+    report = character.drive_character(obj, [(result, 20, "Line")], mapping.DriveOptions(blinks=True), ease=3)
+    last = 20 + 149
+    assert _value_at(scene, obj, "jawOpen", last) == pytest.approx(0.5, abs=1e-5)
+    assert _value_at(scene, obj, "eyeBlinkLeft", last) >= 0.82 - 1e-5
+    assert _value_at(scene, obj, "jawOpen", last + 1.5) == pytest.approx(0.25, abs=1e-5)   # halfway down the ease
+    for f in (last + 3, last + 4, last + 40, 20 - 3, 5, 1):
+        assert _value_at(scene, obj, "jawOpen", f) == pytest.approx(0.0, abs=1e-6), f
+        assert _value_at(scene, obj, "eyeBlinkLeft", f) == pytest.approx(0.0, abs=1e-6), f
+    strips = [s for t in obj.data.shape_keys.animation_data.nla_tracks for s in t.strips if s.action.get("lipsync3d_line")]
+    assert {s.extrapolation for s in strips} == {'NOTHING'} and report.takes == ["LipSync3D Line"]
+    assert sorted(s.blend_type for s in strips) == ['ADD', 'REPLACE']      # blinks: their own ADD strip
+
+
+def _armature(scene, rotation_mode='XYZ'):
+    arm = bpy.data.objects.new("Rig", bpy.data.armatures.new("Rig"))
+    scene.collection.objects.link(arm)
+    bpy.context.view_layer.objects.active = arm
+    bpy.ops.object.mode_set(mode='EDIT')
+    for name, head, tail in (("head", (0, 0, 1.5), (0, 0, 1.7)), ("jaw", (0, -0.02, 1.55), (0, -0.1, 1.5))):
+        b = arm.data.edit_bones.new(name)
+        b.head, b.tail = head, tail
+    bpy.ops.object.mode_set(mode='OBJECT')
+    for pb in arm.pose.bones:
+        pb.rotation_mode = rotation_mode
+    return arm
+
+
+def _fcurves(action):
+    return [c for layer in action.layers for st in layer.strips for cb in st.channelbags for c in cb.fcurves]
+
+
+def test_head_motion_adds_to_a_keyed_head_bone_and_a_keyed_object_rotation(scene, blender, tmp_path):
+    character, mapping, _ = _mods(blender)
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=120, seed=5)
+    result = results.read_prediction(tmp_path / "a")
+    options = mapping.DriveOptions(blinks=False, head_motion=True, head_amplitude_deg=3.0)
+    # a head bone keyed at 0.4 rad by the animator
+    arm = _armature(scene)
+    users = bpy.data.actions.new("Rig anim")
+    arm.animation_data_create().action = users
+    for f in (1, 300):
+        ensure_fcurve(users, arm, 'pose.bones["head"].rotation_euler').keyframe_points.insert(f, 0.4)
+    obj = make_character(["jawOpen"])
+    report = character.drive_character(obj, [(result, 10, "L")], options, head=arm, bone="head")
+    sway = next(c for c in _fcurves(bpy.data.actions[report.head_action]) if c.array_index == 0)
+    added = []
+    for f in range(10, 130, 9):
+        scene.frame_set(f)
+        x = arm.pose.bones["head"].rotation_euler[0]
+        assert x == pytest.approx(0.4 + sway.evaluate(f), abs=1e-5), f
+        added.append(abs(x - 0.4))
+    assert 0.002 < max(added) < math.radians(3.0) + 1e-6           # the sway is there, and subtle
+    for f in (5, 140, 250):                                           # before / after the take: the key
+        scene.frame_set(f)
+        assert arm.pose.bones["head"].rotation_euler[0] == pytest.approx(0.4, abs=1e-6)
+    assert "your action 'Rig anim' moved into the NLA" in report.text()
+    # an object whose rotation is keyed (and one rotated by hand, not keyed): both untouched
+    head = make_character(["jawOpen"])
+    head.name = "Keyed head"
+    act = bpy.data.actions.new("Head turn")
+    head.animation_data_create().action = act
+    for f, v in ((1, 0.3), (200, 0.5)):
+        ensure_fcurve(act, head, "rotation_euler").keyframe_points.insert(f, v)
+    head.rotation_euler[2] = 0.25                                     # unkeyed channel, posed by hand
+    report = character.drive_character(obj, [(result, 10, "L2")], options, head=head)
+    moved, turn = [], _fcurves(act)[0]
+    for f in (10, 50, 90, 129, 160):
+        scene.frame_set(f)
+        assert head.rotation_euler[0] == pytest.approx(turn.evaluate(f), abs=1e-6)
+        assert head.rotation_euler[2] == pytest.approx(0.25)
+        moved.append(max(abs(x) for x in head.delta_rotation_euler))
+    assert max(moved) > 0.002 and moved[-1] == 0.0 and head.animation_data.action == act
+
+
+def test_a_25_fps_result_in_a_24_fps_scene_plays_at_the_right_time(scene, blender, tmp_path):
+    character, mapping, _ = _mods(blender)
+    scene.render.fps, scene.render.fps_base = 24, 1.0
+    make_result(tmp_path / "a", frames=50, fps=25.0, seed=6)
+    jaw = _coeff(tmp_path / "a", "jawOpen")
+    obj = make_character(["jawOpen"])
+    report = character.drive_character(obj, [(results.read_prediction(tmp_path / "a"), 1, "L")],
+                                       mapping.DriveOptions(blinks=False))
+    assert "predicted at 25 fps and resampled to the scene's 24 fps" in report.text()
+    worst = 0.0
+    for f in range(1, 48):
+        t = (f - 1) / 24.0                                   # scene time since the line's start
+        expected = np.interp(t * 25.0, np.arange(50), jaw)   # the result at that time
+        worst = max(worst, abs(_value_at(scene, obj, "jawOpen", f) - expected))
+    assert worst <= 1e-3, worst
