@@ -8,7 +8,7 @@ Layout of the zip (one top folder, which both Blender's extension installer and 
     lipsync3d/engine/              lipsync_engine/, blendshape_rigs/, requirements.lock
                                    (the engine runs from here: PYTHONPATH=<add-on>/engine)
 
-No tests, caches or compiled files. The version is read from lipsync_engine/version.py (the
+No tests, caches or compiled files. The version is read from lipsync_engine/core/version.py (the
 one place it is written) and written into the manifest and bl_info of the copy in the zip.
 Validation: the zip is reopened, its manifest parsed and checked, its file list checked,
 and Blender's own extension validator runs when it can be found (`blender --command
@@ -43,7 +43,7 @@ EXCLUDED_PARTS = {"__pycache__", "tests", ".pytest_cache", ".mypy_cache", ".ruff
 EXCLUDED_SUFFIXES = (".pyc", ".pyo", ".orig", ".rej", ".swp", ".tmp")
 REQUIRED = (f"{ADDON_ID}/blender_manifest.toml", f"{ADDON_ID}/__init__.py", f"{ADDON_ID}/client.py",
             f"{ADDON_ID}/engine/lipsync_engine/__init__.py", f"{ADDON_ID}/engine/lipsync_engine/cli.py",
-            f"{ADDON_ID}/engine/lipsync_engine/data/mediapipe_face_mesh.json",
+            f"{ADDON_ID}/engine/lipsync_engine/face/data/mediapipe_face_mesh.json",
             f"{ADDON_ID}/engine/blendshape_rigs/arkit52/basis.npz",
             f"{ADDON_ID}/engine/blendshape_rigs/presets/arkit.json", f"{ADDON_ID}/engine/requirements.lock")
 MANIFEST_FIELDS = ("schema_version", "id", "version", "name", "tagline", "maintainer", "type",
@@ -56,11 +56,11 @@ class BuildError(Exception):
 
 
 def read_version() -> str:
-    """__version__ from lipsync_engine/version.py, without importing the package."""
-    text = (ROOT / "lipsync_engine" / "version.py").read_text(encoding="utf-8")
+    """__version__ from lipsync_engine/core/version.py, without importing the package."""
+    text = (ROOT / "lipsync_engine" / "core" / "version.py").read_text(encoding="utf-8")
     m = re.search(r'^__version__\s*=\s*"(\d+\.\d+\.\d+)"', text, re.M)
     if not m:
-        raise BuildError("lipsync_engine/version.py: no __version__ = \"X.Y.Z\" line")
+        raise BuildError("lipsync_engine/core/version.py: no __version__ = \"X.Y.Z\" line")
     return m.group(1)
 
 

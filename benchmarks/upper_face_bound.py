@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lipsync_engine import dataset  # noqa: E402
-from lipsync_engine.evaluate import lip_region, model_split, reference_atlas, ssim_sums  # noqa: E402
+from lipsync_engine.prepare import speaker as dataset  # noqa: E402
+from lipsync_engine.apps.evaluate import lip_region, model_split, reference_atlas, ssim_sums  # noqa: E402
 
 
 def main() -> None:

@@ -16,10 +16,10 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from . import protocol
-from .errors import Cancelled, EngineError, InputError
-from .progress import CancelToken, Progress
-from .version import __version__
+from .core import protocol
+from .core.errors import Cancelled, EngineError, InputError
+from .core.progress import CancelToken, Progress
+from .core.version import __version__
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CRASH, EXIT_CANCELLED = 0, 1, 2, 3, 130
 
@@ -73,7 +73,7 @@ class Reporter:
 
 
 def _cmd_prepare(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .prepare import PrepareOptions, prepare_speaker
+    from .prepare.pipeline import PrepareOptions, prepare_speaker
 
     options = PrepareOptions(workers=args.workers, report=not args.no_report)
     if args.no_lighting_normalization:  # the ablation of Section 3.1.2 (docs/evaluation.md)
@@ -95,7 +95,7 @@ def _cmd_prepare(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_fit(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .blendshapes import FitOptions, fit_speaker
+    from .rig.fitting import FitOptions, fit_speaker
 
     try:
         options = replace(FitOptions(), smoothness=args.smoothness, sparsity=args.sparsity,
@@ -114,8 +114,9 @@ EXPORT_FORMATS = ("livelink-csv", "json", "rhubarb-tsv", "rhubarb-json", "viseme
 
 
 def _cmd_export(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from . import exports, names
-    from .blendshapes import load_fitted
+    from .io import exports
+    from .rig import names
+    from .rig.fitting import load_fitted
 
     coeffs, fps = load_fitted(args.speaker)
     out, fmt = Path(args.output), args.format
@@ -138,7 +139,7 @@ def _cmd_export(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .train import recipe_options, train_speaker
+    from .model.train import recipe_options, train_speaker
 
     chosen = {k: v for k, v in (("learning_rate", args.learning_rate), ("geometry_weight", args.geometry_weight),
                                 ("lip_weight", args.lip_weight), ("geometry_epochs", args.geometry_epochs))
@@ -151,7 +152,7 @@ def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
         raise InputError(f"train: {e}") from e
     dims = None
     if args.width is not None:  # e.g. 1/32 for a tiny test model (the add-on's "Tiny" quality)
-        from .model import ModelDimensions
+        from .model.network import ModelDimensions
 
         dims = ModelDimensions().scaled(args.width)
     r = train_speaker(args.speaker, args.output, options, reporter, cancel, resume=args.resume, dims=dims)
@@ -162,7 +163,7 @@ def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_synth(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .synthetic import make_demo_video
+    from .demo.video import make_demo_video
 
     def on_frame(done: int, total: int) -> None:
         reporter(Progress("synth", done, total))
@@ -175,11 +176,11 @@ def _cmd_synth(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_demo(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .blendshapes import fit_speaker, load_fitted
-    from .exports import write_livelink_csv
-    from .names import ARKIT_NAMES
-    from .prepare import PrepareOptions, prepare_speaker
-    from .synthetic import make_demo_video
+    from .rig.fitting import fit_speaker, load_fitted
+    from .io.exports import write_livelink_csv
+    from .rig.names import ARKIT_NAMES
+    from .prepare.pipeline import PrepareOptions, prepare_speaker
+    from .demo.video import make_demo_video
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,10 +216,10 @@ DEMO_WIDTH, DEMO_EPOCHS = 1 / 32, 60   # the tests' tiny model (1/32 width); all
 def _demo_train_and_predict(out: Path, speaker: Path, video: Path, reporter: Reporter, cancel: CancelToken):
     """make demo, last steps: a tiny model trained on the demo speaker (resumed or skipped when
     already there), then `lipsync predict` from the demo video's own audio at 30 fps."""
-    from .model import ModelDimensions
-    from .predict import PredictOptions
-    from .prediction_folder import OutputOptions, predict_to_folder
-    from .train import CONFIG, recipe_options, train_speaker
+    from .model.network import ModelDimensions
+    from .inference.predictor import PredictOptions
+    from .inference.folder import OutputOptions, predict_to_folder
+    from .model.train import CONFIG, recipe_options, train_speaker
 
     model = out / "model"
     options = recipe_options("fast", epochs=DEMO_EPOCHS, batch_size=16, seed=1)
@@ -243,8 +244,8 @@ def _predict_outputs(audio: list[Path], output: Path | None) -> list[Path]:
 
 
 def _cmd_predict(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .predict import PredictOptions, load_predictor
-    from .prediction_folder import OutputOptions, check_output_dir, predict_to_folder
+    from .inference.predictor import PredictOptions, load_predictor
+    from .inference.folder import OutputOptions, check_output_dir, predict_to_folder
 
     relight = args.relight if args.relight in (None, "reference") else int(args.relight) \
         if args.relight.lstrip("-").isdigit() else args.relight
@@ -276,7 +277,7 @@ def _cmd_info(args, reporter: Reporter, cancel: CancelToken) -> None:
     import numpy
     import torch
 
-    from .train import pick_device
+    from .model.train import pick_device
 
     device = pick_device(args.device)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
@@ -296,7 +297,7 @@ def _cmd_info(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_dub(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .dub import DubOptions, dub_video
+    from .apps.dub import DubOptions, dub_video
 
     try:
         options = DubOptions(video_start_s=args.video_start, video_end_s=args.video_end, audio_start_s=args.audio_start,
@@ -328,7 +329,7 @@ def _rgb(text: str) -> tuple[int, int, int]:
 
 
 def _cmd_cartoon(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .cartoon import FEATURES, CartoonOptions, cartoon_prediction
+    from .apps.cartoon import FEATURES, CartoonOptions, cartoon_prediction
 
     features = tuple(f.strip() for f in args.features.split(",")) if args.features else FEATURES
     try:
@@ -346,7 +347,7 @@ def _cmd_cartoon(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_evaluate(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .evaluate import EvaluateOptions, evaluate_model
+    from .apps.evaluate import EvaluateOptions, evaluate_model
 
     r = evaluate_model(args.model, args.held_out, args.output, EvaluateOptions(device=args.device), reporter, cancel)
     reporter.close()

@@ -20,7 +20,7 @@ bpy = pytest.importorskip("bpy")   # bpy is pinned in requirements.lock: this ne
 def test_zip_is_built_validated_and_holds_the_engine(addon_zip):
     import zipfile
 
-    from lipsync_engine.version import __version__
+    from lipsync_engine.core.version import __version__
 
     path, notes = addon_zip
     assert path.name == f"lipsync3d-{__version__}.zip"
@@ -130,7 +130,7 @@ def test_drive_character_keys_equal_the_prediction_and_keep_the_users_action(sce
     assert tracks["LipSync3D"].strips[0].action.name == "LipSync3D line"
     cols = {"JAW_OPEN": "jawOpen", "mouth-smile-left": "mouthSmileLeft", "eyeBlink_L": "eyeBlinkLeft",
             "Mouth Funnel": "mouthFunnel"}
-    from lipsync_engine.names import ARKIT_NAMES
+    from lipsync_engine.rig.names import ARKIT_NAMES
     for i in (0, 2, 5):
         scene.frame_set(50 + i)
         for kname, arkit in cols.items():

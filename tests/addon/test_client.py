@@ -38,7 +38,8 @@ def test_parse_line_accepts_protocol_messages_and_names_bad_lines():
 
 
 def test_protocol_constants_match_the_engine():
-    from lipsync_engine import cli, protocol
+    from lipsync_engine import cli
+    from lipsync_engine.core import protocol
 
     assert client.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
     assert client.MESSAGE_TYPES == protocol.MESSAGE_TYPES
@@ -207,7 +208,7 @@ def test_real_engine_info_speaks_the_protocol():
     assert outcome.ok, outcome.error
     assert seen[-1].kind == "DONE" and seen[-1].payload == {"exit_code": 0, "protocol": 1}
     info = outcome.results[0]
-    from lipsync_engine.version import __version__
+    from lipsync_engine.core.version import __version__
     assert info["engine_version"] == __version__ and info["protocol"] == 1
     assert Path(info["engine_path"]) == client.bundled_engine_dir() / "lipsync_engine"
     assert info["torch"].startswith("2.") and info["device"] in ("cpu", "cuda", "mps")

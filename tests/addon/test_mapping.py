@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from blender_addon import client, engine_env, mapping, results
-from lipsync_engine import names, pointcache
+from lipsync_engine.rig import names
+from lipsync_engine.io import pointcache
 
 ADDON = Path(__file__).resolve().parents[2] / "blender_addon"
 PRESETS = client.bundled_engine_dir() / "blendshape_rigs" / "presets"
@@ -129,7 +130,7 @@ def test_readers_read_what_the_engine_writes(tmp_path, rng):
         np.testing.assert_array_equal(np.asarray(pc.frame(6)).reshape(468, 3), verts[6])
         with pytest.raises(IndexError):
             pc.frame(7)
-    from lipsync_engine import topology
+    from lipsync_engine.face import topology
     topo = topology.load_topology()
     uv = rng.uniform(0, 1, (468, 2))
     pointcache.write_obj(tmp_path / "h.obj", topo.vertices, topo.triangles, uv, texture="t.png")

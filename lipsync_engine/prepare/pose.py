@@ -17,11 +17,12 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from . import geometry, lighting
+from ..face import geometry
+from . import lighting
 from .config import LightingOptions
-from .topology import (CHIN, FOREHEAD_TOP, LOWER_LIP_INNER, NOSE_TIP, UPPER_LIP_INNER,
+from ..face.topology import (CHIN, FOREHEAD_TOP, LOWER_LIP_INNER, NOSE_TIP, UPPER_LIP_INNER,
                        FaceTopology, load_topology)
-from .warp import Raster
+from ..face.warp import Raster
 
 ATLAS_SIZE = geometry.ATLAS_SIZE
 LIP_SIZE = 128          # side of the lip crop predicted by the texture decoder (pixels)

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError
-from .geometry import CylinderMap
-from .storage import read_versioned_json
+from ..core.errors import DatasetError
+from ..face.geometry import CylinderMap
+from ..core.storage import read_versioned_json
 
 FORMAT = "lipsync3d-speaker"
 FORMAT_VERSION = 1

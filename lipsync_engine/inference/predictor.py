@@ -41,13 +41,14 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt, gaussian_filter1d
 
-from . import audio, media
-from .errors import EngineError, InputError
-from .geometry import CylinderMap
-from .names import ARKIT_NAMES
-from .progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..prepare import audio
+from ..io import media
+from ..core.errors import EngineError, InputError
+from ..face.geometry import CylinderMap
+from ..rig.names import ARKIT_NAMES
+from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from .render import compose_atlas  # noqa: F401  (public here: the full atlas of a prediction)
-from .train import REFERENCE_FILES, load_model, pick_device
+from ..model.train import REFERENCE_FILES, load_model, pick_device
 
 __all__ = ["PredictOptions", "Prediction", "Predictor", "load_predictor", "predict", "compose_atlas", "Plan",
            "plan_prediction", "PredictionChunk", "frame_count"]
@@ -386,7 +387,7 @@ _FOLDER_NAMES = ("OutputOptions", "PredictResult", "predict_to_folder", "write_o
 def __getattr__(name: str):
     """The prediction folder lives in prediction_folder.py; its public names are found here too."""
     if name in _FOLDER_NAMES:
-        from . import prediction_folder
+        from . import folder as prediction_folder
         return getattr(prediction_folder, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -27,13 +27,14 @@ import av
 import cv2
 import numpy as np
 
-from . import jobs, storage, videowriter
-from .errors import InputError
-from .geometry import CylinderMap
-from .progress import CancelToken, Progress, ProgressCallback, no_progress
-from .render import FrontalCamera
-from .topology import load_topology
-from .warp import Raster
+from ..core import jobs, storage
+from ..io import videowriter
+from ..core.errors import InputError
+from ..face.geometry import CylinderMap
+from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..inference.render import FrontalCamera
+from ..face.topology import load_topology
+from ..face.warp import Raster
 
 PREDICTION_FORMAT = "lipsync3d-prediction"
 CONTOURS_FORMAT = "lipsync3d-contours"
@@ -427,7 +428,7 @@ def _units(on_progress, stage: str, total: int):
 
 def _preview_audio(doc: dict, n: int, fps: float):
     """(samples, rate) of the prediction's audio for the preview, or None when its file is gone."""
-    from . import media
+    from ..io import media
 
     source = Path(doc["audio"]) if doc.get("audio") else None
     if source is None or not source.is_file():

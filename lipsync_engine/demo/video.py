@@ -34,12 +34,12 @@ import av
 import cv2
 import numpy as np
 
-from . import synthetic_speech as speech
-from .errors import InputError, NoFaceError
-from .geometry import euler_to_rotation, image_to_yup, umeyama
-from .topology import UPPER_LIP_INNER, load_topology
-from .tracking import track_image
-from .warp import Raster
+from . import speech
+from ..core.errors import InputError, NoFaceError
+from ..face.geometry import euler_to_rotation, image_to_yup, umeyama
+from ..face.topology import UPPER_LIP_INNER, load_topology
+from ..face.tracking import track_image
+from ..face.warp import Raster
 
 TRUTH_FORMAT_VERSION = 1
 REFERENCE_SIZE = 512           # pixels; the sizes below in "px" are for this frame side and scale with it

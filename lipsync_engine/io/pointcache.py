@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import storage
-from .errors import InputError
+from ..core import storage
+from ..core.errors import InputError
 
 PC2_SIGNATURE = b"POINTCACHE2\0"
 PC2_VERSION = 1

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import storage
-from .errors import InputError
-from .names import (ARKIT_NAMES, LIVELINK_HEADER, LIVELINK_POSE, LIVELINK_SHAPES, LIVELINK_VALUE_COUNT,
+from ..core import storage
+from ..core.errors import InputError
+from ..rig.names import (ARKIT_NAMES, LIVELINK_HEADER, LIVELINK_POSE, LIVELINK_SHAPES, LIVELINK_VALUE_COUNT,
                     normalize_name, reorder_to_arkit)
 
 ANIMATION_FORMAT = "lipsync3d-blendshape-animation"

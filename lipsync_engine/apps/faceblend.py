@@ -20,11 +20,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import geometry, normalize, storage
-from .config import LightingOptions
-from .errors import EngineError
-from .topology import load_topology
-from .warp import Raster
+from ..face import geometry
+from ..prepare import pose as normalize
+from ..core import storage
+from ..prepare.config import LightingOptions
+from ..core.errors import EngineError
+from ..face.topology import load_topology
+from ..face.warp import Raster
 
 # MediaPipe's face oval (FACEMESH_FACE_OVAL), a closed loop: the outer edge of the face mesh.
 FACE_OVAL = (10, 109, 67, 103, 54, 21, 162, 127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152,
@@ -181,7 +183,7 @@ class Relighter:
 
     def estimate(self, image: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray):
         """(gain (256, 256) float32, a (3,), b (3,)) of one target frame; vertices normalized (468, 3)."""
-        from .lighting import normalize_frame
+        from ..prepare.lighting import normalize_frame
 
         b = self.builder
         raster = b.raster(vertices)
@@ -200,7 +202,7 @@ class Relighter:
 def relight_lips(lips: np.ndarray, gain: np.ndarray, a: np.ndarray, b: np.ndarray, lip_box: tuple[int, int]):
     """Lighting normalization in reverse on a lip crop: (128, 128, 3) uint8 normalized lips ->
     (128, 128, 3) float32 [0, 1] under the lighting (gain (256, 256) atlas-wide, a, b (3,)) of a frame."""
-    from .lighting import denormalize_frame
+    from ..prepare.lighting import denormalize_frame
 
     r, c = lip_box
     s = normalize.LIP_SIZE
@@ -212,7 +214,7 @@ def model_assets(model_dir: Path) -> dict:
     cylinder, lip_box (row, col), reference_normalized (256, 256, 3) uint8 RGB, model_id."""
     from safetensors.numpy import load_file
 
-    from .train import CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION, WEIGHTS
+    from ..model.train import CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION, WEIGHTS
 
     root = Path(model_dir)
     config = storage.read_versioned_json(root / CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION, "LipSync3D model")

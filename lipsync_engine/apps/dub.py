@@ -34,11 +34,13 @@ from pathlib import Path
 import av
 import numpy as np
 
-from . import jobs, media, normalize, storage, videowriter
-from .config import LightingOptions
-from .errors import EngineError, InputError, NoFaceError
+from ..core import jobs, storage
+from ..io import media, videowriter
+from ..prepare import pose as normalize
+from ..prepare.config import LightingOptions
+from ..core.errors import EngineError, InputError, NoFaceError
 from .faceblend import FEATHER, FaceBlender, model_assets
-from .progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 
 LOOP_MODES = ("pingpong", "hold")
 WORK_VERSION = 1
@@ -124,7 +126,7 @@ def split_segments(schedule: np.ndarray, segment_frames: int) -> list[tuple[int,
 
 def _track_job(job: dict) -> None:
     """Worker: track target frames job["first"] .. job["stop"] - 1 into one shard (atomic)."""
-    from .tracking import track_frames
+    from ..face.tracking import track_frames
 
     first, stop = job["first"], job["stop"]
 
@@ -184,7 +186,7 @@ def _poses(track: dict, reference_vertices: np.ndarray, first: int, fps: float, 
 def _predict_streaming(model_dir: Path, audio: Path, plan: "_Plan", options: DubOptions, work: Path,
                        on_progress, cancel) -> None:
     """`lipsync predict`'s model run, chunk by chunk into pred_vertices.npy / pred_lips.npy (bounded memory)."""
-    from .predict import PredictOptions, load_predictor, plan_prediction
+    from ..inference.predictor import PredictOptions, load_predictor, plan_prediction
 
     predictor = load_predictor(model_dir, options.device)
     popts = PredictOptions(fps=plan.fps, start_s=plan.audio_start_s, end_s=plan.audio_end_s,

@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 import scipy.sparse
 
-from .errors import InputError
-from .geometry import ATLAS_SIZE, CylinderMap
-from .topology import FaceTopology, load_topology
-from .warp import Raster
+from ..core.errors import InputError
+from ..face.geometry import ATLAS_SIZE, CylinderMap
+from ..face.topology import FaceTopology, load_topology
+from ..face.warp import Raster
 
 BACKGROUND = (58, 62, 70)            # RGB of the preview background
 LIGHT_DIRECTION = (0.35, 0.45, 1.0)  # towards the light (normalized frame: right, up, to the viewer)
@@ -197,8 +197,8 @@ def relighting(raw_reference: np.ndarray, normalized_reference: np.ndarray, reli
     of the speaker directory the model was trained on: its stored gain.npy and
     color_transform.npy). Both are undone with lighting.denormalize_frame; outside the face stays 0.
     """
-    from . import lighting
-    from .config import LightingOptions
+    from ..prepare import lighting
+    from ..prepare.config import LightingOptions
 
     if relight is None:
         return None
@@ -219,8 +219,8 @@ def relighting(raw_reference: np.ndarray, normalized_reference: np.ndarray, reli
 
 def _speaker_lighting(speaker: Path, k: int):
     """(gain (256, 256), a (3,), b (3,)) of frame k of a prepared speaker."""
-    from .dataset import open_speaker
-    from .errors import DatasetError
+    from ..prepare.speaker import open_speaker
+    from ..core.errors import DatasetError
 
     try:
         ds = open_speaker(speaker)

@@ -24,17 +24,20 @@ from typing import Iterator
 
 import numpy as np
 
-from . import audio, exports, media, names, storage
-from .errors import EngineError, InputError
-from .names import ARKIT_NAMES
-from .predict import (PROGRESS_EVERY, Plan, PredictionChunk, Prediction, PredictOptions, Predictor, load_samples,
+from ..prepare import audio
+from ..io import exports, media
+from ..rig import names
+from ..core import storage
+from ..core.errors import EngineError, InputError
+from ..rig.names import ARKIT_NAMES
+from .predictor import (PROGRESS_EVERY, Plan, PredictionChunk, Prediction, PredictOptions, Predictor, load_samples,
                       load_predictor, plan_prediction)
-from .pointcache import PC2_HEADER, PC2Writer, write_obj
-from .preview import Mp4Writer
-from .progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..io.pointcache import PC2_HEADER, PC2Writer, write_obj
+from ..io.preview import Mp4Writer
+from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from .render import HeadRenderer, compose_atlas, frontal_camera, read_atlas, relighting, write_png
-from .topology import load_topology
-from .train import REFERENCE_FILES
+from ..face.topology import load_topology
+from ..model.train import REFERENCE_FILES
 
 PREDICTION_FORMAT, PREDICTION_VERSION = "lipsync3d-prediction", 1
 FILES = {"vertices": "vertices.npz", "pc2": "head.pc2", "obj": "head.obj", "mtl": "head.mtl",
@@ -203,7 +206,7 @@ def _write_exports(folder: Path, bs: np.ndarray, plan: Plan, fps: float) -> None
 
 def _manifest(p: Predictor, plan: Plan, options: PredictOptions, out: OutputOptions, audio_ref: str,
               has_lips: bool, seconds: float) -> dict:
-    from .version import __version__
+    from ..core.version import __version__
 
     files = dict(FILES)
     if not (has_lips and out.atlas_images):

@@ -110,7 +110,7 @@ def _triangle_sets(v, tris, lips_outer, lips_inner, eyes, brows, oval):
 @lru_cache(maxsize=1)
 def load_topology() -> FaceTopology:
     """Load the canonical MediaPipe face topology shipped with the engine (cached)."""
-    text = resources.files("lipsync_engine").joinpath("data/mediapipe_face_mesh.json").read_text()
+    text = resources.files("lipsync_engine.face").joinpath("data/mediapipe_face_mesh.json").read_text()
     d = json.loads(text)
     v = np.asarray(d["vertices"], np.float64)
     tris = np.asarray(d["triangles"], np.int32)

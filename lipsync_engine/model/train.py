@@ -27,12 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import dataset, storage
-from .errors import DatasetError, EngineError
-from .model import LipSync3D, ModelDimensions, preset_dimensions
-from .topology import load_topology
-from .progress import CancelToken, Progress, ProgressCallback, no_progress
-from .version import __version__
+from ..prepare import speaker as dataset
+from ..core import storage
+from ..core.errors import DatasetError, EngineError
+from .network import LipSync3D, ModelDimensions, preset_dimensions
+from ..face.topology import load_topology
+from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..core.version import __version__
 
 MODEL_FORMAT = "lipsync3d-model"
 MODEL_FORMAT_VERSION = 1

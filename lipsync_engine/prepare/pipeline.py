@@ -22,12 +22,15 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from . import audio, dataset, geometry, jobs, media, normalize, storage
+from . import audio, speaker as dataset, pose as normalize
+from ..face import geometry
+from ..core import jobs, storage
+from ..io import media
 from .config import LightingOptions
-from .errors import EngineError, InputError, NoFaceError
-from .progress import CancelToken, Progress, ProgressCallback, no_progress
-from .tracking import frame_ranges, track_frames
-from .version import __version__
+from ..core.errors import EngineError, InputError, NoFaceError
+from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..face.tracking import frame_ranges, track_frames
+from ..core.version import __version__
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm", ".m4v", ".wmv", ".flv"}
 WORK = ".work"

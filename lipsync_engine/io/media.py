@@ -34,7 +34,7 @@ import av.error
 import cv2
 import numpy as np
 
-from .errors import InputError
+from ..core.errors import InputError
 
 DEFAULT_AUDIO_RATE = 16000           # Hz, rate `load_audio` resamples to unless told otherwise
 SEEK_RETRIES = 4                     # re-seeks when a keyframe's pts lands after the wanted time

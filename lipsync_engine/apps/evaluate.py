@@ -31,11 +31,12 @@ import cv2
 import numpy as np
 import torch
 
-from . import dataset, storage
-from .errors import DatasetError
-from .normalize import mouth_openness
-from .progress import CancelToken, Progress, ProgressCallback, no_progress
-from .topology import load_topology
+from ..prepare import speaker as dataset
+from ..core import storage
+from ..core.errors import DatasetError
+from ..prepare.pose import mouth_openness
+from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..face.topology import load_topology
 
 FORMAT = "lipsync3d-evaluation"
 FORMAT_VERSION = 1
@@ -133,7 +134,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 @torch.no_grad()
 def ssim_sums(a: np.ndarray, b: np.ndarray, device: str = "cpu", batch: int = 128) -> tuple[np.ndarray, int]:
     """((N,) sums of the SSIM map (train.ssim_map) over channels and positions, positions x channels per frame)."""
-    from .train import ssim_map
+    from ..model.train import ssim_map
 
     out, count = [], 0
     for s in range(0, len(a), batch):
@@ -158,7 +159,7 @@ def lip_region(lip_box: dict, size: int = 256) -> tuple[slice, slice]:
     window overlaps the lip box, so full-atlas SSIM = (the part outside, computed once per
     frame, + this crop's map) / the full map's size.
     """
-    from .train import SSIM_WINDOW
+    from ..model.train import SSIM_WINDOW
 
     m = SSIM_WINDOW - 1
     r, c = int(lip_box["row"]), int(lip_box["col"])
@@ -167,7 +168,7 @@ def lip_region(lip_box: dict, size: int = 256) -> tuple[slice, slice]:
 
 def compose_atlas(reference_atlas: np.ndarray, lips: np.ndarray, lip_box: dict) -> np.ndarray:
     """(256, 256, 3) base atlas + (N, 128, 128, 3) lip crops -> (N, 256, 256, 3) uint8 (predict.compose_atlas)."""
-    from .predict import compose_atlas as compose
+    from ..inference.predictor import compose_atlas as compose
 
     return compose(reference_atlas, np.asarray(lips), lip_box)
 
@@ -187,7 +188,7 @@ def spectrogram_envelope(spectrograms: np.ndarray) -> np.ndarray:
     four columns nearest the frame time (60 ms) and divided by the window energy, it is the
     mean-square audio level there, as `audio.envelope` measures over 40 ms from raw samples.
     """
-    from .audio import HANN, N_FFT
+    from ..prepare.audio import HANN, N_FFT
 
     p = band_powers(np.asarray(spectrograms)[:, :, list(ENVELOPE_COLUMNS)])   # (N, 256, 4)
     energy = (p[:, 0] + 2 * p[:, 1:].sum(1)) / N_FFT                           # (N, 4)
@@ -330,7 +331,7 @@ def predict_autoregressive(model, spectrograms: np.ndarray, breaks: np.ndarray, 
 
 def model_prediction(model_dir: Path, spectrograms: np.ndarray, breaks: np.ndarray, device: str,
                      cancel=None, tick=lambda n: None) -> MethodOutput:
-    from .train import load_model
+    from ..model.train import load_model
 
     model, config, extra = load_model(model_dir, device)
     out = predict_autoregressive(model, spectrograms, breaks, float(config["spectrogram_scale"]),
@@ -489,9 +490,9 @@ def prepare_held_out(config: dict, videos: list[Path], out_dir: Path, on_progres
                      cancel: CancelToken | None = None) -> Path:
     """Prepare held-out videos in the model's normalized space (its speaker's reference face,
     cylinder and reference atlas, the same lighting options) and fit their blendshapes."""
-    from .blendshapes import fit_speaker
-    from .config import LightingOptions
-    from .prepare import PrepareOptions, prepare_speaker
+    from ..rig.fitting import fit_speaker
+    from ..prepare.config import LightingOptions
+    from ..prepare.pipeline import PrepareOptions, prepare_speaker
 
     train_dir = Path(config["speaker"])
     used = dataset.read_meta(train_dir)["options"]
@@ -513,7 +514,7 @@ def evaluate_model(model_dir: Path | str, held_out, output_dir: Path | str | Non
     (prepared into OUTPUT_DIR/held_out_speaker against the model's speaker first).
     Writes OUTPUT_DIR (default MODEL_DIR/evaluation)/evaluation.json, openness.png, atlases.png.
     """
-    from .train import CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION
+    from ..model.train import CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION
 
     t0 = time.perf_counter()
     cancel = cancel or CancelToken()
@@ -564,7 +565,7 @@ def _predict_all(model_dir: Path, train: _Frames, test: _Frames, options: Evalua
 
 def _document(config: dict, model_dir: Path, test: _Frames, metrics: dict, truth: dict,
               options: EvaluateOptions, seconds: float) -> dict:
-    from .version import __version__
+    from ..core.version import __version__
 
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "engine_version": __version__,
             "model": str(model_dir.resolve()), "model_id": config.get("model_id"),

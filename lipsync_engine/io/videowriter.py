@@ -16,8 +16,8 @@ import av
 import cv2
 import numpy as np
 
-from . import storage
-from .errors import EngineError
+from ..core import storage
+from ..core.errors import EngineError
 
 AUDIO_BITRATE = 128000      # bits/s of the AAC track (mono)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..core.errors import InputError
 
 ARKIT_NAMES = (
     # left eye
@@ -68,7 +68,7 @@ LIVELINK_SHAPES = LIVELINK_COLUMNS[2:54]            # the 52 PascalCase shape na
 LIVELINK_POSE = LIVELINK_COLUMNS[54:]               # head and eye rotations (9)
 LIVELINK_VALUE_COUNT = len(LIVELINK_COLUMNS) - 2    # the BlendShapeCount column: 61
 
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "blendshape_rigs" / "presets"
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "blendshape_rigs" / "presets"
 PRESET_FORMAT = "lipsync3d-blendshape-preset"
 MAPPING_FORMAT = "lipsync3d-shape-key-mapping"
 PRESET_KINDS = ("rename", "linear", "classify")

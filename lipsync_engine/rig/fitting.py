@@ -5,7 +5,7 @@ by fitting them to an existing blendshapes basis ... via optimization". This mod
 that optimization and everything around it:
 
 - loading a rig from blendshape_rigs/<name>/basis.npz, found next to this package
-  (`Path(__file__).parents[1] / "blendshape_rigs"`: the repository and the add-on zip alike);
+  (`Path(__file__).parents[2] / "blendshape_rigs"`: the repository and the add-on zip alike);
 - adapting the rig, made on MediaPipe's canonical face, to a speaker's own neutral face;
 - the batched fit: coefficients in [0, 1], bounded least squares with an L1 (sparsity) and
   a temporal smoothness term, all frames at once;
@@ -46,16 +46,17 @@ from pathlib import Path
 import numpy as np
 from scipy.fft import dct, idct
 
-from . import dataset, storage
-from .dataset import segment_breaks  # noqa: F401  (public here too, for callers and tests)
-from .errors import DatasetError, InputError
-from .geometry import umeyama
+from ..prepare import speaker as dataset
+from ..core import storage
+from ..prepare.speaker import segment_breaks  # noqa: F401  (public here too, for callers and tests)
+from ..core.errors import DatasetError, InputError
+from ..face.geometry import umeyama
 from .names import ARKIT_NAMES
-from .progress import CancelToken, Progress, ProgressCallback, no_progress
-from .topology import N_VERTICES, load_topology
-from .version import __version__
+from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..face.topology import N_VERTICES, load_topology
+from ..core.version import __version__
 
-RIGS_DIR = Path(__file__).resolve().parents[1] / "blendshape_rigs"
+RIGS_DIR = Path(__file__).resolve().parents[2] / "blendshape_rigs"
 DEFAULT_RIG = "arkit52"
 FORMAT = "lipsync3d-blendshapes"
 FORMAT_VERSION = 1
@@ -434,7 +435,7 @@ def fit_speaker(speaker_dir: Path | str, on_progress: ProgressCallback = no_prog
     plot_coefficients(root / PLOT_FILE, result, fps, ds.breaks & (np.arange(len(ds)) > 0))
     storage.write_json(root / META_FILE, _fit_meta(ds, rig, result, options, seconds))
     if (root / "report" / "index.html").is_file():
-        from .report import write_index  # matplotlib is only needed when there is a report
+        from ..prepare.report import write_index  # matplotlib is only needed when there is a report
 
         write_index(root)
     r = result.residual_rms
