@@ -198,6 +198,7 @@ class AudioSource:
     end_s: float | None  # seconds into the file of the end (None = the file's end)
     frame_start: int    # scene frame of prediction frame 0
     from_file: bool     # True: no strip yet, the import adds one
+    channel: int = 0    # the strip's VSE channel (0: a file)
 
 
 def scene_fps(scene) -> float:
@@ -223,7 +224,8 @@ def strip_source(context, strip) -> AudioSource:
     fps = scene_fps(context.scene)
     start = (strip.frame_final_start - strip.frame_start) / fps + float(getattr(strip, "sound_offset", 0.0))
     return AudioSource(strip.name, _sound_file(context, strip), max(start, 0.0),
-                       max(start, 0.0) + strip.frame_final_duration / fps, int(strip.frame_final_start), False)
+                       max(start, 0.0) + strip.frame_final_duration / fps, int(strip.frame_final_start), False,
+                       int(strip.channel))
 
 
 def _all_strips(sed):
@@ -283,41 +285,76 @@ class LIPSYNC3D_OT_predict(runner.EngineJobOperator, bpy.types.Operator):
         s = settings(context)
         model, sources = active_model(context), audio_sources(context)
         spec = runner.engine_spec(context)
-        self._work, jobs = [], []
+        self._work, todo = [], []
         for src in sources:
             out = prediction_dir(context, model, src, s.engine_smoothing, s.engine_preview)
             self._work.append((src, out))
-            if (out / "result.json").is_file():
-                continue        # already predicted: same model, audio, range and fps
-            args = [model, src.path, "-o", out, "--fps", f"{scene_fps(context.scene):.6f}", "--overwrite",
-                    "--device", spec.device, "--start", f"{src.start_s:.6f}"]
-            args += ["--end", f"{src.end_s:.6f}"] if src.end_s is not None else []
-            args += [] if s.engine_smoothing else ["--no-smoothing"]
-            args += [] if s.engine_preview else ["--no-preview"]
-            jobs.append(spec.job(f"Predict {src.name}", "predict", *args, log_path=runner.log_path(context, "predict")))
-        return jobs
+            if not (out / "result.json").is_file():     # else: already predicted (same model, audio, range, fps)
+                todo.append((src, out))
+        if not todo:
+            return []
+        # one engine process for the whole batch: the model is loaded once (lipsync predict A1 A2 ... -o O1 O2 ...)
+        args = [model, *(src.path for src, _ in todo), "-o", *(out for _, out in todo),
+                "--fps", f"{scene_fps(context.scene):.6f}", "--overwrite", "--device", spec.device,
+                "--start", *(f"{src.start_s:.6f}" for src, _ in todo)]
+        if all(src.end_s is not None for src, _ in todo):
+            args += ["--end", *(f"{src.end_s:.6f}" for src, _ in todo)]
+        elif len(todo) > 1:
+            raise runner.UserError("a batch needs the end of every piece of audio")
+        args += [] if s.engine_smoothing else ["--no-smoothing"]
+        args += [] if s.engine_preview else ["--no-preview"]
+        label = f"Predict {todo[0][0].name}" if len(todo) == 1 else f"Predict {len(todo)} lines"
+        return [spec.job(label, "predict", *args, log_path=runner.log_path(context, "predict"))]
 
     def on_success(self, context, outcome):
         s = settings(context)
         segments = []
         for src, out in self._work:
             result = results.read_prediction(out)
-            item = s.results.add()
+            known = next((r for r in s.results if Path(r.path) == out and r.frame_start == src.frame_start), None)
+            item = known or s.results.add()          # predicting the same strip again: the same entry
             item.name, item.path, item.frame_start, item.strip = src.name, str(out), src.frame_start, src.name
             segments.append((result, src.frame_start, src))
-        s.result_index = len(s.results) - 1
+        s.result_index = next(i for i, r in enumerate(s.results) if r.path == str(self._work[-1][1]))
+        reused = 0
         if s.import_head:
             for result, start, src in segments:
+                if _imported_head(context, result, start) is not None:
+                    reused += 1                      # the head of this prediction is already in the scene
+                    continue
                 obj = importer.import_head(context, result, start, s.animation,
                                            sound_file=src.path if src.from_file else "")
+                obj["lipsync3d_line"] = src.name
                 if len(segments) > 1:
                     _show_only_during(obj, start, start + result.frames - 1)
-        if s.drive_after and s.character is not None:
-            report = _drive(context, [(r, f, src.name) for r, f, src in segments])
-            self.report({'INFO'}, report.text())
-        else:
-            self.report({'INFO'}, f"predicted {sum(r.frames for r, _, _ in segments)} frames")
+        texts = [f"predicted {sum(r.frames for r, _, _ in segments)} frames"]
+        if reused:
+            texts.append(f"{reused} head(s) already in the scene, reused")
+        if s.drive_after:
+            for obj, group in cast_groups(context, [src for _, _, src in segments]).items():
+                report = _drive(context, [(r, f, src.name) for r, f, src in segments if src in group], obj)
+                texts.append(f"{obj.name}: {report.text()}")
+        self.report({'INFO'}, "; ".join(texts))
         return {'FINISHED'}
+
+
+def _imported_head(context, result, start: int):
+    return next((o for o in context.scene.objects if o.get("lipsync3d_result") == str(result.path)
+                 and o.get("lipsync3d_frame_start") == int(start)), None)
+
+
+def cast_groups(context, sources: list) -> dict:
+    """{character: [sources]}: each strip goes to the character of the first cast rule that matches it
+    (name prefix, or VSE channel), else to the Character panel's character (none: not driven)."""
+    s = settings(context)
+    groups: dict = {}
+    for src in sources:
+        rule = next((c for c in s.cast if c.character is not None and (
+            (c.prefix and src.name.startswith(c.prefix)) or (c.channel and src.channel == c.channel))), None)
+        obj = rule.character if rule is not None else s.character
+        if obj is not None:
+            groups.setdefault(obj, []).append(src)
+    return groups
 
 
 def _show_only_during(obj, first: int, last: int) -> None:
@@ -328,11 +365,12 @@ def _show_only_during(obj, first: int, last: int) -> None:
             obj.keyframe_insert(attr, frame=frame)
 
 
-def _drive(context, segments: list):
+def _drive(context, segments: list, obj=None):
     s = settings(context)
-    head = s.armature if s.head_target == 'BONE' and s.armature is not None else s.character
+    obj = obj or s.character
+    head = s.armature if s.head_target == 'BONE' and s.armature is not None else obj
     bone = s.bone if s.head_target == 'BONE' else ""
-    report = character.drive_character(s.character, segments, s.drive_options(), head=head, bone=bone,
+    report = character.drive_character(obj, segments, s.drive_options(), head=head, bone=bone,
                                        replace=s.replace_takes, ease=s.ease_frames, scene=context.scene)
     context.window_manager.lipsync3d_job.last_report = report.text()
     return report
@@ -386,6 +424,38 @@ class LIPSYNC3D_OT_drive_character(bpy.types.Operator):
         return {'FINISHED'}
 
 
+class LIPSYNC3D_OT_cast_add(bpy.types.Operator):
+    """Add a cast rule: strips whose name starts with a prefix (or on a channel) animate a character"""
+
+    bl_idname = "lipsync3d.cast_add"
+    bl_label = "Add Cast Rule"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    def execute(self, context):
+        settings(context).cast.add()
+        return {'FINISHED'}
+
+
+class LIPSYNC3D_OT_cast_remove(bpy.types.Operator):
+    """Remove this cast rule"""
+
+    bl_idname = "lipsync3d.cast_remove"
+    bl_label = "Remove Cast Rule"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    index: bpy.props.IntProperty(options={'HIDDEN'})
+
+    @classmethod
+    def poll(cls, context):
+        return len(settings(context).cast) > 0
+
+    def execute(self, context):
+        cast = settings(context).cast
+        if 0 <= self.index < len(cast):
+            cast.remove(self.index)
+        return {'FINISHED'}
+
+
 class LIPSYNC3D_OT_cancel_job(bpy.types.Operator):
     """Stop the running LipSync3D job (finished work is kept; run it again to resume)"""
 
@@ -419,4 +489,4 @@ class LIPSYNC3D_OT_show_log(bpy.types.Operator):
 
 CLASSES = (LIPSYNC3D_OT_video_add, LIPSYNC3D_OT_video_remove, LIPSYNC3D_OT_train, LIPSYNC3D_OT_models_refresh,
            LIPSYNC3D_OT_model_add, LIPSYNC3D_OT_predict, LIPSYNC3D_OT_import_head, LIPSYNC3D_OT_drive_character,
-           LIPSYNC3D_OT_cancel_job, LIPSYNC3D_OT_show_log)
+           LIPSYNC3D_OT_cancel_job, LIPSYNC3D_OT_show_log, LIPSYNC3D_OT_cast_add, LIPSYNC3D_OT_cast_remove)

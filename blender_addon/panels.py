@@ -160,6 +160,16 @@ class LIPSYNC3D_PT_character(_Panel, bpy.types.Panel):
                 if s.armature is not None:
                     sub.prop_search(s, "bone", s.armature.pose, "bones")
         col.operator("lipsync3d.drive_character", icon='SHAPEKEY_DATA')
+        box = col.box()
+        row = box.row()
+        row.label(text="Cast (strips -> characters)")
+        row.operator("lipsync3d.cast_add", text="", icon='ADD')
+        for i, rule in enumerate(s.cast):
+            row = box.row(align=True)
+            row.prop(rule, "prefix", text="")
+            row.prop(rule, "channel", text="Ch")
+            row.prop(rule, "character", text="")
+            row.operator("lipsync3d.cast_remove", text="", icon='X').index = i
         report = context.window_manager.lipsync3d_job.last_report
         for chunk in _wrap(report, 60) if report else []:
             col.label(text=chunk)

@@ -34,6 +34,11 @@ def _is_shape_key_mesh(self, obj) -> bool:
     return obj.type == 'MESH' and obj.data.shape_keys is not None and len(obj.data.shape_keys.key_blocks) > 1
 
 
+def _is_character(self, obj) -> bool:
+    """A mesh with shape keys, or an armature (its jaw bone follows jawOpen)."""
+    return _is_shape_key_mesh(self, obj) or obj.type == 'ARMATURE'
+
+
 def _is_armature(self, obj) -> bool:
     return obj.type == 'ARMATURE'
 
@@ -51,6 +56,14 @@ class LIPSYNC3D_PG_result(bpy.types.PropertyGroup):
     path: StringProperty(name="Prediction", subtype='DIR_PATH')
     frame_start: IntProperty(name="Start frame")
     strip: StringProperty(name="Sound strip")
+
+
+class LIPSYNC3D_PG_cast(bpy.types.PropertyGroup):
+    """A rule of the cast: which sound strips animate which character."""
+
+    prefix: StringProperty(name="Name prefix", description="Strips whose name starts with this (e.g. 'ANNA_')")
+    channel: IntProperty(name="Channel", default=0, min=0, max=128, description="Strips on this VSE channel (0: any)")
+    character: PointerProperty(name="Character", type=bpy.types.Object, poll=lambda self, o: _is_character(self, o))
 
 
 class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
@@ -100,8 +113,11 @@ class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
         items=[('SHAPE_KEYS', "Shape keys", "One shape key per frame, keyed per frame (stored in the .blend)"),
                ('MESH_CACHE', "Mesh Cache", "A Mesh Cache modifier reading head.pc2 (light; for long dialogue)")])
     # character
-    character: PointerProperty(name="Character", type=bpy.types.Object, poll=_is_shape_key_mesh,
-                               description="A mesh with shape keys to animate")
+    character: PointerProperty(name="Character", type=bpy.types.Object, poll=_is_character,
+                               description="A mesh with shape keys, or an armature with a jaw bone, to animate")
+    cast: CollectionProperty(type=LIPSYNC3D_PG_cast,
+                             description="Which strips animate which character (first matching rule wins)")
+    cast_index: IntProperty()
     preset: EnumProperty(name="Mapping", items=preset_items,
                          description="How the 52 ARKit coefficients become the character's shape keys")
     strength: FloatProperty(name="Strength", default=1.0, min=0.0, soft_max=2.0)
@@ -140,7 +156,8 @@ class LIPSYNC3D_PG_job(bpy.types.PropertyGroup):
     last_report: StringProperty()
 
 
-CLASSES = (LIPSYNC3D_PG_video, LIPSYNC3D_PG_model, LIPSYNC3D_PG_result, LIPSYNC3D_PG_settings, LIPSYNC3D_PG_job)
+CLASSES = (LIPSYNC3D_PG_video, LIPSYNC3D_PG_model, LIPSYNC3D_PG_result, LIPSYNC3D_PG_cast, LIPSYNC3D_PG_settings,
+           LIPSYNC3D_PG_job)
 
 
 def register_properties() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 import time
 from types import SimpleNamespace
 
@@ -211,15 +212,20 @@ def test_channel_batch_predicts_each_strip_where_it_sits(fake_engine, scene, tmp
     s.character, s.blinks = make_character(["jawOpen"]), False
     assert bpy.ops.lipsync3d.predict() == {'FINISHED'}
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [c[1] for c in calls] == ["predict", "predict"]
+    assert [c[1] for c in calls] == ["predict"]          # one engine process for the batch
     fps = 30 / 1.001
+    call = calls[0]
 
-    def arg(call, name):
-        return float(call[call.index(name) + 1])
-    assert calls[0][2:4] == [str(model), str(tmp_path / "a.wav")] and arg(calls[0], "--fps") == pytest.approx(fps)
-    assert arg(calls[0], "--start") == 0.0 and arg(calls[0], "--end") == pytest.approx(a.frame_final_duration / fps)
-    assert arg(calls[1], "--start") == pytest.approx(12 / fps, abs=1e-6)
-    assert arg(calls[1], "--end") == pytest.approx((12 + b.frame_final_duration) / fps, abs=1e-6)
+    def args(name, n=2):
+        return call[call.index(name) + 1:call.index(name) + 1 + n]
+    assert call[2:5] == [str(model), str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]
+    assert float(args("--fps", 1)[0]) == pytest.approx(fps)
+    starts, ends = [float(x) for x in args("--start")], [float(x) for x in args("--end")]
+    assert starts[0] == 0.0 and ends[0] == pytest.approx(a.frame_final_duration / fps)
+    assert starts[1] == pytest.approx(12 / fps, abs=1e-6)
+    assert ends[1] == pytest.approx((12 + b.frame_final_duration) / fps, abs=1e-6)
+    assert [Path(p).name.split("-")[0] for p in args("-o")] == ["Line_A", "Line_B"]
+    calls = [call]
     assert "--no-preview" in calls[0] and "--overwrite" in calls[0]
     assert [(r.frame_start, r.strip) for r in s.results] == [(1, "Line A"), (112, "Line B")]
     heads = sorted((o for o in scene.objects if o.name.startswith("LipSync3D head")), key=lambda o: o.name)
@@ -253,3 +259,43 @@ def test_file_source_adds_the_sound_strip_at_the_start_frame(fake_engine, scene,
     strips = [x for x in vse_strips(scene.sequence_editor) if x.type == 'SOUND']
     assert len(strips) == 1 and strips[0].frame_start == 40 and scene.sync_mode == 'AUDIO_SYNC'
     assert scene.frame_end >= 45
+
+
+def test_a_batch_of_three_strips_is_one_engine_process_and_again_adds_nothing(fake_engine, scene, tmp_path,
+                                                                              monkeypatch):
+    """Issue 14: each strip of a batch started its own engine (about 7 s each before any work), and
+    predicting the same strips again stacked duplicate heads and results. The cast sends strips to
+    characters by name prefix or channel."""
+    from handmade import make_result
+
+    log = fake_engine("ok")
+    make_result(tmp_path / "canned", frames=6, fps=25.0)
+    monkeypatch.setenv("LIPSYNC_FAKE_RESULT", str(tmp_path / "canned"))
+    _fake_model(scene, tmp_path)
+    scene.render.fps, scene.render.fps_base = 25, 1.0
+    sed = scene.sequence_editor_create()
+    wav = str(_wav(tmp_path / "scene.wav", 6.0))
+    for name, frame in (("ANNA_1", 1), ("BEN_1", 40), ("ANNA_2", 80)):     # three parts of one recording
+        strip = new_sound_strip(sed, name, wav, 2, frame)
+        strip.frame_offset_start = frame - 1
+        strip.frame_final_duration = 30
+    s = scene.lipsync3d
+    s.audio_source, s.channel, s.animation, s.blinks = 'CHANNEL', 2, 'MESH_CACHE', False
+    anna, ben = make_character(["jawOpen"]), make_character(["JAW_OPEN"])
+    s.character = anna
+    rule = s.cast.add()
+    rule.prefix, rule.character = "BEN_", ben
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) == 1 and calls[0][1] == "predict" and calls[0][3:6] == [wav] * 3
+    objects, actions, results_ = len(bpy.data.objects), len(bpy.data.actions), len(s.results)
+    assert results_ == 3 and len([o for o in scene.objects if o.name.startswith("LipSync3D head")]) == 3
+
+    def lines(obj):
+        return sorted(st.name for t in obj.data.shape_keys.animation_data.nla_tracks for st in t.strips
+                      if st.action.get("lipsync3d_line") and not st.mute)
+    assert lines(anna) == ["ANNA_1", "ANNA_2"] and lines(ben) == ["BEN_1"]
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}             # again: cached, nothing new
+    assert len(log.read_text().splitlines()) == 1
+    assert (len(bpy.data.objects), len(bpy.data.actions), len(s.results)) == (objects, actions, results_)
+    assert lines(anna) == ["ANNA_1", "ANNA_2"] and lines(ben) == ["BEN_1"]
