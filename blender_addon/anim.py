@@ -279,3 +279,22 @@ def ensure_rest(id_data, values: dict) -> None:
         if slot is not None and hasattr(strip, "action_slot"):
             strip.action_slot = slot
         strip.extrapolation = 'HOLD'
+
+
+def resync(id_data, starts: dict, report: TakeReport) -> None:
+    """Move every take and additive strip of id_data whose line is in starts {line: frame} so that
+    the line begins at that frame again (its sound strip was moved); muted takes move too."""
+    moves = []
+    for track, strip in our_strips(id_data):
+        action = strip.action
+        if action is None or action.get(LINE) not in starts or action.get(CORE) is None:
+            continue
+        delta = starts[action[LINE]] - action[CORE][0]
+        if delta:
+            moves.append((strip, action, delta))
+    for strip, action, delta in sorted(moves, key=lambda m: -m[0].frame_start if m[2] > 0 else m[0].frame_start):
+        old = strip.frame_start
+        strip.frame_start_ui = old + delta
+        action[CORE] = [float(action[CORE][0] + delta), float(action[CORE][1] + delta)]
+        if action.get(ROLE) == "lips":
+            report.moved.append(f"'{action.name}' {old:g} -> {strip.frame_start:g}")

@@ -237,6 +237,7 @@ def _blinks(holder, rows, column, arkit, values, preset, options, fps, keys, eas
     if not delta:
         return
     action = anim.begin_action(holder, f"LipSync3D blinks {line}", line, line, "blinks", signature)
+    action[anim.CORE] = [float(keys[0] + ease), float(keys[-1] - ease)]
     for t, series in delta.items():
         anim.set_keys(anim.take_fcurve(action, holder, t.data_path, t.index, group="LipSync3D blinks"), keys, series)
     anim.push_take(holder, action, additive='ADD')
@@ -270,6 +271,7 @@ def drive_head(target, bone: str, rows: list, keys: list, frames: list, fps: flo
         angles = [(0.0, 0.0, 0.0)] + angles + [(0.0, 0.0, 0.0)]
     anim.retire_line(target, take, "head", replace, nla)
     action = anim.begin_action(target, f"LipSync3D head {take}", take, take, "head", signature)
+    action[anim.CORE] = [float(frames[0]), float(frames[-1])]
     group = bone or "LipSync3D head"
     if quat:
         quats = [mapping.euler_to_quaternion(*a) for a in angles]

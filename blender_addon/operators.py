@@ -398,7 +398,10 @@ class LIPSYNC3D_OT_import_head(bpy.types.Operator):
         except (runner.UserError, results.ResultError, ValueError, OSError) as e:
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}
-        self.report({'INFO'}, f"imported {obj.name}: {result.frames} frames from frame {item.frame_start}")
+        warning = obj.get("lipsync3d_warning", "")
+        self.report({'WARNING'} if warning else {'INFO'},
+                    f"imported {obj.name}: {result.frames} frames from frame {item.frame_start}"
+                    + (f"; {warning}" if warning else ""))
         return {'FINISHED'}
 
 
@@ -421,6 +424,32 @@ class LIPSYNC3D_OT_drive_character(bpy.types.Operator):
             return {'CANCELLED'}
         level = 'WARNING' if report.match.unmapped_keys else 'INFO'
         self.report({level}, report.text())
+        return {'FINISHED'}
+
+
+class LIPSYNC3D_OT_resync(bpy.types.Operator):
+    """Move every LipSync3D take to where its sound strip now starts (after strips were moved in the
+    Video Sequencer)"""
+
+    bl_idname = "lipsync3d.resync"
+    bl_label = "Re-sync Takes"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene.sequence_editor is not None
+
+    def execute(self, context):
+        from . import anim
+
+        starts = {x.name: int(x.frame_final_start) for x in _all_strips(context.scene.sequence_editor)
+                  if x.type == 'SOUND'}
+        report = anim.TakeReport()
+        holders = {o.data.shape_keys for o in context.scene.objects if o.type == 'MESH' and o.data.shape_keys}
+        for id_data in [*context.scene.objects, *(h for h in holders if h is not None)]:
+            if id_data.animation_data is not None:
+                anim.resync(id_data, starts, report)
+        self.report({'INFO'}, report.text() or "every take already sits at its sound strip")
         return {'FINISHED'}
 
 
@@ -489,4 +518,5 @@ class LIPSYNC3D_OT_show_log(bpy.types.Operator):
 
 CLASSES = (LIPSYNC3D_OT_video_add, LIPSYNC3D_OT_video_remove, LIPSYNC3D_OT_train, LIPSYNC3D_OT_models_refresh,
            LIPSYNC3D_OT_model_add, LIPSYNC3D_OT_predict, LIPSYNC3D_OT_import_head, LIPSYNC3D_OT_drive_character,
-           LIPSYNC3D_OT_cancel_job, LIPSYNC3D_OT_show_log, LIPSYNC3D_OT_cast_add, LIPSYNC3D_OT_cast_remove)
+           LIPSYNC3D_OT_cancel_job, LIPSYNC3D_OT_show_log, LIPSYNC3D_OT_cast_add, LIPSYNC3D_OT_cast_remove,
+           LIPSYNC3D_OT_resync)

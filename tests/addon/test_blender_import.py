@@ -50,6 +50,7 @@ def test_addon_is_enabled_with_its_operators_panels_and_preferences(scene, blend
 @pytest.mark.parametrize("animation", ["SHAPE_KEYS", "MESH_CACHE"])
 def test_imported_head_follows_the_prediction_frame_by_frame(scene, blender, tmp_path, animation):
     data = make_result(tmp_path / "pred", frames=6)
+    scene.render.fps = 25                   # the result's rate (other rates: test_blender_takes)
     importer = sys.modules[blender.__name__ + ".importer"]
     result = results.read_prediction(tmp_path / "pred")
     start = 101

@@ -208,3 +208,65 @@ def test_a_25_fps_result_in_a_24_fps_scene_plays_at_the_right_time(scene, blende
         expected = np.interp(t * 25.0, np.arange(50), jaw)   # the result at that time
         worst = max(worst, abs(_value_at(scene, obj, "jawOpen", f) - expected))
     assert worst <= 1e-3, worst
+
+
+def test_resync_moves_the_takes_with_their_sound_strips(scene, blender, tmp_path):
+    from blender_helpers import new_sound_strip
+
+    character, mapping, _ = _mods(blender)
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=20, seed=1)
+    jaw = _coeff(tmp_path / "a", "jawOpen")
+    obj = make_character(["jawOpen", "eyeBlinkLeft"])
+    sed = scene.sequence_editor_create()
+    import wave
+    with wave.open(str(tmp_path / "a.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(b"\0\0" * 16000)
+    strip = new_sound_strip(sed, "Line A", str(tmp_path / "a.wav"), 1, 10)
+    character.drive_character(obj, [(results.read_prediction(tmp_path / "a"), 10, "Line A")],
+                              mapping.DriveOptions(head_motion=True), head=obj)
+    strip.frame_start = 40                                   # the editor moves the line 30 frames later
+    assert bpy.ops.lipsync3d.resync() == {'FINISHED'}
+    for i in (0, 9, 19):
+        assert _value_at(scene, obj, "jawOpen", 40 + i) == pytest.approx(jaw[i], abs=1e-5)
+    assert _value_at(scene, obj, "jawOpen", 12) == pytest.approx(0.0, abs=1e-6)
+    head = [s for t in obj.animation_data.nla_tracks for s in t.strips]
+    assert [s.frame_start for s in head] == [40 - 3]          # the head motion moved with it
+
+
+def test_an_armature_characters_jaw_bone_turns_with_jaw_open(scene, blender, tmp_path):
+    character, mapping, _ = _mods(blender)
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=30, seed=7)
+    jaw = _coeff(tmp_path / "a", "jawOpen")
+    for mode in ('XYZ', 'QUATERNION'):
+        arm = _armature(scene, mode)
+        report = character.drive_character(arm, [(results.read_prediction(tmp_path / "a"), 5, "L")],
+                                           mapping.DriveOptions(blinks=False))
+        assert report.match.assignments == {"jaw: rotation X": "jawOpen"}
+        for i in (0, 11, 29):
+            scene.frame_set(5 + i)
+            pb = arm.pose.bones["jaw"]
+            angle = pb.rotation_euler[0] if mode == 'XYZ' else 2 * math.atan2(pb.rotation_quaternion[1],
+                                                                              pb.rotation_quaternion[0])
+            assert angle == pytest.approx(math.radians(25.0) * jaw[i], abs=1e-5)
+        scene.frame_set(5 + 29 + 3)
+        assert arm.pose.bones["jaw"].rotation_euler[0] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("animation", ["SHAPE_KEYS", "MESH_CACHE"])
+def test_an_imported_25_fps_head_is_resampled_to_a_24_fps_scene(scene, blender, tmp_path, animation):
+    from blender_helpers import engine_to_blender, evaluated_coords
+
+    importer = sys.modules[blender.__name__ + ".importer"]
+    scene.render.fps = 24
+    data = make_result(tmp_path / "a", frames=10, fps=25.0)
+    obj = importer.import_head(bpy.context, results.read_prediction(tmp_path / "a"), 1, animation)
+    assert "resampled" in obj["lipsync3d_warning"]
+    verts = data["vertices"]
+    for f in (1, 4, 8):
+        x = (f - 1) / 24 * 25                                    # the result frame at this scene time
+        i = int(x)
+        want = verts[i] + (x - i) * (verts[min(i + 1, 9)] - verts[i])
+        scene.frame_set(f)
+        np.testing.assert_allclose(evaluated_coords(obj), engine_to_blender(want), atol=1e-4)
