@@ -23,6 +23,7 @@ from pathlib import Path
 import bpy
 
 from . import anim, results
+from .runner import blend_path
 
 OBJECT_SCALE = 0.01         # engine units are about a centimetre: the head is about 0.2 m tall in Blender
 MAX_SHAPE_KEY_FRAMES = 20000  # beyond this, shape keys are refused: use the Mesh Cache
@@ -123,7 +124,7 @@ def _mesh_cache(obj, result: results.PredictionResult, frame_start: int, step: f
     """
     mod = obj.modifiers.new("LipSync3D cache", 'MESH_CACHE')
     mod.cache_format = 'PC2'
-    mod.filepath = str(result.file("pc2"))
+    mod.filepath = blend_path(result.file("pc2"))
     mod.forward_axis, mod.up_axis = 'POS_Z', 'NEG_Y'
     mod.time_mode, mod.play_mode = 'FRAME', 'SCENE'
     mod.frame_start, mod.frame_scale = float(frame_start) / step, 1.0 / step  # it shows frame * scale - start
@@ -168,6 +169,7 @@ def atlas_image(result: results.PredictionResult, frame_start: int, node) -> Non
         raise ValueError(f"{first}: the atlas sequence is missing")
     image = bpy.data.images.load(str(first), check_existing=False)
     image.source = 'SEQUENCE'
+    image.filepath = blend_path(first)
     image.name = f"atlas {result.path.name}"
     node.image = image
     user = node.image_user

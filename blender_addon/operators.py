@@ -31,6 +31,13 @@ def settings(context):
     return context.scene.lipsync3d
 
 
+def _poll(cls, ok: bool, why: str) -> bool:
+    """poll(): grey the button out, and say why in its tooltip (and in the error of a script's call)."""
+    if not ok and hasattr(cls, "poll_message_set"):
+        cls.poll_message_set(why)
+    return ok
+
+
 # ---------------------------------------------------------------------------------------------
 # Speaker videos and training
 # ---------------------------------------------------------------------------------------------
@@ -67,6 +74,10 @@ class LIPSYNC3D_OT_video_remove(bpy.types.Operator):
     bl_label = "Remove Video"
     bl_options = {'REGISTER', 'UNDO'}
 
+    @classmethod
+    def poll(cls, context):
+        return len(settings(context).videos) > 0
+
     def execute(self, context):
         s = settings(context)
         if 0 <= s.video_index < len(s.videos):
@@ -86,6 +97,11 @@ class LIPSYNC3D_OT_train(runner.EngineJobOperator, bpy.types.Operator):
 
     bl_idname = "lipsync3d.train"
     bl_label = "Prepare & Train"
+
+    @classmethod
+    def poll(cls, context):
+        return _poll(cls, not runner.busy(), "a LipSync3D job is running") and \
+            _poll(cls, len(settings(context).videos) > 0, "add at least one video of the speaker first")
 
     def build_jobs(self, context):
         s = settings(context)
@@ -151,6 +167,7 @@ class LIPSYNC3D_OT_models_refresh(bpy.types.Operator):
 
     bl_idname = "lipsync3d.models_refresh"
     bl_label = "Refresh Models"
+    bl_options = {'REGISTER', 'UNDO'}
 
     def execute(self, context):
         refresh_models(context)
@@ -248,6 +265,11 @@ def audio_sources(context) -> list:
         if strip is None or strip.type != 'SOUND':
             raise runner.UserError("make a sound strip active in the Video Sequencer (or choose 'Channel' or 'File')")
         return [strip_source(context, strip)]
+    if s.audio_source == 'SELECTED':
+        strips = sorted((x for x in _all_strips(sed) if x.type == 'SOUND' and x.select), key=lambda x: x.frame_final_start)
+        if not strips:
+            raise runner.UserError("select one or more sound strips in the Video Sequencer")
+        return [strip_source(context, x) for x in strips]
     strips = sorted((x for x in _all_strips(sed) if x.type == 'SOUND' and x.channel == s.channel and not x.mute),
                     key=lambda x: x.frame_final_start)
     if not strips:
@@ -281,6 +303,10 @@ class LIPSYNC3D_OT_predict(runner.EngineJobOperator, bpy.types.Operator):
     bl_label = "Predict"
     bl_options = {'REGISTER', 'UNDO'}
 
+    @classmethod
+    def poll(cls, context):
+        return _poll(cls, not runner.busy(), "a LipSync3D job is running")
+
     def build_jobs(self, context):
         s = settings(context)
         model, sources = active_model(context), audio_sources(context)
@@ -311,11 +337,14 @@ class LIPSYNC3D_OT_predict(runner.EngineJobOperator, bpy.types.Operator):
         segments = []
         for src, out in self._work:
             result = results.read_prediction(out)
-            known = next((r for r in s.results if Path(r.path) == out and r.frame_start == src.frame_start), None)
+            known = next((r for r in s.results if Path(bpy.path.abspath(r.path)) == out
+                          and r.frame_start == src.frame_start), None)
             item = known or s.results.add()          # predicting the same strip again: the same entry
-            item.name, item.path, item.frame_start, item.strip = src.name, str(out), src.frame_start, src.name
+            item.name, item.path, item.frame_start, item.strip = src.name, runner.blend_path(out), src.frame_start, \
+                src.name
             segments.append((result, src.frame_start, src))
-        s.result_index = next(i for i, r in enumerate(s.results) if r.path == str(self._work[-1][1]))
+        s.result_index = next(i for i, r in enumerate(s.results)
+                              if Path(bpy.path.abspath(r.path)) == self._work[-1][1])
         reused = 0
         if s.import_head:
             for result, start, src in segments:
@@ -381,7 +410,7 @@ def _selected_result(context) -> tuple:
     if not (0 <= s.result_index < len(s.results)):
         raise runner.UserError("no prediction yet: run Predict first")
     item = s.results[s.result_index]
-    return results.read_prediction(item.path), item
+    return results.read_prediction(bpy.path.abspath(item.path)), item
 
 
 class LIPSYNC3D_OT_import_head(bpy.types.Operator):
@@ -390,6 +419,10 @@ class LIPSYNC3D_OT_import_head(bpy.types.Operator):
     bl_idname = "lipsync3d.import_head"
     bl_label = "Import Head"
     bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        return _poll(cls, len(settings(context).results) > 0, "no prediction yet: run Predict first")
 
     def execute(self, context):
         try:
@@ -411,6 +444,12 @@ class LIPSYNC3D_OT_drive_character(bpy.types.Operator):
     bl_idname = "lipsync3d.drive_character"
     bl_label = "Drive Character"
     bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        s = settings(context)
+        return _poll(cls, s.character is not None, "choose a character (a mesh with shape keys, or an armature) "
+                     "first") and _poll(cls, len(s.results) > 0, "no prediction yet: run Predict first")
 
     def execute(self, context):
         s = settings(context)
@@ -502,6 +541,11 @@ class LIPSYNC3D_OT_show_log(bpy.types.Operator):
 
     bl_idname = "lipsync3d.show_log"
     bl_label = "Show Log"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        return _poll(cls, bool(context.window_manager.lipsync3d_job.last_log), "no engine log to show")
 
     def execute(self, context):
         path = context.window_manager.lipsync3d_job.last_log

@@ -121,7 +121,9 @@ class LIPSYNC3D_PT_dialogue(_Panel, bpy.types.Panel):
         row = col.row()
         row.prop(s, "import_head")
         row.prop(s, "drive_after")
-        col.operator("lipsync3d.predict", icon='SPEAKER')
+        row = col.row(align=True)
+        row.operator("lipsync3d.predict", icon='SPEAKER')
+        row.operator("lipsync3d.resync", text="", icon='FILE_REFRESH')
         if s.results:
             col.template_list("LIPSYNC3D_UL_results", "", s, "results", s, "result_index", rows=2)
 
@@ -191,6 +193,30 @@ class LIPSYNC3D_PT_extras(_Panel, bpy.types.Panel):
             module.draw(box, context)
 
 
+class LIPSYNC3D_PT_sequencer(bpy.types.Panel):
+    """The Video Sequencer's sidebar: predict from the selected sound strips, re-sync the takes."""
+
+    bl_space_type = 'SEQUENCE_EDITOR'
+    bl_region_type = 'UI'
+    bl_category = "LipSync3D"
+    bl_label = "LipSync3D"
+
+    def draw(self, context):
+        s, col = context.scene.lipsync3d, self.layout.column()
+        col.template_list("LIPSYNC3D_UL_models", "", s, "models", s, "model_index", rows=2)
+        col.prop(s, "audio_source", text="Audio")
+        col.prop(s, "character")
+        row = col.row()
+        row.prop(s, "import_head")
+        row.prop(s, "drive_after")
+        sed = context.scene.sequence_editor
+        every = (sed.strips_all if hasattr(sed, "strips_all") else sed.sequences_all) if sed else ()
+        selected = [x for x in every if x.type == 'SOUND' and x.select]
+        col.operator("lipsync3d.predict", icon='SPEAKER',
+                     text=f"Predict {len(selected)} Selected" if s.audio_source == 'SELECTED' else "Predict")
+        col.operator("lipsync3d.resync", icon='FILE_REFRESH')
+
+
 def _wrap(text: str, width: int) -> list:
     """Split a long message into label-sized lines at spaces."""
     lines, line = [], ""
@@ -204,4 +230,5 @@ def _wrap(text: str, width: int) -> list:
 
 
 CLASSES = (LIPSYNC3D_UL_videos, LIPSYNC3D_UL_models, LIPSYNC3D_UL_results, LIPSYNC3D_PT_main, LIPSYNC3D_PT_engine,
-           LIPSYNC3D_PT_speaker, LIPSYNC3D_PT_dialogue, LIPSYNC3D_PT_head, LIPSYNC3D_PT_character, LIPSYNC3D_PT_extras)
+           LIPSYNC3D_PT_speaker, LIPSYNC3D_PT_dialogue, LIPSYNC3D_PT_head, LIPSYNC3D_PT_character, LIPSYNC3D_PT_extras,
+           LIPSYNC3D_PT_sequencer)

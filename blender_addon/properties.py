@@ -16,6 +16,15 @@ _PRESET_ITEMS: list = []    # Blender needs the enum items kept alive while they
 _PRESET_STAMP: list = [None]
 
 
+PRESET_LABELS = {"arkit": "ARKit", "cc4": "CC4", "livelinkface": "Live Link Face", "vrm": "VRM",
+                 "visemes_oculus": "Oculus Visemes", "rhubarb": "Rhubarb (Preston Blair)"}
+
+
+def preset_label(name: str) -> str:
+    """The UI's name of a preset file: "livelinkface" -> "Live Link Face"; others by their words."""
+    return PRESET_LABELS.get(name, name.replace("_", " ").title())
+
+
 def preset_items(self, context):
     """AUTO plus every preset file in blendshape_rigs/presets (re-read when a file changes)."""
     root = client.bundled_engine_dir()
@@ -26,7 +35,7 @@ def preset_items(self, context):
         _PRESET_STAMP[0] = stamp
         _PRESET_ITEMS[:] = [('AUTO', "Auto (best name match)", "The preset whose names match most shape keys")]
         for name, preset in mapping.list_presets(folder) if files else []:
-            _PRESET_ITEMS.append((name, name.replace("_", " ").title(), preset.description[:200]))
+            _PRESET_ITEMS.append((name, preset_label(name), preset.description[:200]))
     return _PRESET_ITEMS
 
 
@@ -52,8 +61,11 @@ class LIPSYNC3D_PG_model(bpy.types.PropertyGroup):
     summary: StringProperty(name="Summary")
 
 
+_RELATIVE = {'PATH_SUPPORTS_BLEND_RELATIVE'} if bpy.app.version >= (4, 5, 0) else set()   # "//..." paths
+
+
 class LIPSYNC3D_PG_result(bpy.types.PropertyGroup):
-    path: StringProperty(name="Prediction", subtype='DIR_PATH')
+    path: StringProperty(name="Prediction", subtype='DIR_PATH', options=_RELATIVE)
     frame_start: IntProperty(name="Start frame")
     strip: StringProperty(name="Sound strip")
 
@@ -92,6 +104,7 @@ class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
     audio_source: EnumProperty(
         name="Audio", default='STRIP',
         items=[('STRIP', "Active strip", "The active sound strip of the Video Sequencer"),
+               ('SELECTED', "Selected", "Every selected sound strip of the Video Sequencer, as a batch"),
                ('CHANNEL', "Channel", "Every sound strip on a channel, as a batch"),
                ('FILE', "File", "An audio or video file; a sound strip is added at the start frame")])
     channel: IntProperty(name="Channel", default=1, min=1, max=128)

@@ -29,6 +29,8 @@ def test_zip_is_built_validated_and_holds_the_engine(addon_zip):
     assert "lipsync3d/blender_manifest.toml" in names and "lipsync3d/engine/lipsync_engine/cli.py" in names
     assert "lipsync3d/engine/blendshape_rigs/presets/arkit.json" in names
     assert not [n for n in names if "__pycache__" in n or "/tests/" in n or n.endswith(".pyc")]
+    assert path.stat().st_mode & 0o777 == 0o644                  # world-readable, and so is every file in it
+    assert {i.external_attr >> 16 for i in zipfile.ZipFile(path).infolist()} == {0o100644}
     manifest = zipfile.ZipFile(path).read("lipsync3d/blender_manifest.toml").decode()
     assert f'version = "{__version__}"' in manifest and 'license = ["SPDX:GPL-3.0-or-later"]' in manifest
 

@@ -299,3 +299,62 @@ def test_a_batch_of_three_strips_is_one_engine_process_and_again_adds_nothing(fa
     assert len(log.read_text().splitlines()) == 1
     assert (len(bpy.data.objects), len(bpy.data.actions), len(s.results)) == (objects, actions, results_)
     assert lines(anna) == ["ANNA_1", "ANNA_2"] and lines(ben) == ["BEN_1"]
+
+
+def test_blender_conventions_poll_undo_workspace_sequencer_panel_offline_and_labels(fake_engine, scene, blender,
+                                                                                     tmp_path, monkeypatch):
+    from handmade import make_result
+
+    ops = sys.modules[blender.__name__ + ".operators"]
+    # poll() greys out what cannot run, and says why
+    assert not bpy.ops.lipsync3d.drive_character.poll() and not bpy.ops.lipsync3d.import_head.poll()
+    assert not bpy.ops.lipsync3d.train.poll() and not bpy.ops.lipsync3d.video_remove.poll()
+    with pytest.raises(RuntimeError, match="add at least one video"):
+        bpy.ops.lipsync3d.train()
+    # every operator that edits data can be undone
+    editing = {"video_add", "video_remove", "model_add", "predict", "import_head", "drive_character", "resync",
+               "cast_add", "cast_remove", "models_refresh", "show_log"}
+    for cls in ops.CLASSES:
+        if cls.bl_idname.split(".")[1] in editing:
+            assert 'UNDO' in cls.bl_options, cls.bl_idname
+    # the workspace defaults to a folder next to the saved .blend, and results are stored relative to it
+    blend = tmp_path / "shot" / "shot010.blend"
+    blend.parent.mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    scene = bpy.context.scene
+    scene.lipsync3d.workspace = ""
+    runner = sys.modules[blender.__name__ + ".runner"]
+    assert runner.workspace(bpy.context) == blend.parent / "lipsync3d"
+    assert runner.blend_path(blend.parent / "lipsync3d" / "predictions" / "x") == "//lipsync3d/predictions/x"
+    # the Video Sequencer's sidebar predicts from the selected strips
+    fake_engine("ok")
+    make_result(tmp_path / "canned", frames=6, fps=25.0)
+    monkeypatch.setenv("LIPSYNC_FAKE_RESULT", str(tmp_path / "canned"))
+    model = blend.parent / "lipsync3d" / "models" / "anna"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"format": "lipsync3d-model", "epochs_done": 3, "fps": 25}))
+    scene.render.fps = 25
+    sed = scene.sequence_editor_create()
+    a = new_sound_strip(sed, "A", str(_wav(tmp_path / "a.wav", 1.0)), 1, 1)
+    b = new_sound_strip(sed, "B", str(_wav(tmp_path / "b.wav", 1.0)), 2, 50)
+    a.select, b.select = False, True
+    s = scene.lipsync3d
+    s.audio_source, s.import_head, s.character = 'SELECTED', True, make_character(["jawOpen"])
+    panel = bpy.types.LIPSYNC3D_PT_sequencer
+    assert panel.bl_space_type == 'SEQUENCE_EDITOR' and panel.bl_region_type == 'UI'
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}
+    assert [r.strip for r in s.results] == ["B"] and s.results[0].path.startswith("//lipsync3d/predictions/")
+    head = next(o for o in scene.objects if o.name.startswith("LipSync3D head"))
+    assert head.active_material.node_tree.nodes["Image Texture"].image.filepath.startswith("//lipsync3d/")
+    assert bpy.ops.lipsync3d.drive_character.poll() and bpy.ops.lipsync3d.import_head.poll()
+    # offline: Create Engine Environment greys out and says why
+    prefs_mod = sys.modules[blender.__name__ + ".preferences"]
+    monkeypatch.setattr(prefs_mod, "online_allowed", lambda: False)
+    assert not bpy.ops.lipsync3d.create_engine_env.poll()
+    with pytest.raises(RuntimeError, match="online access is off"):
+        bpy.ops.lipsync3d.create_engine_env()
+    # readable preset labels
+    props = sys.modules[blender.__name__ + ".properties"]
+    labels = {i[0]: i[1] for i in props.preset_items(None, bpy.context)}
+    assert labels["arkit"] == "ARKit" and labels["cc4"] == "CC4" and labels["livelinkface"] == "Live Link Face"
+    assert labels["vrm"] == "VRM"
