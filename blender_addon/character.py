@@ -14,13 +14,14 @@ Must not: run the engine or import the head (importer.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import bpy
 
-from . import anim, client, mapping, results
+from . import anim, client, mapping, mapping_table, results
 
 DEFAULT_EASE = 3                    # frames from rest into a line and back to rest after it
 JAW_WORDS = ("jaw",)                # an armature's jaw bone: the first bone whose name holds one of these
@@ -92,7 +93,7 @@ def arkit_rows(result: results.PredictionResult) -> list:
 
 
 def choose_preset(key_names: list, wanted: str) -> mapping.Preset:
-    presets = mapping.list_presets(presets_folder())
+    presets = [(n, _with_aliases(n, p)) for n, p in mapping.list_presets(presets_folder())]
     by_name = dict(presets)
     name = mapping.best_preset(key_names, presets) if wanted in ("", "AUTO") else wanted
     if name not in by_name:
@@ -100,21 +101,52 @@ def choose_preset(key_names: list, wanted: str) -> mapping.Preset:
     return by_name[name]
 
 
+def _with_aliases(name: str, preset: mapping.Preset) -> mapping.Preset:
+    """Mouth-shape presets also match their Preston Blair names (MBP, etc, AI, E, O, U, FV, L, rest)."""
+    if preset.kind != "classify":
+        return preset
+    pb = mapping_table.preston_blair_aliases(presets_folder() / f"{name}.json")
+    return dataclasses.replace(preset, aliases={**pb, **preset.aliases})
+
+
 def _esc(name: str) -> str:
     return bpy.utils.escape_identifier(name)
 
 
-def shape_key_targets(obj, options: mapping.DriveOptions) -> tuple:
-    """(preset, match, targets) of a mesh character: its shape keys matched to the preset's channels."""
+def shape_key_targets(obj, options: mapping.DriveOptions, table: list | None = None) -> tuple:
+    """(preset, match, targets) of a mesh character: its shape keys matched to the preset's channels
+    (corrective keys never), or the mapping table's rows (mapping_table.Row) when given."""
     key = obj.data.shape_keys if obj.type == 'MESH' else None
     if key is None or len(key.key_blocks) < 2:
         raise ValueError(f"{obj.name}: has no shape keys to drive")
     names = [kb.name for kb in key.key_blocks[1:]]       # the first is the basis
-    preset = choose_preset(names, options.preset)
-    match = mapping.match_names(names, preset.outputs, preset.aliases)
+    if table is not None:
+        preset = dict(mapping.list_presets(presets_folder()))["arkit"]    # sources are ARKit coefficients
+        arkit = {mapping.normalize_name(n): n for n in mapping.ARKIT_NAMES}
+        column = {mapping.normalize_name(n): c for c, n in zip(preset.outputs, mapping.ARKIT_NAMES)}
+        rows = [r for r in table if r.source != mapping_table.NONE and r.key in key.key_blocks]
+        targets = [Target(r.key, f'key_blocks["{_esc(r.key)}"].value', column[mapping.normalize_name(r.source)],
+                          r.gain, r.offset, key.key_blocks[r.key].slider_min, key.key_blocks[r.key].slider_max)
+                   for r in rows if mapping.normalize_name(r.source) in arkit]
+        match = mapping.Match({t.name: t.source for t in targets},
+                              tuple(n for n in names if n not in {t.name for t in targets}), ())
+        return preset, match, targets
+    preset = choose_preset([n for n in names if not mapping_table.is_corrective(n)], options.preset)
+    plain = [n for n in names if not mapping_table.is_corrective(n)]
+    explicit = mapping_table.preston_blair_explicit(plain, preset.aliases) if preset.kind == "classify" else {}
+    match = mapping.match_names(plain, preset.outputs, preset.aliases, explicit)
+    left = tuple(n for n in names if mapping_table.is_corrective(n))
+    match = mapping.Match(match.assignments, match.unmapped_keys + left, match.unused_channels)
     targets = [Target(k, f'key_blocks["{_esc(k)}"].value', ch, lo=key.key_blocks[k].slider_min,
                       hi=key.key_blocks[k].slider_max) for k, ch in match.assignments.items()]
     return preset, match, targets
+
+
+def driven_keys(holder, targets: list) -> list:
+    """The targets whose channel a driver controls: keys would be overridden by the driver."""
+    ad = holder.animation_data
+    paths = {(d.data_path, d.array_index) for d in (ad.drivers if ad else ())}
+    return [t.name for t in targets if (t.data_path, t.index) in paths]
 
 
 def find_jaw_bone(arm) -> str:
@@ -176,6 +208,11 @@ def drive_character(obj, segments: list, options: mapping.DriveOptions, head=Non
     column = {c: j for j, c in enumerate(preset.outputs)}
     rows = [t for t in rows if t.source in column]
     report = DriveReport("", preset.name, match)
+    driven = driven_keys(holder, rows)
+    if driven:
+        report.warnings.append(f"{len(driven)} key(s) controlled by a driver, which overrides the keys: "
+                               + ", ".join(driven) + " (remove the driver, or key the property it reads)")
+    interpolation = 'CONSTANT' if preset.kind == "classify" else 'LINEAR'    # mouth swaps snap
     zeros = [0.0] * len(mapping.ARKIT_NAMES)
     rest = [v * options.strength for v in preset.apply([zeros])[0]]
     rest_of = {t: min(max(t.offset + t.gain * rest[column[t.source]], t.lo), t.hi) for t in rows}
@@ -210,7 +247,8 @@ def drive_character(obj, segments: list, options: mapping.DriveOptions, head=Non
             if ease > 0:
                 series = [rest_of[t]] + series + [rest_of[t]]
             for path, index, vals in _channels(t, series):
-                anim.set_keys(anim.take_fcurve(action, holder, path, index, group="LipSync3D"), keys, vals)
+                anim.set_keys(anim.take_fcurve(action, holder, path, index, group="LipSync3D"), keys, vals,
+                              interpolation)
         anim.push_take(holder, action)
         report.takes.append(action.name)
         report.action = action.name

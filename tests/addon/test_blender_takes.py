@@ -270,3 +270,55 @@ def test_an_imported_25_fps_head_is_resampled_to_a_24_fps_scene(scene, blender, 
         want = verts[i] + (x - i) * (verts[min(i + 1, 9)] - verts[i])
         scene.frame_set(f)
         np.testing.assert_allclose(evaluated_coords(obj), engine_to_blender(want), atol=1e-4)
+
+
+def test_mapping_table_round_trip_preston_blair_correctives_and_drivers(scene, blender, tmp_path):
+    character, mapping, _ = _mods(blender)
+    table = sys.modules[blender.__name__ + ".mapping_table"]
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=12, seed=8)
+    result = results.read_prediction(tmp_path / "a")
+    jaw, close = _coeff(tmp_path / "a", "jawOpen"), _coeff(tmp_path / "a", "mouthClose")
+    # a corrective is left alone; a driver-controlled key is reported
+    obj = make_character(["jawOpen", "mouthClose", "fix_mouthClose", "mouthFunnel", "Hat"])
+    key = obj.data.shape_keys
+    key.key_blocks["fix_mouthClose"].value = 0.3
+    fcd = key.key_blocks["mouthFunnel"].driver_add("value")
+    fcd.driver.expression = "0.25"
+    report = character.drive_character(obj, [(result, 1, "L")], mapping.DriveOptions(blinks=False))
+    assert "fix_mouthClose" not in report.match.assignments and "fix_mouthClose" in report.match.unmapped_keys
+    assert "controlled by a driver" in report.text() and "mouthFunnel" in report.text()
+    assert _value_at(scene, obj, "fix_mouthClose", 5) == pytest.approx(0.3)         # untouched
+    assert not [c for a in bpy.data.actions for c in _fcurves(a) if "fix_mouthClose" in c.data_path]
+    assert _value_at(scene, obj, "mouthClose", 5) == pytest.approx(close[4], abs=1e-5)
+    assert table.is_corrective("corr_jawOpen") and table.is_corrective("jawOpen_corrective")
+    assert not table.is_corrective("fixture") and not table.is_corrective("correctShape")
+    # the table: edit a row (gain, offset, none), save it as a preset, load it back, drive from it
+    names = [kb.name for kb in key.key_blocks[1:]]
+    preset, match, _ = character.shape_key_targets(obj, mapping.DriveOptions())
+    rows = table.rows_from_preset(names, preset, match)
+    assert table.Row("jawOpen", "jawOpen", 1.0, 0.0) in rows and table.Row("Hat", "none") in rows
+    rows = [table.Row("jawOpen", "jawOpen", 0.5, 0.1) if r.key == "jawOpen" else
+            table.Row("Hat", "jawOpen", 1.0, 0.0) if r.key == "Hat" else
+            table.Row(r.key, "none") if r.key == "mouthClose" else r for r in rows]
+    path = table.save_preset(rows, tmp_path / "anna.json")
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "lipsync3d-blendshape-preset" and doc["kind"] == "linear"
+    loaded = table.load_rows(path, names)
+    assert {r.key: r for r in loaded}["jawOpen"] == table.Row("jawOpen", "jawOpen", 0.5, 0.1)
+    assert {r.key: r for r in loaded}["Hat"] == table.Row("Hat", "jawOpen", 1.0, 0.0)
+    assert {r.key: r for r in loaded}["mouthClose"].source == "none"
+    targets = character.shape_key_targets(obj, mapping.DriveOptions(), table=loaded)
+    character.drive_character(obj, [(result, 1, "L")], mapping.DriveOptions(blinks=False), targets=targets)
+    assert _value_at(scene, obj, "jawOpen", 5) == pytest.approx(0.1 + 0.5 * jaw[4], abs=1e-5)
+    assert _value_at(scene, obj, "Hat", 5) == pytest.approx(jaw[4], abs=1e-5)
+    # Preston Blair names map to the Rhubarb shapes, keyed CONSTANT (a 2D mouth swaps, never blends)
+    pb = make_character(["MBP", "etc", "E", "AI", "O", "U", "FV", "rest"])
+    report = character.drive_character(pb, [(result, 1, "L")], mapping.DriveOptions(preset="rhubarb", blinks=False))
+    assert report.match.assignments == {"MBP": "A", "etc": "B", "E": "C", "AI": "D", "O": "E", "U": "F", "FV": "G",
+                                        "rest": "X"}
+    take = _take(pb.data.shape_keys, "L")[0].action
+    assert {k.interpolation for c in _fcurves(take) for k in c.keyframe_points} == {'CONSTANT'}
+    frame_values = [[_value_at(scene, pb, n, f) for n in ("MBP", "etc", "E", "AI", "O", "U", "FV", "rest")]
+                    for f in (2.5, 7.5)]
+    assert all(sorted(v)[-1] == 1.0 and sum(v) == 1.0 for v in frame_values)     # one mouth at a time
