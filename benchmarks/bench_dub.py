@@ -82,7 +82,8 @@ def bench_dub(model: Path, video: Path, audio: Path, seconds: float, video_start
 
 
 def bench_cartoon(model: Path, audio: Path, seconds: float, out_dir: Path) -> list:
-    from lipsync_engine.inference.predictor import OutputOptions, PredictOptions, predict_to_folder
+    from lipsync_engine.inference.folder import OutputOptions, predict_to_folder
+    from lipsync_engine.inference.predictor import PredictOptions
 
     pred = out_dir / "prediction"
     predict_to_folder(model, audio, pred, PredictOptions(fps=25.0, end_s=seconds), OutputOptions(preview=False,

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
           f"Python {platform.python_version()}, numpy {np.__version__}")
     options = FitOptions(smoothness=0.0) if args.independent else FitOptions()
     if args.speaker:
-        from lipsync_engine.prepare.speaker import open_speaker
+        from lipsync_engine.prepare.dataset import open_speaker
 
         ds = open_speaker(args.speaker)
         v = np.asarray(ds.vertices)

@@ -41,10 +41,10 @@ import soundfile  # noqa: E402
 import torch  # noqa: E402
 
 from lipsync_engine.prepare import audio  # noqa: E402
-from lipsync_engine.io import media
+from lipsync_engine.io import media  # noqa: E402
 from lipsync_engine.model.network import LipSync3D, preset_dimensions  # noqa: E402
-from lipsync_engine.inference.predictor import (OutputOptions, PredictOptions, load_predictor, plan_prediction,  # noqa: E402
-                                    predict_to_folder)
+from lipsync_engine.inference.folder import OutputOptions, predict_to_folder  # noqa: E402
+from lipsync_engine.inference.predictor import PredictOptions, load_predictor, plan_prediction  # noqa: E402
 
 CLIP = Path("/work/shared/data/train_anchor_en_m_61s.mp4")
 FPS = 30.0
@@ -56,7 +56,7 @@ def make_model_dir(folder: Path, preset: str) -> Path:
 
     from lipsync_engine.face.geometry import reference_cylinder
     from lipsync_engine.face.topology import NOSE_TIP, load_topology
-    from lipsync_engine.model.train import MODEL_FORMAT, MODEL_FORMAT_VERSION
+    from lipsync_engine.model.checkpoint import MODEL_FORMAT, MODEL_FORMAT_VERSION
 
     topo = load_topology()
     ref = topo.vertices.astype(np.float32)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from lipsync_engine.model.network import LipSync3D, ModelDimensions  # noqa: E402
-from lipsync_engine.model.train import ssim  # noqa: E402
+from lipsync_engine.model.losses import ssim  # noqa: E402
 
 BARS = {"openness_r": 0.8, "atlas_ssim": 0.9}   # the absolute bars (and: beat every baseline)
 

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lipsync_engine.io import media  # noqa: E402
-from lipsync_engine.prepare import pose as normalize
+from lipsync_engine.prepare import normalize  # noqa: E402
 from lipsync_engine.apps.dub import DubOptions, _poses, dub_video  # noqa: E402
 from lipsync_engine.apps.faceblend import FaceBlender  # noqa: E402
 from lipsync_engine.face.tracking import track_frames  # noqa: E402
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from lipsync_engine.apps.faceblend import model_assets
     from lipsync_engine.inference.predictor import PredictOptions, predict
-    from lipsync_engine.model.train import load_model
+    from lipsync_engine.model.checkpoint import load_model
 
     args.out.mkdir(parents=True, exist_ok=True)
     info = media.probe(args.video)

@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lipsync_engine.prepare.speaker import open_speaker  # noqa: E402
+from lipsync_engine.prepare.dataset import open_speaker  # noqa: E402
 from lipsync_engine.model.network import AudioEncoder, GeometryDecoder, preset_dimensions  # noqa: E402
-from lipsync_engine.prepare.pose import mouth_openness  # noqa: E402
+from lipsync_engine.prepare.normalize import mouth_openness  # noqa: E402
 from lipsync_engine.face.topology import load_topology  # noqa: E402
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import bpy
 
-from . import anim, client, mapping, mapping_table, results
+from . import anim, mapping_table
+from .core import client, mapping, results
 
 DEFAULT_EASE = 3                    # frames from rest into a line and back to rest after it
 JAW_WORDS = ("jaw",)                # an armature's jaw bone: the first bone whose name holds one of these
@@ -129,14 +130,14 @@ def shape_key_targets(obj, options: mapping.DriveOptions, table: list | None = N
                           r.gain, r.offset, key.key_blocks[r.key].slider_min, key.key_blocks[r.key].slider_max)
                    for r in rows if mapping.normalize_name(r.source) in arkit]
         match = mapping.Match({t.name: t.source for t in targets},
-                              tuple(n for n in names if n not in {t.name for t in targets}), ())
+                              tuple(n for n in names if n not in {t.name for t in targets}), (), ())
         return preset, match, targets
     preset = choose_preset([n for n in names if not mapping_table.is_corrective(n)], options.preset)
     plain = [n for n in names if not mapping_table.is_corrective(n)]
     explicit = mapping_table.preston_blair_explicit(plain, preset.aliases) if preset.kind == "classify" else {}
-    match = mapping.match_names(plain, preset.outputs, preset.aliases, explicit)
+    match = mapping.match_names(plain, preset.outputs, explicit=explicit, aliases=preset.aliases)
     left = tuple(n for n in names if mapping_table.is_corrective(n))
-    match = mapping.Match(match.assignments, match.unmapped_keys + left, match.unused_channels)
+    match = mapping.Match(match.assignments, match.unmapped_keys + left, match.ignored_keys, match.unused_channels)
     targets = [Target(k, f'key_blocks["{_esc(k)}"].value', ch, lo=key.key_blocks[k].slider_min,
                       hi=key.key_blocks[k].slider_max) for k, ch in match.assignments.items()]
     return preset, match, targets
@@ -167,7 +168,7 @@ def armature_targets(arm, jaw_bone: str = "", jaw_degrees: float = 25.0, axis: s
     target = Target(f"{bone}: rotation {axis}", path, "jawOpen", gain=math.radians(jaw_degrees), lo=-math.pi,
                     hi=math.pi, rotation=axis, index="XYZ".index(axis))
     used = ("jawOpen",)
-    match = mapping.Match({target.name: "jawOpen"}, (), tuple(c for c in preset.outputs if c not in used))
+    match = mapping.Match({target.name: "jawOpen"}, (), (), tuple(c for c in preset.outputs if c not in used))
     return preset, match, [target]
 
 

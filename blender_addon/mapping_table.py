@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import mapping
+from .core import mapping
 
 NONE = "none"
 _CORRECTIVE = re.compile(r"^(?i:fix|corr)(?=[\s_\-.:]|[A-Z])|(?i:[\s_\-.:]?corrective)$")
@@ -92,5 +92,6 @@ def save_preset(rows: list, path: Path | str, description: str = "") -> Path:
 def load_rows(path: Path | str, key_names: list) -> list:
     """The table from a preset file: each key matched to the file's outputs by the usual name rules."""
     preset = mapping.load_preset(path)
-    match = mapping.match_names([k for k in key_names if not is_corrective(k)], preset.outputs, preset.aliases)
+    match = mapping.match_names([k for k in key_names if not is_corrective(k)], preset.outputs,
+                                aliases=preset.aliases)
     return rows_from_preset(key_names, preset, match)

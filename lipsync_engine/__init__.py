@@ -15,14 +15,14 @@ from .core.version import __version__
 
 _PUBLIC = {
     "prepare_speaker": "prepare.pipeline", "PrepareOptions": "prepare.pipeline", "PrepareResult": "prepare.pipeline",
-    "open_speaker": "prepare.speaker", "SpeakerDataset": "prepare.speaker",
+    "open_speaker": "prepare.dataset", "SpeakerDataset": "prepare.dataset",
     "fit_speaker": "rig.fitting", "fit_coefficients": "rig.fitting", "FitOptions": "rig.fitting",
     "make_demo_video": "demo.video", "load_demo_truth": "demo.video",
     "evaluate_model": "apps.evaluate", "EvaluateOptions": "apps.evaluate", "EvaluationResult": "apps.evaluate",
     "predict": "inference.predictor", "load_predictor": "inference.predictor", "Predictor": "inference.predictor", "PredictOptions": "inference.predictor",
-    "Prediction": "inference.predictor", "compose_atlas": "inference.predictor", "OutputOptions": "inference.folder",
+    "Prediction": "inference.predictor", "compose_atlas": "inference.render", "OutputOptions": "inference.folder",
     "PredictResult": "inference.folder", "predict_to_folder": "inference.folder", "write_outputs": "inference.folder",
-    "LightingOptions": "prepare.config", "EngineError": "core.errors", "CancelToken": "core.progress", "Progress": "core.progress",
+    "LightingOptions": "prepare.lighting", "EngineError": "core.errors", "CancelToken": "core.progress", "Progress": "core.progress",
     "dub_video": "apps.dub", "DubOptions": "apps.dub", "DubResult": "apps.dub",
     "cartoon_prediction": "apps.cartoon", "cartoon_frame": "apps.cartoon", "CartoonOptions": "apps.cartoon", "CartoonResult": "apps.cartoon",
 }

@@ -36,7 +36,7 @@ def demo_video(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prepared_demo(demo_video, tmp_path_factory):
     """(SpeakerDataset, PrepareResult, DemoTruth) of the demo video, prepared with 2 worker processes."""
-    from lipsync_engine.prepare.speaker import open_speaker
+    from lipsync_engine.prepare.dataset import open_speaker
     from lipsync_engine.prepare.pipeline import PrepareOptions, prepare_speaker
 
     path, truth = demo_video

@@ -36,9 +36,9 @@ import numpy as np
 
 from ..core import jobs, storage
 from ..io import media, videowriter
-from ..prepare import pose as normalize
-from ..prepare.config import LightingOptions
-from ..core.errors import EngineError, InputError, NoFaceError
+from ..prepare import normalize
+from ..prepare.lighting import LightingOptions
+from ..core.errors import EngineError, InputError, NoFaceError, OutputExists
 from .faceblend import FEATHER, FaceBlender, model_assets
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 
@@ -388,7 +388,7 @@ def _check_paths(model_dir: Path, audio: Path, video: Path, out: Path, overwrite
     if out.suffix.lower() not in (".mp4", ".m4v", ".mov"):
         raise InputError(f"{out.name}: the output must be an .mp4 (or .m4v/.mov) file")
     if out.exists() and not overwrite:
-        raise EngineError(f"{out}: already exists; choose another name or pass --overwrite")
+        raise OutputExists(f"{out}: already exists")
     if not model_dir.is_dir():
         raise EngineError(f"{model_dir}: model directory not found")
     for p in (audio, video):

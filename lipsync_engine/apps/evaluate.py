@@ -27,22 +27,25 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
-from ..prepare import speaker as dataset
 from ..core import storage
 from ..core.errors import DatasetError
-from ..prepare.pose import mouth_openness
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..face.geometry import LIP_SIZE
 from ..face.topology import load_topology
+from ..inference.render import compose_atlas as compose
+from ..model import checkpoint
+from ..model.losses import SSIM_WINDOW, ssim_map
+from ..model.network import autoregressive_lips
+from ..prepare import dataset
+from ..prepare.normalize import mouth_openness
 
 FORMAT = "lipsync3d-evaluation"
 FORMAT_VERSION = 1
 RESULT_JSON, OPENNESS_PNG, ATLASES_PNG = "evaluation.json", "openness.png", "atlases.png"
 METHODS = ("model", "static", "envelope", "retrieval")
-LIP_SIZE = 128             # side of the lip crop (pixels), as in the speaker directory
 ENVELOPE_COLUMNS = (10, 11, 12, 13)  # STFT columns around the frame time (centres -15..+15 ms)
 RETRIEVAL_BANDS = 16       # frequency bands (16 bins = 500 Hz each) of the retrieval feature
 RETRIEVAL_GROUPS = 4       # time groups (6 columns = 60 ms each) of the retrieval feature
@@ -133,8 +136,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 @torch.no_grad()
 def ssim_sums(a: np.ndarray, b: np.ndarray, device: str = "cpu", batch: int = 128) -> tuple[np.ndarray, int]:
-    """((N,) sums of the SSIM map (train.ssim_map) over channels and positions, positions x channels per frame)."""
-    from ..model.train import ssim_map
+    """((N,) sums of the SSIM map (losses.ssim_map) over channels and positions, positions x channels per frame)."""
 
     out, count = [], 0
     for s in range(0, len(a), batch):
@@ -147,7 +149,7 @@ def ssim_sums(a: np.ndarray, b: np.ndarray, device: str = "cpu", batch: int = 12
 
 
 def ssim_per_frame(a: np.ndarray, b: np.ndarray, device: str = "cpu", batch: int = 128) -> np.ndarray:
-    """(N,) SSIM of uint8 (N, H, W, 3) image pairs; the same measure as train.ssim, per frame."""
+    """(N,) SSIM of uint8 (N, H, W, 3) image pairs; the same measure as losses.ssim, per frame."""
     sums, count = ssim_sums(a, b, device, batch)
     return sums / max(count, 1)
 
@@ -159,8 +161,6 @@ def lip_region(lip_box: dict, size: int = 256) -> tuple[slice, slice]:
     window overlaps the lip box, so full-atlas SSIM = (the part outside, computed once per
     frame, + this crop's map) / the full map's size.
     """
-    from ..model.train import SSIM_WINDOW
-
     m = SSIM_WINDOW - 1
     r, c = int(lip_box["row"]), int(lip_box["col"])
     return (slice(max(0, r - m), min(size, r + LIP_SIZE + m)), slice(max(0, c - m), min(size, c + LIP_SIZE + m)))
@@ -168,8 +168,6 @@ def lip_region(lip_box: dict, size: int = 256) -> tuple[slice, slice]:
 
 def compose_atlas(reference_atlas: np.ndarray, lips: np.ndarray, lip_box: dict) -> np.ndarray:
     """(256, 256, 3) base atlas + (N, 128, 128, 3) lip crops -> (N, 256, 256, 3) uint8 (predict.compose_atlas)."""
-    from ..inference.predictor import compose_atlas as compose
-
     return compose(reference_atlas, np.asarray(lips), lip_box)
 
 
@@ -288,52 +286,40 @@ def resolve_held_out(config: dict, held_out: Path) -> tuple[_Frames, _Frames]:
 
 # ----------------------------------------------------------------------------- methods
 
-def _to_uint8(lips: torch.Tensor) -> np.ndarray:
-    """(B, 3, 128, 128) in [-1, 1] -> (B, 128, 128, 3) uint8."""
-    return ((lips.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+ENCODE_BATCH = 256           # frames per audio-encoder batch
 
 
 @torch.no_grad()
 def predict_autoregressive(model, spectrograms: np.ndarray, breaks: np.ndarray, spec_scale: float,
                            reference_lips: torch.Tensor, device: str = "cpu", cancel: CancelToken | None = None,
                            tick=lambda n: None) -> dict:
-    """Run the model over frames in time order, feeding back its own lip crop.
+    """Run the model over frames in time order, feeding back its own lip crop
+    (network.autoregressive_lips, the loop prediction uses).
 
     spectrograms : (N, 256, 24, 2); breaks : (N,) True at a segment start (zeros are fed there).
     All segments advance together, one frame each per forward pass. Returns numpy
     {"vertex_deltas" (N, 468, 3), "lips" (N, 128, 128, 3) uint8, "blendshapes" (N, 52)}.
     """
     n = len(spectrograms)
-    starts = np.flatnonzero(breaks)
-    ends = np.append(starts[1:], n)
-    deltas, bs = np.zeros((n, 468, 3), np.float32), np.zeros((n, 52), np.float32)
-    lips = np.zeros((n, LIP_SIZE, LIP_SIZE, 3), np.uint8)
-    ref = reference_lips.to(device)
-    prev, prev_alive = None, None
-    for k in range(int((ends - starts).max()) if n else 0):
-        alive = k < ends - starts
-        rows = starts[alive] + k
-        spec = torch.from_numpy(np.asarray(spectrograms[rows], np.float32)).to(device) * spec_scale
-        if k == 0:
-            prev_in = torch.zeros(len(rows), 3, LIP_SIZE, LIP_SIZE, device=device)
-        else:
-            prev_in = prev[alive[prev_alive]]
-        out = model(spec, prev_in)
-        pred = (ref + out["atlas_delta"]).clamp(-1, 1)
-        deltas[rows], bs[rows] = out["vertex_deltas"].cpu().numpy(), out["blendshapes"].cpu().numpy()
-        lips[rows] = _to_uint8(pred)
-        prev, prev_alive = pred, alive
-        tick(len(rows))
+    if n == 0:
+        return {"vertex_deltas": np.zeros((0, 468, 3), np.float32),
+                "lips": np.zeros((0, LIP_SIZE, LIP_SIZE, 3), np.uint8), "blendshapes": np.zeros((0, 52), np.float32)}
+    codes = torch.cat([model.audio(torch.from_numpy(np.asarray(spectrograms[s:s + ENCODE_BATCH], np.float32))
+                                   .to(device) * spec_scale) for s in range(0, n, ENCODE_BATCH)])    # (N, N_s)
+
+    def step(_k: int, rows: int) -> None:
+        tick(rows)
         if cancel is not None:
             cancel.check()
-    return {"vertex_deltas": deltas, "lips": lips, "blendshapes": bs}
+    lips, _ = autoregressive_lips(model, codes, reference_lips.to(device)[None], np.flatnonzero(breaks),
+                                  on_step=step)
+    return {"vertex_deltas": model.geometry(codes).cpu().numpy(), "lips": lips.cpu().numpy(),
+            "blendshapes": model.blendshapes(codes).cpu().numpy()}
 
 
 def model_prediction(model_dir: Path, spectrograms: np.ndarray, breaks: np.ndarray, device: str,
                      cancel=None, tick=lambda n: None) -> MethodOutput:
-    from ..model.train import load_model
-
-    model, config, extra = load_model(model_dir, device)
+    model, config, extra = checkpoint.load_model(model_dir, device)
     out = predict_autoregressive(model, spectrograms, breaks, float(config["spectrogram_scale"]),
                                  extra["reference_lips"], device, cancel, tick)
     ref = extra["reference_vertices"].cpu().numpy()
@@ -343,18 +329,7 @@ def model_prediction(model_dir: Path, spectrograms: np.ndarray, breaks: np.ndarr
 
 def reference_lips(speaker: dataset.SpeakerDataset) -> np.ndarray:
     """(128, 128, 3) uint8 lip crop of the speaker's lighting-normalized reference atlas."""
-    box = speaker.meta["lip_box"]
-    atlas = reference_atlas(speaker.path)
-    return atlas[box["row"]:box["row"] + LIP_SIZE, box["col"]:box["col"] + LIP_SIZE].copy()
-
-
-def reference_atlas(folder: Path) -> np.ndarray:
-    """(256, 256, 3) uint8 RGB reference_atlas_normalized.png of a speaker or model directory."""
-    path = Path(folder) / "reference_atlas_normalized.png"
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DatasetError(f"{path}: missing or unreadable")
-    return np.ascontiguousarray(img[..., ::-1])
+    return speaker.reference_lips()
 
 
 def static_baseline(train: _Frames, n: int) -> MethodOutput:
@@ -491,7 +466,7 @@ def prepare_held_out(config: dict, videos: list[Path], out_dir: Path, on_progres
     """Prepare held-out videos in the model's normalized space (its speaker's reference face,
     cylinder and reference atlas, the same lighting options) and fit their blendshapes."""
     from ..rig.fitting import fit_speaker
-    from ..prepare.config import LightingOptions
+    from ..prepare.lighting import LightingOptions
     from ..prepare.pipeline import PrepareOptions, prepare_speaker
 
     train_dir = Path(config["speaker"])
@@ -500,7 +475,7 @@ def prepare_held_out(config: dict, videos: list[Path], out_dir: Path, on_progres
                              reference_speaker=str(train_dir.resolve()), report=False)
     result = prepare_speaker(videos, out_dir, options, on_progress, cancel)
     if (train_dir / "blendshapes.npy").is_file() and not (result.path / "blendshapes.npy").is_file():
-        fit_speaker(result.path, on_progress, cancel=cancel)
+        fit_speaker(result.path, on_progress=on_progress, cancel=cancel)
     return result.path
 
 
@@ -514,12 +489,10 @@ def evaluate_model(model_dir: Path | str, held_out, output_dir: Path | str | Non
     (prepared into OUTPUT_DIR/held_out_speaker against the model's speaker first).
     Writes OUTPUT_DIR (default MODEL_DIR/evaluation)/evaluation.json, openness.png, atlases.png.
     """
-    from ..model.train import CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION
-
     t0 = time.perf_counter()
     cancel = cancel or CancelToken()
     model_dir = Path(model_dir)
-    config = storage.read_versioned_json(model_dir / CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION, "LipSync3D model")
+    config = checkpoint.read_config(model_dir)
     out = Path(output_dir) if output_dir is not None else model_dir / "evaluation"
     paths = [Path(p) for p in ([held_out] if isinstance(held_out, (str, Path)) else held_out)]
     held_dir = paths[0] if len(paths) == 1 and (paths[0] / dataset.META).is_file() else \
@@ -533,7 +506,7 @@ def evaluate_model(model_dir: Path | str, held_out, output_dir: Path | str | Non
         cancel.check()
 
     preds = _predict_all(model_dir, train, test, options, cancel, tick)
-    ref_atlas = reference_atlas(model_dir)
+    ref_atlas = checkpoint.read_reference_atlas(model_dir)
     truth = _truth(test, train.ds.cylinder, ref_atlas, box, options)
     metrics = {}
     for name, p in preds.items():

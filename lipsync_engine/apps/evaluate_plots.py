@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core import storage
-from ..prepare.pose import mouth_openness
+from ..face.geometry import LIP_SIZE
+from ..prepare.normalize import mouth_openness
 
-LIP_SIZE = 128             # side of the lip crop (pixels)
 COLORS = {"truth": "black", "model": "tab:red", "static": "tab:gray", "envelope": "tab:blue", "retrieval": "tab:green"}
 
 
@@ -70,6 +70,6 @@ def plot_atlases(path: Path, truth_atlas, preds: dict, ref_atlas: np.ndarray, li
 
 
 def _compose(reference_atlas: np.ndarray, lips: np.ndarray, lip_box: dict) -> np.ndarray:
-    from ..inference.predictor import compose_atlas
+    from ..inference.render import compose_atlas
 
     return compose_atlas(reference_atlas, lips, lip_box)

@@ -21,12 +21,11 @@ import cv2
 import numpy as np
 
 from ..face import geometry
-from ..prepare import pose as normalize
-from ..core import storage
-from ..prepare.config import LightingOptions
-from ..core.errors import EngineError
+from ..prepare import normalize
+from ..prepare.lighting import LightingOptions
 from ..face.topology import load_topology
 from ..face.warp import Raster
+from ..model import checkpoint
 
 # MediaPipe's face oval (FACEMESH_FACE_OVAL), a closed loop: the outer edge of the face mesh.
 FACE_OVAL = (10, 109, 67, 103, 54, 21, 162, 127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152,
@@ -99,7 +98,7 @@ def normalized_to_image(vertices: np.ndarray, scale: float, rotation: np.ndarray
     return geometry.yup_to_image(yup)
 
 
-def lip_mask(size: int = normalize.LIP_SIZE, margin: float = LIP_MARGIN) -> np.ndarray:
+def lip_mask(size: int = geometry.LIP_SIZE, margin: float = LIP_MARGIN) -> np.ndarray:
     """(size, size) float32 alpha of the lip crop: 1 inside, smoothstep to 0 over `margin` at the edges."""
     x = (np.arange(size) + 0.5) / size
     ramp = _smoothstep(np.minimum(x, 1.0 - x) / margin).astype(np.float32)
@@ -205,31 +204,21 @@ def relight_lips(lips: np.ndarray, gain: np.ndarray, a: np.ndarray, b: np.ndarra
     from ..prepare.lighting import denormalize_frame
 
     r, c = lip_box
-    s = normalize.LIP_SIZE
+    s = geometry.LIP_SIZE
     return denormalize_frame(np.asarray(lips, np.float32) / 255.0, gain[r:r + s, c:c + s], a, b)
 
 
 def model_assets(model_dir: Path) -> dict:
     """What blending needs of a model directory, without torch: reference_vertices (468, 3),
     cylinder, lip_box (row, col), reference_normalized (256, 256, 3) uint8 RGB, model_id."""
-    from safetensors.numpy import load_file
-
-    from ..model.train import CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION, WEIGHTS
-
-    root = Path(model_dir)
-    config = storage.read_versioned_json(root / CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION, "LipSync3D model")
-    try:
-        ref = load_file(str(root / WEIGHTS))["reference_vertices"]
-    except (OSError, KeyError, ValueError) as e:
-        raise EngineError(f"{root / WEIGHTS}: missing or unreadable model weights ({e})") from e
-    atlas = cv2.imread(str(root / "reference_atlas_normalized.png"), cv2.IMREAD_COLOR)
-    if atlas is None or atlas.shape != (normalize.ATLAS_SIZE, normalize.ATLAS_SIZE, 3):
-        raise EngineError(f"{root}: reference_atlas_normalized.png is missing or not a 256x256 image")
+    config = checkpoint.read_config(model_dir)
+    ref = checkpoint.read_reference_vertices(model_dir)
+    atlas = checkpoint.read_reference_atlas(model_dir)
     box = config["lip_box"]
-    return {"reference_vertices": np.asarray(ref, np.float64),
+    return {"reference_vertices": ref,
             "cylinder": geometry.CylinderMap.from_dict(config["cylinder"]),
             "lip_box": (int(box["row"]), int(box["col"])),
-            "reference_normalized": np.ascontiguousarray(atlas[..., ::-1]), "model_id": str(config.get("model_id", ""))}
+            "reference_normalized": atlas, "model_id": str(config.get("model_id", ""))}
 
 
 class FaceBlender:
@@ -240,8 +229,8 @@ class FaceBlender:
         self.relighter = Relighter(a["reference_vertices"], a["cylinder"], a["lip_box"], a["reference_normalized"],
                                    lighting)
         r, c = a["lip_box"]
-        self.mask = np.zeros((normalize.ATLAS_SIZE,) * 2, np.float32)
-        self.mask[r:r + normalize.LIP_SIZE, c:c + normalize.LIP_SIZE] = lip_mask()
+        self.mask = np.zeros((geometry.ATLAS_SIZE,) * 2, np.float32)
+        self.mask[r:r + geometry.LIP_SIZE, c:c + geometry.LIP_SIZE] = lip_mask()
         self.feather = feather
 
     def blend(self, image: np.ndarray, landmarks: np.ndarray, target_vertices: np.ndarray, pose: tuple,
@@ -256,9 +245,9 @@ class FaceBlender:
         """
         gain, a, b = lighting if lighting is not None else self.relighter.estimate(image, landmarks, target_vertices)
         r, c = self.assets["lip_box"]
-        atlas = np.zeros((normalize.ATLAS_SIZE, normalize.ATLAS_SIZE, 3), np.uint8)
+        atlas = np.zeros((geometry.ATLAS_SIZE, geometry.ATLAS_SIZE, 3), np.uint8)
         lit = self.relighter.relight_lips(predicted_lips, gain, a, b)
-        atlas[r:r + normalize.LIP_SIZE, c:c + normalize.LIP_SIZE] = np.clip(lit * 255.0 + 0.5, 0, 255)
+        atlas[r:r + geometry.LIP_SIZE, c:c + geometry.LIP_SIZE] = np.clip(lit * 255.0 + 0.5, 0, 255)
         face = FaceFrame(landmarks, normalized_to_image(predicted_vertices, *pose),
                          self.assets["cylinder"].project(predicted_vertices), atlas, self.mask)
         return composite(image, face, self.feather)

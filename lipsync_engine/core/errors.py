@@ -23,5 +23,10 @@ class DatasetError(EngineError):
     """A speaker directory is incomplete, from a newer format version, or inconsistent."""
 
 
+class OutputExists(EngineError):
+    """An output is already there and the caller did not ask to replace or continue it. The
+    message says what is there; the CLI adds which of its flags would go on (cli.py)."""
+
+
 class Cancelled(EngineError):
     """The user asked the work to stop (Ctrl-C, a cancel file, Esc in Blender)."""

@@ -7,16 +7,15 @@ add-on reads these; big data travels as file paths in RESULT. Only cli.py calls 
 
 from __future__ import annotations
 
-import json
 import sys
 
-PROTOCOL_VERSION = 1
-MESSAGE_TYPES = ("STATUS", "PROGRESS", "WARN", "ERROR", "RESULT", "DONE")
+# the kinds, version, exit codes and line format are shared with the Blender add-on
+from .interop import (EXIT_CANCELLED, EXIT_CRASH, EXIT_ERROR, EXIT_OK, EXIT_USAGE,  # noqa: F401
+                      MESSAGE_TYPES, PROTOCOL_VERSION, encode_message)
 
 
 def emit(kind: str, payload: dict, stream=None) -> None:
-    if kind not in MESSAGE_TYPES:
-        raise ValueError(f"unknown message type {kind!r}; expected one of {MESSAGE_TYPES}")
+    """Write one message line to stdout (or `stream`); ValueError for an unknown kind."""
     out = stream or sys.stdout
-    out.write(json.dumps([kind, payload], separators=(",", ":")) + "\n")
+    out.write(encode_message(kind, payload) + "\n")
     out.flush()

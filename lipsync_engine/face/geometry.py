@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 ATLAS_SIZE = 256  # texture atlas side (pixels), paper Section 3.1.1
+LIP_SIZE = 128    # side of the lip crop of the atlas that the texture decoder predicts (pixels)
 # Where the eyes and the nose tip land on every speaker's atlas (paper: "eyes and nose
 # project to fixed locations on this reference cylinder"). Chosen so that the canonical
 # MediaPipe face spans rows ~12..244 and columns ~10..246.

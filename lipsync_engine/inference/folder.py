@@ -28,16 +28,16 @@ from ..prepare import audio
 from ..io import exports, media
 from ..rig import names
 from ..core import storage
-from ..core.errors import EngineError, InputError
+from ..core.errors import EngineError, InputError, OutputExists
 from ..rig.names import ARKIT_NAMES
 from .predictor import (PROGRESS_EVERY, Plan, PredictionChunk, Prediction, PredictOptions, Predictor, load_samples,
                       load_predictor, plan_prediction)
 from ..io.pointcache import PC2_HEADER, PC2Writer, write_obj
-from ..io.preview import Mp4Writer
+from ..io.videowriter import Mp4Writer
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
-from .render import HeadRenderer, compose_atlas, frontal_camera, read_atlas, relighting, write_png
+from .render import HeadRenderer, compose_atlas, frontal_camera, relighting, write_png
 from ..face.topology import load_topology
-from ..model.train import REFERENCE_FILES
+from ..model.checkpoint import read_reference_atlas
 
 PREDICTION_FORMAT, PREDICTION_VERSION = "lipsync3d-prediction", 1
 FILES = {"vertices": "vertices.npz", "pc2": "head.pc2", "obj": "head.obj", "mtl": "head.mtl",
@@ -84,7 +84,8 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise InputError(f"{out}: exists and is not a folder")
     if (out / "result.json").exists():
         if not overwrite:
-            raise EngineError(f"{out}: already holds a prediction; pass --overwrite to replace it")
+            # the flag stays in this message: tests/engine/test_predict.py checks the library's words
+            raise OutputExists(f"{out}: already holds a prediction; pass --overwrite to replace it")
     elif any(out.iterdir()):
         raise EngineError(f"{out}: folder is not empty and holds no prediction; choose another output folder")
 
@@ -112,8 +113,8 @@ class _FolderWriter:
         tmp.mkdir(parents=True)
         self.tmp, self.p, self.plan, self.fps, self.options = tmp, predictor, plan, fps, options
         self.blendshapes = np.zeros((plan.frames, len(ARKIT_NAMES)), np.float32)
-        self.base = read_atlas(predictor.model_dir / REFERENCE_FILES[1])      # lighting-normalized reference
-        self.relight = relighting(read_atlas(predictor.model_dir / REFERENCE_FILES[0]), self.base, options.relight,
+        self.base = read_reference_atlas(predictor.model_dir)                 # lighting-normalized reference
+        self.relight = relighting(read_reference_atlas(predictor.model_dir, normalized=False), self.base, options.relight,
                                   Path(predictor.config.get("speaker", "")))
         self.atlas_dir = tmp / FILES["atlas_dir"] if has_lips and options.atlas_images else None
         if self.atlas_dir is not None:

@@ -1,10 +1,10 @@
 """`lipsync predict`: new dialogue audio -> per-frame meshes, lip atlases and blendshapes.
 
-Owns: running a trained model (train.load_model) over any audio at the caller's frame rate,
+Owns: running a trained model (checkpoint.load_model) over any audio at the caller's frame rate,
 in chunks (bounded memory, linear time, exactly the same numbers as one whole-file pass),
 temporal smoothing and silence handling. The full atlas (compose_atlas) is render.py's and
 the prediction folder (write_outputs, predict_to_folder, OutputOptions; docs/predict.md) is
-prediction_folder.py's; both are importable from here too, as the public contract has it.
+folder.py's, which imports this module (never the other way round).
 Must not: train, track video, write files, or import bpy.
 
 Frame clock: frame i is shown from t_i = start_s + i / fps (seconds from the audio's first
@@ -30,8 +30,6 @@ all blendshapes 0) instead of snapping. A file whose peak is below SILENT_PEAK i
 from __future__ import annotations
 
 import math
-import sys
-import types
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +45,12 @@ from ..core.errors import EngineError, InputError
 from ..face.geometry import CylinderMap
 from ..rig.names import ARKIT_NAMES
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
-from .render import compose_atlas  # noqa: F401  (public here: the full atlas of a prediction)
-from ..model.train import REFERENCE_FILES, load_model, pick_device
+from ..model.checkpoint import check_reference_files, load_model, pick_device
+from ..model.network import autoregressive_lips
 
-__all__ = ["PredictOptions", "Prediction", "Predictor", "load_predictor", "predict", "compose_atlas", "Plan",
+__all__ = ["PredictOptions", "Prediction", "Predictor", "load_predictor", "predict", "Plan",
            "plan_prediction", "PredictionChunk", "frame_count"]
 
-LIP_SIZE = 128
 ENCODE_BATCH = 256            # frames per audio-encoder batch
 PROGRESS_EVERY = 32           # frames between progress reports of the frame-by-frame steps
 SMOOTHING_TRUNCATE = 3.0      # Gaussian kernel radius in sigmas (the chunk halo)
@@ -242,9 +239,7 @@ class Predictor:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
             raise EngineError(f"{self.model_dir}: damaged model directory ({type(e).__name__}: {e})") from e
-        for name in REFERENCE_FILES:
-            if not (self.model_dir / name).is_file():
-                raise EngineError(f"{self.model_dir}: incomplete model directory, {name} is missing")
+        check_reference_files(self.model_dir)
         for m in self.model.modules():     # inference only: in-place activations halve the encoder's memory traffic
             if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU)):
                 m.inplace = True
@@ -318,31 +313,15 @@ class Predictor:
         return deltas[s:e] * w[:, None, None], np.clip(bs[s:e], 0.0, 1.0) * w[:, None]
 
     def _lips(self, codes: torch.Tensor, weight: np.ndarray, previous, cancel: CancelToken, tick):
-        """Auto-regressive lips of n frames: (uint8 (n, 128, 128, 3), the last shown crop);
-        tick(frames done) every PROGRESS_EVERY frames."""
-        ref = self.reference_lips
-        if self.model.atlas is None:                                    # no AR encoder: one batch
-            shown = (ref + self.model.texture(codes)).clamp(-1, 1)
-            w = torch.from_numpy(weight).to(self.device)[:, None, None, None]
-            shown = w * shown + (1 - w) * ref
-            return _to_uint8(shown), shown[-1:]
-        out = torch.empty((len(codes), LIP_SIZE, LIP_SIZE, 3), dtype=torch.uint8, device=self.device)
-        for i in range(len(codes)):
-            w = float(weight[i])
-            if w == 0.0:
-                shown = ref
-            else:
-                prev = previous if previous is not None else torch.zeros_like(ref)
-                tex = self.model.texture(torch.cat([codes[i:i + 1], self.model.atlas(prev)], dim=1))
-                shown = (ref + tex).clamp(-1, 1)
-                if w < 1.0:
-                    shown = w * shown + (1.0 - w) * ref
-            out[i] = ((shown[0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)   # as _to_uint8
-            previous = shown
-            if i % PROGRESS_EVERY == PROGRESS_EVERY - 1:
-                tick(i + 1)
+        """Auto-regressive lips of n frames (network.autoregressive_lips): (uint8 (n, 128, 128, 3),
+        the last shown crop); tick(frames done) every PROGRESS_EVERY frames."""
+        def step(k: int, _rows: int) -> None:
+            if k % PROGRESS_EVERY == PROGRESS_EVERY - 1:
+                tick(k + 1)
                 cancel.check()
-        return out.cpu().numpy(), previous
+        lips, shown = autoregressive_lips(self.model, codes, self.reference_lips, weight=weight, previous=previous,
+                                          on_step=step)
+        return lips.cpu().numpy(), shown
 
 
 @contextmanager
@@ -362,11 +341,6 @@ def _one_thread(device: torch.device):
         torch.set_num_threads(before)
 
 
-def _to_uint8(lips: torch.Tensor) -> np.ndarray:
-    """(B, 3, 128, 128) in [-1, 1] -> (B, 128, 128, 3) uint8 (as train.py scales crops: x / 127.5 - 1)."""
-    return ((lips.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def load_predictor(model_dir: Path | str, device: str = "auto") -> Predictor:
     """Load MODEL_DIR once (EngineError if it is missing, incomplete or of a newer format)."""
     return Predictor(model_dir, device)
@@ -376,28 +350,3 @@ def predict(model_dir: Path | str, audio_in, options: PredictOptions = PredictOp
             on_progress: ProgressCallback = no_progress, cancel: CancelToken | None = None) -> Prediction:
     """Predict from one audio file (or 16 kHz AudioTrack) with the model in MODEL_DIR."""
     return load_predictor(model_dir, options.device).predict(audio_in, options, on_progress, cancel)
-
-
-# ----------------------------------------------------------------------------- the prediction folder
-
-_FOLDER_NAMES = ("OutputOptions", "PredictResult", "predict_to_folder", "write_outputs", "check_output_dir", "FILES",
-                 "PREDICTION_FORMAT", "PREDICTION_VERSION")
-
-
-def __getattr__(name: str):
-    """The prediction folder lives in prediction_folder.py; its public names are found here too."""
-    if name in _FOLDER_NAMES:
-        from . import folder as prediction_folder
-        return getattr(prediction_folder, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class _CallableModule(types.ModuleType):
-    """`lipsync_engine.predict(...)` is the public function, but importing this submodule binds
-    the package attribute `predict` to the module; calling the module calls the function."""
-
-    def __call__(self, *args, **kwargs) -> Prediction:
-        return predict(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

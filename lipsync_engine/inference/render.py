@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse
 
 from ..core.errors import InputError
-from ..face.geometry import ATLAS_SIZE, CylinderMap
+from ..face.geometry import ATLAS_SIZE, LIP_SIZE, CylinderMap
 from ..face.topology import FaceTopology, load_topology
 from ..face.warp import Raster
 
@@ -33,7 +33,6 @@ BACKGROUND = (58, 62, 70)            # RGB of the preview background
 LIGHT_DIRECTION = (0.35, 0.45, 1.0)  # towards the light (normalized frame: right, up, to the viewer)
 AMBIENT = 0.55                       # shade = AMBIENT + (1 - AMBIENT) * max(n . l, 0)
 FRAME_MARGIN = 0.08                  # empty border around the head, fraction of the image side
-LIP_SIZE = 128                       # side of the predicted lip crop (normalize.LIP_SIZE)
 SEAM_FEATHER = 12                    # pixels over which a lip crop fades into the reference at its edges
 
 
@@ -198,7 +197,7 @@ def relighting(raw_reference: np.ndarray, normalized_reference: np.ndarray, reli
     color_transform.npy). Both are undone with lighting.denormalize_frame; outside the face stays 0.
     """
     from ..prepare import lighting
-    from ..prepare.config import LightingOptions
+    from ..prepare.lighting import LightingOptions
 
     if relight is None:
         return None
@@ -219,7 +218,7 @@ def relighting(raw_reference: np.ndarray, normalized_reference: np.ndarray, reli
 
 def _speaker_lighting(speaker: Path, k: int):
     """(gain (256, 256), a (3,), b (3,)) of frame k of a prepared speaker."""
-    from ..prepare.speaker import open_speaker
+    from ..prepare.dataset import open_speaker
     from ..core.errors import DatasetError
 
     try:

@@ -2,7 +2,7 @@
 
 Owns: writing (atomically) and reading
 - Live Link Face takes (.csv): the exact header of Epic's Live Link Face app
-  (names.LIVELINK_HEADER), one row per frame, "HH:MM:SS:FF.mmm" timecodes, 61 values;
+  (interop.LIVELINK_HEADER), one row per frame, "HH:MM:SS:FF.mmm" timecodes, 61 values;
 - a plain JSON animation: {"names", "fps", "frames": [[...], ...]};
 - Rhubarb Lip Sync mouth cues for 2D mouth charts, TSV and JSON, as Rhubarb itself writes
   them (DanielSWolf/rhubarb-lip-sync, README.adoc "Output formats": TSV lines
@@ -26,14 +26,33 @@ import numpy as np
 
 from ..core import storage
 from ..core.errors import InputError
-from ..rig.names import (ARKIT_NAMES, LIVELINK_HEADER, LIVELINK_POSE, LIVELINK_SHAPES, LIVELINK_VALUE_COUNT,
-                    normalize_name, reorder_to_arkit)
+from ..core.interop import (ARKIT_NAMES, LIVELINK_HEADER, LIVELINK_POSE, LIVELINK_SHAPES, LIVELINK_VALUE_COUNT,
+                            arkit_index, normalize_name)
 
 ANIMATION_FORMAT = "lipsync3d-blendshape-animation"
 ANIMATION_VERSION = 1
 VALUE_DECIMALS = 6          # digits after the point for coefficients in CSV/JSON
 RHUBARB_TIME_STEP = 0.01    # Rhubarb's cue times are multiples of 10 ms
 _TIMECODE = re.compile(r"^(\d+):(\d{2}):(\d{2})[:;](\d+)(?:\.(\d+))?$")
+
+
+def reorder_to_arkit(coefficients: np.ndarray, names) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(F, K) coefficients under `names` -> ((F, 52) in ARKIT_NAMES order, ARKit names missing).
+
+    Names may be spelled in any case/separator style; missing ARKit channels are 0 and
+    returned so the caller can report them. ValueError for a name that is not ARKit's.
+    """
+    c = np.asarray(coefficients, np.float64)
+    names = list(names)
+    if c.ndim != 2 or c.shape[1] != len(names):
+        raise ValueError(f"coefficients must be (frames, {len(names)}) for {len(names)} names, got {c.shape}")
+    out = np.zeros((len(c), len(ARKIT_NAMES)))
+    idx = [arkit_index(n) for n in names]
+    if len(set(idx)) != len(idx):
+        raise ValueError("the same ARKit name appears twice in names")
+    out[:, idx] = c
+    missing = tuple(n for i, n in enumerate(ARKIT_NAMES) if i not in set(idx))
+    return out, missing
 
 
 @dataclass(frozen=True, eq=False)

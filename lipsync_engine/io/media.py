@@ -401,3 +401,20 @@ def load_audio(path, sample_rate: int = DEFAULT_AUDIO_RATE) -> AudioTrack:
         has_video = bool(_video_streams(container))
         offset = (first_time or 0.0) - _first_video_time(container, path) if has_video else 0.0
     return AudioTrack(samples=samples, sample_rate=int(sample_rate), start_offset_s=float(offset))
+
+
+def stream_durations(path: Path | str) -> dict:
+    """{"video": seconds, "audio": seconds} of an MP4's first video and audio streams (0 if absent),
+    from the decoded frames' timestamps and lengths (not the container's header)."""
+    out = {"video": 0.0, "audio": 0.0}
+    with av.open(str(path)) as c:
+        if c.streams.video:
+            s = c.streams.video[0]
+            n = sum(1 for _ in c.decode(s))
+            out["video"] = n / float(s.average_rate) if s.average_rate else 0.0
+    with av.open(str(path)) as c:
+        if c.streams.audio:
+            s = c.streams.audio[0]
+            total = sum(f.samples for f in c.decode(s))
+            out["audio"] = total / s.rate if s.rate else 0.0
+    return out

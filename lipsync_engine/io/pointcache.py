@@ -4,7 +4,8 @@ Owns: the PC2 format (Blender's Mesh Cache modifier, 3ds Max, Houdini read it; a
 little-endian header "POINTCACHE2\\0", version 1, points, start frame, sample rate, samples,
 then samples x points x (x, y, z) float32), written frame block by frame block so that an
 hour of frames never sits in memory, and read back; an OBJ of one mesh with per-vertex UVs
-and a .mtl naming its texture, and its reader.
+and a .mtl naming its texture, and its reader (the parsing of both is core/interop.py's,
+shared with the Blender add-on).
 
 Axes: what it is given (the engine writes its normalized frame: y up, z towards the viewer,
 ~cm; docs/predict.md says how to import that into Blender's z-up world).
@@ -13,28 +14,17 @@ Must not: know what the vertices mean, or import torch/bpy.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..core import storage
+from ..core import interop, storage
 from ..core.errors import InputError
+from ..core.interop import PC2_HEADER, PC2_SIGNATURE, PC2_VERSION, PC2Header  # noqa: F401  (the shared format)
 
-PC2_SIGNATURE = b"POINTCACHE2\0"
-PC2_VERSION = 1
-PC2_HEADER = struct.Struct("<12siiffi")   # signature, version, points, start frame, sample rate, samples
 UV_DECIMALS = 6                            # digits of OBJ texture coordinates
 XYZ_DECIMALS = 6                           # digits of OBJ vertex positions
-
-
-@dataclass(frozen=True)
-class PC2Header:
-    points: int           # vertices per frame
-    start_frame: float    # frame of the first sample (the engine writes 0)
-    sample_rate: float    # frames between samples (1.0: one sample per frame)
-    samples: int          # frames in the file
 
 
 class PC2Writer:
@@ -93,20 +83,7 @@ def write_pc2(path: Path | str, vertices: np.ndarray, start_frame: float = 0.0) 
 
 def read_pc2_header(path: Path | str) -> PC2Header:
     """The header of a PC2 file; InputError if it is not one or is shorter than it says."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(PC2_HEADER.size)
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the point cache ({e.strerror or e})") from e
-    if len(raw) < PC2_HEADER.size or raw[:12] != PC2_SIGNATURE:
-        raise InputError(f"{path}: not a PC2 point cache (bad header)")
-    _, version, points, start, rate, samples = PC2_HEADER.unpack(raw)
-    expected = PC2_HEADER.size + samples * points * 12
-    if version != PC2_VERSION or points < 1 or samples < 0 or path.stat().st_size < expected:
-        raise InputError(f"{path}: truncated or unsupported PC2 (version {version}, {path.stat().st_size} bytes, "
-                         f"{expected} expected for {samples} frames of {points} points)")
-    return PC2Header(points, start, rate, samples)
+    return interop.read_pc2_header(path, InputError)
 
 
 def read_pc2(path: Path | str, mmap: bool = True) -> tuple[PC2Header, np.ndarray]:
@@ -173,39 +150,8 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _index(text: str, count: int) -> int:
-    i = int(text)
-    return i - 1 if i > 0 else count + i
-
-
 def read_obj(path: Path | str) -> ObjMesh:
     """Read v / vt / f records (triangles; negative indices allowed); InputError naming the line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeError) as e:
-        raise InputError(f"{path}: cannot read the OBJ ({e})") from e
-    verts, uvs, faces, face_uvs, mtllib = [], [], [], [], ""
-    for number, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        try:
-            if not parts:
-                continue
-            if parts[0] == "v":
-                verts.append([float(x) for x in parts[1:4]])
-            elif parts[0] == "vt":
-                uvs.append([float(x) for x in parts[1:3]])
-            elif parts[0] == "f":
-                corners = [c.split("/") for c in parts[1:]]
-                if len(corners) != 3:
-                    raise ValueError("not a triangle")
-                faces.append([_index(c[0], len(verts)) for c in corners])
-                face_uvs.append([_index(c[1], len(uvs)) if len(c) > 1 and c[1] else -1 for c in corners])
-            elif parts[0] == "mtllib":
-                mtllib = line.split(None, 1)[1].strip()
-        except (ValueError, IndexError) as e:
-            raise InputError(f"{path}:{number}: malformed OBJ line {line[:60]!r} ({e})") from e
-    if not verts or not faces:
-        raise InputError(f"{path}: the OBJ has no vertices or no faces")
-    return ObjMesh(np.asarray(verts, np.float64), np.asarray(uvs, np.float64).reshape(-1, 2),
-                   np.asarray(faces, np.int64), np.asarray(face_uvs, np.int64), mtllib)
+    d = interop.read_obj(path, InputError, triangles=True)
+    return ObjMesh(np.asarray(d.vertices, np.float64), np.asarray(d.uvs, np.float64).reshape(-1, 2),
+                   np.asarray(d.faces, np.int64), np.asarray(d.face_uvs, np.int64), d.material_library)

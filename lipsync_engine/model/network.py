@@ -2,7 +2,10 @@
 
 Owns: the shared audio encoder, the geometry, texture and blendshape decoders, the
 auto-regressive atlas encoder, their dimensions (ModelDimensions, stored in every
-checkpoint) and the width presets. Must not: load data, train, or read files.
+checkpoint) and the width presets, and the one auto-regressive loop that runs the texture
+decoder frame after frame on its own output (autoregressive_lips: prediction and
+evaluation both use it, as nanoGPT's model.py holds generate()). Must not: load data,
+train, or read files.
 
 Shapes (B = batch):
     spectrogram (B, 256, 24, 2)  -> audio code (B, N_s)                     # N_s = 32
@@ -18,14 +21,17 @@ the articulation layers). Everything else is as published (Table 4, Table 5, Sec
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
+
+from ..face.geometry import LIP_SIZE
 
 N_FREQ, N_COLUMNS = 256, 24   # spectrogram frequencies x columns per frame (audio.py)
 N_VERTICES = 468
 N_BLENDSHAPES = 52
-LIP_SIZE = 128
 LEAKY_SLOPE = 0.2             # leaky ReLU slope of the audio encoder
 
 
@@ -194,3 +200,67 @@ class LipSync3D(nn.Module):
             code_tex = code
         return {"vertex_deltas": self.geometry(code), "atlas_delta": self.texture(code_tex),
                 "blendshapes": self.blendshapes(code)}
+
+
+def lips_to_uint8(lips: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 128, 128) in [-1, 1] -> (B, 128, 128, 3) uint8 on the same device (the inverse of
+    training's x / 127.5 - 1)."""
+    return ((lips.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+@torch.no_grad()
+def autoregressive_lips(model: LipSync3D, codes: torch.Tensor, reference: torch.Tensor,
+                        starts: np.ndarray | None = None, weight: np.ndarray | None = None,
+                        previous: torch.Tensor | None = None,
+                        on_step: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lip crops frame after frame, each frame's atlas encoder fed the previous frame's shown crop.
+
+    codes : (N, N_s) audio codes (model.audio). reference : (1, 3, 128, 128) reference lips in
+    [-1, 1]. starts : (S,) rows where a segment starts (default [0]); a segment runs to the next
+    start, its first frame is fed zeros (or `previous`, with one segment), and all segments
+    advance together, one batched step per frame. weight : (N,) in [0, 1] or None (all 1): shown
+    = w lips + (1 - w) reference, and w = 0 shows the reference without running the decoder.
+    previous : (1, 3, 128, 128) shown crop before row 0 (a stream predicted in chunks), or None.
+    on_step(step, rows) after each step. A model without an atlas encoder runs in one batch.
+
+    Returns (lips (N, 128, 128, 3) uint8 on codes' device, the last step's shown crops (B, 3, 128, 128)).
+    """
+    n = len(codes)
+    starts = np.zeros(1, np.int64) if starts is None else np.asarray(starts, np.int64)
+    weight = None if weight is None else np.asarray(weight, np.float32)
+    if model.atlas is None or n == 0:                           # no feedback: one batch
+        shown = (reference + model.texture(codes)).clamp(-1, 1)
+        if weight is not None:
+            w = torch.from_numpy(weight).to(codes.device)[:, None, None, None]
+            shown = w * shown + (1 - w) * reference
+        if on_step is not None and n:
+            on_step(0, n)
+        return lips_to_uint8(shown), (shown[-1:] if n else previous)
+    make = torch.zeros if len(starts) == 0 or starts[0] != 0 else torch.empty
+    out = make((n, LIP_SIZE, LIP_SIZE, 3), dtype=torch.uint8, device=codes.device)
+    lengths = np.append(starts[1:], n) - starts
+    single = len(starts) == 1
+    shown, shown_alive = (previous if single else None), None
+    for k in range(int(lengths.max()) if len(lengths) else 0):
+        alive = k < lengths
+        rows = slice(starts[0] + k, starts[0] + k + 1) if single else starts[alive] + k
+        m = 1 if single else len(rows)
+        w = None if weight is None else weight[rows]
+        if w is not None and not w.any():                       # silence: the reference, no decoder
+            shown = reference.expand(m, -1, -1, -1)
+        else:
+            if shown is None:
+                prev = torch.zeros((m, *reference.shape[1:]), dtype=reference.dtype, device=reference.device)
+            else:
+                prev = shown if single else shown[torch.from_numpy(alive[shown_alive])]
+            index = rows if single else torch.from_numpy(rows)
+            tex = model.texture(torch.cat([codes[index], model.atlas(prev)], dim=1))
+            shown = (reference + tex).clamp(-1, 1)
+            if w is not None and (w != 1).any():
+                wt = torch.from_numpy(w).to(codes.device)[:, None, None, None]
+                shown = wt * shown + (1 - wt) * reference
+        out[rows if single else torch.from_numpy(rows)] = lips_to_uint8(shown)
+        shown_alive = alive
+        if on_step is not None:
+            on_step(k, m)
+    return out, shown

@@ -16,32 +16,24 @@ from __future__ import annotations
 
 import functools
 import math
-import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..prepare import speaker as dataset
+from ..prepare import dataset
 from ..core import storage
-from ..core.errors import DatasetError, EngineError
+from ..core.errors import DatasetError, EngineError, OutputExists
+from .checkpoint import (CURVE, copy_reference_files, config_header, holds_model, load_model,
+                         load_train_state, pick_device, read_config, save_checkpoint)
+from .losses import ssim
 from .network import LipSync3D, ModelDimensions, preset_dimensions
 from ..face.topology import load_topology
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
-from ..core.version import __version__
 
-MODEL_FORMAT = "lipsync3d-model"
-MODEL_FORMAT_VERSION = 1
-WEIGHTS, CONFIG, STATE, CURVE = "model.safetensors", "config.json", "train_state.pt", "loss_curve.png"
-# copied from the speaker directory so that a model directory is self-contained (predict needs no speaker)
-REFERENCE_FILES = ("reference_atlas.png", "reference_atlas_normalized.png")
-SSIM_WINDOW, SSIM_SIGMA = 11, 1.5       # Wang et al. 2004
-SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # for images in [0, 1]
 MEMMAP_ABOVE_BYTES = 2 * 1024 ** 3       # auto: spectrograms + lips larger than this stay memory-mapped
 PRECISIONS = ("auto", "off", "bf16", "fp16")
 COSINE_FLOOR = 0.05                      # the cosine schedule ends at this fraction of the learning rate
@@ -112,16 +104,6 @@ def recipe_options(name: str, **overrides) -> TrainOptions:
     return TrainOptions(**{**RECIPES[name], **overrides})
 
 
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a TrainOptions.mixed_precision on a device, or None for fp32."""
     if precision == "auto":
@@ -129,26 +111,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("mixed_precision fp16 needs a CUDA device; use bf16 or off")
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) images in [0, 1] -> (B, C, H-10, W-10) SSIM map (Gaussian window 11, sigma 1.5)."""
-    x = torch.arange(SSIM_WINDOW, dtype=a.dtype, device=a.device) - SSIM_WINDOW // 2
-    g = torch.exp(-x ** 2 / (2 * SSIM_SIGMA ** 2))
-    g = (g / g.sum())
-    kernel = (g[:, None] * g[None, :]).expand(a.shape[1], 1, SSIM_WINDOW, SSIM_WINDOW)
-
-    def blur(t):
-        return F.conv2d(t, kernel, groups=a.shape[1])
-    mu_a, mu_b = blur(a), blur(b)
-    var_a, var_b = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2
-    cov = blur(a * b) - mu_a * mu_b
-    return ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mu_a ** 2 + mu_b ** 2 + SSIM_C1) * (var_a + var_b + SSIM_C2))
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of (B, C, H, W) images in [0, 1] (Gaussian window 11, sigma 1.5)."""
-    return ssim_map(a, b).mean()
 
 
 class SpeakerTensors:
@@ -169,9 +131,7 @@ class SpeakerTensors:
         ref = np.asarray(ds.reference_vertices, np.float32)
         self.reference_vertices = torch.from_numpy(ref)
         self.deltas = torch.from_numpy(np.asarray(ds.vertices, np.float32) - ref)
-        box = ds.meta["lip_box"]
-        img = cv2.imread(str(Path(speaker_dir) / "reference_atlas_normalized.png"))[..., ::-1]
-        crop = img[box["row"]:box["row"] + 128, box["col"]:box["col"] + 128]
+        crop = ds.reference_lips()                                                   # (128, 128, 3) uint8
         self.reference_lips = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 127.5 - 1
         # the previous frame for teacher forcing, -1 at the start of a take, after a gap or a jump cut
         prev = np.arange(len(ds)) - 1
@@ -272,80 +232,13 @@ def spectrogram_scale(data: SpeakerTensors, rows: torch.Tensor, chunk: int = 102
 
 def _config(dims: ModelDimensions, options: TrainOptions, data: SpeakerTensors, spec_scale: float,
             epoch: int, history: list, speaker_dir: Path, model_id: str, n_train: int) -> dict:
-    return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "engine_version": __version__,
+    return {**config_header(),
             "dims": dims.to_dict(), "options": asdict(options), "spectrogram_scale": spec_scale,
             "fps": data.meta["fps"], "lip_box": data.meta["lip_box"], "cylinder": data.meta["cylinder"],
             "speaker": str(Path(speaker_dir).resolve()), "frames": len(data), "model_id": model_id,
             "split": {"train_frames": n_train, "held_out_frames": len(data) - n_train,
                       "rule": "held-out frames are the contiguous tail of the speaker's frames"},
             "has_blendshapes": data.blendshapes is not None, "epochs_done": epoch, "history": history}
-
-
-def save_checkpoint(out: Path, model: LipSync3D, optimizer, config: dict, data: SpeakerTensors,
-                    rng: dict | None = None) -> None:
-    """Weights (safetensors: no pickle) + config, then the resumable training state; all atomic.
-
-    rng : {"generator": ByteTensor, "torch": ByteTensor} so that a resumed run draws the same
-    shuffles, teacher-forcing zeros and dropout masks as an uninterrupted one.
-    """
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors["reference_vertices"] = data.reference_vertices.contiguous()
-    tensors["reference_lips"] = data.reference_lips.contiguous()
-    with storage.atomic_path(out / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp))
-    with storage.atomic_path(out / STATE) as tmp:
-        torch.save({"optimizer": optimizer.state_dict(), "epochs_done": config["epochs_done"],
-                    "history": config["history"], **(rng or {})}, tmp)
-    storage.write_json(out / CONFIG, config)
-
-
-def _load_weights(path: Path, device: str) -> dict:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise EngineError(f"{path.parent}: incomplete model directory, {path.name} is missing")
-    try:
-        return load_file(str(path), device=device)
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise EngineError(f"{path}: corrupted or not a safetensors weights file ({type(e).__name__}: {e})") from e
-
-
-def load_model(model_dir: Path, device: str = "cpu") -> tuple[LipSync3D, dict, dict]:
-    """(model in eval mode, config, extra tensors) from MODEL_DIR; never unpickles.
-
-    Raises EngineError naming the file for a missing, foreign, newer or damaged model.
-    """
-    root = Path(model_dir)
-    if root.is_file():
-        raise EngineError(f"{root}: is a file, not a model directory (one made by `lipsync train`)")
-    config = storage.read_versioned_json(root / CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION, "LipSync3D model")
-    try:
-        dims = ModelDimensions.from_dict(config["dims"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise EngineError(f"{root / CONFIG}: damaged model config ({type(e).__name__}: {e})") from e
-    tensors = _load_weights(root / WEIGHTS, device)
-    model = LipSync3D(dims).to(device)
-    try:
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    except RuntimeError as e:
-        raise EngineError(f"{root / WEIGHTS}: weights do not fit the network in {CONFIG} "
-                          f"({str(e).splitlines()[0]})") from e
-    for name in ("reference_vertices", "reference_lips"):
-        if name not in tensors:
-            raise EngineError(f"{root / WEIGHTS}: the {name} tensor is missing")
-    model.eval()
-    return model, config, {k: v for k, v in tensors.items() if not k.startswith("model.")}
-
-
-def _load_state(path: Path, device) -> dict:
-    try:
-        return torch.load(path, weights_only=True, map_location=device)
-    except FileNotFoundError as e:
-        raise EngineError(f"{path.parent}: cannot resume, {path.name} is missing") from e
-    except Exception as e:  # a truncated or foreign file: torch raises several error types
-        raise EngineError(f"{path}: cannot resume, the training state is damaged ({type(e).__name__})") from e
 
 
 def _plot(path: Path, history: list) -> None:
@@ -430,7 +323,7 @@ def _resume(out: Path, model: LipSync3D, optimizer, gen: torch.Generator, device
     """Load MODEL_DIR's checkpoint into model, optimizer and RNGs; (epochs done, history, config)."""
     trained, config, _ = load_model(out, str(device))
     model.load_state_dict(trained.state_dict())
-    state = _load_state(out / STATE, device)
+    state = load_train_state(out, device)
     optimizer.load_state_dict(state["optimizer"])
     if "generator" in state:
         gen.set_state(state["generator"].cpu())
@@ -438,31 +331,50 @@ def _resume(out: Path, model: LipSync3D, optimizer, gen: torch.Generator, device
     return int(state["epochs_done"]), list(state["history"]), config
 
 
-def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bool, dims):
+@dataclass
+class _RunState:
+    """What a training run works with, fresh or resumed (_prepare_run)."""
+
+    data: SpeakerTensors            # the speaker as tensors
+    train_idx: torch.Tensor         # frame rows trained on
+    val_idx: torch.Tensor           # the held-out tail's rows
+    gen: torch.Generator            # shuffles, teacher-forcing zeros, augmentation
+    device: torch.device
+    dims: ModelDimensions
+    model: LipSync3D
+    optimizer: torch.optim.Optimizer
+    spec_scale: float               # 1 / std of the training spectrograms
+    start: int = 0                  # epochs already done
+    history: list = field(default_factory=list)     # one dict per epoch done
+    model_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bool, dims) -> _RunState:
     """Data, split, scale, model, optimizer and the state to start from (fresh or resumed)."""
-    if (out / CONFIG).is_file() and not resume:
-        raise EngineError(f"{out}: already holds a model; pass --resume to continue it or choose another folder")
+    if holds_model(out) and not resume:
+        # the flag stays in this message: tests/engine/test_train.py checks the library's words
+        raise OutputExists(f"{out}: already holds a model; pass --resume to continue it or choose another folder")
     torch.manual_seed(options.seed)
     gen = torch.Generator().manual_seed(options.seed)
     device = pick_device(options.device)
     data = SpeakerTensors(speaker_dir, options.in_memory)
     train_idx, val_idx = _split(len(data), options.val_fraction)
-    run = {"data": data, "train_idx": train_idx, "val_idx": val_idx, "gen": gen, "device": device,
-           "start": 0, "history": [], "model_id": uuid.uuid4().hex[:12]}
-    if resume and (out / CONFIG).is_file():
-        config = storage.read_versioned_json(out / CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION, "LipSync3D model")
-        dims = ModelDimensions.from_dict(config["dims"])
+    model_id = uuid.uuid4().hex[:12]
+    resuming = resume and holds_model(out)
+    if resuming:
+        dims = ModelDimensions.from_dict(read_config(out)["dims"])
     dims = dims or preset_dimensions(options.preset)
     model = LipSync3D(dims).to(device)
     model.geometry.init_from_pca(data.deltas[train_idx])
     optimizer = _optimizer(model, options)
-    run.update(dims=dims, model=model, optimizer=optimizer, spec_scale=None)
-    if resume and (out / CONFIG).is_file():
-        run["start"], run["history"], config = _resume(out, model, optimizer, gen, device)
-        run["model_id"], run["spec_scale"] = config.get("model_id", run["model_id"]), config["spectrogram_scale"]
-    if run["spec_scale"] is None:
-        run["spec_scale"] = spectrogram_scale(data, train_idx)
-    return run
+    start, history, spec_scale = 0, [], None
+    if resuming:
+        start, history, config = _resume(out, model, optimizer, gen, device)
+        model_id, spec_scale = config.get("model_id", model_id), config["spectrogram_scale"]
+    if spec_scale is None:
+        spec_scale = spectrogram_scale(data, train_idx)
+    return _RunState(data, train_idx, val_idx, gen, device, dims, model, optimizer, spec_scale, start, history,
+                     model_id)
 
 
 def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: TrainOptions = TrainOptions(),
@@ -478,15 +390,13 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
     cancel = cancel or CancelToken()
     out, speaker_dir = Path(model_dir), Path(speaker_dir)
     r = _prepare_run(speaker_dir, out, options, resume, dims)
-    data, train_idx, val_idx, history = r["data"], r["train_idx"], r["val_idx"], r["history"]
-    amp = autocast_dtype(options.mixed_precision, r["device"])
+    data, train_idx, val_idx, history = r.data, r.train_idx, r.val_idx, r.history
+    amp = autocast_dtype(options.mixed_precision, r.device)
     out.mkdir(parents=True, exist_ok=True)
-    for name in REFERENCE_FILES:
-        with storage.atomic_path(out / name) as tmp:
-            shutil.copyfile(speaker_dir / name, tmp)
+    copy_reference_files(dataset.reference_atlas_files(speaker_dir), out)
     per_epoch = len(train_idx) + len(val_idx)
     total = per_epoch * options.epochs
-    done = {"n": r["start"] * per_epoch, "last": ""}
+    done = {"n": r.start * per_epoch, "last": ""}
 
     def tick(n: int, text: str, what: str = "") -> None:
         done["n"] += n
@@ -494,22 +404,22 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
         on_progress(Progress("train", done["n"], total, f"epoch {len(history) + 1}/{options.epochs} {what}{text}{held}"))
         cancel.check()
 
-    for epoch in range(r["start"], options.epochs):
-        _set_learning_rate(r["optimizer"], options, epoch)
-        _freeze_geometry(r["model"], options, epoch)
-        tr = _epoch(r["model"], r["optimizer"], data, train_idx, r["spec_scale"], options, r["gen"], r["device"],
+    for epoch in range(r.start, options.epochs):
+        _set_learning_rate(r.optimizer, options, epoch)
+        _freeze_geometry(r.model, options, epoch)
+        tr = _epoch(r.model, r.optimizer, data, train_idx, r.spec_scale, options, r.gen, r.device,
                     True, tick, amp)
-        va = _epoch(r["model"], r["optimizer"], data, val_idx, r["spec_scale"], options, r["gen"], r["device"],
+        va = _epoch(r.model, r.optimizer, data, val_idx, r.spec_scale, options, r.gen, r.device,
                     False, lambda n, t: tick(n, t, "held-out "), amp) if len(val_idx) else None
         history.append({"epoch": epoch + 1, "train": tr["total"], "val": va["total"] if va else None,
                         "train_terms": {k: v for k, v in tr.items() if k != "total"},
                         "val_terms": {k: v for k, v in va.items() if k != "total"} if va else None})
         if not math.isfinite(tr["total"]):
             raise EngineError(f"training diverged at epoch {epoch + 1} (loss {tr['total']}); lower the learning rate")
-        config = _config(r["dims"], options, data, r["spec_scale"], epoch + 1, history, speaker_dir, r["model_id"],
+        config = _config(r.dims, options, data, r.spec_scale, epoch + 1, history, speaker_dir, r.model_id,
                          len(train_idx))
-        save_checkpoint(out, r["model"], r["optimizer"], config, data,
-                        {"generator": r["gen"].get_state(), "torch": torch.get_rng_state()})
+        save_checkpoint(out, r.model, r.optimizer, config, data.reference_vertices, data.reference_lips,
+                        {"generator": r.gen.get_state(), "torch": torch.get_rng_state()})
         _plot(out / CURVE, history)
     last = history[-1] if history else {"train": float("nan"), "val": None}
     return TrainResult(out, len(history), last["train"], last["val"], time.perf_counter() - t0)

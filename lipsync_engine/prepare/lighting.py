@@ -21,8 +21,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .config import LightingOptions
-
 # BT.601 full-range (JPEG) luma/chroma matrix, rows Y, U (Cb), V (Cr). U and V are
 # zero-centred (no +0.5 offset), so a gain on Y alone scales brightness, not colour.
 RGB_TO_YUV = np.array([[0.299, 0.587, 0.114],
@@ -44,6 +42,32 @@ SPECULAR_DENOM_MIN = 1e-3  # floor of 1 - I~c in the alpha estimate (intensity)
 TINY = 1e-12             # guards divisions by sums that may be exactly zero
 COLOR_VAR_MIN = 1e-10    # weighted variance (intensity^2) below which a = 1 (no contrast)
 A_MIN = 1e-6             # |a| below which the colour transform is not invertible
+
+
+@dataclass(frozen=True)
+class LightingOptions:
+    """Options of lighting normalization. Validated once, here; override with dataclasses.replace;
+    written into every output made with them (meta.json)."""
+
+    patch_size: int = 16            # side of the square patch p_k of Eq. (1), atlas pixels (paper: 16 for 256x256)
+    temperature: float = 0.1        # T of Eq. (2) (paper: 0.1)
+    iterations: int = 8             # IRLS iterations (paper: 5-10)
+    specular_percentile: float = 90.0  # specularity mask threshold, percentile of skin min-RGB (paper: 90th)
+    specular_smooth_sigma: float = 1.5  # Gaussian sigma (atlas pixels) of the smoothed image used for the mask
+    remove_specularities: bool = True  # Section 3.1.2 "Specularity Removal"
+    symmetrize_reference: bool = True  # Section 3.1.2 "Reference Atlas Normalization using Facial Symmetry"
+    register_skin: bool = True      # beyond the paper: optical flow aligns skin texture to the reference (normalize.py)
+    normalize: bool = True          # Section 3.1.2 gain + colour normalization (False: raw atlases, for the ablation)
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 2:
+            raise ValueError(f"patch_size must be >= 2, got {self.patch_size}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 1 <= self.iterations <= 50:
+            raise ValueError(f"iterations must be in 1..50, got {self.iterations}")
+        if not 50.0 <= self.specular_percentile < 100.0:
+            raise ValueError(f"specular_percentile must be in [50, 100), got {self.specular_percentile}")
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,12 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from . import audio, speaker as dataset, pose as normalize
+from . import audio, dataset, normalize
 from ..face import geometry
 from ..core import jobs, storage
 from ..io import media
-from .config import LightingOptions
-from ..core.errors import EngineError, InputError, NoFaceError
+from .lighting import LightingOptions
+from ..core.errors import InputError, NoFaceError, OutputExists
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from ..face.tracking import frame_ranges, track_frames
 from ..core.version import __version__
@@ -107,11 +107,56 @@ def _take_fingerprint(path: Path) -> str:
     return _fingerprint(str(path.resolve()), st.st_size, st.st_mtime_ns, TRACK_SHARD_VERSION)
 
 
+# ---------------------------------------------------------------- typed state
+
+@dataclass
+class Take:
+    """One input video as prepare works through it; the stages fill it in, in this order."""
+
+    path: Path                          # the video
+    info: media.MediaInfo               # its probe
+    fingerprint: str                    # of the file (path, size, mtime): a changed file is tracked again
+    shard: Path                         # .work/track_K.npz, the tracking result on disk
+    track: dict | None = None           # that shard's arrays: landmarks, face_count, times, audio, ...
+    usable: np.ndarray | None = None    # (U,) frame numbers with one usable face
+    excluded: str = ""                  # why the other frames were left out (for the report)
+    cuts: np.ndarray | None = None      # (U,) bool: usable frames that start a new shot
+    vertices: np.ndarray | None = None  # (U, 468, 3) normalized vertices
+    pose: list | None = None            # [scale (U,), rotation (U, 3, 3), translation (U, 3)]
+
+
+@dataclass(frozen=True)
+class TrackJob:
+    """Worker payload: track one take and load its audio into one shard."""
+
+    path: str           # the video
+    out: str            # the shard (.npz) to write
+    fingerprint: str    # stored in the shard, so that a resumed run can trust it
+
+
+@dataclass(frozen=True)
+class AtlasJob:
+    """Worker payload: the texture atlases of a chunk of one take's usable frames."""
+
+    take: int                   # index of the take
+    path: str                   # its video
+    out: str                    # the chunk folder to write
+    fingerprint: str            # of the take, the reference and the frames: a stale chunk is redone
+    frames: np.ndarray          # (n,) frame numbers, increasing
+    start_s: float              # where decoding seeks to
+    landmarks: np.ndarray       # (n, 468, 3) tracked landmarks of those frames
+    vertices: np.ndarray        # (n, 468, 3) their normalized vertices
+    norm: object                # normalize.PoseNormalization
+    lighting: LightingOptions
+    reference: np.ndarray       # the builder's reference atlas (float, with its mask)
+    sample_frames: set          # frames whose atlas samples go into the report
+
+
 # ---------------------------------------------------------------- stage 1: tracking
 
-def _track_job(job: dict) -> None:
+def _track_job(job: TrackJob) -> None:
     """Worker: decode + track one take, load its audio, write .work/track_K.npz."""
-    path, out = Path(job["path"]), Path(job["out"])
+    path, out = Path(job.path), Path(job.out)
     progress = jobs.FrameReporter()
     track = track_frames(media.iter_video_frames(path), on_frame=progress)
     progress.finish(len(track.times_s))
@@ -120,7 +165,7 @@ def _track_job(job: dict) -> None:
     sound = media.load_audio(path, sample_rate=audio.SAMPLE_RATE)
     storage.save_npz(out, landmarks=track.landmarks, face_count=track.face_count,
                      times=track.times_s, size=np.asarray(track.size), audio=sound.samples,
-                     audio_offset=np.float64(sound.start_offset_s), fingerprint=np.str_(job["fingerprint"]))
+                     audio_offset=np.float64(sound.start_offset_s), fingerprint=np.str_(job.fingerprint))
 
 
 def _load_track(path: Path, fingerprint: str) -> dict | None:
@@ -137,31 +182,31 @@ def _load_track(path: Path, fingerprint: str) -> dict | None:
 
 # ---------------------------------------------------------------- stage 2: atlases
 
-def _atlas_job(job: dict) -> None:
+def _atlas_job(job: AtlasJob) -> None:
     """Worker: atlases of the usable frames job['frames'] of one take into a chunk directory."""
-    norm = job["norm"]
-    builder = normalize.AtlasBuilder(norm, job["lighting"])
-    builder.reference = job["reference"]
-    frames = job["frames"]
+    norm = job.norm
+    builder = normalize.AtlasBuilder(norm, job.lighting)
+    builder.reference = job.reference
+    frames = job.frames
     wanted = {int(f): i for i, f in enumerate(frames)}
     n = len(frames)
     box_r, box_c = norm.lip_box
-    with storage.atomic_path(Path(job["out"])) as tmp:
+    with storage.atomic_path(Path(job.out)) as tmp:
         tmp.mkdir()
         atlas = np.lib.format.open_memmap(tmp / "atlas.npy", "w+", np.uint8, (n, 256, 256, 3))
         gain = np.zeros((n, 64, 64), np.float16)
         color = np.zeros((n, 2, 3), np.float32)
         samples = {}
         seen = 0
-        for frame in media.iter_video_frames(Path(job["path"]), start_s=job["start_s"]):
+        for frame in media.iter_video_frames(Path(job.path), start_s=job.start_s):
             i = wanted.get(frame.index)
             if i is None:
                 if frame.index > frames[-1]:
                     break
                 continue
-            fa = builder.frame(frame.image, job["landmarks"][i], job["vertices"][i])
+            fa = builder.frame(frame.image, job.landmarks[i], job.vertices[i])
             atlas[i], gain[i], color[i] = fa.normalized, fa.gain, fa.color
-            if frame.index in job["sample_frames"]:
+            if frame.index in job.sample_frames:
                 samples.update(_sample(f"{job['take']}_{frame.index}", frame.image, fa))
             seen += 1
             jobs.report(1)
@@ -175,7 +220,7 @@ def _atlas_job(job: dict) -> None:
         np.save(tmp / "color.npy", color)
         np.save(tmp / "lips.npy", np.load(tmp / "atlas.npy", mmap_mode="r")[:, box_r:box_r + 128, box_c:box_c + 128])
         np.savez(tmp / "samples.npz", **samples)
-        (tmp / "done").write_text(job["fingerprint"])
+        (tmp / "done").write_text(job.fingerprint)
 
 
 def _sample(key: str, image: np.ndarray, fa: normalize.FrameAtlas) -> dict:
@@ -207,7 +252,7 @@ class _Run:
         self.options = options
         self.on_progress = on_progress
         self.cancel = cancel
-        self.takes: list[dict] = []
+        self.takes: list[Take] = []
         self.timings: dict[str, float] = {}
 
     def stage(self, name: str, total: int, message: str = "", done: int = 0):
@@ -230,22 +275,22 @@ class _Run:
         for k, (p, info) in enumerate(zip(self.videos, infos)):
             fp = _take_fingerprint(p)
             shard = self.work / f"track_{k:04d}.npz"
-            self.takes.append({"path": p, "info": info, "fingerprint": fp, "shard": shard})
+            self.takes.append(Take(p, info, fp, shard))
             if _load_track(shard, fp) is None:
-                pending.append({"path": str(p), "out": str(shard), "fingerprint": fp})
+                pending.append(TrackJob(str(p), str(shard), fp))
                 pending_frames += max(1, info.frame_count)
         units = self.stage("track", pending_frames, f"{len(pending)} of {len(self.takes)} take(s)")
         # a MediaPipe graph leaks ~6 MB when closed: workers are renewed every TRACK_TASKS_PER_WORKER takes
         jobs.run_jobs(_track_job, pending, self.options.workers, units, self.cancel, TRACK_TASKS_PER_WORKER)
         for t in self.takes:
-            t["track"] = _load_track(t["shard"], t["fingerprint"])
+            t.track = _load_track(t.shard, t.fingerprint)
         self.timings["track_s"] = time.perf_counter() - t0
 
     def check_faces(self) -> list[str]:
         lines = []
         for t in self.takes:
-            counts = t["track"]["face_count"]
-            name, n = t["path"].name, len(counts)
+            counts = t.track["face_count"]
+            name, n = t.path.name, len(counts)
             usable = np.flatnonzero(counts == 1)
             if len(usable) == 0:
                 what = "several faces" if (counts >= 2).any() else "no face"
@@ -257,7 +302,7 @@ class _Run:
             for label, sel in (("no face", counts == 0), ("several faces", counts >= 2)):
                 if sel.any():
                     parts.append(f"{label} in frames {frame_ranges(np.flatnonzero(sel))}")
-            t["usable"], t["excluded"] = usable, "; ".join(parts)
+            t.usable, t.excluded = usable, "; ".join(parts)
             if parts:
                 lines.append(f"{name}: {len(counts) - len(usable)} frame(s) excluded: {t['excluded']}")
         return lines
@@ -265,20 +310,20 @@ class _Run:
     def choose_reference(self) -> tuple[int, int]:
         if self.options.reference is not None:
             k, f = self.options.reference
-            if not (0 <= k < len(self.takes)) or f not in set(self.takes[k]["usable"].tolist()):
+            if not (0 <= k < len(self.takes)) or f not in set(self.takes[k].usable.tolist()):
                 raise InputError(f"reference frame {f} of take {k} is not a usable frame")
             return k, f
         best = (np.inf, 0, 0)
         for k, t in enumerate(self.takes):
-            scores = normalize.reference_scores(t["track"]["landmarks"][t["usable"]])
+            scores = normalize.reference_scores(t.track["landmarks"][t.usable])
             i = int(np.argmin(scores))
             if scores[i] < best[0]:
-                best = (float(scores[i]), k, int(t["usable"][i]))
+                best = (float(scores[i]), k, int(t.usable[i]))
         return best[1], best[2]
 
     def normalize_geometry(self, ref: tuple[int, int]) -> normalize.PoseNormalization:
         k, f = ref
-        norm = normalize.build_pose_normalization(self.takes[k]["track"]["landmarks"][f])
+        norm = normalize.build_pose_normalization(self.takes[k].track["landmarks"][f])
         return self.normalize_takes(norm)
 
     def borrow_reference(self, speaker: Path):
@@ -290,34 +335,33 @@ class _Run:
                                            geometry.CylinderMap.from_dict(meta["cylinder"]), (box["row"], box["col"]))
         self.normalize_takes(norm)
         builder = normalize.AtlasBuilder(norm, self.options.lighting)
-        image = cv2.imread(str(speaker / "reference_atlas_normalized.png"))
-        if image is None:
-            raise InputError(f"{speaker / 'reference_atlas_normalized.png'}: missing or unreadable")
+        image = dataset.read_reference_atlas(speaker)
         valid = builder.raster(norm.reference_vertices).mask
-        builder.reference = np.dstack([image[..., ::-1].astype(np.float32) / 255.0, valid.astype(np.float32)])
-        for name in ("reference_atlas.png", "reference_atlas_normalized.png"):
-            with storage.atomic_path(self.out / name) as tmp:
-                shutil.copyfile(speaker / name, tmp)
+        builder.reference = np.dstack([image.astype(np.float32) / 255.0, valid.astype(np.float32)])
+        for src, dst in zip(dataset.reference_atlas_files(speaker), dataset.reference_atlas_files(self.out)):
+            with storage.atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
         return (-1, -1), norm, builder
 
     def normalize_takes(self, norm: normalize.PoseNormalization) -> normalize.PoseNormalization:
         for t in self.takes:
-            lms = t["track"]["landmarks"][t["usable"]]
-            sigma_frames = self.options.pose_smoothing_s * (t["info"].fps or 25.0)
-            t["cuts"] = normalize.detect_cuts(lms, t["usable"])
-            t["vertices"], *pose = normalize.normalize_vertices(lms, norm.reference_vertices, t["usable"],
-                                                                sigma_frames, t["cuts"])
-            t["pose"] = pose
+            lms = t.track["landmarks"][t.usable]
+            sigma_frames = self.options.pose_smoothing_s * (t.info.fps or 25.0)
+            t.cuts = normalize.detect_cuts(lms, t.usable)
+            t.vertices, *pose = normalize.normalize_vertices(lms, norm.reference_vertices, t.usable,
+                                                                sigma_frames, t.cuts)
+            t.pose = pose
         return norm
 
     def reference_atlas(self, ref, norm):
         k, f = ref
         t = self.takes[k]
-        image = _reference_image(t["path"], f, self._seek_time(t, f))
+        image = _reference_image(t.path, f, self._seek_time(t, f))
         builder = normalize.AtlasBuilder(norm, self.options.lighting)
-        raw, normalized = builder.set_reference(image, t["track"]["landmarks"][f])
-        _write_png(self.out / "reference_atlas.png", normalize.to_uint8(raw))
-        _write_png(self.out / "reference_atlas_normalized.png", normalize.to_uint8(normalized))
+        raw, normalized = builder.set_reference(image, t.track["landmarks"][f])
+        raw_file, normalized_file = dataset.reference_atlas_files(self.out)
+        _write_png(raw_file, normalize.to_uint8(raw))
+        _write_png(normalized_file, normalize.to_uint8(normalized))
         return builder, image
 
     def _chunk_size(self, frames: int) -> int:
@@ -327,38 +371,38 @@ class _Run:
         return int(np.clip(per_worker, self.options.chunk_frames, self.options.max_chunk_frames))
 
     @staticmethod
-    def _seek_time(take: dict, frame: int) -> float:
+    def _seek_time(take: Take, frame: int) -> float:
         """A time a little before `frame`, for seeking (the decoder goes back to a keyframe)."""
-        times = take["track"]["times"]
+        times = take.track["times"]
         return max(0.0, float(times[frame]) - 1.0)
 
-    def atlas_jobs(self, norm, builder, ref_key: str, sample_frames: dict) -> list[dict]:
+    def atlas_jobs(self, norm, builder, ref_key: str, sample_frames: dict) -> list[AtlasJob]:
         out = []
         for k, t in enumerate(self.takes):
-            usable = t["usable"]
+            usable = t.usable
             size = self._chunk_size(len(usable))
             for c0 in range(0, len(usable), size):
                 sel = slice(c0, c0 + size)
                 frames = usable[sel]
-                fp = _fingerprint(t["fingerprint"], ref_key, int(frames[0]), int(frames[-1]), len(frames),
+                fp = _fingerprint(t.fingerprint, ref_key, int(frames[0]), int(frames[-1]), len(frames),
                                   ATLAS_SHARD_VERSION)
-                out.append({
-                    "take": k, "path": str(t["path"]), "out": str(self.work / f"atlas_{k:04d}_{c0:06d}"),
-                    "fingerprint": fp, "frames": frames, "start_s": self._seek_time(t, int(frames[0])),
-                    "landmarks": t["track"]["landmarks"][frames], "vertices": t["vertices"][sel],
-                    "norm": norm, "lighting": self.options.lighting, "reference": builder.reference,
-                    "sample_frames": set(sample_frames.get(k, ())) & set(frames.tolist()),
-                })
+                out.append(AtlasJob(
+                    take=k, path=str(t.path), out=str(self.work / f"atlas_{k:04d}_{c0:06d}"),
+                    fingerprint=fp, frames=frames, start_s=self._seek_time(t, int(frames[0])),
+                    landmarks=t.track["landmarks"][frames], vertices=t.vertices[sel],
+                    norm=norm, lighting=self.options.lighting, reference=builder.reference,
+                    sample_frames=set(sample_frames.get(k, ())) & set(frames.tolist()),
+                ))
         return out
 
-    def atlases(self, atlas_jobs: list[dict], pool: jobs.WorkerPool) -> None:
+    def atlases(self, atlas_jobs: list[AtlasJob], pool: jobs.WorkerPool) -> None:
         t0 = time.perf_counter()
-        pending = [j for j in atlas_jobs if not _chunk_done(Path(j["out"]), j["fingerprint"])]
+        pending = [j for j in atlas_jobs if not _chunk_done(Path(j.out), j.fingerprint)]
         for j in pending:  # a stale chunk (other reference or options) is replaced
-            shutil.rmtree(j["out"], ignore_errors=True)
-        total = sum(len(j["frames"]) for j in atlas_jobs)
+            shutil.rmtree(j.out, ignore_errors=True)
+        total = sum(len(j.frames) for j in atlas_jobs)
         units = self.stage("atlas", total, f"{len(atlas_jobs)} chunk(s)",
-                           done=total - sum(len(j["frames"]) for j in pending))
+                           done=total - sum(len(j.frames) for j in pending))
         pool.run(_atlas_job, pending, units)
         self.timings["atlas_s"] = time.perf_counter() - t0
 
@@ -376,11 +420,11 @@ def _chunk_done(path: Path, fingerprint: str) -> bool:
     return done.is_file() and done.read_text() == fingerprint
 
 
-def _sample_frames(takes: list[dict], count: int = 6) -> dict[int, list[int]]:
+def _sample_frames(takes: list[Take], count: int = 6) -> dict[int, list[int]]:
     """Frames the report shows: evenly spread over the dataset plus the widest-open mouth."""
-    flat = [(k, int(f)) for k, t in enumerate(takes) for f in t["usable"]]
+    flat = [(k, int(f)) for k, t in enumerate(takes) for f in t.usable]
     picks = {flat[i] for i in np.linspace(0, len(flat) - 1, min(count, len(flat))).round().astype(int)}
-    opens = np.concatenate([normalize.mouth_openness(t["vertices"]) for t in takes])
+    opens = np.concatenate([normalize.mouth_openness(t.vertices) for t in takes])
     picks.add(flat[int(np.argmax(opens))])
     out: dict[int, list[int]] = {}
     for k, f in sorted(picks):
@@ -411,31 +455,31 @@ def _write_array(path: Path, parts, n: int, shape_tail, dtype) -> None:
             raise RuntimeError(f"{path.name}: assembled {written} frames, expected {n}")
 
 
-def _assemble(run: _Run, norm, atlas_jobs: list[dict]) -> None:
+def _assemble(run: _Run, norm, atlas_jobs: list[AtlasJob]) -> None:
     t0 = time.perf_counter()
     units = run.stage("assemble", 4)
     takes, out = run.takes, run.out
-    chunks = [Path(j["out"]) for j in atlas_jobs]
-    n = sum(len(t["usable"]) for t in takes)
+    chunks = [Path(j.out) for j in atlas_jobs]
+    n = sum(len(t.usable) for t in takes)
     for name, file in (("atlas", "atlas.npy"), ("lips", "lips.npy")):
         shape = dataset.ARRAYS[name][1]
         _write_array(out / dataset.ARRAYS[name][0], (np.load(c / file) for c in chunks), n, shape, np.uint8)
     units(1)
     _write_array(out / "gain.npy", (np.load(c / "gain.npy") for c in chunks), n, (64, 64), np.float16)
     _write_array(out / "color_transform.npy", (np.load(c / "color.npy") for c in chunks), n, (2, 3), np.float32)
-    _write_array(out / "vertices.npy", (t["vertices"] for t in takes), n, (468, 3), np.float32)
-    _write_array(out / "landmarks.npy", (t["track"]["landmarks"][t["usable"]] for t in takes), n, (468, 3), np.float32)
-    index = [np.stack([np.full(len(t["usable"]), k), t["usable"]], 1) for k, t in enumerate(takes)]
+    _write_array(out / "vertices.npy", (t.vertices for t in takes), n, (468, 3), np.float32)
+    _write_array(out / "landmarks.npy", (t.track["landmarks"][t.usable] for t in takes), n, (468, 3), np.float32)
+    index = [np.stack([np.full(len(t.usable), k), t.usable], 1) for k, t in enumerate(takes)]
     _write_array(out / "frame_index.npy", index, n, (2,), np.int32)
-    _write_array(out / "frame_times.npy", (t["track"]["times"][t["usable"]] for t in takes), n, (), np.float64)
+    _write_array(out / "frame_times.npy", (t.track["times"][t.usable] for t in takes), n, (), np.float64)
     units(1)
-    specs = (audio.spectrogram_frames(t["track"]["audio"], times[i:i + SPECTROGRAM_BLOCK],
-                                      float(t["track"]["audio_offset"]))
-             for t in takes for times in [t["track"]["times"][t["usable"]]]
+    specs = (audio.spectrogram_frames(t.track["audio"], times[i:i + SPECTROGRAM_BLOCK],
+                                      float(t.track["audio_offset"]))
+             for t in takes for times in [t.track["times"][t.usable]]
              for i in range(0, len(times), SPECTROGRAM_BLOCK))
     _write_array(out / "spectrograms.npy", specs, n, (audio.N_FREQ, audio.N_COLUMNS, 2), np.float32)
     units(1)
-    pose = [np.concatenate([t["pose"][i] for t in takes]) for i in range(3)]
+    pose = [np.concatenate([t.pose[i] for t in takes]) for i in range(3)]
     storage.save_npz(out / dataset.POSES, scale=pose[0], rotation=pose[1], translation=pose[2])
     storage.save_npy(out / dataset.REFERENCE_VERTICES, norm.reference_vertices.astype(np.float32))
     samples = {}
@@ -458,12 +502,12 @@ def _cut_lines(takes: list[dict]) -> tuple[str, ...]:
 def _meta(run: _Run, norm, ref, fingerprint: str, excluded: list[str]) -> dict:
     takes = []
     for t in run.takes:
-        info, tr = t["info"], t["track"]
+        info, tr = t.info, t.track
         takes.append({
-            "path": str(t["path"].resolve()), "name": t["path"].name, "fps": info.fps,
+            "path": str(t.path.resolve()), "name": t.path.name, "fps": info.fps,
             "size": [int(s) for s in tr["size"]], "rotation": info.rotation, "frames": int(len(tr["face_count"])),
-            "usable_frames": int(len(t["usable"])), "excluded": t["excluded"],
-            "cuts": [int(f) for f in t["usable"][t["cuts"]]],
+            "usable_frames": int(len(t.usable)), "excluded": t.excluded,
+            "cuts": [int(f) for f in t.usable[t.cuts]],
             "video_duration_s": float(len(tr["face_count"]) / info.fps) if info.fps else None,
             "audio_duration_s": float(len(tr["audio"]) / audio.SAMPLE_RATE),
             "audio_offset_s": float(tr["audio_offset"]),
@@ -472,12 +516,12 @@ def _meta(run: _Run, norm, ref, fingerprint: str, excluded: list[str]) -> dict:
     return {
         "format": dataset.FORMAT, "format_version": dataset.FORMAT_VERSION, "engine_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
-        "frames": int(sum(len(t["usable"]) for t in run.takes)), "fps": fps[0] if len(fps) == 1 else fps,
+        "frames": int(sum(len(t.usable) for t in run.takes)), "fps": fps[0] if len(fps) == 1 else fps,
         "takes": takes, "excluded": excluded,
         "reference": {"take": ref[0], "frame": ref[1],
                       **({"speaker": run.options.reference_speaker} if run.options.reference_speaker else {})},
-        "cylinder": norm.cylinder.to_dict(), "atlas_size": normalize.ATLAS_SIZE,
-        "lip_box": {"row": norm.lip_box[0], "col": norm.lip_box[1], "size": normalize.LIP_SIZE},
+        "cylinder": norm.cylinder.to_dict(), "atlas_size": geometry.ATLAS_SIZE,
+        "lip_box": {"row": norm.lip_box[0], "col": norm.lip_box[1], "size": geometry.LIP_SIZE},
         "audio": {"sample_rate": audio.SAMPLE_RATE, "window": audio.WINDOW_LENGTH, "hop": audio.HOP_LENGTH,
                   "n_fft": audio.N_FFT, "frequencies": audio.N_FREQ, "columns": audio.N_COLUMNS,
                   "layout": "spectrograms.npy[frame, frequency, column, (real, imag)]"},
@@ -511,8 +555,7 @@ def _check_output_dir(out: Path, fingerprint: str, overwrite: bool) -> bool:
         if meta.get("fingerprint") == fingerprint:
             return True
         if not overwrite:
-            raise EngineError(f"{out}: already holds a prepared speaker made from other videos or options; "
-                              f"choose another folder or pass --overwrite")
+            raise OutputExists(f"{out}: already holds a prepared speaker made from other videos or options")
         meta_path.unlink()
         return False
     if (out / WORK).is_dir():  # our own interrupted run: resume it
@@ -571,6 +614,6 @@ def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: 
     if options.report:
         from .report import write_report
         write_report(out, on_progress)
-    frames = sum(len(t["usable"]) for t in run.takes)
+    frames = sum(len(t.usable) for t in run.takes)
     return PrepareResult(out, frames, len(run.takes), tuple(excluded), ref, False, time.perf_counter() - t0,
                          _cut_lines(meta["takes"]))

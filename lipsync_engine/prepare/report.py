@@ -19,9 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import speaker as dataset  # noqa: E402
+from . import dataset  # noqa: E402
 from ..core import storage
-from .pose import mouth_openness  # noqa: E402
+from .normalize import mouth_openness  # noqa: E402
 from ..core.progress import Progress, ProgressCallback, no_progress  # noqa: E402
 from ..face.topology import load_topology  # noqa: E402
 
@@ -121,8 +121,7 @@ def _openness_plot(ds, path):
 
 
 def _reference_sheet(root: Path, path: Path):
-    raw = cv2.imread(str(root / "reference_atlas.png"))[..., ::-1]
-    norm = cv2.imread(str(root / "reference_atlas_normalized.png"))[..., ::-1]
+    raw, norm = dataset.read_reference_atlas(root, normalized=False), dataset.read_reference_atlas(root)
     fig, axes = plt.subplots(1, 2, figsize=(6, 3.3))
     for ax, img, title in zip(axes, (raw, norm), ("reference atlas R", "R^n: specularities removed, symmetrized")):
         ax.imshow(img)

@@ -46,9 +46,9 @@ from pathlib import Path
 import numpy as np
 from scipy.fft import dct, idct
 
-from ..prepare import speaker as dataset
+from ..prepare import dataset
 from ..core import storage
-from ..prepare.speaker import segment_breaks  # noqa: F401  (public here too, for callers and tests)
+from ..prepare.dataset import segment_breaks  # noqa: F401  (public here too, for callers and tests)
 from ..core.errors import DatasetError, InputError
 from ..face.geometry import umeyama
 from .names import ARKIT_NAMES
@@ -409,8 +409,8 @@ def _fit_meta(ds, rig: BlendshapeRig, result: FitResult, options: FitOptions, se
     }
 
 
-def fit_speaker(speaker_dir: Path | str, on_progress: ProgressCallback = no_progress,
-                options: FitOptions = FitOptions(), cancel: CancelToken | None = None,
+def fit_speaker(speaker_dir: Path | str, options: FitOptions = FitOptions(),
+                on_progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
                 rig_name: str = DEFAULT_RIG) -> FitSummary:
     """Fit the rig to every frame of a prepared speaker and store the coefficients there.
 

@@ -1,9 +1,10 @@
 """Blendshape names: the ARKit set, matching a character's shape-key names, and the presets.
 
-Owns: the 52 ARKit names in Apple's grouped order (the engine's canonical order), the
-Live Link Face column order, name normalization (case and separators ignored), explicit
-user mapping files, and the user-editable presets of blendshape_rigs/presets/*.json that
-turn per-frame ARKit coefficients into another rig's channels:
+The 52 ARKit names (Apple's grouped order, the engine's canonical order), the Live Link Face
+column order, name normalization and matching live in core/interop.py, shared with the
+Blender add-on, and are importable from here. Owns: explicit user mapping files, and the
+user-editable presets of blendshape_rigs/presets/*.json that turn per-frame ARKit
+coefficients into another rig's channels:
 
 - kind "rename": one target name per ARKit name (ARKit, Live Link Face, Character Creator 4);
 - kind "linear": each output is clip(bias + sum_k weight_k * arkit_k) (VRM, Oculus visemes);
@@ -17,7 +18,6 @@ silently: every name that cannot be matched is reported in a NameMatch.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -25,93 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputError
-
-ARKIT_NAMES = (
-    # left eye
-    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft", "eyeSquintLeft",
-    "eyeWideLeft",
-    # right eye
-    "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight", "eyeSquintRight",
-    "eyeWideRight",
-    # mouth and jaw
-    "jawForward", "jawLeft", "jawRight", "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthLeft",
-    "mouthRight", "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft", "mouthFrownRight", "mouthDimpleLeft",
-    "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight", "mouthRollLower", "mouthRollUpper",
-    "mouthShrugLower", "mouthShrugUpper", "mouthPressLeft", "mouthPressRight", "mouthLowerDownLeft",
-    "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight",
-    # eyebrows, cheeks and nose
-    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff",
-    "cheekSquintLeft", "cheekSquintRight", "noseSneerLeft", "noseSneerRight",
-    # tongue
-    "tongueOut",
-)
-
-# The header row of a Live Link Face take (.csv), byte for byte. Its shape order is Apple's
-# except that JawRight/JawLeft and MouthRight/MouthLeft are swapped. Checked against the
-# importers that read these takes: nmfisher/blender_livelinkface (LIVE_LINK_FACE_HEADER),
-# a Flutter/Dart loader ("Load visemes from a CSV file formatted according to the following
-# header"), and a real-capture header quoted in a third project's tests (which spells the
-# second column "BlendshapeCount"; readers here accept either spelling).
-LIVELINK_HEADER = (
-    "Timecode,BlendShapeCount,EyeBlinkLeft,EyeLookDownLeft,EyeLookInLeft,EyeLookOutLeft,EyeLookUpLeft,"
-    "EyeSquintLeft,EyeWideLeft,EyeBlinkRight,EyeLookDownRight,EyeLookInRight,EyeLookOutRight,EyeLookUpRight,"
-    "EyeSquintRight,EyeWideRight,JawForward,JawRight,JawLeft,JawOpen,MouthClose,MouthFunnel,MouthPucker,"
-    "MouthRight,MouthLeft,MouthSmileLeft,MouthSmileRight,MouthFrownLeft,MouthFrownRight,MouthDimpleLeft,"
-    "MouthDimpleRight,MouthStretchLeft,MouthStretchRight,MouthRollLower,MouthRollUpper,MouthShrugLower,"
-    "MouthShrugUpper,MouthPressLeft,MouthPressRight,MouthLowerDownLeft,MouthLowerDownRight,MouthUpperUpLeft,"
-    "MouthUpperUpRight,BrowDownLeft,BrowDownRight,BrowInnerUp,BrowOuterUpLeft,BrowOuterUpRight,CheekPuff,"
-    "CheekSquintLeft,CheekSquintRight,NoseSneerLeft,NoseSneerRight,TongueOut,HeadYaw,HeadPitch,HeadRoll,"
-    "LeftEyeYaw,LeftEyePitch,LeftEyeRoll,RightEyeYaw,RightEyePitch,RightEyeRoll"
-)
-LIVELINK_COLUMNS = tuple(LIVELINK_HEADER.split(","))
-LIVELINK_SHAPES = LIVELINK_COLUMNS[2:54]            # the 52 PascalCase shape names
-LIVELINK_POSE = LIVELINK_COLUMNS[54:]               # head and eye rotations (9)
-LIVELINK_VALUE_COUNT = len(LIVELINK_COLUMNS) - 2    # the BlendShapeCount column: 61
+from ..io.exports import reorder_to_arkit  # noqa: F401  (public here too)
+# the names, the formats and name matching are shared with the Blender add-on (stdlib only)
+from ..core.interop import (ARKIT_NAMES, LIVELINK_COLUMNS, LIVELINK_HEADER, LIVELINK_POSE,  # noqa: F401
+                            LIVELINK_SHAPES, LIVELINK_VALUE_COUNT, MAPPING_FORMAT, PRESET_FORMAT, PRESET_KINDS,
+                            RHUBARB_EXTENDED, NameMatch, arkit_index, match_names, normalize_name)
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "blendshape_rigs" / "presets"
-PRESET_FORMAT = "lipsync3d-blendshape-preset"
-MAPPING_FORMAT = "lipsync3d-shape-key-mapping"
-PRESET_KINDS = ("rename", "linear", "classify")
-RHUBARB_EXTENDED = "GHX"    # Rhubarb's optional shapes; A-F are always used
-_SEPARATORS = re.compile(r"[\s_\-.:]+")
-
-
-def normalize_name(name: str) -> str:
-    """Matching key of a name: case-folded, separators removed.
-
-    Example: ``normalize_name("Jaw Open") == normalize_name("jaw_open") == "jawopen"``.
-    """
-    return _SEPARATORS.sub("", str(name)).casefold()
-
-
-def arkit_index(name: str) -> int:
-    """Index of an ARKit name in ARKIT_NAMES, any case or separators; ValueError if unknown."""
-    try:
-        return _ARKIT_KEYS[normalize_name(name)]
-    except KeyError:
-        raise ValueError(f"{name!r} is not one of the 52 ARKit blendshape names") from None
-
-
 _ARKIT_KEYS = {normalize_name(n): i for i, n in enumerate(ARKIT_NAMES)}
-
-
-def reorder_to_arkit(coefficients: np.ndarray, names) -> tuple[np.ndarray, tuple[str, ...]]:
-    """(F, K) coefficients under `names` -> ((F, 52) in ARKIT_NAMES order, ARKit names missing).
-
-    Names may be spelled in any case/separator style; missing ARKit channels are 0 and
-    returned so the caller can report them. ValueError for a name that is not ARKit's.
-    """
-    c = np.asarray(coefficients, np.float64)
-    names = list(names)
-    if c.ndim != 2 or c.shape[1] != len(names):
-        raise ValueError(f"coefficients must be (frames, {len(names)}) for {len(names)} names, got {c.shape}")
-    out = np.zeros((len(c), len(ARKIT_NAMES)))
-    idx = [arkit_index(n) for n in names]
-    if len(set(idx)) != len(idx):
-        raise ValueError("the same ARKit name appears twice in names")
-    out[:, idx] = c
-    missing = tuple(n for i, n in enumerate(ARKIT_NAMES) if i not in set(idx))
-    return out, missing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,33 +236,6 @@ def convert_coefficients(coefficients: np.ndarray, names, preset) -> tuple[tuple
 # Matching a character's shape keys
 # ---------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class NameMatch:
-    """Which source channel drives each of a character's shape keys.
-
-    assignments : shape key -> channel name (as the preset spells it), in key order.
-    unmapped_keys : keys nothing drives (no match, no explicit entry).
-    ignored_keys : keys an explicit mapping file sets to null on purpose.
-    unused_channels : channels that drive no key (the character lacks that shape).
-    """
-
-    assignments: dict
-    unmapped_keys: tuple
-    ignored_keys: tuple
-    unused_channels: tuple
-
-    def report(self) -> str:
-        """One human-readable line: counts, then every unmapped name."""
-        parts = [f"{len(self.assignments)} shape keys matched"]
-        if self.unmapped_keys:
-            parts.append(f"{len(self.unmapped_keys)} shape keys not driven: {', '.join(self.unmapped_keys)}")
-        if self.ignored_keys:
-            parts.append(f"{len(self.ignored_keys)} ignored by the mapping file: {', '.join(self.ignored_keys)}")
-        if self.unused_channels:
-            parts.append(f"{len(self.unused_channels)} channels without a shape key: {', '.join(self.unused_channels)}")
-        return "; ".join(parts)
-
-
 def load_mapping_file(path: Path) -> dict:
     """Read an explicit mapping file: {"format": ..., "mapping": {shape key: channel or null}}.
 
@@ -357,43 +251,6 @@ def load_mapping_file(path: Path) -> dict:
     if bad:
         raise InputError(f"{path}: mapping values must be a channel name or null (bad entries: {bad})")
     return mapping
-
-
-def match_names(shape_keys, channels, explicit: dict | None = None, aliases: dict | None = None) -> NameMatch:
-    """Match a character's shape-key names to source channel names.
-
-    Parameters
-    ----------
-    shape_keys : the character's shape-key names (as in Blender).
-    channels : the names a preset (or ARKIT_NAMES) produces.
-    explicit : {shape key: channel or None} from a mapping file; wins over automatic matching.
-    aliases : {alias: channel} other names a channel answers to.
-
-    Matching ignores case and separators: jawOpen = JawOpen = jaw_open = "Jaw Open".
-    Raises ValueError if an explicit entry names a channel that does not exist.
-
-    Example: ``match_names(["Jaw Open", "Hat"], ARKIT_NAMES).unmapped_keys == ("Hat",)``.
-    """
-    channels = tuple(channels)
-    lookup = {normalize_name(c): c for c in channels}
-    for alias, target in (aliases or {}).items():
-        lookup.setdefault(normalize_name(alias), target)
-    wanted = {normalize_name(k): v for k, v in (explicit or {}).items()}
-    assignments, unmapped, ignored = {}, [], []
-    for key in shape_keys:
-        nk = normalize_name(key)
-        if nk in wanted and wanted[nk] is None:
-            ignored.append(key)
-        elif nk in wanted:
-            if normalize_name(wanted[nk]) not in lookup:
-                raise ValueError(f"mapping for shape key {key!r}: {wanted[nk]!r} is not a channel name")
-            assignments[key] = lookup[normalize_name(wanted[nk])]
-        elif nk in lookup:
-            assignments[key] = lookup[nk]
-        else:
-            unmapped.append(key)
-    used = set(assignments.values())
-    return NameMatch(assignments, tuple(unmapped), tuple(ignored), tuple(c for c in channels if c not in used))
 
 
 def best_preset(shape_keys, presets=None) -> str:

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from blender_addon import results
+from blender_addon.core import results
 
 from blender_helpers import (emission_render_setup, engine_to_blender, ensure_fcurve, evaluated_coords,
                              make_character, texture_as_emission)
@@ -45,7 +45,7 @@ def test_addon_is_enabled_with_its_operators_panels_and_preferences(scene, blend
         cls = getattr(bpy.types, panel)
         assert cls.bl_category == "LipSync3D" and cls.bl_space_type == 'VIEW_3D'
     assert scene.lipsync3d.audio_source == 'STRIP'
-    client = sys.modules[blender.__name__ + ".client"]
+    client = sys.modules[blender.__name__ + ".core.client"]
     assert client.bundled_engine_dir().name == "engine"     # the zip's engine runs, not the checkout's
 
 
@@ -114,7 +114,7 @@ def test_drive_character_keys_equal_the_prediction_and_keep_the_users_action(sce
     data = make_result(tmp_path / "pred", frames=6)
     scene.render.fps = 25                   # the result's rate: scene frame 50 + i is result frame i
     character = sys.modules[blender.__name__ + ".character"]
-    mapping = sys.modules[blender.__name__ + ".mapping"]
+    mapping = sys.modules[blender.__name__ + ".core.mapping"]
     obj = make_character(["JAW_OPEN", "mouth-smile-left", "eyeBlink_L", "Mouth Funnel", "Hat"])
     key = obj.data.shape_keys
     users = bpy.data.actions.new("Hand keyed")
@@ -146,7 +146,7 @@ def test_drive_character_strength_blinks_and_head_motion(scene, blender, tmp_pat
     make_result(tmp_path / "pred", frames=200, seed=3)
     scene.render.fps = 25
     character = sys.modules[blender.__name__ + ".character"]
-    mapping = sys.modules[blender.__name__ + ".mapping"]
+    mapping = sys.modules[blender.__name__ + ".core.mapping"]
     obj = make_character(["jawOpen", "eyeBlinkLeft", "eyeBlinkRight"])
     result = results.read_prediction(tmp_path / "pred")
     track = results.read_coefficients(tmp_path / "pred" / "blendshapes.json")
@@ -172,7 +172,7 @@ def test_drive_character_strength_blinks_and_head_motion(scene, blender, tmp_pat
 def test_head_motion_on_an_armature_bone(scene, blender, tmp_path):
     make_result(tmp_path / "pred", frames=120, seed=5)
     character = sys.modules[blender.__name__ + ".character"]
-    mapping = sys.modules[blender.__name__ + ".mapping"]
+    mapping = sys.modules[blender.__name__ + ".core.mapping"]
     arm = bpy.data.objects.new("Rig", bpy.data.armatures.new("Rig"))
     scene.collection.objects.link(arm)
     bpy.context.view_layer.objects.active = arm

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from blender_addon import results
+from blender_addon.core import results
 
 from blender_helpers import ensure_fcurve, make_character
 from handmade import make_result
@@ -20,7 +20,7 @@ bpy = pytest.importorskip("bpy")
 
 
 def _mods(blender):
-    return (sys.modules[blender.__name__ + ".character"], sys.modules[blender.__name__ + ".mapping"],
+    return (sys.modules[blender.__name__ + ".character"], sys.modules[blender.__name__ + ".core.mapping"],
             sys.modules[blender.__name__ + ".anim"])
 
 

@@ -36,7 +36,7 @@ def _module(blender, name):
 
 
 def _head(blender, folder, start):
-    from blender_addon import results
+    from blender_addon.core import results
 
     obj = _module(blender, "importer").import_head(bpy.context, results.read_prediction(folder), start, 'SHAPE_KEYS')
     bpy.context.view_layer.objects.active = obj

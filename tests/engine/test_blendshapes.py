@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lipsync_engine.rig import fitting as bs
-from lipsync_engine.prepare import speaker as dataset
+from lipsync_engine.prepare import dataset
 from lipsync_engine.rig.fitting import (FitOptions, adapt_basis, coefficients_to_vertices, fit_coefficients,
                                         fit_speaker, load_rig, segment_breaks)
 from lipsync_engine.rig.names import ARKIT_NAMES

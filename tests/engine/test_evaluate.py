@@ -6,12 +6,12 @@ import shutil
 import numpy as np
 import pytest
 
-from lipsync_engine.prepare import audio, speaker as dataset
+from lipsync_engine.prepare import audio, dataset
 from lipsync_engine.apps import evaluate
 from lipsync_engine.cli import main
 from lipsync_engine.core.errors import DatasetError, EngineError
 from lipsync_engine.face.geometry import CylinderMap
-from lipsync_engine.prepare.pose import mouth_openness
+from lipsync_engine.prepare.normalize import mouth_openness
 
 CYL = CylinderMap(cx=0.0, cz=-5.0, radius=8.0, k=100.0, u0=128.0, s=12.0, v0=120.0)
 

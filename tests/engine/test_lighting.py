@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync_engine.prepare.config import LightingOptions
+from lipsync_engine.prepare.lighting import LightingOptions
 from lipsync_engine.prepare.lighting import (
     LightingResult,
     denormalize_frame,

@@ -3,8 +3,8 @@
 import numpy as np
 
 from lipsync_engine.face import geometry
-from lipsync_engine.prepare.speaker import segment_breaks
-from lipsync_engine.prepare.pose import detect_cuts, normalize_vertices
+from lipsync_engine.prepare.dataset import segment_breaks
+from lipsync_engine.prepare.normalize import detect_cuts, normalize_vertices
 from lipsync_engine.face.topology import load_topology
 
 FRAMES = 120

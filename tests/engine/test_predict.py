@@ -17,9 +17,10 @@ import lipsync_engine
 from lipsync_engine import cli
 from lipsync_engine.io import media
 from lipsync_engine.core.errors import Cancelled, EngineError, InputError
-from lipsync_engine.prepare.pose import mouth_openness
-from lipsync_engine.inference.predictor import (OutputOptions, PredictOptions, compose_atlas, frame_count, load_predictor,
-                                    predict_to_folder, write_outputs)
+from lipsync_engine.prepare.normalize import mouth_openness
+from lipsync_engine.inference.folder import OutputOptions, predict_to_folder, write_outputs
+from lipsync_engine.inference.predictor import PredictOptions, frame_count, load_predictor
+from lipsync_engine.inference.render import compose_atlas
 from lipsync_engine.core.progress import CancelToken
 
 pytestmark = pytest.mark.slow
@@ -146,7 +147,7 @@ def test_compressed_formats_any_rate_and_channels(model, voice, tmp_path, codec,
 def test_prediction_folder_reads_back(model, voice, tmp_path, trained_demo):
     from lipsync_engine.io.exports import read_coefficients_json, read_livelink_csv, read_rhubarb_json
     from lipsync_engine.io.pointcache import read_obj, read_pc2
-    from lipsync_engine.io.preview import stream_durations
+    from lipsync_engine.io.media import stream_durations
     from lipsync_engine.inference.render import read_atlas
 
     out = tmp_path / "take 1"

@@ -11,7 +11,9 @@ import torch
 from lipsync_engine.core.errors import Cancelled, EngineError
 from lipsync_engine.model.network import ModelDimensions
 from lipsync_engine.core.progress import CancelToken
-from lipsync_engine.model.train import RECIPES, TrainOptions, load_model, recipe_options, ssim, train_speaker
+from lipsync_engine.model.checkpoint import load_model
+from lipsync_engine.model.losses import ssim
+from lipsync_engine.model.train import RECIPES, TrainOptions, recipe_options, train_speaker
 
 pytestmark = pytest.mark.slow
 TINY = ModelDimensions().scaled(1 / 32)
@@ -26,7 +28,7 @@ def test_ssim_known_values():
 
 def test_training_learns_mouth_motion_from_audio(prepared_demo, tmp_path):
     """12 epochs of a 1/32-width model: the loss falls and predicted mouth opening follows the video."""
-    from lipsync_engine.prepare.pose import mouth_openness
+    from lipsync_engine.prepare.normalize import mouth_openness
 
     ds, _, _ = prepared_demo
     opts = recipe_options("fast", epochs=12, batch_size=16, seed=1)

@@ -18,14 +18,13 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from ..face import geometry
+from ..face.geometry import ATLAS_SIZE, LIP_SIZE
 from . import lighting
-from .config import LightingOptions
+from .lighting import LightingOptions
 from ..face.topology import (CHIN, FOREHEAD_TOP, LOWER_LIP_INNER, NOSE_TIP, UPPER_LIP_INNER,
                        FaceTopology, load_topology)
 from ..face.warp import Raster
 
-ATLAS_SIZE = geometry.ATLAS_SIZE
-LIP_SIZE = 128          # side of the lip crop predicted by the texture decoder (pixels)
 GAIN_DOWNSAMPLE = 4     # stored gain maps are ATLAS_SIZE / 4 = 64 pixels wide
 POSE_SMOOTHING = 1.5    # default Gaussian sigma (frames) of the per-frame pose smoothing
 MAX_SOURCE_FACE = 2 * ATLAS_SIZE  # faces wider than this (pixels) are downscaled before sampling

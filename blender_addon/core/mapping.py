@@ -1,12 +1,10 @@
 """From per-frame ARKit-52 coefficients to a character's shape-key values, with the stdlib only.
 
-Owns: name matching (the engine's rule, lipsync_engine/names.py: case and separators
-ignored, so jawOpen = JawOpen = jaw_open = "JAW OPEN"; plus two fallbacks for names seen on
-real rigs: a side suffix, "mouthSmile_L" = mouthSmileLeft, and a prefix, "blendShape1.jawOpen"
-or "BS_jawOpen" = jawOpen), the presets of blendshape_rigs/presets/*.json (rename, linear,
-classify) applied in plain Python, temporal smoothing, strength, procedural eye blinks and a
-subtle head motion (the paper combines the predicted mouth with other blendshapes for lively
-animation, Section 3.3).
+Owns: the presets of blendshape_rigs/presets/*.json (rename, linear, classify) applied in
+plain Python, temporal smoothing, strength, procedural eye blinks and a subtle head motion
+(the paper combines the predicted mouth with other blendshapes for lively animation,
+Section 3.3). The ARKit names and name matching (case and separators ignored,
+side suffixes, prefix words) are interop.py's, shared with the engine.
 Must not: import bpy (character.py writes the keyframes) or numpy.
 """
 
@@ -15,50 +13,16 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ARKIT_NAMES = (
-    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft", "eyeSquintLeft",
-    "eyeWideLeft", "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight",
-    "eyeSquintRight", "eyeWideRight", "jawForward", "jawLeft", "jawRight", "jawOpen", "mouthClose", "mouthFunnel",
-    "mouthPucker", "mouthLeft", "mouthRight", "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft",
-    "mouthFrownRight", "mouthDimpleLeft", "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight",
-    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthPressLeft", "mouthPressRight",
-    "mouthLowerDownLeft", "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight", "browDownLeft",
-    "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff", "cheekSquintLeft",
-    "cheekSquintRight", "noseSneerLeft", "noseSneerRight", "tongueOut",
-)   # Apple's grouped order, as lipsync_engine/names.py (a test checks they are equal)
-PRESET_FORMAT = "lipsync3d-blendshape-preset"
-RHUBARB_EXTENDED = "GHX"
+# the names, their matching and the preset format are the engine's, shared (interop.py)
+from .interop import (ARKIT_NAMES, PRESET_FORMAT, RHUBARB_EXTENDED, NameMatch, arkit_index,  # noqa: F401
+                      match_names, normalize_name, side_key)
+
 BLINK_CLOSE_S, BLINK_HOLD_S, BLINK_OPEN_S = 0.07, 0.03, 0.13   # eyelid timing of a spontaneous blink
 BLINK_INTERVAL_S = (1.8, 6.0)    # seconds between blinks (about 17 per minute on average)
 HEAD_FREQUENCIES_HZ = (0.11, 0.23, 0.41)   # slow sway; incommensurate so it never visibly repeats
-_SEPARATORS = re.compile(r"[\s_\-.:]+")
-_SIDE_WORD = re.compile(r"^(.*?[^\s_\-.:])[\s_\-.:]+(left|right|l|r)$", re.IGNORECASE)
-_SIDE_LETTER = re.compile(r"^(.*[a-z0-9])([LR])$")
-
-
-def normalize_name(name: str) -> str:
-    """Matching key: case-folded, separators removed (the engine's rule).
-
-    Example: ``normalize_name("Jaw Open") == normalize_name("JAW_OPEN") == "jawopen"``.
-    """
-    return _SEPARATORS.sub("", str(name)).casefold()
-
-
-def side_key(name: str) -> str:
-    """Matching key with a side suffix spelled out: "mouthSmile_L", "mouthSmileL" -> "mouthsmileleft".
-
-    A single L/R needs a separator or an upper-case letter after lower case, so names that
-    merely end in "l" ("Ball") are not read as sides.
-    """
-    m = _SIDE_WORD.match(str(name)) or _SIDE_LETTER.match(str(name))
-    if not m:
-        return normalize_name(name)
-    stem, side = m.groups()
-    return normalize_name(stem) + ("left" if side[0] in "lL" else "right")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,16 +69,6 @@ class Preset:
         return out
 
 
-_ARKIT_KEYS = {normalize_name(n): i for i, n in enumerate(ARKIT_NAMES)}
-
-
-def _arkit(name: str) -> int:
-    try:
-        return _ARKIT_KEYS[normalize_name(name)]
-    except KeyError:
-        raise ValueError(f"{name!r} is not an ARKit blendshape name") from None
-
-
 def load_preset(path: Path | str) -> Preset:
     """Read one blendshape_rigs/presets/*.json; ValueError naming the file and the problem."""
     path = Path(path)
@@ -133,14 +87,14 @@ def _rename(stem: str, d: dict) -> Preset:
     for arkit, targets in d["names"].items():
         for t in [targets] if isinstance(targets, str) else (targets or []):
             outputs.append(t)
-            weights.append({_arkit(arkit): 1.0})
+            weights.append({arkit_index(arkit): 1.0})
     return Preset(stem, "rename", d.get("description", ""), tuple(outputs), tuple(weights),
                   (0.0,) * len(outputs), aliases=dict(d.get("aliases", {})))
 
 
 def _linear(stem: str, d: dict) -> Preset:
     outs = d["outputs"]
-    weights = tuple({_arkit(k): float(w) for k, w in spec.get("weights", {}).items()} for spec in outs.values())
+    weights = tuple({arkit_index(k): float(w) for k, w in spec.get("weights", {}).items()} for spec in outs.values())
     bias = tuple(float(spec.get("bias", 0.0)) for spec in outs.values())
     lo, hi = (float(x) for x in d.get("clip", (0.0, 1.0)))
     return Preset(stem, "linear", d.get("description", ""), tuple(outs), weights, bias, (lo, hi),
@@ -151,7 +105,7 @@ def _classify(stem: str, d: dict) -> Preset:
     extended = set(d.get("extended_shapes", RHUBARB_EXTENDED))
     shapes = {s: v for s, v in d["shapes"].items() if s not in RHUBARB_EXTENDED or s in extended}
     feats = tuple(d["features"].items())
-    features = tuple((_arkit(k), float(w)) for k, w in feats)
+    features = tuple((arkit_index(k), float(w)) for k, w in feats)
     protos = tuple(tuple(float(v["prototype"].get(k, 0.0)) for k, _ in feats) for v in shapes.values())
     return Preset(stem, "classify", d.get("description", ""), tuple(shapes), features=features, prototypes=protos,
                   smoothing_frames=int(d.get("smoothing_frames", 1)))
@@ -172,66 +126,7 @@ def list_presets(folder: Path) -> list:
 # Matching shape keys to channels
 # ---------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Match:
-    """assignments: shape key -> channel; unmapped_keys: keys nothing drives; unused_channels."""
-
-    assignments: dict
-    unmapped_keys: tuple
-    unused_channels: tuple
-
-    def report(self, limit: int = 12) -> str:
-        """One line for the UI: counts, then the unmapped names (the first `limit` of each)."""
-        def names(seq):
-            return ", ".join(seq[:limit]) + (f" (+{len(seq) - limit} more)" if len(seq) > limit else "")
-        parts = [f"{len(self.assignments)} shape keys driven"]
-        if self.unmapped_keys:
-            parts.append(f"{len(self.unmapped_keys)} not driven: {names(self.unmapped_keys)}")
-        if self.unused_channels:
-            parts.append(f"{len(self.unused_channels)} channels without a shape key: {names(self.unused_channels)}")
-        return "; ".join(parts)
-
-
-def match_names(shape_keys, channels, aliases: dict | None = None, explicit: dict | None = None) -> Match:
-    """Match a character's shape-key names to channel names.
-
-    Tiers, first hit wins: an explicit {key: channel or None}, the engine's rule (case and
-    separators ignored, aliases included), a side suffix (_L/_R, L/R), then the name with
-    leading prefix words dropped ("Face.jawOpen", "BS_jaw_open").
-
-    Example: ``match_names(["JAW_OPEN", "Hat"], ARKIT_NAMES).unmapped_keys == ("Hat",)``.
-    """
-    channels = tuple(channels)
-    exact = {normalize_name(c): c for c in channels}
-    for alias, target in (aliases or {}).items():
-        exact.setdefault(normalize_name(alias), target)
-    sided = {side_key(c): c for c in channels}
-    for alias, target in (aliases or {}).items():
-        sided.setdefault(side_key(alias), target)
-    wanted = {normalize_name(k): v for k, v in (explicit or {}).items()}
-    assignments, unmapped = {}, []
-    for key in shape_keys:
-        nk = normalize_name(key)
-        if nk in wanted:
-            if wanted[nk] is not None:
-                assignments[key] = exact.get(normalize_name(wanted[nk]), wanted[nk])
-            continue
-        hit = _lookup(key, exact, sided)
-        words = [w for w in _SEPARATORS.split(key) if w]
-        for i in range(1, len(words)):
-            if hit is not None:
-                break
-            hit = _lookup("_".join(words[i:]), exact, sided)
-        if hit is None:
-            unmapped.append(key)
-        else:
-            assignments[key] = hit
-    used = set(assignments.values())
-    return Match(assignments, tuple(unmapped), tuple(c for c in channels if c not in used))
-
-
-def _lookup(name: str, exact: dict, sided: dict):
-    return exact.get(normalize_name(name)) or sided.get(side_key(name))
+Match = NameMatch    # the add-on's name for interop's match result
 
 
 def best_preset(shape_keys, presets: list) -> str:
@@ -242,7 +137,7 @@ def best_preset(shape_keys, presets: list) -> str:
 
     def score(item) -> int:
         _, p = item
-        return len(match_names(keys, p.outputs, p.aliases).assignments)
+        return len(match_names(keys, p.outputs, aliases=p.aliases).assignments)
     return max(presets, key=score)[0]
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import DatasetError
-from ..face.geometry import CylinderMap
 from ..core.storage import read_versioned_json
+from ..face.geometry import ATLAS_SIZE, LIP_SIZE, CylinderMap
 
 FORMAT = "lipsync3d-speaker"
 FORMAT_VERSION = 1
@@ -40,8 +40,8 @@ META = "meta.json"
 ARRAYS = {  # name -> (file, per-frame shape, dtype)
     "vertices": ("vertices.npy", (468, 3), "float32"),
     "landmarks": ("landmarks.npy", (468, 3), "float32"),
-    "atlas": ("atlas.npy", (256, 256, 3), "uint8"),
-    "lips": ("lips.npy", (128, 128, 3), "uint8"),
+    "atlas": ("atlas.npy", (ATLAS_SIZE, ATLAS_SIZE, 3), "uint8"),
+    "lips": ("lips.npy", (LIP_SIZE, LIP_SIZE, 3), "uint8"),
     "gain": ("gain.npy", (64, 64), "float16"),
     "color_transform": ("color_transform.npy", (2, 3), "float32"),
     "spectrograms": ("spectrograms.npy", (256, 24, 2), "float32"),
@@ -50,6 +50,8 @@ ARRAYS = {  # name -> (file, per-frame shape, dtype)
 }
 POSES = "poses.npz"
 REFERENCE_VERTICES = "reference_vertices.npy"
+REFERENCE_ATLAS = "reference_atlas.png"                        # before lighting normalization
+REFERENCE_ATLAS_NORMALIZED = "reference_atlas_normalized.png"  # after it (the lips are predicted in this space)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,16 @@ class SpeakerDataset:
         """(N,) bool: True where a frame does not continue the previous one (take, gap or jump cut)."""
         return segment_breaks(np.asarray(self.frame_index), self.cuts)
 
+    def reference_atlas(self, normalized: bool = True) -> np.ndarray:
+        """(256, 256, 3) uint8 RGB reference atlas (lighting-normalized or raw)."""
+        return read_reference_atlas(self.path, normalized)
+
+    def reference_lips(self) -> np.ndarray:
+        """(128, 128, 3) uint8 lip crop (meta lip_box) of the lighting-normalized reference atlas."""
+        box = self.meta["lip_box"]
+        atlas = self.reference_atlas()
+        return atlas[box["row"]:box["row"] + LIP_SIZE, box["col"]:box["col"] + LIP_SIZE].copy()
+
     def poses(self) -> dict:
         with np.load(self.path / POSES) as z:
             return {k: z[k] for k in z.files}
@@ -103,6 +115,23 @@ def segment_breaks(frame_index: np.ndarray, cuts: dict[int, list[int]] | None = 
     for take, frames in (cuts or {}).items():
         out |= (fi[:, 0] == take) & np.isin(fi[:, 1], frames)
     return out
+
+
+def reference_atlas_files(path: Path) -> tuple[Path, Path]:
+    """(raw, normalized) reference atlas PNG paths of SPEAKER_DIR (for copying them whole)."""
+    return Path(path) / REFERENCE_ATLAS, Path(path) / REFERENCE_ATLAS_NORMALIZED
+
+
+def read_reference_atlas(path: Path, normalized: bool = True) -> np.ndarray:
+    """(256, 256, 3) uint8 RGB reference atlas of SPEAKER_DIR; DatasetError naming the file if it
+    is missing, unreadable or not 256x256."""
+    import cv2
+
+    file = reference_atlas_files(path)[1 if normalized else 0]
+    bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape != (ATLAS_SIZE, ATLAS_SIZE, 3):
+        raise DatasetError(f"{file}: missing or unreadable")
+    return np.ascontiguousarray(bgr[..., ::-1])
 
 
 def read_meta(path: Path) -> dict:

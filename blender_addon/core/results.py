@@ -1,11 +1,11 @@
 """Read what the engine writes, with the standard library only (no numpy in the add-on).
 
 Owns: the prediction folder's manifest (result.json, format "lipsync3d-prediction" v1), the
-head OBJ (vertices, cylinder UVs, triangles), the PC2 point cache (frame by frame, so an
-hour of frames never sits in memory at once), the blendshape animation JSON
+head OBJ (vertices, cylinder UVs, triangles) and the PC2 point cache (frame by frame, so an
+hour of frames never sits in memory at once; both parsed by interop.py), the blendshape animation JSON
 (exports.write_coefficients_json), a model folder's config.json, and the axis conversion
 between the engine's frame and Blender's.
-Must not: import bpy or any engine module; it never writes.
+Must not: import bpy or any engine module (interop.py is shared, stdlib only); it never writes.
 
 Axes: the engine's normalized space is y up, z towards the viewer, x to the viewer's right
 (MediaPipe's canonical face). Blender is z up with the front view looking along +y, so
@@ -17,17 +17,16 @@ one unit is one normalized unit (about a centimetre), so the add-on scales objec
 from __future__ import annotations
 
 import json
-import struct
-import sys
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import interop
+from .interop import ObjData, PC2Header  # noqa: F401  (the PC2 and OBJ readers are interop's, shared)
+
 PREDICTION_FORMAT, PREDICTION_VERSION = "lipsync3d-prediction", 1
 MODEL_FORMAT, MODEL_VERSION = "lipsync3d-model", 1
 ANIMATION_FORMAT = "lipsync3d-blendshape-animation"
-PC2_SIGNATURE = b"POINTCACHE2\0"
-PC2_HEADER = struct.Struct("<12siiffi")   # signature, version, points, start frame, sample rate, samples
 ATLAS_SIZE = 256                           # pixels; the engine's cylindrical texture atlas is 256 x 256
 
 
@@ -129,59 +128,12 @@ def read_model_config(model_dir: Path | str) -> dict:
 # OBJ and PC2
 # ---------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ObjMesh:
-    """vertices: [(x, y, z)] in the file's frame; uvs: [(u, v)]; faces: [(v0, v1, v2, ...)] and
-    face_uvs: the matching uv indices per corner (0-based); material_library: the mtllib name."""
-
-    vertices: list
-    uvs: list
-    faces: list
-    face_uvs: list
-    material_library: str
+ObjMesh = ObjData    # vertices [(x, y, z)], uvs [(u, v)], faces, face_uvs (0-based), material_library
 
 
 def read_obj(path: Path | str) -> ObjMesh:
     """Read the v / vt / f records of a Wavefront OBJ (negative indices allowed)."""
-    path = Path(path)
-    verts, uvs, faces, face_uvs, mtllib = [], [], [], [], ""
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as e:
-        raise ResultError(f"{path}: cannot read the head OBJ ({e.strerror or e})") from None
-    for number, line in enumerate(lines, 1):
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            if parts[0] == "v":
-                verts.append(tuple(float(x) for x in parts[1:4]))
-            elif parts[0] == "vt":
-                uvs.append((float(parts[1]), float(parts[2])))
-            elif parts[0] == "f":
-                corners = [c.split("/") for c in parts[1:]]
-                faces.append(tuple(_obj_index(c[0], len(verts)) for c in corners))
-                face_uvs.append(tuple(_obj_index(c[1], len(uvs)) if len(c) > 1 and c[1] else -1 for c in corners))
-            elif parts[0] == "mtllib":
-                mtllib = line.split(None, 1)[1].strip()
-        except (ValueError, IndexError):
-            raise ResultError(f"{path}:{number}: malformed OBJ line {line[:60]!r}") from None
-    if not verts or not faces:
-        raise ResultError(f"{path}: the OBJ has no vertices or no faces")
-    return ObjMesh(verts, uvs, faces, face_uvs, mtllib)
-
-
-def _obj_index(text: str, count: int) -> int:
-    i = int(text)
-    return i - 1 if i > 0 else count + i
-
-
-@dataclass(frozen=True)
-class PC2Header:
-    points: int          # vertices per frame
-    start_frame: float   # as written by the engine
-    sample_rate: float   # frames per sample (1.0: one sample per frame)
-    samples: int         # frames
+    return interop.read_obj(path, ResultError)
 
 
 class PointCache:
@@ -195,34 +147,17 @@ class PointCache:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        self.header = interop.read_pc2_header(self.path, ResultError)
         try:
             self._fh = open(self.path, "rb")
         except OSError as e:
             raise ResultError(f"{self.path}: cannot open the point cache ({e.strerror or e})") from None
-        raw = self._fh.read(PC2_HEADER.size)
-        if len(raw) < PC2_HEADER.size or raw[:12] != PC2_SIGNATURE:
-            self._fh.close()
-            raise ResultError(f"{self.path}: not a PC2 point cache (bad header)")
-        _, version, points, start, rate, samples = PC2_HEADER.unpack(raw)
-        self.header = PC2Header(points, start, rate, samples)
-        expected = PC2_HEADER.size + samples * points * 12
-        size = self.path.stat().st_size
-        if version != 1 or size < expected:
-            self._fh.close()
-            raise ResultError(f"{self.path}: truncated or unsupported PC2 (version {version}, {size} bytes, "
-                              f"{expected} expected for {samples} frames of {points} points)")
 
     def frame(self, index: int) -> array:
         """Frame `index` as a flat array('f') [x0, y0, z0, x1, ...] in the file's frame."""
         if not 0 <= index < self.header.samples:
             raise IndexError(f"frame {index} outside 0..{self.header.samples - 1} of {self.path}")
-        n = self.header.points * 3
-        self._fh.seek(PC2_HEADER.size + index * n * 4)
-        out = array("f")
-        out.frombytes(self._fh.read(n * 4))
-        if sys.byteorder == "big":  # PC2 is little-endian
-            out.byteswap()
-        return out
+        return interop.read_pc2_frame(self._fh, self.header, index)
 
     def close(self) -> None:
         self._fh.close()

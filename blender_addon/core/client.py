@@ -8,7 +8,7 @@ progress/ETA arithmetic, and turning every way a run can end (DONE, ERROR, a cra
 a missing engine) into one JobOutcome whose message a user can read.
 Must not: import bpy (tests run it without Blender) or any engine module (torch, mediapipe).
 
-Protocol version 1 (lipsync_engine/protocol.py): one JSON array per line on stdout,
+Protocol version 1 (interop.py, shared with the engine): one JSON array per line on stdout,
 ["STATUS"|"PROGRESS"|"WARN"|"ERROR"|"RESULT"|"DONE", {...}], DONE last with
 {"exit_code", "protocol"}. Exit codes: 0 OK, 1 handled error, 2 bad usage, 3 internal
 error, 130 cancelled.
@@ -17,7 +17,6 @@ error, 130 cancelled.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import queue
 import signal
@@ -28,9 +27,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROTOCOL_VERSION = 1
-MESSAGE_TYPES = ("STATUS", "PROGRESS", "WARN", "ERROR", "RESULT", "DONE")
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CRASH, EXIT_CANCELLED = 0, 1, 2, 3, 130
+# the protocol's kinds, version and exit codes are the engine's (interop.py, shared)
+from .interop import (EXIT_CANCELLED, EXIT_CRASH, EXIT_ERROR, EXIT_OK, EXIT_USAGE,  # noqa: F401
+                      MESSAGE_TYPES, PROTOCOL_VERSION, decode_message)
+
 STDERR_TAIL_LINES = 200        # lines of the engine's stderr kept for error reports
 CANCEL_GRACE_S = 15.0          # seconds between SIGINT and a hard kill
 POLL_SLEEP_S = 0.05            # blocking waits poll this often
@@ -53,15 +53,7 @@ def parse_line(line: str) -> Message:
 
     Example: ``parse_line('["DONE", {"exit_code": 0}]') == Message("DONE", {"exit_code": 0})``.
     """
-    try:
-        data = json.loads(line)
-    except ValueError as e:
-        raise ProtocolError(f"not JSON ({e}): {line[:120]!r}") from None
-    if not (isinstance(data, list) and len(data) == 2 and isinstance(data[1], dict)):
-        raise ProtocolError(f"not a [TYPE, {{...}}] message: {line[:120]!r}")
-    if data[0] not in MESSAGE_TYPES:
-        raise ProtocolError(f"unknown message type {data[0]!r}")
-    return Message(data[0], data[1])
+    return Message(*decode_message(line, ProtocolError))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,7 +61,7 @@ def parse_line(line: str) -> Message:
 # ---------------------------------------------------------------------------------------------
 
 def addon_dir() -> Path:
-    return Path(__file__).resolve().parent
+    return Path(__file__).resolve().parents[1]      # this file is <add-on>/core/client.py
 
 
 def bundled_engine_dir(root: Path | None = None) -> Path | None:
