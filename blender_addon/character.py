@@ -172,6 +172,62 @@ def armature_targets(arm, jaw_bone: str = "", jaw_degrees: float = 25.0, axis: s
     return preset, match, [target]
 
 
+def bone_target(arm, name: str, source: str, gain: float = 1.0, offset: float = 0.0):
+    """The Target of a bone channel row, "bone: rotation X" (radians) or "bone: location Z" (the
+    bone's local units), or None when the armature has no such bone."""
+    bone, _, channel = name.rpartition(": ")
+    kind, _, axis = channel.partition(" ")
+    pb = arm.pose.bones.get(bone) if arm.type == 'ARMATURE' else None
+    if pb is None or kind not in ("rotation", "location") or axis not in ("X", "Y", "Z"):
+        return None
+    base = f'pose.bones["{_esc(bone)}"].'
+    if kind == "location":
+        return Target(name, base + "location", source, gain, offset, lo=-1e6, hi=1e6, index="XYZ".index(axis))
+    path = base + ("rotation_quaternion" if pb.rotation_mode == 'QUATERNION' else "rotation_euler")
+    return Target(name, path, source, gain, offset, lo=-math.pi, hi=math.pi, rotation=axis, index="XYZ".index(axis))
+
+
+def table_rows(obj, options: mapping.DriveOptions) -> list:
+    """Fill from Character: the mapping table (mapping_table.Row) that automatic matching gives,
+    one row per shape key (or per bone channel of an armature)."""
+    if obj.type == 'ARMATURE':
+        return [mapping_table.Row(t.name, t.source, t.gain, t.offset) for t in armature_targets(obj)[2]]
+    preset, match, _ = shape_key_targets(obj, options)
+    if preset.kind == "classify":
+        raise ValueError(f"the {preset.name} preset swaps mouth shapes (visemes); the table maps ARKit "
+                         "coefficients: choose a linear preset, or drive without a table")
+    names = [kb.name for kb in obj.data.shape_keys.key_blocks[1:]]
+    return mapping_table.rows_from_preset(names, preset, match)
+
+
+def table_channels(obj, preset_file=None) -> list:
+    """The channel names a table of obj may hold: its shape keys, or its armature's default bone
+    channels plus every bone channel a preset file names."""
+    if obj.type != 'ARMATURE':
+        return [kb.name for kb in obj.data.shape_keys.key_blocks[1:]] if obj.data.shape_keys else []
+    names = [t.name for t in armature_targets(obj)[2]]
+    if preset_file is not None:
+        names += [n for n in mapping.load_preset(preset_file).outputs
+                  if n not in names and bone_target(obj, n, "jawOpen") is not None]
+    return names
+
+
+def table_targets(obj, rows: list) -> tuple:
+    """(preset, match, targets) from the mapping table's rows (mapping_table.Row)."""
+    if obj.type != 'ARMATURE':
+        return shape_key_targets(obj, mapping.DriveOptions(), table=rows)
+    preset = dict(mapping.list_presets(presets_folder()))["arkit"]
+    arkit = {mapping.normalize_name(n): c for c, n in zip(preset.outputs, mapping.ARKIT_NAMES)}
+    targets = [bone_target(obj, r.key, arkit.get(mapping.normalize_name(r.source), ""), r.gain, r.offset)
+               for r in rows if r.source != mapping_table.NONE]
+    targets = [t for t in targets if t is not None and t.source]
+    used = {t.source for t in targets}
+    match = mapping.Match({t.name: t.source for t in targets},
+                          tuple(r.key for r in rows if r.key not in {t.name for t in targets}), (),
+                          tuple(c for c in preset.outputs if c not in used))
+    return preset, match, targets
+
+
 def _channels(target: Target, series: list) -> list:
     """[(data_path, index, values)] that key `series` (the target's values) on its data-block."""
     if not target.rotation:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import bpy
 from bpy.props import CollectionProperty, StringProperty
-from bpy_extras.io_utils import ImportHelper
+from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import character, importer, runner
-from .core import results
+from . import character, importer, mapping_table, runner
+from .core import mapping, results
 
 TINY_WIDTH = 1 / 32                # "Tiny" model size: channels as a fraction of the paper's
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -400,8 +400,12 @@ def _drive(context, segments: list, obj=None):
     obj = obj or s.character
     head = s.armature if s.head_target == 'BONE' and s.armature is not None else obj
     bone = s.bone if s.head_target == 'BONE' else ""
+    targets = None
+    if len(s.mapping_rows) and s.mapping_object == obj:         # the mapping table made for this character
+        targets = character.table_targets(obj, table_rows(s))
     report = character.drive_character(obj, segments, s.drive_options(), head=head, bone=bone,
-                                       replace=s.replace_takes, ease=s.ease_frames, scene=context.scene)
+                                       replace=s.replace_takes, ease=s.ease_frames, scene=context.scene,
+                                       targets=targets)
     context.window_manager.lipsync3d_job.last_report = report.text()
     return report
 
@@ -525,6 +529,159 @@ class LIPSYNC3D_OT_cast_remove(bpy.types.Operator):
         return {'FINISHED'}
 
 
+# ---------------------------------------------------------------------------------------------
+# The mapping table
+# ---------------------------------------------------------------------------------------------
+
+def table_rows(s) -> list:
+    """The Character panel's table as mapping_table.Row."""
+    return [mapping_table.Row(r.name, r.source, r.gain, r.offset) for r in s.mapping_rows]
+
+
+def set_table(s, obj, rows: list) -> list:
+    """Write rows (mapping_table.Row) into the panel's table for obj; returns the sources that are not
+    ARKit coefficients (those rows get "none")."""
+    valid = {mapping_table.NONE, *mapping.ARKIT_NAMES}
+    s.mapping_rows.clear()
+    bad = []
+    for r in rows:
+        item = s.mapping_rows.add()
+        item.name, item.gain, item.offset = r.key, r.gain, r.offset
+        if r.source in valid:
+            item.source = r.source
+        else:
+            bad.append(r.source)
+    s.mapping_object = obj
+    s.mapping_index = 0
+    return bad
+
+
+def _table_poll(cls, context) -> bool:
+    return _poll(cls, settings(context).character is not None, "choose a character first")
+
+
+class LIPSYNC3D_OT_mapping_fill(bpy.types.Operator):
+    """Fill the mapping table from the character: every shape key (or bone channel) with the channel that
+    automatic name matching gives it (the Mapping preset)"""
+
+    bl_idname = "lipsync3d.mapping_fill"
+    bl_label = "Fill from Character"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        return _table_poll(cls, context)
+
+    def execute(self, context):
+        s = settings(context)
+        try:
+            rows = character.table_rows(s.character, s.drive_options())
+        except (ValueError, OSError) as e:
+            self.report({'ERROR'}, str(e))
+            return {'CANCELLED'}
+        set_table(s, s.character, rows)
+        used = sum(r.source != mapping_table.NONE for r in rows)
+        self.report({'INFO'}, f"mapping table of {s.character.name}: {len(rows)} rows, {used} driven")
+        return {'FINISHED'}
+
+
+class LIPSYNC3D_OT_mapping_clear(bpy.types.Operator):
+    """Empty the mapping table (Drive Character matches by name again)"""
+
+    bl_idname = "lipsync3d.mapping_clear"
+    bl_label = "Clear Mapping"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        return len(settings(context).mapping_rows) > 0
+
+    def execute(self, context):
+        s = settings(context)
+        s.mapping_rows.clear()
+        s.mapping_object = None
+        return {'FINISHED'}
+
+
+def _presets_dir() -> str:
+    try:
+        return str(character.presets_folder())
+    except FileNotFoundError:
+        return ""
+
+
+class LIPSYNC3D_OT_mapping_save(bpy.types.Operator, ExportHelper):
+    """Save the mapping table as a preset JSON (blendshape_rigs/presets/ format; saved in that folder it
+    shows in the Mapping menu)"""
+
+    bl_idname = "lipsync3d.mapping_save"
+    bl_label = "Save Mapping"
+    bl_options = {'REGISTER'}
+
+    filename_ext = ".json"
+    filter_glob: StringProperty(default="*.json", options={'HIDDEN'})
+
+    @classmethod
+    def poll(cls, context):
+        return _poll(cls, len(settings(context).mapping_rows) > 0, "the mapping table is empty: Fill it first")
+
+    def invoke(self, context, event):
+        s, folder = settings(context), _presets_dir()
+        name = safe_name(s.mapping_object.name if s.mapping_object else "mapping", "mapping")
+        self.filepath = str(Path(folder) / f"{name}.json") if folder else f"{name}.json"
+        context.window_manager.fileselect_add(self)
+        return {'RUNNING_MODAL'}
+
+    def execute(self, context):
+        s = settings(context)
+        try:
+            path = mapping_table.save_preset(table_rows(s), bpy.path.abspath(self.filepath),
+                                             f"Mapping table of {s.mapping_object.name if s.mapping_object else '?'}")
+        except OSError as e:
+            self.report({'ERROR'}, f"cannot save the mapping: {e}")
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"mapping saved to {path}")
+        return {'FINISHED'}
+
+
+class LIPSYNC3D_OT_mapping_load(bpy.types.Operator, ImportHelper):
+    """Load a mapping table from a preset JSON (its outputs matched to the character's shape keys or bone
+    channels by name)"""
+
+    bl_idname = "lipsync3d.mapping_load"
+    bl_label = "Load Mapping"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    filename_ext = ".json"
+    filter_glob: StringProperty(default="*.json", options={'HIDDEN'})
+
+    @classmethod
+    def poll(cls, context):
+        return _table_poll(cls, context)
+
+    def invoke(self, context, event):
+        folder = _presets_dir()
+        if folder:
+            self.filepath = folder + "/"
+        context.window_manager.fileselect_add(self)
+        return {'RUNNING_MODAL'}
+
+    def execute(self, context):
+        s = settings(context)
+        path = bpy.path.abspath(self.filepath)
+        try:
+            rows = mapping_table.load_rows(path, character.table_channels(s.character, path))
+        except (ValueError, OSError, KeyError) as e:
+            self.report({'ERROR'}, f"cannot load {path}: {e}")
+            return {'CANCELLED'}
+        bad = set_table(s, s.character, rows)
+        used = sum(r.source != mapping_table.NONE for r in rows) - len(bad)
+        self.report({'WARNING'} if bad else {'INFO'},
+                    f"mapping loaded: {len(rows)} rows, {used} driven"
+                    + (f"; not ARKit coefficients, left as none: {', '.join(sorted(set(bad)))}" if bad else ""))
+        return {'FINISHED'}
+
+
 class LIPSYNC3D_OT_cancel_job(bpy.types.Operator):
     """Stop the running LipSync3D job (finished work is kept; run it again to resume)"""
 
@@ -564,4 +721,5 @@ class LIPSYNC3D_OT_show_log(bpy.types.Operator):
 CLASSES = (LIPSYNC3D_OT_video_add, LIPSYNC3D_OT_video_remove, LIPSYNC3D_OT_train, LIPSYNC3D_OT_models_refresh,
            LIPSYNC3D_OT_model_add, LIPSYNC3D_OT_predict, LIPSYNC3D_OT_import_head, LIPSYNC3D_OT_drive_character,
            LIPSYNC3D_OT_cancel_job, LIPSYNC3D_OT_show_log, LIPSYNC3D_OT_cast_add, LIPSYNC3D_OT_cast_remove,
-           LIPSYNC3D_OT_resync)
+           LIPSYNC3D_OT_resync, LIPSYNC3D_OT_mapping_fill, LIPSYNC3D_OT_mapping_clear, LIPSYNC3D_OT_mapping_save,
+           LIPSYNC3D_OT_mapping_load)

@@ -38,6 +38,17 @@ class LIPSYNC3D_UL_results(bpy.types.UIList):
         layout.label(text=f"{item.name} @ {item.frame_start}", icon='SOUND')
 
 
+class LIPSYNC3D_UL_mapping(bpy.types.UIList):
+    """The mapping table: channel, source (ARKit coefficient or none), gain, offset."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
+        row = layout.row(align=True)
+        row.label(text=item.name, icon='SHAPEKEY_DATA' if ": " not in item.name else 'BONE_DATA')
+        row.prop(item, "source", text="")
+        row.prop(item, "gain", text="")
+        row.prop(item, "offset", text="")
+
+
 class LIPSYNC3D_PT_main(_Panel, bpy.types.Panel):
     bl_label = "LipSync3D"
 
@@ -161,6 +172,18 @@ class LIPSYNC3D_PT_character(_Panel, bpy.types.Panel):
                 sub.prop(s, "armature")
                 if s.armature is not None:
                     sub.prop_search(s, "bone", s.armature.pose, "bones")
+        box = col.box()
+        row = box.row()
+        table = len(s.mapping_rows) > 0
+        row.label(text=f"Mapping table ({s.mapping_object.name if table and s.mapping_object else 'empty'})")
+        row.operator("lipsync3d.mapping_fill", text="", icon='FILE_REFRESH')
+        row.operator("lipsync3d.mapping_load", text="", icon='FILEBROWSER')
+        row.operator("lipsync3d.mapping_save", text="", icon='FILE_TICK')
+        row.operator("lipsync3d.mapping_clear", text="", icon='X')
+        if table:
+            box.template_list("LIPSYNC3D_UL_mapping", "", s, "mapping_rows", s, "mapping_index", rows=4)
+            if s.mapping_object != s.character:
+                box.label(text="made for another character: not used", icon='INFO')
         col.operator("lipsync3d.drive_character", icon='SHAPEKEY_DATA')
         box = col.box()
         row = box.row()
@@ -229,6 +252,6 @@ def _wrap(text: str, width: int) -> list:
     return lines + ([line] if line else [])
 
 
-CLASSES = (LIPSYNC3D_UL_videos, LIPSYNC3D_UL_models, LIPSYNC3D_UL_results, LIPSYNC3D_PT_main, LIPSYNC3D_PT_engine,
-           LIPSYNC3D_PT_speaker, LIPSYNC3D_PT_dialogue, LIPSYNC3D_PT_head, LIPSYNC3D_PT_character, LIPSYNC3D_PT_extras,
+CLASSES = (LIPSYNC3D_UL_videos, LIPSYNC3D_UL_models, LIPSYNC3D_UL_results, LIPSYNC3D_UL_mapping, LIPSYNC3D_PT_main,
+           LIPSYNC3D_PT_engine, LIPSYNC3D_PT_speaker, LIPSYNC3D_PT_dialogue, LIPSYNC3D_PT_head, LIPSYNC3D_PT_character, LIPSYNC3D_PT_extras,
            LIPSYNC3D_PT_sequencer)

@@ -78,6 +78,20 @@ class LIPSYNC3D_PG_cast(bpy.types.PropertyGroup):
     character: PointerProperty(name="Character", type=bpy.types.Object, poll=lambda self, o: _is_character(self, o))
 
 
+_SOURCE_ITEMS = [("none", "none", "Leave this channel alone")] + [(n, n, f"Driven by the ARKit coefficient {n}")
+                                                                   for n in mapping.ARKIT_NAMES]
+
+
+class LIPSYNC3D_PG_map_row(bpy.types.PropertyGroup):
+    """A row of the mapping table: the channel (name: a shape key, or "bone: rotation X") and what
+    drives it: value = offset + gain * source (mapping_table.Row)."""
+
+    source: EnumProperty(name="Source", items=_SOURCE_ITEMS, default="none",
+                         description="The ARKit coefficient that drives this channel (none: left alone)")
+    gain: FloatProperty(name="Gain", default=1.0, soft_min=-2.0, soft_max=2.0, precision=3)
+    offset: FloatProperty(name="Offset", default=0.0, soft_min=-1.0, soft_max=1.0, precision=3)
+
+
 class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
     workspace: StringProperty(
         name="Workspace", subtype='DIR_PATH', default="",
@@ -152,6 +166,12 @@ class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
                                 description="Re-driving a line removes its older take (off: the older take is "
                                             "muted and kept on the NLA)")
 
+    mapping_rows: CollectionProperty(type=LIPSYNC3D_PG_map_row,
+                                     description="The mapping table: when it has rows, Drive Character uses it")
+    mapping_index: IntProperty()
+    mapping_object: PointerProperty(name="Table of", type=bpy.types.Object,
+                                     description="The character the mapping table was made for")
+
     def drive_options(self) -> mapping.DriveOptions:
         return mapping.DriveOptions(preset=self.preset, strength=self.strength, smoothing_frames=self.smoothing,
                                     blinks=self.blinks, head_motion=self.head_motion,
@@ -169,7 +189,8 @@ class LIPSYNC3D_PG_job(bpy.types.PropertyGroup):
     last_report: StringProperty()
 
 
-CLASSES = (LIPSYNC3D_PG_video, LIPSYNC3D_PG_model, LIPSYNC3D_PG_result, LIPSYNC3D_PG_cast, LIPSYNC3D_PG_settings,
+CLASSES = (LIPSYNC3D_PG_video, LIPSYNC3D_PG_model, LIPSYNC3D_PG_result, LIPSYNC3D_PG_cast, LIPSYNC3D_PG_map_row,
+           LIPSYNC3D_PG_settings,
            LIPSYNC3D_PG_job)
 
 

@@ -322,3 +322,51 @@ def test_mapping_table_round_trip_preston_blair_correctives_and_drivers(scene, b
     frame_values = [[_value_at(scene, pb, n, f) for n in ("MBP", "etc", "E", "AI", "O", "U", "FV", "rest")]
                     for f in (2.5, 7.5)]
     assert all(sorted(v)[-1] == 1.0 and sum(v) == 1.0 for v in frame_values)     # one mouth at a time
+
+
+def _drive_selected(scene, folder, frame_start: int, strip: str):
+    s = scene.lipsync3d
+    item = s.results.add()
+    item.name, item.path, item.frame_start, item.strip = strip, str(folder), frame_start, strip
+    s.result_index = len(s.results) - 1
+    assert bpy.ops.lipsync3d.drive_character() == {'FINISHED'}
+
+
+def test_mapping_table_panel_fill_edit_save_clear_load_and_drive(scene, blender, tmp_path):
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=12, seed=9)
+    jaw, funnel = _coeff(tmp_path / "a", "jawOpen"), _coeff(tmp_path / "a", "mouthFunnel")
+    obj = make_character(["jawOpen", "mouthFunnel", "fix_mouthClose", "Hat"])
+    s = scene.lipsync3d
+    s.character, s.blinks, s.preset = obj, False, "arkit"
+    assert not bpy.ops.lipsync3d.mapping_save.poll() and not bpy.ops.lipsync3d.mapping_clear.poll()
+    assert bpy.ops.lipsync3d.mapping_fill() == {'FINISHED'}
+    rows = {r.name: (r.source, r.gain, r.offset) for r in s.mapping_rows}
+    assert rows == {"jawOpen": ("jawOpen", 1.0, 0.0), "mouthFunnel": ("mouthFunnel", 1.0, 0.0),
+                    "fix_mouthClose": ("none", 1.0, 0.0), "Hat": ("none", 1.0, 0.0)}
+    assert s.mapping_object == obj
+    # the animator edits rows: jaw at half gain with an offset, the hat follows jawOpen, the funnel is excluded
+    s.mapping_rows["jawOpen"].gain, s.mapping_rows["jawOpen"].offset = 0.5, 0.1
+    s.mapping_rows["Hat"].source, s.mapping_rows["Hat"].gain = "jawOpen", 0.8
+    s.mapping_rows["mouthFunnel"].source = "none"
+    path = tmp_path / "anna.json"
+    assert bpy.ops.lipsync3d.mapping_save(filepath=str(path)) == {'FINISHED'}
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "lipsync3d-blendshape-preset" and doc["kind"] == "linear"
+    assert doc["outputs"]["jawOpen"] == {"weights": {"jawOpen": 0.5}, "bias": pytest.approx(0.1)}
+    assert "mouthFunnel" not in doc["outputs"]
+    assert bpy.ops.lipsync3d.mapping_clear() == {'FINISHED'} and len(s.mapping_rows) == 0
+    assert bpy.ops.lipsync3d.mapping_load(filepath=str(path)) == {'FINISHED'}
+    rows = {r.name: (r.source, round(r.gain, 6), round(r.offset, 6)) for r in s.mapping_rows}
+    assert rows["jawOpen"] == ("jawOpen", 0.5, 0.1) and rows["Hat"] == ("jawOpen", 0.8, 0.0)
+    assert rows["mouthFunnel"][0] == "none" and rows["fix_mouthClose"][0] == "none"
+    _drive_selected(scene, tmp_path / "a", 1, "L")
+    for i in (0, 4, 11):
+        assert _value_at(scene, obj, "jawOpen", 1 + i) == pytest.approx(0.1 + 0.5 * jaw[i], abs=1e-5)
+        assert _value_at(scene, obj, "Hat", 1 + i) == pytest.approx(0.8 * jaw[i], abs=1e-5)
+    assert funnel.max() > 0.01 and not [c for a in bpy.data.actions for c in _fcurves(a)
+                                         if "mouthFunnel" in c.data_path]          # excluded: never keyed
+    # an empty table: Drive matches by name again (the funnel follows mouthFunnel)
+    assert bpy.ops.lipsync3d.mapping_clear() == {'FINISHED'}
+    _drive_selected(scene, tmp_path / "a", 1, "L2")
+    assert _value_at(scene, obj, "mouthFunnel", 5) == pytest.approx(funnel[4], abs=1e-5)
