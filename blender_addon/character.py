@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class Target:
     hi: float = 1.0
     rotation: str = ""
     index: int = 0
+    holder: object = None   # the ID keyed instead of the character's (a driver's input property), else None
 
 
 @dataclass
@@ -150,6 +152,53 @@ def driven_keys(holder, targets: list) -> list:
     return [t.name for t in targets if (t.data_path, t.index) in paths]
 
 
+_CUSTOM_PROPERTY = re.compile(r"""\[(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\]$""")    # ...["name"]
+
+
+def driver_input(holder, target: Target):
+    """(ID, data_path) of the property that the driver of `target` passes through unchanged: a
+    SCRIPTED driver whose expression is its one variable, or an AVERAGE driver of one variable, of
+    type Single Property, reading an ID property or custom property (`obj["jaw_ctrl"]`,
+    `pose.bones["ctrl"]["jaw"]`), with an F-curve that maps its input to itself; else None."""
+    ad = holder.animation_data
+    fc = next((d for d in (ad.drivers if ad else ()) if d.data_path == target.data_path
+               and d.array_index == target.index), None)
+    if fc is None or fc.driver.type not in ('SCRIPTED', 'AVERAGE') or len(fc.driver.variables) != 1:
+        return None
+    var = fc.driver.variables[0]
+    if var.type != 'SINGLE_PROP' or (fc.driver.type == 'SCRIPTED' and fc.driver.expression.strip() != var.name):
+        return None
+    tgt = var.targets[0]
+    if tgt.id is None or not _CUSTOM_PROPERTY.search(tgt.data_path or "") \
+            or not hasattr(tgt.id, "animation_data_create"):
+        return None
+    lo, hi = max(target.lo, -10.0), min(target.hi, 10.0)
+    if any(abs(fc.evaluate(lo + (hi - lo) * k / 8) - (lo + (hi - lo) * k / 8)) > 1e-5 for k in range(9)):
+        return None                     # the driver's curve reshapes its input: keying it would not give the value
+    try:
+        tgt.id.path_resolve(tgt.data_path)
+    except ValueError:
+        return None                     # the property does not exist yet
+    return tgt.id, tgt.data_path
+
+
+def redirect_to_driver_inputs(holder, targets: list) -> tuple:
+    """(targets, redirected names, kept names): each driver-controlled target whose driver passes a
+    custom property through (driver_input) keys that property instead."""
+    driven = set(driven_keys(holder, targets))
+    out, moved, kept = [], [], []
+    for t in targets:
+        found = driver_input(holder, t) if t.name in driven else None
+        if found is None:
+            out.append(t)
+            if t.name in driven:
+                kept.append(t.name)
+            continue
+        out.append(dataclasses.replace(t, data_path=found[1], index=0, holder=found[0]))
+        moved.append(f"{t.name} -> {found[0].name}{found[1] if found[1].startswith('[') else '.' + found[1]}")
+    return out, moved, kept
+
+
 def find_jaw_bone(arm) -> str:
     return next((b.name for b in arm.pose.bones if any(w in b.name.casefold() for w in JAW_WORDS)), "")
 
@@ -245,7 +294,7 @@ def _rest_channels(target: Target, value: float) -> dict:
 
 def drive_character(obj, segments: list, options: mapping.DriveOptions, head=None, bone: str = "",
                     take: str = "", replace: bool = False, ease: int = DEFAULT_EASE, scene=None,
-                    targets: tuple | None = None) -> DriveReport:
+                    targets: tuple | None = None, driver_inputs: bool = False) -> DriveReport:
     """One take per segment on obj's NLA (see the module's docstring).
 
     segments : [(PredictionResult, frame_start)] or [(result, frame_start, line)]: line names the
@@ -253,6 +302,8 @@ def drive_character(obj, segments: list, options: mapping.DriveOptions, head=Non
     head : the object to sway (an object, or an armature with `bone`), when options.head_motion.
     targets : (preset, match, targets) to use instead of matching the character (the mapping
         table; armature characters).
+    driver_inputs : a key controlled by a pass-through driver of a custom property keys that
+        property instead (a take on the property's ID); off, such keys are keyed and reported.
     """
     scene = scene or bpy.context.scene
     if options.head_motion and head is not None and head.type == 'ARMATURE' and bone \
@@ -266,25 +317,35 @@ def drive_character(obj, segments: list, options: mapping.DriveOptions, head=Non
     rows = [t for t in rows if t.source in column]
     report = DriveReport("", preset.name, match)
     driven = driven_keys(holder, rows)
+    if driven and driver_inputs:
+        rows, moved, driven = redirect_to_driver_inputs(holder, rows)
+        if moved:
+            report.warnings.append("keyed the driver input instead: " + ", ".join(moved))
     if driven:
         report.warnings.append(f"{len(driven)} key(s) controlled by a driver, which overrides the keys: "
-                               + ", ".join(driven) + " (remove the driver, or key the property it reads)")
+                               + ", ".join(driven) + " (remove the driver, or key the property it reads"
+                               + ("" if driver_inputs else ": the Key Driver Inputs option") + ")")
+    groups = {}                         # the IDs keyed: the character's, and any driver inputs' IDs
+    for t in rows:
+        groups.setdefault(t.holder if t.holder is not None else holder, []).append(t)
+    groups = groups or {holder: []}
     interpolation = 'CONSTANT' if preset.kind == "classify" else 'LINEAR'    # mouth swaps snap
     zeros = [0.0] * len(mapping.ARKIT_NAMES)
     rest = [v * options.strength for v in preset.apply([zeros])[0]]
     rest_of = {t: min(max(t.offset + t.gain * rest[column[t.source]], t.lo), t.hi) for t in rows}
-    channels = {}
-    for t in rows:
-        channels.update(_rest_channels(t, rest_of[t]))
-    anim.ensure_rest(holder, channels)
-    anim.keep_user_action(holder, report.nla)
+    for h, group in groups.items():
+        channels = {}
+        for t in group:
+            channels.update(_rest_channels(t, rest_of[t]))
+        anim.ensure_rest(h, channels)
+        anim.keep_user_action(h, report.nla)
     fps_scene = scene.render.fps / scene.render.fps_base
     for seg in sorted(segments, key=lambda s: s[1]):
         result, start = seg[0], seg[1]
         line = (seg[2] if len(seg) > 2 else "") or take or Path(result.audio).stem or result.path.name
-        signature = f"{result.path}|{start}|{fps_scene:.6f}|{options}|{preset.name}|{ease}|" \
-                    f"{[(t.data_path, t.index, t.source, t.gain, t.offset) for t in rows]}"
-        if anim.live_take(holder, line, "lips", signature) is not None:
+        channels = [(t.data_path, t.index, t.source, t.gain, t.offset, getattr(t.holder, "name", "")) for t in rows]
+        signature = f"{result.path}|{start}|{fps_scene:.6f}|{options}|{preset.name}|{ease}|{channels}"
+        if all(anim.live_take(h, line, "lips", signature) is not None for h in groups):
             report.unchanged.append(line)
             continue
         step = fps_scene / result.fps                       # scene frames per result frame
@@ -295,22 +356,25 @@ def drive_character(obj, segments: list, options: mapping.DriveOptions, head=Non
         values = [[v * options.strength for v in r] for r in preset.apply(arkit)]
         frames = [start + i * step for i in range(len(values))]
         keys = ([start - ease] if ease > 0 else []) + frames + ([frames[-1] + ease] if ease > 0 else [])
-        anim.retire_line(holder, line, "lips", replace, report.nla)
-        action = anim.begin_action(holder, f"LipSync3D {line}", str(result.path), line, "lips", signature)
-        action[anim.CORE] = [float(frames[0]), float(frames[-1])]
-        for t in rows:
-            j = column[t.source]
-            series = [min(max(t.offset + t.gain * r[j], t.lo), t.hi) for r in values]
-            if ease > 0:
-                series = [rest_of[t]] + series + [rest_of[t]]
-            for path, index, vals in _channels(t, series):
-                anim.set_keys(anim.take_fcurve(action, holder, path, index, group="LipSync3D"), keys, vals,
-                              interpolation)
-        anim.push_take(holder, action)
-        report.takes.append(action.name)
-        report.action = action.name
+        for h, group in groups.items():
+            anim.retire_line(h, line, "lips", replace, report.nla)
+            name = f"LipSync3D {line}" if h == holder else f"LipSync3D {line} ({h.name})"
+            action = anim.begin_action(h, name, str(result.path), line, "lips", signature)
+            action[anim.CORE] = [float(frames[0]), float(frames[-1])]
+            for t in group:
+                j = column[t.source]
+                series = [min(max(t.offset + t.gain * r[j], t.lo), t.hi) for r in values]
+                if ease > 0:
+                    series = [rest_of[t]] + series + [rest_of[t]]
+                for path, index, vals in _channels(t, series):
+                    anim.set_keys(anim.take_fcurve(action, h, path, index, group="LipSync3D"), keys, vals,
+                                  interpolation)
+            anim.push_take(h, action)
+            report.takes.append(action.name)
+            if h == holder or not report.action:
+                report.action = action.name
         if options.blinks:
-            _blinks(holder, rows, column, arkit, values, preset, options, result.fps, keys, ease, line,
+            _blinks(holder, [t for t in rows if t.holder is None], column, arkit, values, preset, options, result.fps, keys, ease, line,
                     signature, replace, report)
         if options.head_motion and head is not None:
             report.head_action = drive_head(head, bone, arkit, keys, frames, result.fps, options, line, ease,

@@ -405,7 +405,7 @@ def _drive(context, segments: list, obj=None):
         targets = character.table_targets(obj, table_rows(s))
     report = character.drive_character(obj, segments, s.drive_options(), head=head, bone=bone,
                                        replace=s.replace_takes, ease=s.ease_frames, scene=context.scene,
-                                       targets=targets)
+                                       targets=targets, driver_inputs=s.key_driver_inputs)
     context.window_manager.lipsync3d_job.last_report = report.text()
     return report
 

@@ -163,6 +163,7 @@ class LIPSYNC3D_PT_character(_Panel, bpy.types.Panel):
         row = col.row(align=True)
         row.prop(s, "ease_frames")
         row.prop(s, "replace_takes", toggle=True)
+        col.prop(s, "key_driver_inputs")
         col.prop(s, "head_motion")
         if s.head_motion:
             sub = col.box()

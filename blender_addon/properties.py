@@ -166,6 +166,10 @@ class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
                                 description="Re-driving a line removes its older take (off: the older take is "
                                             "muted and kept on the NLA)")
 
+    key_driver_inputs: BoolProperty(
+        name="Key Driver Inputs", default=False,
+        description="A shape key controlled by a driver that passes one custom property through (e.g. "
+                    "obj[\"jaw_ctrl\"]) is animated by keying that property (off: such keys are only reported)")
     mapping_rows: CollectionProperty(type=LIPSYNC3D_PG_map_row,
                                      description="The mapping table: when it has rows, Drive Character uses it")
     mapping_index: IntProperty()

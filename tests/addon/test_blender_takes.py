@@ -370,3 +370,51 @@ def test_mapping_table_panel_fill_edit_save_clear_load_and_drive(scene, blender,
     assert bpy.ops.lipsync3d.mapping_clear() == {'FINISHED'}
     _drive_selected(scene, tmp_path / "a", 1, "L2")
     assert _value_at(scene, obj, "mouthFunnel", 5) == pytest.approx(funnel[4], abs=1e-5)
+
+
+def test_a_key_driven_by_a_custom_property_keys_that_property_with_the_option_on(scene, blender, tmp_path):
+    character, mapping, _ = _mods(blender)
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=12, seed=10)
+    jaw, funnel = _coeff(tmp_path / "a", "jawOpen"), _coeff(tmp_path / "a", "mouthFunnel")
+    result = results.read_prediction(tmp_path / "a")
+
+    def rig():
+        obj = make_character(["jawOpen", "mouthFunnel"])
+        obj["jaw_ctrl"] = 0.0
+        fcd = obj.data.shape_keys.key_blocks["jawOpen"].driver_add("value")
+        var = fcd.driver.variables.new()
+        var.name, var.type = "ctrl", 'SINGLE_PROP'
+        var.targets[0].id_type, var.targets[0].id, var.targets[0].data_path = 'OBJECT', obj, '["jaw_ctrl"]'
+        fcd.driver.type, fcd.driver.expression = 'SCRIPTED', "ctrl"
+        return obj
+
+    # off (the default): the driven key is keyed in vain and reported; the property is left alone
+    assert scene.lipsync3d.key_driver_inputs is False
+    obj = rig()
+    report = character.drive_character(obj, [(result, 1, "L")], mapping.DriveOptions(blinks=False))
+    assert "controlled by a driver" in report.text() and "jawOpen" in report.text()
+    assert obj.animation_data is None or not obj.animation_data.nla_tracks
+    # on: the custom property carries jawOpen's values (and the driver turns them into the key)
+    obj = rig()
+    report = character.drive_character(obj, [(result, 1, "L")], mapping.DriveOptions(blinks=False),
+                                       driver_inputs=True)
+    assert "controlled by a driver" not in report.text()
+    assert f'jawOpen -> {obj.name}["jaw_ctrl"]' in report.text()
+    for i in (0, 5, 11):
+        scene.frame_set(1 + i)
+        assert obj["jaw_ctrl"] == pytest.approx(jaw[i], abs=1e-5)
+        assert obj.data.shape_keys.key_blocks["jawOpen"].value == pytest.approx(jaw[i], abs=1e-5)
+        assert obj.data.shape_keys.key_blocks["mouthFunnel"].value == pytest.approx(funnel[i], abs=1e-5)
+    key_take, = _take(obj.data.shape_keys, "L")                       # the key's take drives the funnel only
+    assert [c.data_path for c in _fcurves(key_take.action)] == ['key_blocks["mouthFunnel"].value']
+    prop_take, = _take(obj, "L")                                      # the property's take, on the object
+    assert [c.data_path for c in _fcurves(prop_take.action)] == ['["jaw_ctrl"]']
+    scene.frame_set(1 + 11 + 3)                                          # eased back to rest
+    assert obj["jaw_ctrl"] == pytest.approx(0.0, abs=1e-6)
+    # a driver that reshapes its input is not redirected: reported as before
+    obj = rig()
+    obj.data.shape_keys.animation_data.drivers[0].driver.expression = "ctrl * 2"
+    report = character.drive_character(obj, [(result, 1, "L")], mapping.DriveOptions(blinks=False),
+                                       driver_inputs=True)
+    assert "controlled by a driver" in report.text()
