@@ -2,7 +2,8 @@
 
 Owns: reading the predicted ARKit coefficients (blendshapes_json of result.json), choosing
 the preset, the character's targets (shape keys matched by mapping.py, or an armature's
-bones: jawOpen turns the jaw bone), and for each line (a sound strip) a NEW action named
+bones: jawOpen turns the jaw bone, mouth coefficients move lip bones named like them; or the
+mapping table's rows), and for each line (a sound strip) a NEW action named
 after it, pushed as an NLA strip at the line's frame (anim.push_take): values resampled from
 the result's fps to the scene's (sub-frame keys), clipped to each key's slider range, eased
 to the rest pose over `ease` frames before and after. Procedural blinks and head motion go
@@ -203,22 +204,58 @@ def find_jaw_bone(arm) -> str:
     return next((b.name for b in arm.pose.bones if any(w in b.name.casefold() for w in JAW_WORDS)), "")
 
 
+# Lip bones: a bone whose name matches a mouth coefficient (fuzzy, like shape keys: "mouthSmile_L",
+# "lipCorner.L", Rigify's "lips.L") moves by gain * coefficient along one bone-local axis (the bone's
+# rest space: Y along the bone, Z its up for a level bone); the table edits gain, axis and source.
+LIP_BONES = {                       # coefficient: (channel, axis, gain per unit of the coefficient)
+    "mouthSmileLeft": ("location", "Z", 0.006), "mouthSmileRight": ("location", "Z", 0.006),
+    "mouthFrownLeft": ("location", "Z", -0.005), "mouthFrownRight": ("location", "Z", -0.005),
+    "mouthUpperUpLeft": ("location", "Z", 0.004), "mouthUpperUpRight": ("location", "Z", 0.004),
+    "mouthLowerDownLeft": ("location", "Z", -0.004), "mouthLowerDownRight": ("location", "Z", -0.004),
+    "mouthFunnel": ("location", "Y", 0.005), "mouthPucker": ("location", "Y", 0.008),
+    "mouthClose": ("location", "Z", -0.003), "mouthRollLower": ("rotation", "X", math.radians(-15.0)),
+    "mouthRollUpper": ("rotation", "X", math.radians(15.0)),
+}
+LIP_BONE_ALIASES = {"lipCornerLeft": "mouthSmileLeft", "lipCornerRight": "mouthSmileRight",
+                    "mouthCornerLeft": "mouthSmileLeft", "mouthCornerRight": "mouthSmileRight",
+                    "lipsLeft": "mouthSmileLeft", "lipsRight": "mouthSmileRight"}
+
+
+def lip_bone_targets(arm, skip: tuple = ()) -> tuple:
+    """(match, targets) of the bones whose names match a mouth coefficient of LIP_BONES."""
+    names = [b.name for b in arm.pose.bones if b.name not in skip]
+    match = mapping.match_names(names, tuple(LIP_BONES), aliases=LIP_BONE_ALIASES)
+    targets = []
+    for bone, channel in match.assignments.items():
+        kind, axis, gain = LIP_BONES[channel]
+        targets.append(bone_target(arm, f"{bone}: {kind} {axis}", channel, gain))
+    return match, targets
+
+
 def armature_targets(arm, jaw_bone: str = "", jaw_degrees: float = 25.0, axis: str = "X") -> tuple:
     """(preset, match, targets) of an armature character: jawOpen turns the jaw bone about `axis`
-    by up to jaw_degrees (the ARKit preset: its channels are the 52 coefficients)."""
+    by up to jaw_degrees, and mouth coefficients move the lip bones (LIP_BONES) (the ARKit preset:
+    its channels are the 52 coefficients)."""
     bone = jaw_bone or find_jaw_bone(arm)
-    if not bone or arm.pose.bones.get(bone) is None:
-        raise ValueError(f"{arm.name}: no jaw bone {('named ' + repr(bone)) if bone else 'found'}; "
-                         "name it in the Character panel")
+    if jaw_bone and arm.pose.bones.get(jaw_bone) is None:
+        raise ValueError(f"{arm.name}: no jaw bone named {jaw_bone!r}; name it in the Character panel")
     preset = dict(mapping.list_presets(presets_folder()))["arkit"]
-    pb = arm.pose.bones[bone]
-    path = f'pose.bones["{_esc(bone)}"].' + ("rotation_quaternion" if pb.rotation_mode == 'QUATERNION'
-                                                else "rotation_euler")
-    target = Target(f"{bone}: rotation {axis}", path, "jawOpen", gain=math.radians(jaw_degrees), lo=-math.pi,
-                    hi=math.pi, rotation=axis, index="XYZ".index(axis))
-    used = ("jawOpen",)
-    match = mapping.Match({target.name: "jawOpen"}, (), (), tuple(c for c in preset.outputs if c not in used))
-    return preset, match, [target]
+    targets = []
+    if bone:
+        pb = arm.pose.bones[bone]
+        path = f'pose.bones["{_esc(bone)}"].' + ("rotation_quaternion" if pb.rotation_mode == 'QUATERNION'
+                                                    else "rotation_euler")
+        targets.append(Target(f"{bone}: rotation {axis}", path, "jawOpen", gain=math.radians(jaw_degrees),
+                              lo=-math.pi, hi=math.pi, rotation=axis, index="XYZ".index(axis)))
+    _, lip_targets = lip_bone_targets(arm, skip=(bone,))
+    targets += lip_targets
+    if not targets:
+        raise ValueError(f"{arm.name}: no jaw bone found (nor lip bones named like mouth coefficients); "
+                         "name it in the Character panel")
+    used = {t.source for t in targets}
+    match = mapping.Match({t.name: t.source for t in targets}, (), (),
+                          tuple(c for c in preset.outputs if c not in used))
+    return preset, match, targets
 
 
 def bone_target(arm, name: str, source: str, gain: float = 1.0, offset: float = 0.0):
@@ -343,7 +380,8 @@ def drive_character(obj, segments: list, options: mapping.DriveOptions, head=Non
     for seg in sorted(segments, key=lambda s: s[1]):
         result, start = seg[0], seg[1]
         line = (seg[2] if len(seg) > 2 else "") or take or Path(result.audio).stem or result.path.name
-        channels = [(t.data_path, t.index, t.source, t.gain, t.offset, getattr(t.holder, "name", "")) for t in rows]
+        channels = [(t.data_path, t.index, t.source, t.gain, t.offset, getattr(t.holder, "name", ""))
+                    for t in rows]
         signature = f"{result.path}|{start}|{fps_scene:.6f}|{options}|{preset.name}|{ease}|{channels}"
         if all(anim.live_take(h, line, "lips", signature) is not None for h in groups):
             report.unchanged.append(line)
@@ -374,8 +412,8 @@ def drive_character(obj, segments: list, options: mapping.DriveOptions, head=Non
             if h == holder or not report.action:
                 report.action = action.name
         if options.blinks:
-            _blinks(holder, [t for t in rows if t.holder is None], column, arkit, values, preset, options, result.fps, keys, ease, line,
-                    signature, replace, report)
+            _blinks(holder, [t for t in rows if t.holder is None], column, arkit, values, preset, options,
+                    result.fps, keys, ease, line, signature, replace, report)
         if options.head_motion and head is not None:
             report.head_action = drive_head(head, bone, arkit, keys, frames, result.fps, options, line, ease,
                                             replace, report.nla, signature)

@@ -254,5 +254,5 @@ def _wrap(text: str, width: int) -> list:
 
 
 CLASSES = (LIPSYNC3D_UL_videos, LIPSYNC3D_UL_models, LIPSYNC3D_UL_results, LIPSYNC3D_UL_mapping, LIPSYNC3D_PT_main,
-           LIPSYNC3D_PT_engine, LIPSYNC3D_PT_speaker, LIPSYNC3D_PT_dialogue, LIPSYNC3D_PT_head, LIPSYNC3D_PT_character, LIPSYNC3D_PT_extras,
-           LIPSYNC3D_PT_sequencer)
+           LIPSYNC3D_PT_engine, LIPSYNC3D_PT_speaker, LIPSYNC3D_PT_dialogue, LIPSYNC3D_PT_head, LIPSYNC3D_PT_character,
+           LIPSYNC3D_PT_extras, LIPSYNC3D_PT_sequencer)

@@ -418,3 +418,42 @@ def test_a_key_driven_by_a_custom_property_keys_that_property_with_the_option_on
     report = character.drive_character(obj, [(result, 1, "L")], mapping.DriveOptions(blinks=False),
                                        driver_inputs=True)
     assert "controlled by a driver" in report.text()
+
+
+def test_an_armature_characters_lip_bone_moves_with_its_mouth_coefficient(scene, blender, tmp_path):
+    character, mapping, _ = _mods(blender)
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=20, seed=11)
+    smile, jaw = _coeff(tmp_path / "a", "mouthSmileLeft"), _coeff(tmp_path / "a", "jawOpen")
+    assert smile.max() > 0.01
+    arm = _armature(scene)
+    bpy.ops.object.mode_set(mode='EDIT')
+    b = arm.data.edit_bones.new("lipCorner.L")                  # matched to mouthSmileLeft (alias + side)
+    b.head, b.tail = (0.03, -0.1, 1.5), (0.03, -0.12, 1.5)
+    bpy.ops.object.mode_set(mode='OBJECT')
+    report = character.drive_character(arm, [(results.read_prediction(tmp_path / "a"), 5, "L")],
+                                       mapping.DriveOptions(blinks=False))
+    assert report.match.assignments == {"jaw: rotation X": "jawOpen", "lipCorner.L: location Z": "mouthSmileLeft"}
+    for i in (0, 9, 19):
+        scene.frame_set(5 + i)
+        assert arm.pose.bones["lipCorner.L"].location[2] == pytest.approx(0.006 * smile[i], abs=1e-6)
+        assert arm.pose.bones["lipCorner.L"].location[0] == 0.0 and arm.pose.bones["lipCorner.L"].location[1] == 0.0
+        assert arm.pose.bones["jaw"].rotation_euler[0] == pytest.approx(math.radians(25.0) * jaw[i], abs=1e-5)
+    # the panel's table lists the bone channels; a row edited there drives the bone
+    s = scene.lipsync3d
+    s.character, s.blinks = arm, False
+    assert bpy.ops.lipsync3d.mapping_fill() == {'FINISHED'}
+    assert {r.name: r.source for r in s.mapping_rows} == {"jaw: rotation X": "jawOpen",
+                                                          "lipCorner.L: location Z": "mouthSmileLeft"}
+    s.mapping_rows["lipCorner.L: location Z"].gain, s.mapping_rows["lipCorner.L: location Z"].offset = 0.02, 0.001
+    s.mapping_rows["jaw: rotation X"].source = "none"
+    path = tmp_path / "rig.json"
+    assert bpy.ops.lipsync3d.mapping_save(filepath=str(path)) == {'FINISHED'}
+    assert bpy.ops.lipsync3d.mapping_clear() == {'FINISHED'}
+    assert bpy.ops.lipsync3d.mapping_load(filepath=str(path)) == {'FINISHED'}
+    assert s.mapping_rows["lipCorner.L: location Z"].gain == pytest.approx(0.02)
+    _drive_selected(scene, tmp_path / "a", 40, "L2")
+    for i in (0, 9, 19):
+        scene.frame_set(40 + i)
+        assert arm.pose.bones["lipCorner.L"].location[2] == pytest.approx(0.001 + 0.02 * smile[i], abs=1e-6)
+        assert arm.pose.bones["jaw"].rotation_euler[0] == pytest.approx(0.0, abs=1e-6)     # excluded
