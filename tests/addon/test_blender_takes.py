@@ -457,3 +457,14 @@ def test_an_armature_characters_lip_bone_moves_with_its_mouth_coefficient(scene,
         scene.frame_set(40 + i)
         assert arm.pose.bones["lipCorner.L"].location[2] == pytest.approx(0.001 + 0.02 * smile[i], abs=1e-6)
         assert arm.pose.bones["jaw"].rotation_euler[0] == pytest.approx(0.0, abs=1e-6)     # excluded
+    # an axis changes by renaming the channel in a saved mapping file
+    doc = json.loads(path.read_text())
+    doc["outputs"] = {"lipCorner.L: location X": doc["outputs"]["lipCorner.L: location Z"]}
+    path.write_text(json.dumps(doc))
+    assert bpy.ops.lipsync3d.mapping_load(filepath=str(path)) == {'FINISHED'}
+    assert {r.name: r.source for r in s.mapping_rows} == {"jaw: rotation X": "none", "lipCorner.L: location Z": "none",
+                                                          "lipCorner.L: location X": "mouthSmileLeft"}
+    _drive_selected(scene, tmp_path / "a", 80, "L3")
+    scene.frame_set(80 + 9)
+    loc = arm.pose.bones["lipCorner.L"].location           # (Z holds the rest of the earlier take's row: 0.001)
+    assert (loc[0], loc[1]) == pytest.approx((0.001 + 0.02 * smile[9], 0.0), abs=1e-6)
