@@ -110,8 +110,9 @@ def build(out_dir: Path) -> Path:
             for src, name in collect():
                 info = zipfile.ZipInfo(name, ZIP_DATE)
                 info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
+                info.external_attr = 0o100644 << 16     # a regular file, readable by everyone
                 zf.writestr(info, stamped(name, src.read_bytes(), version))
+        os.chmod(tmp, 0o644)                # mkstemp made it 0600: the zip is for everyone to install
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -10,6 +10,8 @@ Must not: decide what is animated (importer.py and character.py do).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import bpy
 
 TAG = "lipsync3d"           # custom property on the actions the add-on made
@@ -70,3 +72,229 @@ def set_keys(fc, frames, values, interpolation: str = "LINEAR") -> None:
         for kp in fc.keyframe_points:
             kp.interpolation = interpolation
     fc.update()
+
+
+# ---------------------------------------------------------------------------------------------
+# Takes on the NLA: every line is its own action, pushed as a strip at its frame
+# ---------------------------------------------------------------------------------------------
+
+TAKE_TRACK = "LipSync3D"            # REPLACE strips of the lines ("LipSync3D 2", ... for overlaps)
+ADD_TRACK = "LipSync3D add"         # ADD/COMBINE strips: blinks and head motion, above the takes
+REST_TRACK = "LipSync3D rest"       # one HOLD strip: the rest value of every channel the takes drive
+KEPT_PREFIX = "Kept: "              # the user's action, moved off the active slot (never altered)
+LINE = "lipsync3d_line"             # custom properties on a take's action: the line (strip) it belongs to,
+ROLE = "lipsync3d_role"             # what it holds ("lips", "add"),
+SIGNATURE = "lipsync3d_signature"   # the inputs it was made from (same signature: nothing to redo)
+CORE = "lipsync3d_core"             # [first, last] frame of the line itself (without the ease)
+
+
+@dataclass
+class TakeReport:
+    """What pushing takes did to a data-block's NLA, in words for the operator's report."""
+
+    kept: list = field(default_factory=list)       # the user's actions moved into the NLA (names)
+    muted: list = field(default_factory=list)      # older takes muted (action names)
+    replaced: list = field(default_factory=list)   # older takes removed (Replace)
+    moved: list = field(default_factory=list)      # takes moved by Re-sync ("name: a -> b")
+
+    def merge(self, other: "TakeReport") -> None:
+        for f in ("kept", "muted", "replaced", "moved"):
+            getattr(self, f).extend(x for x in getattr(other, f) if x not in getattr(self, f))
+
+    def text(self) -> str:
+        parts = []
+        if self.kept:
+            parts.append("your action " + ", ".join(f"'{n}'" for n in self.kept) + " moved into the NLA (kept, "
+                         "unchanged)")
+        if self.replaced:
+            parts.append("replaced " + ", ".join(f"'{n}'" for n in self.replaced))
+        if self.muted:
+            parts.append("muted older take " + ", ".join(f"'{n}'" for n in self.muted))
+        if self.moved:
+            parts.append("moved " + ", ".join(self.moved))
+        return "; ".join(parts)
+
+
+def _is_ours(track_name: str, prefix: str) -> bool:
+    return track_name == prefix or (track_name.startswith(prefix + " ") and track_name[len(prefix) + 1:].isdigit())
+
+
+def our_strips(id_data):
+    """(track, strip) of every take and additive strip the add-on placed on id_data."""
+    ad = id_data.animation_data
+    for track in (ad.nla_tracks if ad else ()):
+        if _is_ours(track.name, TAKE_TRACK) or _is_ours(track.name, ADD_TRACK):
+            for strip in track.strips:
+                yield track, strip
+
+
+def keep_user_action(id_data, report: TakeReport) -> None:
+    """Move the user's active action (not one of ours) into an NLA track of its own, unchanged."""
+    ad = id_data.animation_data or id_data.animation_data_create()
+    previous = ad.action
+    if previous is None:
+        return
+    slot = getattr(ad, "action_slot", None)
+    ad.action = None
+    if previous.get(TAG):           # a take left active by an older version of the add-on: now a strip
+        _push(ad, previous, TAKE_TRACK, 'REPLACE', slot)
+        return
+    track = ad.nla_tracks.new(prev=_top(ad, (REST_TRACK,), kept=True))
+    track.name = f"{KEPT_PREFIX}{previous.name}"[:63]
+    strip = track.strips.new(previous.name[:63], int(previous.frame_range[0]), previous)
+    if slot is not None and hasattr(strip, "action_slot"):
+        strip.action_slot = slot
+    report.kept.append(previous.name)
+
+
+def _top(ad, prefixes: tuple, kept: bool = False):
+    """The highest track whose name has one of `prefixes` (or a Kept track), None when there is none."""
+    found = None
+    for track in ad.nla_tracks:             # bottom to top
+        if any(_is_ours(track.name, p) for p in prefixes) or (kept and track.name.startswith(KEPT_PREFIX)):
+            found = track
+    return found
+
+
+def begin_action(id_data, name: str, source: str, line: str, role: str, signature: str = ""):
+    """A new action of the add-on for id_data (not assigned: the user's active action stays as it
+    is); the caller writes its F-curves with take_fcurve(), then push_take() places it on the NLA."""
+    action = bpy.data.actions.new(name)
+    action[TAG], action[LINE], action[ROLE], action[SIGNATURE] = source, line, role, signature
+    if hasattr(action, "id_root"):
+        try:
+            action.id_root = id_data.id_type
+        except (TypeError, AttributeError):
+            pass
+    return action
+
+
+def take_fcurve(action, id_data, data_path: str, index: int = 0, group: str = ""):
+    """The F-curve data_path[index] of an action that is NOT assigned to id_data (a take).
+
+    Blender 4.4+: the action's one slot (for id_data's type), layer, keyframe strip and channel
+    bag, made when missing; 4.2/4.3: the legacy Action.fcurves.
+    """
+    if getattr(action, "slots", None) is None:
+        fc = action.fcurves.find(data_path, index=index)
+        return fc or action.fcurves.new(data_path, index=index, action_group=group)
+    slot = action.slots[0] if len(action.slots) else action.slots.new(id_data.id_type, id_data.name)
+    layer = action.layers[0] if len(action.layers) else action.layers.new("Layer")
+    strip = layer.strips[0] if len(layer.strips) else layer.strips.new(type='KEYFRAME')
+    bag = strip.channelbag(slot, ensure=True)
+    fc = bag.fcurves.find(data_path, index=index)
+    if fc is None:
+        fc = bag.fcurves.new(data_path, index=index)
+        if group:
+            fc.group = bag.groups.get(group) or bag.groups.new(group)
+    return fc
+
+
+def retire_line(id_data, line: str, role: str, replace: bool, report: TakeReport, keep=None) -> None:
+    """Mute (or, with replace, remove) the older takes of `line` with `role` on id_data."""
+    for track, strip in list(our_strips(id_data)):
+        action = strip.action
+        if action is None or action is keep or action.get(LINE) != line or action.get(ROLE) != role:
+            continue
+        if replace:
+            name = action.name
+            track.strips.remove(strip)
+            if action.users == 0 and action.get(TAG):
+                bpy.data.actions.remove(action)
+            report.replaced.append(name)
+        elif not strip.mute:
+            strip.mute = True
+            report.muted.append(action.name)
+    ad = id_data.animation_data
+    for track in [t for t in (ad.nla_tracks if ad else ()) if _is_ours(t.name, TAKE_TRACK) or _is_ours(t.name, ADD_TRACK)]:
+        if not len(track.strips):
+            ad.nla_tracks.remove(track)
+
+
+def live_take(id_data, line: str, role: str, signature: str):
+    """The unmuted take of `line` made from the same inputs, if there is one (nothing to redo)."""
+    for _, strip in our_strips(id_data):
+        a = strip.action
+        if not strip.mute and a is not None and a.get(LINE) == line and a.get(ROLE) == role \
+                and a.get(SIGNATURE) == signature:
+            return a
+    return None
+
+
+def push_take(id_data, action, additive: str = "") -> object:
+    """Put `action` (begun with begin_action, written) on id_data's NLA at the frames of its keys.
+
+    additive : "" for a line's take (REPLACE, on the "LipSync3D" tracks), else the blend type
+    ('ADD' or 'COMBINE') of an additive strip on the "LipSync3D add" tracks above them. A strip
+    goes on the first such track with room, else on a new one. Extrapolation NOTHING: outside
+    its frames the strip has no effect (the rest track and the user's animation show).
+    """
+    ad = id_data.animation_data or id_data.animation_data_create()
+    slot = action.slots[0] if getattr(action, "slots", None) is not None and len(action.slots) else None
+    return _push(ad, action, ADD_TRACK if additive else TAKE_TRACK, additive or 'REPLACE', slot)
+
+
+def _push(ad, action, prefix: str, blend: str, slot):
+    start = action.frame_range[0]
+    name = str(action.get(LINE) or action.name)[:63]
+    tracks = [t for t in ad.nla_tracks if _is_ours(t.name, prefix)]
+    for track in tracks:
+        try:
+            strip = track.strips.new(name, int(start), action)
+            break
+        except RuntimeError:        # no room on this track: an overlapping line
+            continue
+    else:
+        if prefix == ADD_TRACK:
+            track = ad.nla_tracks.new()           # on top of everything
+        else:
+            track = ad.nla_tracks.new(prev=_top(ad, (TAKE_TRACK, REST_TRACK), kept=True))
+        taken = {t.name for t in ad.nla_tracks}
+        track.name = next(n for n in [prefix] + [f"{prefix} {i}" for i in range(2, 1000)] if n not in taken)
+        strip = track.strips.new(name, int(start), action)
+    if slot is not None and hasattr(strip, "action_slot") and strip.action_slot != slot:
+        strip.action_slot = slot
+    strip.blend_type = blend
+    strip.extrapolation = 'NOTHING'
+    strip.use_sync_length = False
+    return strip
+
+
+def ensure_rest(id_data, values: dict) -> None:
+    """Hold each channel {(data_path, index): rest value} on the "LipSync3D rest" track, so that
+    between takes the keys the add-on drives rest instead of taking Blender's RNA defaults (NLA
+    evaluation resets every channel its strips touch; a shape key's default value is 1.0)."""
+    ad = id_data.animation_data or id_data.animation_data_create()
+    track = next((t for t in ad.nla_tracks if t.name == REST_TRACK), None)
+    action = track.strips[0].action if track is not None and len(track.strips) else None
+    if action is None:
+        action = begin_action(id_data, f"LipSync3D rest {id_data.name}", "rest", "", "rest")
+    for (path, index), value in values.items():
+        set_keys(take_fcurve(action, id_data, path, index, "LipSync3D rest"), [0.0], [float(value)])
+    slot = action.slots[0] if getattr(action, "slots", None) is not None and len(action.slots) else None
+    if track is None:     # made before any take, so it sits below them (tracks cannot be reordered by RNA)
+        track = ad.nla_tracks.new(prev=None)
+        track.name = REST_TRACK
+        strip = track.strips.new("rest", 0, action)
+        if slot is not None and hasattr(strip, "action_slot"):
+            strip.action_slot = slot
+        strip.extrapolation = 'HOLD'
+
+
+def resync(id_data, starts: dict, report: TakeReport) -> None:
+    """Move every take and additive strip of id_data whose line is in starts {line: frame} so that
+    the line begins at that frame again (its sound strip was moved); muted takes move too."""
+    moves = []
+    for track, strip in our_strips(id_data):
+        action = strip.action
+        if action is None or action.get(LINE) not in starts or action.get(CORE) is None:
+            continue
+        delta = starts[action[LINE]] - action[CORE][0]
+        if delta:
+            moves.append((strip, action, delta))
+    for strip, action, delta in sorted(moves, key=lambda m: -m[0].frame_start if m[2] > 0 else m[0].frame_start):
+        old = strip.frame_start
+        strip.frame_start_ui = old + delta
+        action[CORE] = [float(action[CORE][0] + delta), float(action[CORE][1] + delta)]
+        if action.get(ROLE) == "lips":
+            report.moved.append(f"'{action.name}' {old:g} -> {strip.frame_start:g}")

@@ -24,6 +24,7 @@ import bpy
 
 from . import anim
 from .core import results
+from .runner import blend_path
 
 OBJECT_SCALE = 0.01         # engine units are about a centimetre: the head is about 0.2 m tall in Blender
 MAX_SHAPE_KEY_FRAMES = 20000  # beyond this, shape keys are refused: use the Mesh Cache
@@ -38,6 +39,7 @@ def import_head(context, result: results.PredictionResult, frame_start: int, ani
     frame_start (when the audio did not come from a strip already in place).
     """
     scene = context.scene
+    step = scene.render.fps / scene.render.fps_base / result.fps      # scene frames per result frame
     obj_mesh = results.read_obj(result.file("obj"))
     name = name or f"LipSync3D head {Path(result.audio).stem or result.path.name}"
     mesh = _mesh(name, obj_mesh)
@@ -46,14 +48,18 @@ def import_head(context, result: results.PredictionResult, frame_start: int, ani
     _collection(scene).objects.link(obj)
     obj["lipsync3d_result"], obj["lipsync3d_frame_start"] = str(result.path), int(frame_start)
     if animation == 'MESH_CACHE':
-        _mesh_cache(obj, result, frame_start)
+        _mesh_cache(obj, result, frame_start, step)
     else:
-        _shape_keys(obj, result, frame_start)
+        _shape_keys(obj, result, frame_start, step)
+    if abs(step - 1.0) > 1e-6:
+        obj["lipsync3d_warning"] = (f"predicted at {result.fps:g} fps: the geometry is resampled to the scene's "
+                                    f"{result.fps * step:g} fps, the atlas images are not (re-predict at the scene's "
+                                    "fps for them)")
     cylinder = _cylinder(result)
     mesh.materials.append(head_material(name, result, frame_start, cylinder))
     if sound_file:
         add_sound_strip(scene, sound_file, frame_start, name)
-    _extend_frame_range(scene, frame_start, result.frames)
+    _extend_frame_range(scene, frame_start, int(result.frames * step + 0.999))
     return obj
 
 
@@ -87,8 +93,9 @@ def _blender_coords(flat) -> list:
     return out
 
 
-def _shape_keys(obj, result: results.PredictionResult, frame_start: int) -> None:
-    """One relative shape key per frame; key i is 1 at frame_start + i and 0 one frame either side."""
+def _shape_keys(obj, result: results.PredictionResult, frame_start: int, step: float = 1.0) -> None:
+    """One relative shape key per frame; key i is 1 at frame_start + i * step and 0 one result frame
+    either side (step: scene frames per result frame; sub-frame keys when the rates differ)."""
     if result.frames > MAX_SHAPE_KEY_FRAMES:
         raise ValueError(f"{result.path}: {result.frames} frames are too many for shape keys "
                          f"(at most {MAX_SHAPE_KEY_FRAMES}); choose the Mesh Cache animation")
@@ -102,24 +109,26 @@ def _shape_keys(obj, result: results.PredictionResult, frame_start: int) -> None
         for i in range(result.frames):
             kb = obj.shape_key_add(name=f"frame {i:06d}", from_mix=False)
             kb.data.foreach_set("co", _blender_coords(pc.frame(i)))
-            f = frame_start + i
+            f = frame_start + i * step
             fc = anim.fcurve(action, key, f'key_blocks["{kb.name}"].value', group="frames")
-            anim.set_keys(fc, [f - 1, f, f + 1], [0.0, 1.0, 0.0])
+            anim.set_keys(fc, [f - step, f, f + step], [0.0, 1.0, 0.0])
 
 
-def _mesh_cache(obj, result: results.PredictionResult, frame_start: int) -> None:
+def _mesh_cache(obj, result: results.PredictionResult, frame_start: int, step: float = 1.0) -> None:
     """A Mesh Cache modifier on head.pc2 (the engine's frame: y up, z to the viewer).
 
     The modifier's axis pair that yields engine_to_blender, (x, y, z) -> (x, -z, y), is
     forward +Z, up -Y (found by trying all pairs against the shape keys; tests check it).
-    In FRAME mode it shows sample (scene frame - frame_start), so sample i at frame_start + i.
+    In FRAME mode it shows sample (scene frame * frame_scale - its frame_start) (measured), so with
+    frame_scale = 1 / step (the result's fps over the scene's) and its frame_start = frame_start /
+    step, sample i shows at scene frame frame_start + i * step.
     """
     mod = obj.modifiers.new("LipSync3D cache", 'MESH_CACHE')
     mod.cache_format = 'PC2'
-    mod.filepath = str(result.file("pc2"))
+    mod.filepath = blend_path(result.file("pc2"))
     mod.forward_axis, mod.up_axis = 'POS_Z', 'NEG_Y'
     mod.time_mode, mod.play_mode = 'FRAME', 'SCENE'
-    mod.frame_start, mod.frame_scale = float(frame_start), 1.0
+    mod.frame_start, mod.frame_scale = float(frame_start) / step, 1.0 / step  # it shows frame * scale - start
     mod.interpolation = 'LINEAR'
 
 
@@ -161,6 +170,7 @@ def atlas_image(result: results.PredictionResult, frame_start: int, node) -> Non
         raise ValueError(f"{first}: the atlas sequence is missing")
     image = bpy.data.images.load(str(first), check_existing=False)
     image.source = 'SEQUENCE'
+    image.filepath = blend_path(first)
     image.name = f"atlas {result.path.name}"
     node.image = image
     user = node.image_user

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import bpy
 from bpy.props import CollectionProperty, StringProperty
-from bpy_extras.io_utils import ImportHelper
+from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import character, importer, runner
-from .core import results
+from . import character, importer, mapping_table, runner
+from .core import mapping, results
 
 TINY_WIDTH = 1 / 32                # "Tiny" model size: channels as a fraction of the paper's
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -30,6 +30,13 @@ def safe_name(text: str, fallback: str = "take") -> str:
 
 def settings(context):
     return context.scene.lipsync3d
+
+
+def _poll(cls, ok: bool, why: str) -> bool:
+    """poll(): grey the button out, and say why in its tooltip (and in the error of a script's call)."""
+    if not ok and hasattr(cls, "poll_message_set"):
+        cls.poll_message_set(why)
+    return ok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,6 +75,10 @@ class LIPSYNC3D_OT_video_remove(bpy.types.Operator):
     bl_label = "Remove Video"
     bl_options = {'REGISTER', 'UNDO'}
 
+    @classmethod
+    def poll(cls, context):
+        return len(settings(context).videos) > 0
+
     def execute(self, context):
         s = settings(context)
         if 0 <= s.video_index < len(s.videos):
@@ -87,6 +98,11 @@ class LIPSYNC3D_OT_train(runner.EngineJobOperator, bpy.types.Operator):
 
     bl_idname = "lipsync3d.train"
     bl_label = "Prepare & Train"
+
+    @classmethod
+    def poll(cls, context):
+        return _poll(cls, not runner.busy(), "a LipSync3D job is running") and \
+            _poll(cls, len(settings(context).videos) > 0, "add at least one video of the speaker first")
 
     def build_jobs(self, context):
         s = settings(context)
@@ -152,6 +168,7 @@ class LIPSYNC3D_OT_models_refresh(bpy.types.Operator):
 
     bl_idname = "lipsync3d.models_refresh"
     bl_label = "Refresh Models"
+    bl_options = {'REGISTER', 'UNDO'}
 
     def execute(self, context):
         refresh_models(context)
@@ -199,6 +216,7 @@ class AudioSource:
     end_s: float | None  # seconds into the file of the end (None = the file's end)
     frame_start: int    # scene frame of prediction frame 0
     from_file: bool     # True: no strip yet, the import adds one
+    channel: int = 0    # the strip's VSE channel (0: a file)
 
 
 def scene_fps(scene) -> float:
@@ -224,7 +242,8 @@ def strip_source(context, strip) -> AudioSource:
     fps = scene_fps(context.scene)
     start = (strip.frame_final_start - strip.frame_start) / fps + float(getattr(strip, "sound_offset", 0.0))
     return AudioSource(strip.name, _sound_file(context, strip), max(start, 0.0),
-                       max(start, 0.0) + strip.frame_final_duration / fps, int(strip.frame_final_start), False)
+                       max(start, 0.0) + strip.frame_final_duration / fps, int(strip.frame_final_start), False,
+                       int(strip.channel))
 
 
 def _all_strips(sed):
@@ -247,6 +266,11 @@ def audio_sources(context) -> list:
         if strip is None or strip.type != 'SOUND':
             raise runner.UserError("make a sound strip active in the Video Sequencer (or choose 'Channel' or 'File')")
         return [strip_source(context, strip)]
+    if s.audio_source == 'SELECTED':
+        strips = sorted((x for x in _all_strips(sed) if x.type == 'SOUND' and x.select), key=lambda x: x.frame_final_start)
+        if not strips:
+            raise runner.UserError("select one or more sound strips in the Video Sequencer")
+        return [strip_source(context, x) for x in strips]
     strips = sorted((x for x in _all_strips(sed) if x.type == 'SOUND' and x.channel == s.channel and not x.mute),
                     key=lambda x: x.frame_final_start)
     if not strips:
@@ -280,45 +304,87 @@ class LIPSYNC3D_OT_predict(runner.EngineJobOperator, bpy.types.Operator):
     bl_label = "Predict"
     bl_options = {'REGISTER', 'UNDO'}
 
+    @classmethod
+    def poll(cls, context):
+        return _poll(cls, not runner.busy(), "a LipSync3D job is running")
+
     def build_jobs(self, context):
         s = settings(context)
         model, sources = active_model(context), audio_sources(context)
         spec = runner.engine_spec(context)
-        self._work, jobs = [], []
+        self._work, todo = [], []
         for src in sources:
             out = prediction_dir(context, model, src, s.engine_smoothing, s.engine_preview)
             self._work.append((src, out))
-            if (out / "result.json").is_file():
-                continue        # already predicted: same model, audio, range and fps
-            args = [model, src.path, "-o", out, "--fps", f"{scene_fps(context.scene):.6f}", "--overwrite",
-                    "--device", spec.device, "--start", f"{src.start_s:.6f}"]
-            args += ["--end", f"{src.end_s:.6f}"] if src.end_s is not None else []
-            args += [] if s.engine_smoothing else ["--no-smoothing"]
-            args += [] if s.engine_preview else ["--no-preview"]
-            jobs.append(spec.job(f"Predict {src.name}", "predict", *args, log_path=runner.log_path(context, "predict")))
-        return jobs
+            if not (out / "result.json").is_file():     # else: already predicted (same model, audio, range, fps)
+                todo.append((src, out))
+        if not todo:
+            return []
+        # one engine process for the whole batch: the model is loaded once (lipsync predict A1 A2 ... -o O1 O2 ...)
+        args = [model, *(src.path for src, _ in todo), "-o", *(out for _, out in todo),
+                "--fps", f"{scene_fps(context.scene):.6f}", "--overwrite", "--device", spec.device,
+                "--start", *(f"{src.start_s:.6f}" for src, _ in todo)]
+        if all(src.end_s is not None for src, _ in todo):
+            args += ["--end", *(f"{src.end_s:.6f}" for src, _ in todo)]
+        elif len(todo) > 1:
+            raise runner.UserError("a batch needs the end of every piece of audio")
+        args += [] if s.engine_smoothing else ["--no-smoothing"]
+        args += [] if s.engine_preview else ["--no-preview"]
+        label = f"Predict {todo[0][0].name}" if len(todo) == 1 else f"Predict {len(todo)} lines"
+        return [spec.job(label, "predict", *args, log_path=runner.log_path(context, "predict"))]
 
     def on_success(self, context, outcome):
         s = settings(context)
         segments = []
         for src, out in self._work:
             result = results.read_prediction(out)
-            item = s.results.add()
-            item.name, item.path, item.frame_start, item.strip = src.name, str(out), src.frame_start, src.name
+            known = next((r for r in s.results if Path(bpy.path.abspath(r.path)) == out
+                          and r.frame_start == src.frame_start), None)
+            item = known or s.results.add()          # predicting the same strip again: the same entry
+            item.name, item.path, item.frame_start, item.strip = src.name, runner.blend_path(out), src.frame_start, \
+                src.name
             segments.append((result, src.frame_start, src))
-        s.result_index = len(s.results) - 1
+        s.result_index = next(i for i, r in enumerate(s.results)
+                              if Path(bpy.path.abspath(r.path)) == self._work[-1][1])
+        reused = 0
         if s.import_head:
             for result, start, src in segments:
+                if _imported_head(context, result, start) is not None:
+                    reused += 1                      # the head of this prediction is already in the scene
+                    continue
                 obj = importer.import_head(context, result, start, s.animation,
                                            sound_file=src.path if src.from_file else "")
+                obj["lipsync3d_line"] = src.name
                 if len(segments) > 1:
                     _show_only_during(obj, start, start + result.frames - 1)
-        if s.drive_after and s.character is not None:
-            report = _drive(context, [(r, f) for r, f, _ in segments])
-            self.report({'INFO'}, report.text())
-        else:
-            self.report({'INFO'}, f"predicted {sum(r.frames for r, _, _ in segments)} frames")
+        texts = [f"predicted {sum(r.frames for r, _, _ in segments)} frames"]
+        if reused:
+            texts.append(f"{reused} head(s) already in the scene, reused")
+        if s.drive_after:
+            for obj, group in cast_groups(context, [src for _, _, src in segments]).items():
+                report = _drive(context, [(r, f, src.name) for r, f, src in segments if src in group], obj)
+                texts.append(f"{obj.name}: {report.text()}")
+        self.report({'INFO'}, "; ".join(texts))
         return {'FINISHED'}
+
+
+def _imported_head(context, result, start: int):
+    return next((o for o in context.scene.objects if o.get("lipsync3d_result") == str(result.path)
+                 and o.get("lipsync3d_frame_start") == int(start)), None)
+
+
+def cast_groups(context, sources: list) -> dict:
+    """{character: [sources]}: each strip goes to the character of the first cast rule that matches it
+    (name prefix, or VSE channel), else to the Character panel's character (none: not driven)."""
+    s = settings(context)
+    groups: dict = {}
+    for src in sources:
+        rule = next((c for c in s.cast if c.character is not None and (
+            (c.prefix and src.name.startswith(c.prefix)) or (c.channel and src.channel == c.channel))), None)
+        obj = rule.character if rule is not None else s.character
+        if obj is not None:
+            groups.setdefault(obj, []).append(src)
+    return groups
 
 
 def _show_only_during(obj, first: int, last: int) -> None:
@@ -329,11 +395,17 @@ def _show_only_during(obj, first: int, last: int) -> None:
             obj.keyframe_insert(attr, frame=frame)
 
 
-def _drive(context, segments: list):
+def _drive(context, segments: list, obj=None):
     s = settings(context)
-    head = s.armature if s.head_target == 'BONE' and s.armature is not None else s.character
+    obj = obj or s.character
+    head = s.armature if s.head_target == 'BONE' and s.armature is not None else obj
     bone = s.bone if s.head_target == 'BONE' else ""
-    report = character.drive_character(s.character, segments, s.drive_options(), head=head, bone=bone)
+    targets = None
+    if len(s.mapping_rows) and s.mapping_object == obj:         # the mapping table made for this character
+        targets = character.table_targets(obj, table_rows(s))
+    report = character.drive_character(obj, segments, s.drive_options(), head=head, bone=bone,
+                                       replace=s.replace_takes, ease=s.ease_frames, scene=context.scene,
+                                       targets=targets, driver_inputs=s.key_driver_inputs)
     context.window_manager.lipsync3d_job.last_report = report.text()
     return report
 
@@ -343,7 +415,7 @@ def _selected_result(context) -> tuple:
     if not (0 <= s.result_index < len(s.results)):
         raise runner.UserError("no prediction yet: run Predict first")
     item = s.results[s.result_index]
-    return results.read_prediction(item.path), item
+    return results.read_prediction(bpy.path.abspath(item.path)), item
 
 
 class LIPSYNC3D_OT_import_head(bpy.types.Operator):
@@ -353,6 +425,10 @@ class LIPSYNC3D_OT_import_head(bpy.types.Operator):
     bl_label = "Import Head"
     bl_options = {'REGISTER', 'UNDO'}
 
+    @classmethod
+    def poll(cls, context):
+        return _poll(cls, len(settings(context).results) > 0, "no prediction yet: run Predict first")
+
     def execute(self, context):
         try:
             result, item = _selected_result(context)
@@ -360,7 +436,10 @@ class LIPSYNC3D_OT_import_head(bpy.types.Operator):
         except (runner.UserError, results.ResultError, ValueError, OSError) as e:
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}
-        self.report({'INFO'}, f"imported {obj.name}: {result.frames} frames from frame {item.frame_start}")
+        warning = obj.get("lipsync3d_warning", "")
+        self.report({'WARNING'} if warning else {'INFO'},
+                    f"imported {obj.name}: {result.frames} frames from frame {item.frame_start}"
+                    + (f"; {warning}" if warning else ""))
         return {'FINISHED'}
 
 
@@ -371,18 +450,235 @@ class LIPSYNC3D_OT_drive_character(bpy.types.Operator):
     bl_label = "Drive Character"
     bl_options = {'REGISTER', 'UNDO'}
 
+    @classmethod
+    def poll(cls, context):
+        s = settings(context)
+        return _poll(cls, s.character is not None, "choose a character (a mesh with shape keys, or an armature) "
+                     "first") and _poll(cls, len(s.results) > 0, "no prediction yet: run Predict first")
+
     def execute(self, context):
         s = settings(context)
         try:
             if s.character is None:
                 raise runner.UserError("choose a character (a mesh with shape keys) first")
             result, item = _selected_result(context)
-            report = _drive(context, [(result, item.frame_start)])
+            report = _drive(context, [(result, item.frame_start, item.strip or item.name)])
         except (runner.UserError, results.ResultError, ValueError, OSError) as e:
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}
         level = 'WARNING' if report.match.unmapped_keys else 'INFO'
         self.report({level}, report.text())
+        return {'FINISHED'}
+
+
+class LIPSYNC3D_OT_resync(bpy.types.Operator):
+    """Move every LipSync3D take to where its sound strip now starts (after strips were moved in the
+    Video Sequencer)"""
+
+    bl_idname = "lipsync3d.resync"
+    bl_label = "Re-sync Takes"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene.sequence_editor is not None
+
+    def execute(self, context):
+        from . import anim
+
+        starts = {x.name: int(x.frame_final_start) for x in _all_strips(context.scene.sequence_editor)
+                  if x.type == 'SOUND'}
+        report = anim.TakeReport()
+        holders = {o.data.shape_keys for o in context.scene.objects if o.type == 'MESH' and o.data.shape_keys}
+        for id_data in [*context.scene.objects, *(h for h in holders if h is not None)]:
+            if id_data.animation_data is not None:
+                anim.resync(id_data, starts, report)
+        self.report({'INFO'}, report.text() or "every take already sits at its sound strip")
+        return {'FINISHED'}
+
+
+class LIPSYNC3D_OT_cast_add(bpy.types.Operator):
+    """Add a cast rule: strips whose name starts with a prefix (or on a channel) animate a character"""
+
+    bl_idname = "lipsync3d.cast_add"
+    bl_label = "Add Cast Rule"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    def execute(self, context):
+        settings(context).cast.add()
+        return {'FINISHED'}
+
+
+class LIPSYNC3D_OT_cast_remove(bpy.types.Operator):
+    """Remove this cast rule"""
+
+    bl_idname = "lipsync3d.cast_remove"
+    bl_label = "Remove Cast Rule"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    index: bpy.props.IntProperty(options={'HIDDEN'})
+
+    @classmethod
+    def poll(cls, context):
+        return len(settings(context).cast) > 0
+
+    def execute(self, context):
+        cast = settings(context).cast
+        if 0 <= self.index < len(cast):
+            cast.remove(self.index)
+        return {'FINISHED'}
+
+
+# ---------------------------------------------------------------------------------------------
+# The mapping table
+# ---------------------------------------------------------------------------------------------
+
+def table_rows(s) -> list:
+    """The Character panel's table as mapping_table.Row."""
+    return [mapping_table.Row(r.name, r.source, r.gain, r.offset) for r in s.mapping_rows]
+
+
+def set_table(s, obj, rows: list) -> list:
+    """Write rows (mapping_table.Row) into the panel's table for obj; returns the sources that are not
+    ARKit coefficients (those rows get "none")."""
+    valid = {mapping_table.NONE, *mapping.ARKIT_NAMES}
+    s.mapping_rows.clear()
+    bad = []
+    for r in rows:
+        item = s.mapping_rows.add()
+        item.name, item.gain, item.offset = r.key, r.gain, r.offset
+        if r.source in valid:
+            item.source = r.source
+        else:
+            bad.append(r.source)
+    s.mapping_object = obj
+    s.mapping_index = 0
+    return bad
+
+
+def _table_poll(cls, context) -> bool:
+    return _poll(cls, settings(context).character is not None, "choose a character first")
+
+
+class LIPSYNC3D_OT_mapping_fill(bpy.types.Operator):
+    """Fill the mapping table from the character: every shape key (or bone channel) with the channel that
+    automatic name matching gives it (the Mapping preset)"""
+
+    bl_idname = "lipsync3d.mapping_fill"
+    bl_label = "Fill from Character"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        return _table_poll(cls, context)
+
+    def execute(self, context):
+        s = settings(context)
+        try:
+            rows = character.table_rows(s.character, s.drive_options())
+        except (ValueError, OSError) as e:
+            self.report({'ERROR'}, str(e))
+            return {'CANCELLED'}
+        set_table(s, s.character, rows)
+        used = sum(r.source != mapping_table.NONE for r in rows)
+        self.report({'INFO'}, f"mapping table of {s.character.name}: {len(rows)} rows, {used} driven")
+        return {'FINISHED'}
+
+
+class LIPSYNC3D_OT_mapping_clear(bpy.types.Operator):
+    """Empty the mapping table (Drive Character matches by name again)"""
+
+    bl_idname = "lipsync3d.mapping_clear"
+    bl_label = "Clear Mapping"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        return len(settings(context).mapping_rows) > 0
+
+    def execute(self, context):
+        s = settings(context)
+        s.mapping_rows.clear()
+        s.mapping_object = None
+        return {'FINISHED'}
+
+
+def _presets_dir() -> str:
+    try:
+        return str(character.presets_folder())
+    except FileNotFoundError:
+        return ""
+
+
+class LIPSYNC3D_OT_mapping_save(bpy.types.Operator, ExportHelper):
+    """Save the mapping table as a preset JSON (blendshape_rigs/presets/ format; saved in that folder it
+    shows in the Mapping menu)"""
+
+    bl_idname = "lipsync3d.mapping_save"
+    bl_label = "Save Mapping"
+    bl_options = {'REGISTER'}
+
+    filename_ext = ".json"
+    filter_glob: StringProperty(default="*.json", options={'HIDDEN'})
+
+    @classmethod
+    def poll(cls, context):
+        return _poll(cls, len(settings(context).mapping_rows) > 0, "the mapping table is empty: Fill it first")
+
+    def invoke(self, context, event):
+        s, folder = settings(context), _presets_dir()
+        name = safe_name(s.mapping_object.name if s.mapping_object else "mapping", "mapping")
+        self.filepath = str(Path(folder) / f"{name}.json") if folder else f"{name}.json"
+        context.window_manager.fileselect_add(self)
+        return {'RUNNING_MODAL'}
+
+    def execute(self, context):
+        s = settings(context)
+        try:
+            path = mapping_table.save_preset(table_rows(s), bpy.path.abspath(self.filepath),
+                                             f"Mapping table of {s.mapping_object.name if s.mapping_object else '?'}")
+        except OSError as e:
+            self.report({'ERROR'}, f"cannot save the mapping: {e}")
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"mapping saved to {path}")
+        return {'FINISHED'}
+
+
+class LIPSYNC3D_OT_mapping_load(bpy.types.Operator, ImportHelper):
+    """Load a mapping table from a preset JSON (its outputs matched to the character's shape keys or bone
+    channels by name)"""
+
+    bl_idname = "lipsync3d.mapping_load"
+    bl_label = "Load Mapping"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    filename_ext = ".json"
+    filter_glob: StringProperty(default="*.json", options={'HIDDEN'})
+
+    @classmethod
+    def poll(cls, context):
+        return _table_poll(cls, context)
+
+    def invoke(self, context, event):
+        folder = _presets_dir()
+        if folder:
+            self.filepath = folder + "/"
+        context.window_manager.fileselect_add(self)
+        return {'RUNNING_MODAL'}
+
+    def execute(self, context):
+        s = settings(context)
+        path = bpy.path.abspath(self.filepath)
+        try:
+            rows = mapping_table.load_rows(path, character.table_channels(s.character, path))
+        except (ValueError, OSError, KeyError) as e:
+            self.report({'ERROR'}, f"cannot load {path}: {e}")
+            return {'CANCELLED'}
+        bad = set_table(s, s.character, rows)
+        used = sum(r.source != mapping_table.NONE for r in rows) - len(bad)
+        self.report({'WARNING'} if bad else {'INFO'},
+                    f"mapping loaded: {len(rows)} rows, {used} driven"
+                    + (f"; not ARKit coefficients, left as none: {', '.join(sorted(set(bad)))}" if bad else ""))
         return {'FINISHED'}
 
 
@@ -403,6 +699,11 @@ class LIPSYNC3D_OT_show_log(bpy.types.Operator):
 
     bl_idname = "lipsync3d.show_log"
     bl_label = "Show Log"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        return _poll(cls, bool(context.window_manager.lipsync3d_job.last_log), "no engine log to show")
 
     def execute(self, context):
         path = context.window_manager.lipsync3d_job.last_log
@@ -419,4 +720,6 @@ class LIPSYNC3D_OT_show_log(bpy.types.Operator):
 
 CLASSES = (LIPSYNC3D_OT_video_add, LIPSYNC3D_OT_video_remove, LIPSYNC3D_OT_train, LIPSYNC3D_OT_models_refresh,
            LIPSYNC3D_OT_model_add, LIPSYNC3D_OT_predict, LIPSYNC3D_OT_import_head, LIPSYNC3D_OT_drive_character,
-           LIPSYNC3D_OT_cancel_job, LIPSYNC3D_OT_show_log)
+           LIPSYNC3D_OT_cancel_job, LIPSYNC3D_OT_show_log, LIPSYNC3D_OT_cast_add, LIPSYNC3D_OT_cast_remove,
+           LIPSYNC3D_OT_resync, LIPSYNC3D_OT_mapping_fill, LIPSYNC3D_OT_mapping_clear, LIPSYNC3D_OT_mapping_save,
+           LIPSYNC3D_OT_mapping_load)

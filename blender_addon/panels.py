@@ -38,6 +38,17 @@ class LIPSYNC3D_UL_results(bpy.types.UIList):
         layout.label(text=f"{item.name} @ {item.frame_start}", icon='SOUND')
 
 
+class LIPSYNC3D_UL_mapping(bpy.types.UIList):
+    """The mapping table: channel, source (ARKit coefficient or none), gain, offset."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
+        row = layout.row(align=True)
+        row.label(text=item.name, icon='SHAPEKEY_DATA' if ": " not in item.name else 'BONE_DATA')
+        row.prop(item, "source", text="")
+        row.prop(item, "gain", text="")
+        row.prop(item, "offset", text="")
+
+
 class LIPSYNC3D_PT_main(_Panel, bpy.types.Panel):
     bl_label = "LipSync3D"
 
@@ -121,7 +132,9 @@ class LIPSYNC3D_PT_dialogue(_Panel, bpy.types.Panel):
         row = col.row()
         row.prop(s, "import_head")
         row.prop(s, "drive_after")
-        col.operator("lipsync3d.predict", icon='SPEAKER')
+        row = col.row(align=True)
+        row.operator("lipsync3d.predict", icon='SPEAKER')
+        row.operator("lipsync3d.resync", text="", icon='FILE_REFRESH')
         if s.results:
             col.template_list("LIPSYNC3D_UL_results", "", s, "results", s, "result_index", rows=2)
 
@@ -147,6 +160,10 @@ class LIPSYNC3D_PT_character(_Panel, bpy.types.Panel):
         col.prop(s, "strength", slider=True)
         col.prop(s, "smoothing")
         col.prop(s, "blinks")
+        row = col.row(align=True)
+        row.prop(s, "ease_frames")
+        row.prop(s, "replace_takes", toggle=True)
+        col.prop(s, "key_driver_inputs")
         col.prop(s, "head_motion")
         if s.head_motion:
             sub = col.box()
@@ -156,7 +173,29 @@ class LIPSYNC3D_PT_character(_Panel, bpy.types.Panel):
                 sub.prop(s, "armature")
                 if s.armature is not None:
                     sub.prop_search(s, "bone", s.armature.pose, "bones")
+        box = col.box()
+        row = box.row()
+        table = len(s.mapping_rows) > 0
+        row.label(text=f"Mapping table ({s.mapping_object.name if table and s.mapping_object else 'empty'})")
+        row.operator("lipsync3d.mapping_fill", text="", icon='FILE_REFRESH')
+        row.operator("lipsync3d.mapping_load", text="", icon='FILEBROWSER')
+        row.operator("lipsync3d.mapping_save", text="", icon='FILE_TICK')
+        row.operator("lipsync3d.mapping_clear", text="", icon='X')
+        if table:
+            box.template_list("LIPSYNC3D_UL_mapping", "", s, "mapping_rows", s, "mapping_index", rows=4)
+            if s.mapping_object != s.character:
+                box.label(text="made for another character: not used", icon='INFO')
         col.operator("lipsync3d.drive_character", icon='SHAPEKEY_DATA')
+        box = col.box()
+        row = box.row()
+        row.label(text="Cast (strips -> characters)")
+        row.operator("lipsync3d.cast_add", text="", icon='ADD')
+        for i, rule in enumerate(s.cast):
+            row = box.row(align=True)
+            row.prop(rule, "prefix", text="")
+            row.prop(rule, "channel", text="Ch")
+            row.prop(rule, "character", text="")
+            row.operator("lipsync3d.cast_remove", text="", icon='X').index = i
         report = context.window_manager.lipsync3d_job.last_report
         for chunk in _wrap(report, 60) if report else []:
             col.label(text=chunk)
@@ -178,6 +217,30 @@ class LIPSYNC3D_PT_extras(_Panel, bpy.types.Panel):
             module.draw(box, context)
 
 
+class LIPSYNC3D_PT_sequencer(bpy.types.Panel):
+    """The Video Sequencer's sidebar: predict from the selected sound strips, re-sync the takes."""
+
+    bl_space_type = 'SEQUENCE_EDITOR'
+    bl_region_type = 'UI'
+    bl_category = "LipSync3D"
+    bl_label = "LipSync3D"
+
+    def draw(self, context):
+        s, col = context.scene.lipsync3d, self.layout.column()
+        col.template_list("LIPSYNC3D_UL_models", "", s, "models", s, "model_index", rows=2)
+        col.prop(s, "audio_source", text="Audio")
+        col.prop(s, "character")
+        row = col.row()
+        row.prop(s, "import_head")
+        row.prop(s, "drive_after")
+        sed = context.scene.sequence_editor
+        every = (sed.strips_all if hasattr(sed, "strips_all") else sed.sequences_all) if sed else ()
+        selected = [x for x in every if x.type == 'SOUND' and x.select]
+        col.operator("lipsync3d.predict", icon='SPEAKER',
+                     text=f"Predict {len(selected)} Selected" if s.audio_source == 'SELECTED' else "Predict")
+        col.operator("lipsync3d.resync", icon='FILE_REFRESH')
+
+
 def _wrap(text: str, width: int) -> list:
     """Split a long message into label-sized lines at spaces."""
     lines, line = [], ""
@@ -190,5 +253,6 @@ def _wrap(text: str, width: int) -> list:
     return lines + ([line] if line else [])
 
 
-CLASSES = (LIPSYNC3D_UL_videos, LIPSYNC3D_UL_models, LIPSYNC3D_UL_results, LIPSYNC3D_PT_main, LIPSYNC3D_PT_engine,
-           LIPSYNC3D_PT_speaker, LIPSYNC3D_PT_dialogue, LIPSYNC3D_PT_head, LIPSYNC3D_PT_character, LIPSYNC3D_PT_extras)
+CLASSES = (LIPSYNC3D_UL_videos, LIPSYNC3D_UL_models, LIPSYNC3D_UL_results, LIPSYNC3D_UL_mapping, LIPSYNC3D_PT_main,
+           LIPSYNC3D_PT_engine, LIPSYNC3D_PT_speaker, LIPSYNC3D_PT_dialogue, LIPSYNC3D_PT_head, LIPSYNC3D_PT_character,
+           LIPSYNC3D_PT_extras, LIPSYNC3D_PT_sequencer)

@@ -56,6 +56,8 @@ class LIPSYNC3D_AddonPreferences(bpy.types.AddonPreferences):
         box.label(text="Create the engine environment (downloads about 1 GB with pip)", icon='CONSOLE')
         box.prop(self, "base_python")
         box.operator("lipsync3d.create_engine_env", icon='ADD')
+        if not online_allowed():
+            box.label(text="Online access is off (Preferences > System > Network): no downloads", icon='ERROR')
 
 
 class LIPSYNC3D_OT_check_engine(runner.EngineJobOperator, bpy.types.Operator):
@@ -78,13 +80,31 @@ class LIPSYNC3D_OT_check_engine(runner.EngineJobOperator, bpy.types.Operator):
         return {'FINISHED'}
 
 
+OFFLINE_WHY = ("Blender's online access is off, and creating the engine environment downloads about 1 GB with pip: "
+               "allow it in Preferences > System > Network, or set Engine Python to an environment made by hand")
+
+
+def online_allowed() -> bool:
+    """bpy.app.online_access (Blender 4.2+; the --offline-mode flag and the Network preference)."""
+    return bool(getattr(bpy.app, "online_access", True))
+
+
 class LIPSYNC3D_OT_create_engine_env(runner.EngineJobOperator, bpy.types.Operator):
     """Create a Python environment for the engine in the add-on's user folder (pip downloads torch and the rest)"""
 
     bl_idname = "lipsync3d.create_engine_env"
     bl_label = "Create Engine Environment"
 
+    @classmethod
+    def poll(cls, context):
+        if not online_allowed():
+            cls.poll_message_set(OFFLINE_WHY)
+            return False
+        return not runner.busy()
+
     def build_jobs(self, context):
+        if not online_allowed():
+            raise runner.UserError(OFFLINE_WHY)
         prefs = runner.preferences(context)
         base = bpy.path.abspath(prefs.base_python) if prefs and prefs.base_python.strip() else \
             engine_env.find_base_python()

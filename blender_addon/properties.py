@@ -16,6 +16,15 @@ _PRESET_ITEMS: list = []    # Blender needs the enum items kept alive while they
 _PRESET_STAMP: list = [None]
 
 
+PRESET_LABELS = {"arkit": "ARKit", "cc4": "CC4", "livelinkface": "Live Link Face", "vrm": "VRM",
+                 "visemes_oculus": "Oculus Visemes", "rhubarb": "Rhubarb (Preston Blair)"}
+
+
+def preset_label(name: str) -> str:
+    """The UI's name of a preset file: "livelinkface" -> "Live Link Face"; others by their words."""
+    return PRESET_LABELS.get(name, name.replace("_", " ").title())
+
+
 def preset_items(self, context):
     """AUTO plus every preset file in blendshape_rigs/presets (re-read when a file changes)."""
     root = client.bundled_engine_dir()
@@ -26,12 +35,17 @@ def preset_items(self, context):
         _PRESET_STAMP[0] = stamp
         _PRESET_ITEMS[:] = [('AUTO', "Auto (best name match)", "The preset whose names match most shape keys")]
         for name, preset in mapping.list_presets(folder) if files else []:
-            _PRESET_ITEMS.append((name, name.replace("_", " ").title(), preset.description[:200]))
+            _PRESET_ITEMS.append((name, preset_label(name), preset.description[:200]))
     return _PRESET_ITEMS
 
 
 def _is_shape_key_mesh(self, obj) -> bool:
     return obj.type == 'MESH' and obj.data.shape_keys is not None and len(obj.data.shape_keys.key_blocks) > 1
+
+
+def _is_character(self, obj) -> bool:
+    """A mesh with shape keys, or an armature (its jaw bone follows jawOpen)."""
+    return _is_shape_key_mesh(self, obj) or obj.type == 'ARMATURE'
 
 
 def _is_armature(self, obj) -> bool:
@@ -47,10 +61,35 @@ class LIPSYNC3D_PG_model(bpy.types.PropertyGroup):
     summary: StringProperty(name="Summary")
 
 
+_RELATIVE = {'PATH_SUPPORTS_BLEND_RELATIVE'} if bpy.app.version >= (4, 5, 0) else set()   # "//..." paths
+
+
 class LIPSYNC3D_PG_result(bpy.types.PropertyGroup):
-    path: StringProperty(name="Prediction", subtype='DIR_PATH')
+    path: StringProperty(name="Prediction", subtype='DIR_PATH', options=_RELATIVE)
     frame_start: IntProperty(name="Start frame")
     strip: StringProperty(name="Sound strip")
+
+
+class LIPSYNC3D_PG_cast(bpy.types.PropertyGroup):
+    """A rule of the cast: which sound strips animate which character."""
+
+    prefix: StringProperty(name="Name prefix", description="Strips whose name starts with this (e.g. 'ANNA_')")
+    channel: IntProperty(name="Channel", default=0, min=0, max=128, description="Strips on this VSE channel (0: any)")
+    character: PointerProperty(name="Character", type=bpy.types.Object, poll=lambda self, o: _is_character(self, o))
+
+
+_SOURCE_ITEMS = [("none", "none", "Leave this channel alone")] + [(n, n, f"Driven by the ARKit coefficient {n}")
+                                                                   for n in mapping.ARKIT_NAMES]
+
+
+class LIPSYNC3D_PG_map_row(bpy.types.PropertyGroup):
+    """A row of the mapping table: the channel (name: a shape key, or "bone: rotation X") and what
+    drives it: value = offset + gain * source (mapping_table.Row)."""
+
+    source: EnumProperty(name="Source", items=_SOURCE_ITEMS, default="none",
+                         description="The ARKit coefficient that drives this channel (none: left alone)")
+    gain: FloatProperty(name="Gain", default=1.0, soft_min=-2.0, soft_max=2.0, precision=3)
+    offset: FloatProperty(name="Offset", default=0.0, soft_min=-1.0, soft_max=1.0, precision=3)
 
 
 class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
@@ -79,6 +118,7 @@ class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
     audio_source: EnumProperty(
         name="Audio", default='STRIP',
         items=[('STRIP', "Active strip", "The active sound strip of the Video Sequencer"),
+               ('SELECTED', "Selected", "Every selected sound strip of the Video Sequencer, as a batch"),
                ('CHANNEL', "Channel", "Every sound strip on a channel, as a batch"),
                ('FILE', "File", "An audio or video file; a sound strip is added at the start frame")])
     channel: IntProperty(name="Channel", default=1, min=1, max=128)
@@ -100,8 +140,11 @@ class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
         items=[('SHAPE_KEYS', "Shape keys", "One shape key per frame, keyed per frame (stored in the .blend)"),
                ('MESH_CACHE', "Mesh Cache", "A Mesh Cache modifier reading head.pc2 (light; for long dialogue)")])
     # character
-    character: PointerProperty(name="Character", type=bpy.types.Object, poll=_is_shape_key_mesh,
-                               description="A mesh with shape keys to animate")
+    character: PointerProperty(name="Character", type=bpy.types.Object, poll=_is_character,
+                               description="A mesh with shape keys, or an armature with a jaw bone, to animate")
+    cast: CollectionProperty(type=LIPSYNC3D_PG_cast,
+                             description="Which strips animate which character (first matching rule wins)")
+    cast_index: IntProperty()
     preset: EnumProperty(name="Mapping", items=preset_items,
                          description="How the 52 ARKit coefficients become the character's shape keys")
     strength: FloatProperty(name="Strength", default=1.0, min=0.0, soft_max=2.0)
@@ -117,6 +160,21 @@ class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
                ('BONE', "Bone", "Rotate a bone of an armature")])
     armature: PointerProperty(name="Armature", type=bpy.types.Object, poll=_is_armature)
     bone: StringProperty(name="Bone", default="head")
+    ease_frames: IntProperty(name="Ease", default=3, min=0, soft_max=24,
+                             description="Frames from the rest pose into each line and back to rest after it")
+    replace_takes: BoolProperty(name="Replace", default=False,
+                                description="Re-driving a line removes its older take (off: the older take is "
+                                            "muted and kept on the NLA)")
+
+    key_driver_inputs: BoolProperty(
+        name="Key Driver Inputs", default=False,
+        description="A shape key controlled by a driver that passes one custom property through (e.g. "
+                    "obj[\"jaw_ctrl\"]) is animated by keying that property (off: such keys are only reported)")
+    mapping_rows: CollectionProperty(type=LIPSYNC3D_PG_map_row,
+                                     description="The mapping table: when it has rows, Drive Character uses it")
+    mapping_index: IntProperty()
+    mapping_object: PointerProperty(name="Table of", type=bpy.types.Object,
+                                     description="The character the mapping table was made for")
 
     def drive_options(self) -> mapping.DriveOptions:
         return mapping.DriveOptions(preset=self.preset, strength=self.strength, smoothing_frames=self.smoothing,
@@ -135,7 +193,9 @@ class LIPSYNC3D_PG_job(bpy.types.PropertyGroup):
     last_report: StringProperty()
 
 
-CLASSES = (LIPSYNC3D_PG_video, LIPSYNC3D_PG_model, LIPSYNC3D_PG_result, LIPSYNC3D_PG_settings, LIPSYNC3D_PG_job)
+CLASSES = (LIPSYNC3D_PG_video, LIPSYNC3D_PG_model, LIPSYNC3D_PG_result, LIPSYNC3D_PG_cast, LIPSYNC3D_PG_map_row,
+           LIPSYNC3D_PG_settings,
+           LIPSYNC3D_PG_job)
 
 
 def register_properties() -> None:

@@ -55,11 +55,29 @@ def user_dir() -> Path:
 
 
 def workspace(context) -> Path:
-    """Where speakers, models, predictions and logs go: the scene's setting, else user_dir()/workspace."""
+    """Where speakers, models, predictions and logs go: the scene's setting, else a "lipsync3d" folder
+    next to the saved .blend, else user_dir()/workspace (an unsaved file)."""
     s = context.scene.lipsync3d.workspace
-    root = Path(bpy.path.abspath(s)) if s.strip() else user_dir() / "workspace"
+    if s.strip():
+        root = Path(bpy.path.abspath(s))
+    elif bpy.data.filepath:
+        root = Path(bpy.path.abspath("//lipsync3d"))
+    else:
+        root = user_dir() / "workspace"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def blend_path(path) -> str:
+    """A path as the .blend stores it: relative ("//...") when the file is saved, so a project folder
+    can move to another machine; absolute otherwise."""
+    path = str(path)
+    if not bpy.data.filepath:
+        return path
+    try:
+        return bpy.path.relpath(path)
+    except ValueError:          # another drive (Windows)
+        return path
 
 
 def log_path(context, name: str) -> Path:
@@ -91,6 +109,11 @@ _ACTIVE = {"chain": None, "cancel": False}
 
 def active_chain():
     return _ACTIVE["chain"]
+
+
+def busy() -> bool:
+    """A job is running (operators that start one grey out)."""
+    return _ACTIVE["chain"] is not None and not _ACTIVE["chain"].finished
 
 
 def request_cancel() -> bool:

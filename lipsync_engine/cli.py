@@ -251,15 +251,37 @@ def _demo_train_and_predict(out: Path, speaker: Path, video: Path, reporter: Rep
     return model, pred
 
 
-def _predict_outputs(audio: list[Path], output: Path | None) -> list[Path]:
-    """One AUDIO: OUT is its prediction folder. Several: OUT (default .) holds STEM_lipsync per file."""
+def _predict_outputs(audio: list[Path], output: list[Path] | None) -> list[Path]:
+    """One AUDIO: OUT is its prediction folder. Several: OUT (default .) holds STEM_lipsync per file,
+    or one OUT per AUDIO (-o O1 O2 ...: each its prediction folder, e.g. two parts of one file)."""
+    output = list(output or [])
     if len(audio) == 1:
-        return [output or Path(f"{audio[0].stem}_lipsync")]
+        if len(output) > 1:
+            raise InputError(f"predict: {len(output)} output folders for one audio file")
+        return [output[0] if output else Path(f"{audio[0].stem}_lipsync")]
+    if len(output) == len(audio):
+        if len(set(output)) != len(output):
+            raise InputError("predict: two audio files share an output folder")
+        return output
+    if len(output) > 1:
+        raise InputError(f"predict: {len(output)} output folders for {len(audio)} audio files (give one folder, "
+                         "or one per file)")
     stems = [a.stem for a in audio]
     if len(set(stems)) != len(stems):
         raise InputError(f"several audio files share a name ({', '.join(sorted({s for s in stems if stems.count(s) > 1}))}); "
-                         "predict them in separate calls with -o")
-    return [(output or Path(".")) / f"{s}_lipsync" for s in stems]
+                         "give one -o folder per file, or predict them in separate calls")
+    return [(output[0] if output else Path(".")) / f"{s}_lipsync" for s in stems]
+
+
+def _per_audio(values: list | None, count: int, option: str) -> list:
+    """--start/--end: none, one value for every file, or one per file."""
+    if not values:
+        return [None] * count
+    if len(values) == 1:
+        return list(values) * count
+    if len(values) != count:
+        raise InputError(f"predict: {len(values)} {option} values for {count} audio files (give one, or one per file)")
+    return list(values)
 
 
 def _cmd_predict(args, reporter: Reporter, cancel: CancelToken) -> None:
@@ -268,18 +290,20 @@ def _cmd_predict(args, reporter: Reporter, cancel: CancelToken) -> None:
 
     relight = args.relight if args.relight in (None, "reference") else int(args.relight) \
         if args.relight.lstrip("-").isdigit() else args.relight
+    starts, ends = _per_audio(args.start, len(args.audio), "--start"), _per_audio(args.end, len(args.audio), "--end")
     options, out_options = _options("predict", lambda: (
-        PredictOptions(fps=args.fps, start_s=args.start, end_s=args.end, smoothing=not args.no_smoothing,
-                       silence_db=args.silence_db, atlas=not args.no_atlas, chunk_frames=args.chunk_frames,
-                       device=args.device, articulation=args.articulation, texture=args.texture),
+        [PredictOptions(fps=args.fps, start_s=a, end_s=b, smoothing=not args.no_smoothing,
+                        silence_db=args.silence_db, atlas=not args.no_atlas, chunk_frames=args.chunk_frames,
+                        device=args.device, articulation=args.articulation, texture=args.texture)
+         for a, b in zip(starts, ends)],
         OutputOptions(atlas_images=not args.no_atlas, preview=not args.no_preview, preview_size=args.preview_size,
                       relight=relight, overwrite=args.overwrite)))
     outs = _predict_outputs(args.audio, args.output)
     for out in outs:                      # refuse before any work is done
         check_output_dir(out, args.overwrite)
     predictor = load_predictor(args.model, args.device)   # loaded once for every file
-    for audio, out in zip(args.audio, outs):
-        r = predict_to_folder(predictor, audio, out, options, out_options, reporter, cancel)
+    for audio, out, opts in zip(args.audio, outs, options):
+        r = predict_to_folder(predictor, audio, out, opts, out_options, reporter, cancel)
         reporter.close()
         reporter.info("RESULT", f"{r.path}: {r.frames} frames at {r.fps:g} fps ({r.silent_frames} silent) from "
                       f"{audio.name} in {r.seconds:.1f} s; manifest: {r.manifest}"
@@ -452,11 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
     sq = sub.add_parser("predict", help="animation from dialogue audio: meshes, atlases, blendshapes, a preview")
     sq.add_argument("model", type=Path, help="model directory (lipsync train)")
     sq.add_argument("audio", type=Path, nargs="+", help="wav, flac, ogg, mp3, m4a/aac, or a video's audio track")
-    sq.add_argument("-o", "--output", type=Path, help="prediction folder (one AUDIO; default STEM_lipsync) or the "
-                    "folder of one STEM_lipsync per AUDIO (several; default .)")
+    sq.add_argument("-o", "--output", type=Path, nargs="+", help="prediction folder (one AUDIO; default STEM_lipsync), "
+                    "the folder of one STEM_lipsync per AUDIO (several; default .), or one folder per AUDIO")
     sq.add_argument("--fps", type=float, default=30.0, help="output frame rate, e.g. 24, 25, 29.97, 60 (default 30)")
-    sq.add_argument("--start", type=float, help="first second of the audio to use")
-    sq.add_argument("--end", type=float, help="last second of the audio to use")
+    sq.add_argument("--start", type=float, nargs="+", help="first second of the audio to use (one value, or one "
+                    "per AUDIO)")
+    sq.add_argument("--end", type=float, nargs="+", help="last second of the audio to use (one value, or one per "
+                    "AUDIO)")
     sq.add_argument("--no-smoothing", action="store_true", help="no temporal smoothing of vertices/blendshapes")
     sq.add_argument("--silence-db", type=float, default=-45.0,
                     help="frames this many dB below the file's peak rest closed (default -45)")

@@ -29,6 +29,8 @@ def test_zip_is_built_validated_and_holds_the_engine(addon_zip):
     assert "lipsync3d/blender_manifest.toml" in names and "lipsync3d/engine/lipsync_engine/cli.py" in names
     assert "lipsync3d/engine/blendshape_rigs/presets/arkit.json" in names
     assert not [n for n in names if "__pycache__" in n or "/tests/" in n or n.endswith(".pyc")]
+    assert path.stat().st_mode & 0o777 == 0o644                  # world-readable, and so is every file in it
+    assert {i.external_attr >> 16 for i in zipfile.ZipFile(path).infolist()} == {0o100644}
     manifest = zipfile.ZipFile(path).read("lipsync3d/blender_manifest.toml").decode()
     assert f'version = "{__version__}"' in manifest and 'license = ["SPDX:GPL-3.0-or-later"]' in manifest
 
@@ -50,6 +52,7 @@ def test_addon_is_enabled_with_its_operators_panels_and_preferences(scene, blend
 @pytest.mark.parametrize("animation", ["SHAPE_KEYS", "MESH_CACHE"])
 def test_imported_head_follows_the_prediction_frame_by_frame(scene, blender, tmp_path, animation):
     data = make_result(tmp_path / "pred", frames=6)
+    scene.render.fps = 25                   # the result's rate (other rates: test_blender_takes)
     importer = sys.modules[blender.__name__ + ".importer"]
     result = results.read_prediction(tmp_path / "pred")
     start = 101
@@ -109,6 +112,7 @@ def test_atlas_sequence_frame_i_shows_at_start_plus_i(scene, blender, tmp_path):
 
 def test_drive_character_keys_equal_the_prediction_and_keep_the_users_action(scene, blender, tmp_path):
     data = make_result(tmp_path / "pred", frames=6)
+    scene.render.fps = 25                   # the result's rate: scene frame 50 + i is result frame i
     character = sys.modules[blender.__name__ + ".character"]
     mapping = sys.modules[blender.__name__ + ".core.mapping"]
     obj = make_character(["JAW_OPEN", "mouth-smile-left", "eyeBlink_L", "Mouth Funnel", "Hat"])
@@ -121,9 +125,12 @@ def test_drive_character_keys_equal_the_prediction_and_keep_the_users_action(sce
     report = character.drive_character(obj, [(result, 50)], mapping.DriveOptions(blinks=False))
     assert report.preset == "arkit" and report.kept == "Hand keyed"
     assert report.match.unmapped_keys == ("Hat",)
-    assert "Hat" in report.text() and "kept on an NLA track" in report.text()
-    assert key.animation_data.action.name == "LipSync3D line" and bpy.data.actions.get("Hand keyed") is not None
-    assert key.animation_data.nla_tracks[0].strips[0].action.name == "Hand keyed"
+    assert "Hat" in report.text() and "your action 'Hand keyed' moved into the NLA" in report.text()
+    ad = key.animation_data
+    assert ad.action is None and bpy.data.actions.get("Hand keyed") is not None
+    tracks = {t.name: t for t in ad.nla_tracks}
+    assert tracks["Kept: Hand keyed"].strips[0].action.name == "Hand keyed"
+    assert tracks["LipSync3D"].strips[0].action.name == "LipSync3D line"
     cols = {"JAW_OPEN": "jawOpen", "mouth-smile-left": "mouthSmileLeft", "eyeBlink_L": "eyeBlinkLeft",
             "Mouth Funnel": "mouthFunnel"}
     from lipsync_engine.rig.names import ARKIT_NAMES
@@ -137,6 +144,7 @@ def test_drive_character_keys_equal_the_prediction_and_keep_the_users_action(sce
 
 def test_drive_character_strength_blinks_and_head_motion(scene, blender, tmp_path):
     make_result(tmp_path / "pred", frames=200, seed=3)
+    scene.render.fps = 25
     character = sys.modules[blender.__name__ + ".character"]
     mapping = sys.modules[blender.__name__ + ".core.mapping"]
     obj = make_character(["jawOpen", "eyeBlinkLeft", "eyeBlinkRight"])
@@ -155,7 +163,8 @@ def test_drive_character_strength_blinks_and_head_motion(scene, blender, tmp_pat
     angles = []
     for f in range(1, 201, 5):
         scene.frame_set(f)
-        angles.append(tuple(obj.rotation_euler))
+        assert tuple(obj.rotation_euler) == (0.0, 0.0, 0.0)        # added on the delta rotation
+        angles.append(tuple(obj.delta_rotation_euler))
     amp = np.abs(np.array(angles)).max(0)
     assert 0.2 < np.degrees(amp.max()) <= 3.0 + 1e-6 and report.head_action == "LipSync3D head line"
 
@@ -176,7 +185,9 @@ def test_head_motion_on_an_armature_bone(scene, blender, tmp_path):
     options = mapping.DriveOptions(blinks=False, head_motion=True, head_amplitude_deg=2.5)
     report = character.drive_character(obj, [(results.read_prediction(tmp_path / "pred"), 1)], options,
                                        head=arm, bone="head")
-    assert report.head_action == "LipSync3D head line" and arm.animation_data.action.name == report.head_action
+    assert report.head_action == "LipSync3D head line"
+    assert [s.blend_type for t in arm.animation_data.nla_tracks for s in t.strips
+            if s.action.name == report.head_action] == ['COMBINE']      # quaternion bone: combined, not replaced
     angles = []
     for f in range(1, 121, 7):
         scene.frame_set(f)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 import time
 from types import SimpleNamespace
 
@@ -211,15 +212,20 @@ def test_channel_batch_predicts_each_strip_where_it_sits(fake_engine, scene, tmp
     s.character, s.blinks = make_character(["jawOpen"]), False
     assert bpy.ops.lipsync3d.predict() == {'FINISHED'}
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [c[1] for c in calls] == ["predict", "predict"]
+    assert [c[1] for c in calls] == ["predict"]          # one engine process for the batch
     fps = 30 / 1.001
+    call = calls[0]
 
-    def arg(call, name):
-        return float(call[call.index(name) + 1])
-    assert calls[0][2:4] == [str(model), str(tmp_path / "a.wav")] and arg(calls[0], "--fps") == pytest.approx(fps)
-    assert arg(calls[0], "--start") == 0.0 and arg(calls[0], "--end") == pytest.approx(a.frame_final_duration / fps)
-    assert arg(calls[1], "--start") == pytest.approx(12 / fps, abs=1e-6)
-    assert arg(calls[1], "--end") == pytest.approx((12 + b.frame_final_duration) / fps, abs=1e-6)
+    def args(name, n=2):
+        return call[call.index(name) + 1:call.index(name) + 1 + n]
+    assert call[2:5] == [str(model), str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]
+    assert float(args("--fps", 1)[0]) == pytest.approx(fps)
+    starts, ends = [float(x) for x in args("--start")], [float(x) for x in args("--end")]
+    assert starts[0] == 0.0 and ends[0] == pytest.approx(a.frame_final_duration / fps)
+    assert starts[1] == pytest.approx(12 / fps, abs=1e-6)
+    assert ends[1] == pytest.approx((12 + b.frame_final_duration) / fps, abs=1e-6)
+    assert [Path(p).name.split("-")[0] for p in args("-o")] == ["Line_A", "Line_B"]
+    calls = [call]
     assert "--no-preview" in calls[0] and "--overwrite" in calls[0]
     assert [(r.frame_start, r.strip) for r in s.results] == [(1, "Line A"), (112, "Line B")]
     heads = sorted((o for o in scene.objects if o.name.startswith("LipSync3D head")), key=lambda o: o.name)
@@ -228,9 +234,13 @@ def test_channel_batch_predicts_each_strip_where_it_sits(fake_engine, scene, tmp
     assert [h.hide_render for h in heads] == [True, True]
     scene.frame_set(113)
     assert sorted(h["lipsync3d_frame_start"] for h in heads if not h.hide_render) == [112]
-    fc = s.character.data.shape_keys.animation_data.action
-    keys = sorted({int(k.co[0]) for c in action_fcurves(fc) for k in c.keyframe_points})
-    assert keys == [1, 2, 3, 4, 5, 6, 7, 111, 112, 113, 114, 115, 116, 117]    # two takes, rest keys in the gap
+    takes = {st.name: st for t in s.character.data.shape_keys.animation_data.nla_tracks for st in t.strips
+             if st.action.get("lipsync3d_line")}
+    assert sorted(takes) == ["Line A", "Line B"]         # one take per strip, named after it, where it sits
+    for name, first in (("Line A", 1), ("Line B", 112)):
+        keys = sorted({round(k.co[0], 3) for c in action_fcurves(takes[name].action) for k in c.keyframe_points})
+        assert keys == [first - 3] + [first + i for i in range(6)] + [first + 5 + 3]   # eased to rest over 3 frames
+        assert takes[name].frame_start == first - 3 and takes[name].extrapolation == 'NOTHING'
 
 
 def test_file_source_adds_the_sound_strip_at_the_start_frame(fake_engine, scene, tmp_path, monkeypatch):
@@ -249,3 +259,102 @@ def test_file_source_adds_the_sound_strip_at_the_start_frame(fake_engine, scene,
     strips = [x for x in vse_strips(scene.sequence_editor) if x.type == 'SOUND']
     assert len(strips) == 1 and strips[0].frame_start == 40 and scene.sync_mode == 'AUDIO_SYNC'
     assert scene.frame_end >= 45
+
+
+def test_a_batch_of_three_strips_is_one_engine_process_and_again_adds_nothing(fake_engine, scene, tmp_path,
+                                                                              monkeypatch):
+    """Issue 14: each strip of a batch started its own engine (about 7 s each before any work), and
+    predicting the same strips again stacked duplicate heads and results. The cast sends strips to
+    characters by name prefix or channel."""
+    from handmade import make_result
+
+    log = fake_engine("ok")
+    make_result(tmp_path / "canned", frames=6, fps=25.0)
+    monkeypatch.setenv("LIPSYNC_FAKE_RESULT", str(tmp_path / "canned"))
+    _fake_model(scene, tmp_path)
+    scene.render.fps, scene.render.fps_base = 25, 1.0
+    sed = scene.sequence_editor_create()
+    wav = str(_wav(tmp_path / "scene.wav", 6.0))
+    for name, frame in (("ANNA_1", 1), ("BEN_1", 40), ("ANNA_2", 80)):     # three parts of one recording
+        strip = new_sound_strip(sed, name, wav, 2, frame)
+        strip.frame_offset_start = frame - 1
+        strip.frame_final_duration = 30
+    s = scene.lipsync3d
+    s.audio_source, s.channel, s.animation, s.blinks = 'CHANNEL', 2, 'MESH_CACHE', False
+    anna, ben = make_character(["jawOpen"]), make_character(["JAW_OPEN"])
+    s.character = anna
+    rule = s.cast.add()
+    rule.prefix, rule.character = "BEN_", ben
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) == 1 and calls[0][1] == "predict" and calls[0][3:6] == [wav] * 3
+    objects, actions, results_ = len(bpy.data.objects), len(bpy.data.actions), len(s.results)
+    assert results_ == 3 and len([o for o in scene.objects if o.name.startswith("LipSync3D head")]) == 3
+
+    def lines(obj):
+        return sorted(st.name for t in obj.data.shape_keys.animation_data.nla_tracks for st in t.strips
+                      if st.action.get("lipsync3d_line") and not st.mute)
+    assert lines(anna) == ["ANNA_1", "ANNA_2"] and lines(ben) == ["BEN_1"]
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}             # again: cached, nothing new
+    assert len(log.read_text().splitlines()) == 1
+    assert (len(bpy.data.objects), len(bpy.data.actions), len(s.results)) == (objects, actions, results_)
+    assert lines(anna) == ["ANNA_1", "ANNA_2"] and lines(ben) == ["BEN_1"]
+
+
+def test_blender_conventions_poll_undo_workspace_sequencer_panel_offline_and_labels(fake_engine, scene, blender,
+                                                                                     tmp_path, monkeypatch):
+    from handmade import make_result
+
+    ops = sys.modules[blender.__name__ + ".operators"]
+    # poll() greys out what cannot run, and says why
+    assert not bpy.ops.lipsync3d.drive_character.poll() and not bpy.ops.lipsync3d.import_head.poll()
+    assert not bpy.ops.lipsync3d.train.poll() and not bpy.ops.lipsync3d.video_remove.poll()
+    with pytest.raises(RuntimeError, match="add at least one video"):
+        bpy.ops.lipsync3d.train()
+    # every operator that edits data can be undone
+    editing = {"video_add", "video_remove", "model_add", "predict", "import_head", "drive_character", "resync",
+               "cast_add", "cast_remove", "models_refresh", "show_log"}
+    for cls in ops.CLASSES:
+        if cls.bl_idname.split(".")[1] in editing:
+            assert 'UNDO' in cls.bl_options, cls.bl_idname
+    # the workspace defaults to a folder next to the saved .blend, and results are stored relative to it
+    blend = tmp_path / "shot" / "shot010.blend"
+    blend.parent.mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    scene = bpy.context.scene
+    scene.lipsync3d.workspace = ""
+    runner = sys.modules[blender.__name__ + ".runner"]
+    assert runner.workspace(bpy.context) == blend.parent / "lipsync3d"
+    assert runner.blend_path(blend.parent / "lipsync3d" / "predictions" / "x") == "//lipsync3d/predictions/x"
+    # the Video Sequencer's sidebar predicts from the selected strips
+    fake_engine("ok")
+    make_result(tmp_path / "canned", frames=6, fps=25.0)
+    monkeypatch.setenv("LIPSYNC_FAKE_RESULT", str(tmp_path / "canned"))
+    model = blend.parent / "lipsync3d" / "models" / "anna"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"format": "lipsync3d-model", "epochs_done": 3, "fps": 25}))
+    scene.render.fps = 25
+    sed = scene.sequence_editor_create()
+    a = new_sound_strip(sed, "A", str(_wav(tmp_path / "a.wav", 1.0)), 1, 1)
+    b = new_sound_strip(sed, "B", str(_wav(tmp_path / "b.wav", 1.0)), 2, 50)
+    a.select, b.select = False, True
+    s = scene.lipsync3d
+    s.audio_source, s.import_head, s.character = 'SELECTED', True, make_character(["jawOpen"])
+    panel = bpy.types.LIPSYNC3D_PT_sequencer
+    assert panel.bl_space_type == 'SEQUENCE_EDITOR' and panel.bl_region_type == 'UI'
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}
+    assert [r.strip for r in s.results] == ["B"] and s.results[0].path.startswith("//lipsync3d/predictions/")
+    head = next(o for o in scene.objects if o.name.startswith("LipSync3D head"))
+    assert head.active_material.node_tree.nodes["Image Texture"].image.filepath.startswith("//lipsync3d/")
+    assert bpy.ops.lipsync3d.drive_character.poll() and bpy.ops.lipsync3d.import_head.poll()
+    # offline: Create Engine Environment greys out and says why
+    prefs_mod = sys.modules[blender.__name__ + ".preferences"]
+    monkeypatch.setattr(prefs_mod, "online_allowed", lambda: False)
+    assert not bpy.ops.lipsync3d.create_engine_env.poll()
+    with pytest.raises(RuntimeError, match="online access is off"):
+        bpy.ops.lipsync3d.create_engine_env()
+    # readable preset labels
+    props = sys.modules[blender.__name__ + ".properties"]
+    labels = {i[0]: i[1] for i in props.preset_items(None, bpy.context)}
+    assert labels["arkit"] == "ARKit" and labels["cc4"] == "CC4" and labels["livelinkface"] == "Live Link Face"
+    assert labels["vrm"] == "VRM"

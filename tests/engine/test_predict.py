@@ -2,6 +2,7 @@
 chunked == whole-file, silence, every output file read back, bad input, the CLI."""
 
 import json
+from pathlib import Path
 import math
 import shutil
 import subprocess
@@ -262,6 +263,27 @@ def test_cli_several_files_one_model_load_and_errors(trained_demo, voice, tmp_pa
     assert not (tmp_path / "m").exists()
     code = cli.main(["predict", str(trained_demo[0]), str(second), "-o", str(tmp_path / "m"), "--fps", "0"])
     assert code == 1 and capsys.readouterr().err.strip() == "error: predict: fps must be a positive number, got 0.0"
+
+
+def test_cli_batch_of_strips_one_folder_and_range_per_audio(tmp_path):
+    """The add-on's batch: N parts of dialogue (possibly of one file) in one engine call."""
+    from lipsync_engine.cli import InputError, _per_audio, _predict_outputs
+
+    a, b = Path("take.wav"), Path("take.wav")
+    assert _predict_outputs([a, b], [tmp_path / "x", tmp_path / "y"]) == [tmp_path / "x", tmp_path / "y"]
+    assert _predict_outputs([Path("l1.wav"), Path("l2.wav")], [tmp_path]) == [tmp_path / "l1_lipsync",
+                                                                               tmp_path / "l2_lipsync"]
+    with pytest.raises(InputError, match="share a name"):
+        _predict_outputs([a, b], [tmp_path])
+    with pytest.raises(InputError, match="3 output folders for 2 audio files"):
+        _predict_outputs([a, b], [tmp_path / "x", tmp_path / "y", tmp_path / "z"])
+    assert _per_audio([1.5], 3, "--end") == [1.5, 1.5, 1.5] and _per_audio(None, 2, "--end") == [None, None]
+    assert _per_audio([0.0, 2.0], 2, "--start") == [0.0, 2.0]
+    with pytest.raises(InputError, match="2 --start values for 3 audio files"):
+        _per_audio([0.0, 2.0], 3, "--start")
+    args = cli.build_parser().parse_args(["predict", "m", "a.wav", "b.wav", "-o", "x", "y", "--start", "0", "2",
+                                          "--end", "1", "3"])
+    assert args.output == [Path("x"), Path("y")] and args.start == [0.0, 2.0] and args.end == [1.0, 3.0]
 
 
 def test_cli_subprocess_exit_code_without_traceback(trained_demo, tmp_path):

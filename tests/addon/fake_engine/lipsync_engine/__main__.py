@@ -54,8 +54,10 @@ def main():
         return 1
     if sys.argv[2:3] == ["predict"] and os.environ.get("LIPSYNC_FAKE_RESULT"):
         import shutil               # a canned prediction folder stands in for the engine's output
-        out = sys.argv[sys.argv.index("-o") + 1]
-        shutil.copytree(os.environ["LIPSYNC_FAKE_RESULT"], out, dirs_exist_ok=True)
+        i = sys.argv.index("-o") + 1
+        while i < len(sys.argv) and not sys.argv[i].startswith("--"):     # one -o folder per audio
+            shutil.copytree(os.environ["LIPSYNC_FAKE_RESULT"], sys.argv[i], dirs_exist_ok=True)
+            i += 1
     emit("WARN", {"message": "fake warning"})
     emit("RESULT", {"message": "fake result", "path": os.getcwd(), "argv": sys.argv[1:]})
     emit("DONE", {"exit_code": 0, "protocol": 2 if mode == "newer" else 1})
