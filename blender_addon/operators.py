@@ -287,12 +287,19 @@ def active_model(context) -> Path:
     return Path(s.models[s.model_index].path)
 
 
-def prediction_dir(context, model: Path, src: AudioSource, smoothing: bool, preview: bool) -> Path:
-    """A folder per (model, audio, range, fps): predicting the same thing again reuses it."""
+def articulation_arg(s) -> str | None:
+    """`lipsync predict --articulation` of the settings, None for the model's own fitted gain."""
+    return f"{s.articulation:.4f}" if s.use_articulation else None
+
+
+def prediction_dir(context, model: Path, src: AudioSource, smoothing: bool, preview: bool,
+                   articulation: str | None = None) -> Path:
+    """A folder per (model, audio, range, fps, options): predicting the same thing again reuses it."""
     st = Path(src.path).stat()
     stamp = (Path(model) / "config.json").stat().st_mtime_ns
     key = f"{Path(src.path).resolve()}|{st.st_size}|{st.st_mtime_ns}|{src.start_s:.6f}|{src.end_s}|" \
-          f"{scene_fps(context.scene):.6f}|{Path(model).resolve()}|{stamp}|{smoothing}|{preview}"
+          f"{scene_fps(context.scene):.6f}|{Path(model).resolve()}|{stamp}|{smoothing}|{preview}" \
+          + (f"|{articulation}" if articulation is not None else "")
     digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:10]
     return runner.workspace(context) / "predictions" / safe_name(model.name) / f"{safe_name(src.name)}-{digest}"
 
@@ -314,7 +321,7 @@ class LIPSYNC3D_OT_predict(runner.EngineJobOperator, bpy.types.Operator):
         spec = runner.engine_spec(context)
         self._work, todo = [], []
         for src in sources:
-            out = prediction_dir(context, model, src, s.engine_smoothing, s.engine_preview)
+            out = prediction_dir(context, model, src, s.engine_smoothing, s.engine_preview, articulation_arg(s))
             self._work.append((src, out))
             if not (out / "result.json").is_file():     # else: already predicted (same model, audio, range, fps)
                 todo.append((src, out))
@@ -330,6 +337,7 @@ class LIPSYNC3D_OT_predict(runner.EngineJobOperator, bpy.types.Operator):
             raise runner.UserError("a batch needs the end of every piece of audio")
         args += [] if s.engine_smoothing else ["--no-smoothing"]
         args += [] if s.engine_preview else ["--no-preview"]
+        args += [] if articulation_arg(s) is None else ["--articulation", articulation_arg(s)]
         label = f"Predict {todo[0][0].name}" if len(todo) == 1 else f"Predict {len(todo)} lines"
         return [spec.job(label, "predict", *args, log_path=runner.log_path(context, "predict"))]
 

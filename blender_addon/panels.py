@@ -129,6 +129,11 @@ class LIPSYNC3D_PT_dialogue(_Panel, bpy.types.Panel):
         row = col.row()
         row.prop(s, "engine_smoothing")
         row.prop(s, "engine_preview")
+        row = col.row(align=True)
+        row.prop(s, "use_articulation")
+        sub = row.row(align=True)
+        sub.active = s.use_articulation
+        sub.prop(s, "articulation", slider=True)
         row = col.row()
         row.prop(s, "import_head")
         row.prop(s, "drive_after")

@@ -127,6 +127,14 @@ class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
                                   description="Scene frame of the audio file's first frame")
     engine_smoothing: BoolProperty(name="Temporal smoothing", default=True,
                                    description="The engine's smoothing of the predicted motion")
+    use_articulation: BoolProperty(
+        name="Articulation", default=False,
+        description="Override how much the mouth moves (off: the model's own gain, fitted so the mouth opens as "
+                    "much as the speaker's)")
+    articulation: FloatProperty(
+        name="Gain", default=1.0, min=0.0, max=5.0, soft_max=3.0,
+        description="Mouth movement about the rest face: 0 = the rest face, 1 = the raw network output, "
+                    "higher = livelier")
     engine_preview: BoolProperty(name="Preview MP4", default=False,
                                  description="Also let the engine render preview.mp4 (a frontal view with the audio)")
     import_head: BoolProperty(name="Import head", default=True, description="Import the textured head afterwards")

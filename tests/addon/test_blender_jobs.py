@@ -299,6 +299,12 @@ def test_a_batch_of_three_strips_is_one_engine_process_and_again_adds_nothing(fa
     assert len(log.read_text().splitlines()) == 1
     assert (len(bpy.data.objects), len(bpy.data.actions), len(s.results)) == (objects, actions, results_)
     assert lines(anna) == ["ANNA_1", "ANNA_2"] and lines(ben) == ["BEN_1"]
+    assert "--articulation" not in calls[0]                  # by default the model's own fitted gain
+    # issue 13: the Articulation slider passes its gain, and a new gain is a new prediction
+    s.use_articulation, s.articulation = True, 1.75
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) == 2 and calls[1][calls[1].index("--articulation") + 1] == "1.7500"
 
 
 def test_blender_conventions_poll_undo_workspace_sequencer_panel_offline_and_labels(fake_engine, scene, blender,
