@@ -359,6 +359,18 @@ def _cmd_evaluate(args, reporter: Reporter, cancel: CancelToken) -> None:
                   + f"\nwrote {r.path}", path=str(r.path), metrics=r.metrics)
 
 
+def _cmd_live(args, reporter: Reporter, cancel: CancelToken) -> None:
+    from .live_cli import run_live_command
+
+    run_live_command(args, reporter, cancel)
+
+
+def _cmd_say(args, reporter: Reporter, cancel: CancelToken) -> None:
+    from .live_cli import run_say_command
+
+    run_say_command(args, reporter, cancel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lipsync", description="LipSync3D engine: personalized 3D talking faces from video.")
     p.add_argument("--version", action="version", version=f"lipsync {__version__}")
@@ -486,11 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("-o", "--output", type=Path, help="folder for evaluation.json and plots (default MODEL/evaluation)")
     sv.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
     sv.set_defaults(func=_cmd_evaluate)
+    from .live_cli import add_live_parsers
+
+    add_live_parsers(sub, _cmd_live, _cmd_say)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.json = getattr(args, "json", False)
     reporter = Reporter(args.json)
     cancel = CancelToken()
 
@@ -511,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as e:
         reporter.close()
         reporter.info("ERROR", str(e)) if args.json else print(f"error: {e}", file=sys.stderr)
-        code = EXIT_ERROR
+        code = getattr(e, "exit_code", EXIT_ERROR)      # e.g. 2 for live's missing microphone (bad usage here)
     except Exception as e:  # the one catch-all: an engine bug, reported as such
         reporter.close()
         traceback.print_exc(file=sys.stderr)

@@ -44,6 +44,7 @@ from scipy.ndimage import distance_transform_edt, gaussian_filter1d
 from . import audio, media
 from .errors import EngineError, InputError
 from .geometry import CylinderMap
+from .lookahead import model_lookahead_ms, window_shift_s
 from .names import ARKIT_NAMES
 from .progress import CancelToken, Progress, ProgressCallback, no_progress
 from .render import compose_atlas  # noqa: F401  (public here: the full atlas of a prediction)
@@ -248,6 +249,9 @@ class Predictor:
             if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU)):
                 m.inplace = True
         self.model_id = str(self.config.get("model_id", ""))
+        # a model trained with --lookahead L hears its window centred L - 120 ms before the frame (lookahead.py)
+        self.lookahead_ms = model_lookahead_ms(self.config)
+        self.window_shift_s = window_shift_s(self.lookahead_ms)
         self.has_blendshapes = bool(self.config.get("has_blendshapes", True))
 
     # -- public
@@ -296,7 +300,7 @@ class Predictor:
 
     def _codes(self, plan: Plan, a: int, b: int) -> torch.Tensor:
         """Audio codes of frames a..b-1: spectrograms of a slice of the samples, scaled as in training."""
-        t = plan.times[a:b]
+        t = plan.times[a:b] - self.window_shift_s
         lo = max(0, int(math.floor(t[0] * audio.SAMPLE_RATE)) - SPEC_MARGIN)
         hi = min(len(plan.samples), int(math.ceil(t[-1] * audio.SAMPLE_RATE)) + SPEC_MARGIN)
         spec = audio.spectrogram_frames(plan.samples[lo:hi], t, start_offset_s=lo / audio.SAMPLE_RATE)

@@ -1,7 +1,7 @@
 """The engine's machine-readable output: one JSON array per line on stdout (`--json`).
 
 Message types (version 1): STATUS, PROGRESS, WARN, ERROR, RESULT, DONE; DONE is always
-last. Example: ["PROGRESS", {"stage": "atlas", "done": 120, "total": 1530}]. The Blender
+last. `lipsync live` adds FRAME, one per streamed frame (docs/live.md). Example: ["PROGRESS", {"stage": "atlas", "done": 120, "total": 1530}]. The Blender
 add-on reads these; big data travels as file paths in RESULT. Only cli.py calls emit().
 """
 
@@ -11,7 +11,7 @@ import json
 import sys
 
 PROTOCOL_VERSION = 1
-MESSAGE_TYPES = ("STATUS", "PROGRESS", "WARN", "ERROR", "RESULT", "DONE")
+MESSAGE_TYPES = ("STATUS", "PROGRESS", "WARN", "ERROR", "RESULT", "DONE", "FRAME")  # FRAME: `lipsync live`
 
 
 def emit(kind: str, payload: dict, stream=None) -> None:
