@@ -141,7 +141,8 @@ def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
     from .train import recipe_options, train_speaker
 
     chosen = {k: v for k, v in (("learning_rate", args.learning_rate), ("geometry_weight", args.geometry_weight),
-                                ("lip_weight", args.lip_weight), ("geometry_epochs", args.geometry_epochs))
+                                ("lip_weight", args.lip_weight), ("geometry_epochs", args.geometry_epochs),
+                                ("lookahead_ms", args.lookahead))
               if v is not None}
     try:
         options = recipe_options(args.recipe, preset=args.preset, epochs=args.epochs, device=args.device,
@@ -417,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--geometry-epochs", type=int, metavar="N",
                     help="after N epochs only the lip texture keeps learning: the audio encoder, vertices and "
                          "blendshapes stop (default 0 = never; short videos over-fit the vertices first)")
+    st.add_argument("--lookahead", type=float, metavar="MS", help="future audio the model may hear, 0..120 ms "
+                    "(default 120, the paper's centred window; 40 for a low-latency `lipsync live`)")
     st.add_argument("--mixed-precision", choices=("auto", "off", "bf16", "fp16"), default="auto",
                     help="autocast dtype (default auto: bf16 on CUDA, fp32 on CPU)")
     st.set_defaults(func=_cmd_train)

@@ -87,10 +87,11 @@ def run_live_command(args, reporter, cancel) -> None:
                   lookahead_ms=options.lookahead_ms, model_lookahead_ms=predictor.lookahead_ms)
     stats = LiveStats()
     sinks = []
+    lossless = args.as_fast_as_possible               # no clock to keep: every frame is delivered
     if args.json:
-        sinks.append(JsonSink(stats, timed=True))
+        sinks.append(JsonSink(stats, timed=True, lossless=lossless))
     if vmc is not None:
-        sinks.append(VmcSink(stats, timed=not sinks, host=vmc[0], port=vmc[1]))
+        sinks.append(VmcSink(stats, timed=not sinks, host=vmc[0], port=vmc[1], lossless=lossless))
     recording = LiveRecording() if args.record is not None else None
     try:
         run_live(predictor, source, sinks, options, stats, cancel, recording, args.max_seconds)

@@ -102,14 +102,18 @@ class Sink:
 
     name = "sink"
 
-    def __init__(self, stats: LiveStats, timed: bool):
+    def __init__(self, stats: LiveStats, timed: bool, lossless: bool = False):
         self.stats, self.timed = stats, timed      # timed: this sink's send times feed the latency figures
+        self.lossless = lossless                   # wait instead of dropping (--as-fast-as-possible: no clock to keep)
         self.q: queue.Queue = queue.Queue(maxsize=SINK_QUEUE)
         self.stats.dropped[self.name] = 0
         self.thread = threading.Thread(target=self._run, name=f"lipsync-live-{self.name}", daemon=True)
         self.thread.start()
 
     def offer(self, frame: LiveFrame, finished_at: float, sound_at: float) -> None:
+        if self.lossless:
+            self.q.put((frame, finished_at, sound_at))
+            return
         try:
             self.q.put_nowait((frame, finished_at, sound_at))
         except queue.Full:
@@ -117,10 +121,10 @@ class Sink:
 
     def close(self, timeout_s: float = 2.0) -> None:
         try:
-            self.q.put(None, timeout=timeout_s)
+            self.q.put(None, timeout=None if self.lossless else timeout_s)
         except queue.Full:
             return
-        self.thread.join(timeout_s)
+        self.thread.join(None if self.lossless else timeout_s)
 
     def _run(self) -> None:
         while (item := self.q.get()) is not None:
@@ -144,9 +148,9 @@ class JsonSink(Sink):
 
     name = "json"
 
-    def __init__(self, stats: LiveStats, timed: bool, stream=None):
+    def __init__(self, stats: LiveStats, timed: bool, lossless: bool = False, stream=None):
         self.stream = stream or sys.stdout
-        super().__init__(stats, timed)
+        super().__init__(stats, timed, lossless)
 
     def send(self, frame: LiveFrame) -> None:
         payload = {"frame": frame.index, "time": round(frame.time, 6), "silent": bool(frame.silent),
@@ -163,11 +167,11 @@ class VmcSink(Sink):
 
     name = "vmc"
 
-    def __init__(self, stats: LiveStats, timed: bool, host: str, port: int):
+    def __init__(self, stats: LiveStats, timed: bool, host: str, port: int, lossless: bool = False):
         from pythonosc.udp_client import SimpleUDPClient
 
         self.client = SimpleUDPClient(host, port)
-        super().__init__(stats, timed)
+        super().__init__(stats, timed, lossless)
 
     def send(self, frame: LiveFrame) -> None:
         from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
