@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROTOCOL_VERSION = 1
-MESSAGE_TYPES = ("STATUS", "PROGRESS", "WARN", "ERROR", "RESULT", "DONE")
+MESSAGE_TYPES = ("STATUS", "PROGRESS", "WARN", "ERROR", "RESULT", "DONE", "FRAME")   # FRAME: lipsync live
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CRASH, EXIT_CANCELLED = 0, 1, 2, 3, 130
 STDERR_TAIL_LINES = 200        # lines of the engine's stderr kept for error reports
 CANCEL_GRACE_S = 15.0          # seconds between SIGINT and a hard kill

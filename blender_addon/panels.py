@@ -122,6 +122,9 @@ class LIPSYNC3D_PT_dialogue(_Panel, bpy.types.Panel):
         row.prop(s, "import_head")
         row.prop(s, "drive_after")
         col.operator("lipsync3d.predict", icon='SPEAKER')
+        if hasattr(context.scene, "lipsync3d_live"):      # live.py: Dialogue from text
+            from . import live
+            live.draw_dialogue(col, context)
         if s.results:
             col.template_list("LIPSYNC3D_UL_results", "", s, "results", s, "result_index", rows=2)
 
@@ -157,6 +160,9 @@ class LIPSYNC3D_PT_character(_Panel, bpy.types.Panel):
                 if s.armature is not None:
                     sub.prop_search(s, "bone", s.armature.pose, "bones")
         col.operator("lipsync3d.drive_character", icon='SHAPEKEY_DATA')
+        if hasattr(context.scene, "lipsync3d_live"):      # live.py (optional module): the Live button
+            from . import live
+            live.draw_character(col, context)
         report = context.window_manager.lipsync3d_job.last_report
         for chunk in _wrap(report, 60) if report else []:
             col.label(text=chunk)
