@@ -4,11 +4,12 @@
 Layout of the zip (one top folder, which both Blender's extension installer and the legacy
 "Install from Disk" accept):
 
-    lipsync3d/                     blender_addon/* (blender_manifest.toml, __init__.py, ...)
+    lipsync3d/                     blender_addon/* (blender_manifest.toml, __init__.py, core/, ...;
+                                   core/interop.py, a symlink to the engine's in git, as a real file)
     lipsync3d/engine/              lipsync_engine/, blendshape_rigs/, requirements.lock
                                    (the engine runs from here: PYTHONPATH=<add-on>/engine)
 
-No tests, caches or compiled files. The version is read from lipsync_engine/version.py (the
+No tests, caches or compiled files. The version is read from lipsync_engine/core/version.py (the
 one place it is written) and written into the manifest and bl_info of the copy in the zip.
 Validation: the zip is reopened, its manifest parsed and checked, its file list checked,
 and Blender's own extension validator runs when it can be found (`blender --command
@@ -41,11 +42,14 @@ SOURCES = (  # (folder in the repository, folder in the zip)
 EXTRA_FILES = ((ROOT / "requirements.lock", f"{ADDON_ID}/engine/requirements.lock"),)
 EXCLUDED_PARTS = {"__pycache__", "tests", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 EXCLUDED_SUFFIXES = (".pyc", ".pyo", ".orig", ".rej", ".swp", ".tmp")
-REQUIRED = (f"{ADDON_ID}/blender_manifest.toml", f"{ADDON_ID}/__init__.py", f"{ADDON_ID}/client.py",
+REQUIRED = (f"{ADDON_ID}/blender_manifest.toml", f"{ADDON_ID}/__init__.py", f"{ADDON_ID}/core/client.py",
+            f"{ADDON_ID}/core/interop.py", f"{ADDON_ID}/engine/lipsync_engine/core/interop.py",
             f"{ADDON_ID}/engine/lipsync_engine/__init__.py", f"{ADDON_ID}/engine/lipsync_engine/cli.py",
-            f"{ADDON_ID}/engine/lipsync_engine/data/mediapipe_face_mesh.json",
+            f"{ADDON_ID}/engine/lipsync_engine/face/data/mediapipe_face_mesh.json",
             f"{ADDON_ID}/engine/blendshape_rigs/arkit52/basis.npz",
             f"{ADDON_ID}/engine/blendshape_rigs/presets/arkit.json", f"{ADDON_ID}/engine/requirements.lock")
+# the add-on's core/interop.py is a symlink to the engine's in git; the zip holds two equal real files
+SHARED = (f"{ADDON_ID}/core/interop.py", f"{ADDON_ID}/engine/lipsync_engine/core/interop.py")
 MANIFEST_FIELDS = ("schema_version", "id", "version", "name", "tagline", "maintainer", "type",
                    "blender_version_min", "license")
 ZIP_DATE = (2025, 1, 1, 0, 0, 0)   # fixed timestamps: the same sources give the same zip
@@ -56,11 +60,11 @@ class BuildError(Exception):
 
 
 def read_version() -> str:
-    """__version__ from lipsync_engine/version.py, without importing the package."""
-    text = (ROOT / "lipsync_engine" / "version.py").read_text(encoding="utf-8")
+    """__version__ from lipsync_engine/core/version.py, without importing the package."""
+    text = (ROOT / "lipsync_engine" / "core" / "version.py").read_text(encoding="utf-8")
     m = re.search(r'^__version__\s*=\s*"(\d+\.\d+\.\d+)"', text, re.M)
     if not m:
-        raise BuildError("lipsync_engine/version.py: no __version__ = \"X.Y.Z\" line")
+        raise BuildError("lipsync_engine/core/version.py: no __version__ = \"X.Y.Z\" line")
     return m.group(1)
 
 
@@ -122,6 +126,7 @@ def validate(zip_path: Path) -> list:
         names = zf.namelist()
         manifest = tomllib.loads(zf.read(f"{ADDON_ID}/blender_manifest.toml").decode("utf-8"))
         init = zf.read(f"{ADDON_ID}/__init__.py").decode("utf-8")
+        shared = {n: zf.read(n) for n in SHARED if n in names}
         bad = zf.testzip()
     if bad:
         raise BuildError(f"{zip_path}: corrupt member {bad}")
@@ -129,6 +134,9 @@ def validate(zip_path: Path) -> list:
     stray = [n for n in names if not included(Path(n))]
     if missing or stray:
         raise BuildError(f"{zip_path}: missing {missing}; should not be there {stray[:5]}")
+    if len(set(shared.values())) != 1:
+        raise BuildError(f"{zip_path}: {SHARED[0]} is not a copy of {SHARED[1]} (a symlink in git; was it "
+                         "checked out as a plain file holding its target path?)")
     absent = [f for f in MANIFEST_FIELDS if not manifest.get(f)]
     if absent or manifest["id"] != ADDON_ID or manifest["type"] != "add-on":
         raise BuildError(f"{zip_path}: manifest lacks {absent} or has the wrong id/type")

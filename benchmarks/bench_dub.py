@@ -33,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lipsync_engine.cartoon import CartoonOptions, cartoon_prediction  # noqa: E402
-from lipsync_engine.dub import DubOptions, dub_video  # noqa: E402
+from lipsync_engine.apps.cartoon import CartoonOptions, cartoon_prediction  # noqa: E402
+from lipsync_engine.apps.dub import DubOptions, dub_video  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 ANCHOR = DATA / "train_anchor_en_m_61s.mp4"
@@ -82,7 +82,8 @@ def bench_dub(model: Path, video: Path, audio: Path, seconds: float, video_start
 
 
 def bench_cartoon(model: Path, audio: Path, seconds: float, out_dir: Path) -> list:
-    from lipsync_engine.predict import OutputOptions, PredictOptions, predict_to_folder
+    from lipsync_engine.inference.folder import OutputOptions, predict_to_folder
+    from lipsync_engine.inference.predictor import PredictOptions
 
     pred = out_dir / "prediction"
     predict_to_folder(model, audio, pred, PredictOptions(fps=25.0, end_s=seconds), OutputOptions(preview=False,

@@ -27,9 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lipsync_engine.blendshapes import (FitOptions, coefficients_to_vertices, fit_coefficients,  # noqa: E402
+from lipsync_engine.rig.fitting import (FitOptions, coefficients_to_vertices, fit_coefficients,  # noqa: E402
                                         load_rig, segment_breaks)
-from lipsync_engine.topology import CHIN, FOREHEAD_TOP  # noqa: E402
+from lipsync_engine.face.topology import CHIN, FOREHEAD_TOP  # noqa: E402
 
 NOISE_FRACTION = 0.005   # of the forehead-to-chin height
 
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
           f"Python {platform.python_version()}, numpy {np.__version__}")
     options = FitOptions(smoothness=0.0) if args.independent else FitOptions()
     if args.speaker:
-        from lipsync_engine.dataset import open_speaker
+        from lipsync_engine.prepare.dataset import open_speaker
 
         ds = open_speaker(args.speaker)
         v = np.asarray(ds.vertices)

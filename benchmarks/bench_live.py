@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from lipsync_engine import audio, media
-from lipsync_engine.live import LiveOptions
-from lipsync_engine.live_io import FileSource, JsonSink, LiveStats, run_live
-from lipsync_engine.predict import PredictOptions, frame_count, load_predictor
-from lipsync_engine.progress import CancelToken
+from lipsync_engine.io import media
+from lipsync_engine.prepare import audio
+from lipsync_engine.inference.live import LiveOptions
+from lipsync_engine.inference.live_io import FileSource, JsonSink, LiveStats, run_live
+from lipsync_engine.inference.predictor import PredictOptions, frame_count, load_predictor
+from lipsync_engine.core.progress import CancelToken
 
 
 def rss_mb() -> float:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lipsync_engine.model import LipSync3D, ModelDimensions  # noqa: E402
+from lipsync_engine.model.network import LipSync3D, ModelDimensions  # noqa: E402
 
 
 def step_time(width: float, batch: int, device: str) -> tuple[int, float]:

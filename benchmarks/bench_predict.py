@@ -40,10 +40,11 @@ import numpy as np  # noqa: E402
 import soundfile  # noqa: E402
 import torch  # noqa: E402
 
-from lipsync_engine import audio, media  # noqa: E402
-from lipsync_engine.model import LipSync3D, preset_dimensions  # noqa: E402
-from lipsync_engine.predict import (OutputOptions, PredictOptions, load_predictor, plan_prediction,  # noqa: E402
-                                    predict_to_folder)
+from lipsync_engine.prepare import audio  # noqa: E402
+from lipsync_engine.io import media  # noqa: E402
+from lipsync_engine.model.network import LipSync3D, preset_dimensions  # noqa: E402
+from lipsync_engine.inference.folder import OutputOptions, predict_to_folder  # noqa: E402
+from lipsync_engine.inference.predictor import PredictOptions, load_predictor, plan_prediction  # noqa: E402
 
 CLIP = Path("/work/shared/data/train_anchor_en_m_61s.mp4")
 FPS = 30.0
@@ -53,9 +54,9 @@ def make_model_dir(folder: Path, preset: str) -> Path:
     """A loadable model directory with the preset's network at its initial weights."""
     from safetensors.torch import save_file
 
-    from lipsync_engine.geometry import reference_cylinder
-    from lipsync_engine.topology import NOSE_TIP, load_topology
-    from lipsync_engine.train import MODEL_FORMAT, MODEL_FORMAT_VERSION
+    from lipsync_engine.face.geometry import reference_cylinder
+    from lipsync_engine.face.topology import NOSE_TIP, load_topology
+    from lipsync_engine.model.checkpoint import MODEL_FORMAT, MODEL_FORMAT_VERSION
 
     topo = load_topology()
     ref = topo.vertices.astype(np.float32)
@@ -85,7 +86,7 @@ def speech(seconds: float) -> np.ndarray:
     if CLIP.is_file():
         base = media.load_audio(CLIP).samples
     else:
-        from lipsync_engine.synthetic_speech import synthesize
+        from lipsync_engine.demo.speech import synthesize
         base = synthesize(20.0)[0]
     n = int(seconds * audio.SAMPLE_RATE)
     return np.resize(base, n).astype(np.float32)
@@ -100,7 +101,7 @@ def latency(p, samples: np.ndarray, repeats: int = 30) -> dict:
     """Median ms per frame at batch 1 of each part (see the module docstring)."""
     plan = plan_prediction(media.AudioTrack(samples[: 10 * audio.SAMPLE_RATE], audio.SAMPLE_RATE, 0.0),
                            PredictOptions(fps=FPS))
-    from lipsync_engine.predict import _one_thread
+    from lipsync_engine.inference.predictor import _one_thread
 
     m, out = p.model, {"vertices": [], "blendshapes": [], "atlas": [], "all": []}
     prev = torch.zeros(1, 3, 128, 128, device=p.device)

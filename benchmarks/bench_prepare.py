@@ -98,7 +98,7 @@ def five_minute_take(out: Path) -> Path:
     import av
     import numpy as np
 
-    from lipsync_engine.media import load_audio
+    from lipsync_engine.io.media import load_audio
 
     src = SHARED / "train_anchor_en_m_61s.mp4"
     with av.open(str(src)) as c:
@@ -122,7 +122,7 @@ def five_minute_take(out: Path) -> Path:
 
 
 def run(name: str, inputs: list[Path], workers: int, tmp: Path) -> dict:
-    from lipsync_engine.prepare import PrepareOptions, prepare_speaker
+    from lipsync_engine.prepare.pipeline import PrepareOptions, prepare_speaker
 
     out = tmp / f"speaker_{name}"
     t0 = time.perf_counter()

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lipsync_engine.model import LipSync3D, ModelDimensions  # noqa: E402
-from lipsync_engine.train import ssim  # noqa: E402
+from lipsync_engine.model.network import LipSync3D, ModelDimensions  # noqa: E402
+from lipsync_engine.model.losses import ssim  # noqa: E402
 
 BARS = {"openness_r": 0.8, "atlas_ssim": 0.9}   # the absolute bars (and: beat every baseline)
 
@@ -88,8 +88,8 @@ def _meets(metrics: dict, beats: dict) -> dict:
 
 
 def quality(args) -> None:
-    from lipsync_engine.evaluate import EvaluateOptions, evaluate_model
-    from lipsync_engine.train import TrainOptions, train_speaker
+    from lipsync_engine.apps.evaluate import EvaluateOptions, evaluate_model
+    from lipsync_engine.model.train import TrainOptions, train_speaker
 
     options = TrainOptions(preset=args.preset, epochs=args.eval_every, learning_rate=args.learning_rate,
                            val_fraction=args.val_fraction, batch_size=args.batch, seed=args.seed,
@@ -99,7 +99,7 @@ def quality(args) -> None:
                            geometry_epochs=args.geometry_epochs)
     dims = ModelDimensions().scaled(args.width) if args.width else None
     if args.atlas_code is not None:
-        from lipsync_engine.model import preset_dimensions
+        from lipsync_engine.model.network import preset_dimensions
         dims = replace(dims or preset_dimensions(args.preset), atlas_code=args.atlas_code)
     model_dir, log, train_s = Path(args.model), [], args.prior_train_s
     done = json.loads((model_dir / "config.json").read_text())["epochs_done"] if args.resume else 0
@@ -127,7 +127,7 @@ def quality(args) -> None:
 
 
 def epoch(args) -> None:
-    from lipsync_engine.train import TrainOptions, train_speaker
+    from lipsync_engine.model.train import TrainOptions, train_speaker
 
     t0 = time.perf_counter()
     r = train_speaker(args.speaker, args.model, TrainOptions(preset=args.preset, epochs=args.epochs,

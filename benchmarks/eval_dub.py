@@ -36,10 +36,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lipsync_engine import media, normalize  # noqa: E402
-from lipsync_engine.dub import DubOptions, _poses, dub_video  # noqa: E402
-from lipsync_engine.faceblend import FaceBlender  # noqa: E402
-from lipsync_engine.tracking import track_frames  # noqa: E402
+from lipsync_engine.io import media  # noqa: E402
+from lipsync_engine.prepare import normalize  # noqa: E402
+from lipsync_engine.apps.dub import DubOptions, _poses, dub_video  # noqa: E402
+from lipsync_engine.apps.faceblend import FaceBlender  # noqa: E402
+from lipsync_engine.face.tracking import track_frames  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RING = (0.1, 0.9)            # alpha range of the blend boundary ring
@@ -75,7 +76,7 @@ def ssim_face(a: np.ndarray, b: np.ndarray, lm: np.ndarray) -> float:
 
 def lip_pixels(landmarks: np.ndarray, reference: np.ndarray, cylinder) -> np.ndarray:
     """(N, 40, 2) lip landmarks in 256-px atlas pixels (evaluate.py's LMD space)."""
-    from lipsync_engine.evaluate import landmark_pixels
+    from lipsync_engine.apps.evaluate import landmark_pixels
 
     verts, *_ = normalize.normalize_vertices(landmarks, reference, None, 0.0)
     return landmark_pixels(verts, cylinder)
@@ -128,9 +129,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "out" / "eval" / "dub")
     p.add_argument("--images", type=Path, help="write sample PNGs and the plot here (e.g. docs/images)")
     args = p.parse_args(argv)
-    from lipsync_engine.faceblend import model_assets
-    from lipsync_engine.predict import PredictOptions, predict
-    from lipsync_engine.train import load_model
+    from lipsync_engine.apps.faceblend import model_assets
+    from lipsync_engine.inference.predictor import PredictOptions, predict
+    from lipsync_engine.model.checkpoint import load_model
 
     args.out.mkdir(parents=True, exist_ok=True)
     info = media.probe(args.video)

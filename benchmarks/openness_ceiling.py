@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lipsync_engine.dataset import open_speaker  # noqa: E402
-from lipsync_engine.model import AudioEncoder, GeometryDecoder, preset_dimensions  # noqa: E402
-from lipsync_engine.normalize import mouth_openness  # noqa: E402
-from lipsync_engine.topology import load_topology  # noqa: E402
+from lipsync_engine.prepare.dataset import open_speaker  # noqa: E402
+from lipsync_engine.model.network import AudioEncoder, GeometryDecoder, preset_dimensions  # noqa: E402
+from lipsync_engine.prepare.normalize import mouth_openness  # noqa: E402
+from lipsync_engine.face.topology import load_topology  # noqa: E402
 
 
 def _data(args):

@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lipsync_engine import dataset  # noqa: E402
-from lipsync_engine.evaluate import lip_region, model_split, reference_atlas, ssim_sums  # noqa: E402
+from lipsync_engine.prepare import dataset  # noqa: E402
+from lipsync_engine.apps.evaluate import lip_region, model_split, ssim_sums  # noqa: E402
 
 
 def main() -> None:
@@ -58,7 +58,7 @@ def main() -> None:
     scores = [outside_and_full(np.array(ds.atlas[c]), probe_atlas)[0] for c in candidates]
     best = int(candidates[int(np.argmax(scores))])
     sample = np.array(ds.atlas[0:cut:max(1, cut // 600)]).astype(np.float32)
-    fixed = {"reference atlas (the metric's)": reference_atlas(ds.path),
+    fixed = {"reference atlas (the metric's)": ds.reference_atlas(),
              f"best of {len(candidates)} training frames (frame {best})": np.array(ds.atlas[best]),
              "median of the training atlases": np.rint(np.median(sample, 0)).astype(np.uint8),
              "mean of the training atlases": np.rint(sample.mean(0)).astype(np.uint8)}

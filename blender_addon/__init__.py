@@ -37,7 +37,7 @@ def _optional_modules() -> list:
 
 
 def register():
-    # imported here, not at the top: `from blender_addon import client` works without Blender (tests)
+    # imported here, not at the top: `from blender_addon.core import client` works without Blender (tests)
     import bpy
 
     from . import operators, panels, preferences, properties

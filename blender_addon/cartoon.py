@@ -22,7 +22,8 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, FloatProperty, FloatVectorProperty, PointerProperty
 
-from . import results, runner
+from . import runner
+from .core import results
 
 LAYER = "Contours"
 SKIN_OFFSET = 0.08          # engine units (~0.8 mm) a line point is pushed outwards from the skin

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import bpy
 
-from . import anim, client, mapping, results
+from . import anim
+from .core import client, mapping, results
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def drive_character(obj, segments: list, options: mapping.DriveOptions, head=Non
         raise ValueError(f"{head.name}: has no bone named {bone!r}")
     names = [kb.name for kb in key.key_blocks[1:]]       # the first is the basis
     preset = choose_preset(names, options.preset)
-    match = mapping.match_names(names, preset.outputs, preset.aliases)
+    match = mapping.match_names(names, preset.outputs, aliases=preset.aliases)
     segments = sorted(segments, key=lambda s: s[1])
     frames, values, arkit = _timeline(segments, preset, options)
     first = segments[0][0]

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import bpy
 
-from . import anim, results
+from . import anim
+from .core import results
 
 OBJECT_SCALE = 0.01         # engine units are about a centimetre: the head is about 0.2 m tall in Blender
 MAX_SHAPE_KEY_FRAMES = 20000  # beyond this, shape keys are refused: use the Mesh Cache

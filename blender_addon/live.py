@@ -21,7 +21,8 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from . import character, importer, mapping, operators, results, runner
+from . import character, importer, operators, runner
+from .core import mapping, results
 
 LIVE_TIMER_S = 1.0 / 60.0      # apply the newest frame this often (a 60 Hz viewport)
 
@@ -57,7 +58,7 @@ class LiveApplier:
         self.key, self.options = key, options
         names = [kb.name for kb in key.key_blocks[1:]]
         self.preset = character.choose_preset(names, options.preset)
-        self.match = mapping.match_names(names, self.preset.outputs, self.preset.aliases)
+        self.match = mapping.match_names(names, self.preset.outputs, aliases=self.preset.aliases)
         column = {c: j for j, c in enumerate(self.preset.outputs)}
         self.targets = [(key.key_blocks[k], column[c]) for k, c in self.match.assignments.items()]
 

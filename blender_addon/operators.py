@@ -16,7 +16,8 @@ import bpy
 from bpy.props import CollectionProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
-from . import character, importer, results, runner
+from . import character, importer, runner
+from .core import results
 
 TINY_WIDTH = 1 / 32                # "Tiny" model size: channels as a fraction of the paper's
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

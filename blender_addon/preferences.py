@@ -10,7 +10,8 @@ from pathlib import Path
 import bpy
 from bpy.props import EnumProperty, FloatProperty, StringProperty
 
-from . import client, engine_env, runner
+from . import runner
+from .core import client, engine_env
 
 
 class LIPSYNC3D_AddonPreferences(bpy.types.AddonPreferences):

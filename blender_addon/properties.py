@@ -10,7 +10,7 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
                        PointerProperty, StringProperty)
 
-from . import client, mapping
+from .core import client, mapping
 
 _PRESET_ITEMS: list = []    # Blender needs the enum items kept alive while they are shown
 _PRESET_STAMP: list = [None]

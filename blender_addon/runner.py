@@ -27,7 +27,7 @@ from pathlib import Path
 
 import bpy
 
-from . import client
+from .core import client
 
 TIMER_S = 0.1                      # modal poll interval
 PACKAGE = __package__              # "bl_ext.<repo>.lipsync3d" (extension) or "lipsync3d" (legacy add-on)

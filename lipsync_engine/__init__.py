@@ -11,20 +11,20 @@ processes import it before they pin their thread pools (jobs.py).
 
 from importlib import import_module
 
-from .version import __version__
+from .core.version import __version__
 
 _PUBLIC = {
-    "prepare_speaker": "prepare", "PrepareOptions": "prepare", "PrepareResult": "prepare",
-    "open_speaker": "dataset", "SpeakerDataset": "dataset",
-    "fit_speaker": "blendshapes", "fit_coefficients": "blendshapes", "FitOptions": "blendshapes",
-    "make_demo_video": "synthetic", "load_demo_truth": "synthetic",
-    "evaluate_model": "evaluate", "EvaluateOptions": "evaluate", "EvaluationResult": "evaluate",
-    "predict": "predict", "load_predictor": "predict", "Predictor": "predict", "PredictOptions": "predict",
-    "Prediction": "predict", "compose_atlas": "predict", "OutputOptions": "prediction_folder",
-    "PredictResult": "prediction_folder", "predict_to_folder": "prediction_folder", "write_outputs": "prediction_folder",
-    "LightingOptions": "config", "EngineError": "errors", "CancelToken": "progress", "Progress": "progress",
-    "dub_video": "dub", "DubOptions": "dub", "DubResult": "dub",
-    "cartoon_prediction": "cartoon", "cartoon_frame": "cartoon", "CartoonOptions": "cartoon", "CartoonResult": "cartoon",
+    "prepare_speaker": "prepare.pipeline", "PrepareOptions": "prepare.pipeline", "PrepareResult": "prepare.pipeline",
+    "open_speaker": "prepare.dataset", "SpeakerDataset": "prepare.dataset",
+    "fit_speaker": "rig.fitting", "fit_coefficients": "rig.fitting", "FitOptions": "rig.fitting",
+    "make_demo_video": "demo.video", "load_demo_truth": "demo.video",
+    "evaluate_model": "apps.evaluate", "EvaluateOptions": "apps.evaluate", "EvaluationResult": "apps.evaluate",
+    "predict": "inference.predictor", "load_predictor": "inference.predictor", "Predictor": "inference.predictor", "PredictOptions": "inference.predictor",
+    "Prediction": "inference.predictor", "compose_atlas": "inference.render", "OutputOptions": "inference.folder",
+    "PredictResult": "inference.folder", "predict_to_folder": "inference.folder", "write_outputs": "inference.folder",
+    "LightingOptions": "prepare.lighting", "EngineError": "core.errors", "CancelToken": "core.progress", "Progress": "core.progress",
+    "dub_video": "apps.dub", "DubOptions": "apps.dub", "DubResult": "apps.dub",
+    "cartoon_prediction": "apps.cartoon", "cartoon_frame": "apps.cartoon", "CartoonOptions": "apps.cartoon", "CartoonResult": "apps.cartoon",
 }
 
 __all__ = ["__version__", *_PUBLIC]

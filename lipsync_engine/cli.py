@@ -16,12 +16,12 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from . import protocol
-from .errors import Cancelled, EngineError, InputError
-from .progress import CancelToken, Progress
-from .version import __version__
+from .core import protocol
+from .core.protocol import EXIT_CANCELLED, EXIT_CRASH, EXIT_ERROR, EXIT_OK, EXIT_USAGE  # noqa: F401
+from .core.errors import Cancelled, EngineError, InputError, OutputExists
+from .core.progress import CancelToken, Progress
+from .core.version import __version__
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CRASH, EXIT_CANCELLED = 0, 1, 2, 3, 130
 
 
 def _console():
@@ -72,8 +72,32 @@ class Reporter:
             print(("warning: " if kind == "WARN" else "") + text, file=sys.stderr if kind == "WARN" else sys.stdout)
 
 
+def _options(command: str, build):
+    """The options a command builds from its arguments. Option dataclasses validate themselves
+    and raise ValueError naming the rule; here, and only here, that becomes the one-line error
+    "error: COMMAND: RULE" (exit code 1) instead of a traceback."""
+    try:
+        return build()
+    except ValueError as e:
+        raise InputError(f"{command}: {e}") from e
+
+
+# What a command's flags can do about an error the library reports without naming them.
+_FLAG_HINTS = {
+    ("prepare", OutputExists): "choose another folder or pass --overwrite",
+    ("demo", OutputExists): "choose another folder or pass --overwrite",
+    ("dub", OutputExists): "choose another name or pass --overwrite",
+}
+
+
+def error_line(command: str | None, error: EngineError) -> str:
+    """The CLI's one line for a library error: the library's words, then the flag that helps."""
+    hint = next((h for (c, kind), h in _FLAG_HINTS.items() if c == command and isinstance(error, kind)), None)
+    return f"{error}; {hint}" if hint else str(error)
+
+
 def _cmd_prepare(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .prepare import PrepareOptions, prepare_speaker
+    from .prepare.pipeline import PrepareOptions, prepare_speaker
 
     options = PrepareOptions(workers=args.workers, report=not args.no_report)
     if args.no_lighting_normalization:  # the ablation of Section 3.1.2 (docs/evaluation.md)
@@ -95,14 +119,11 @@ def _cmd_prepare(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_fit(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .blendshapes import FitOptions, fit_speaker
+    from .rig.fitting import FitOptions, fit_speaker
 
-    try:
-        options = replace(FitOptions(), smoothness=args.smoothness, sparsity=args.sparsity,
-                          adapt_to_neutral=not args.no_adapt)
-    except ValueError as e:
-        raise InputError(f"fit: {e}") from e
-    s = fit_speaker(args.speaker, reporter, options, cancel)
+    options = _options("fit", lambda: replace(FitOptions(), smoothness=args.smoothness, sparsity=args.sparsity,
+                                                adapt_to_neutral=not args.no_adapt))
+    s = fit_speaker(args.speaker, options, reporter, cancel)
     reporter.close()
     reporter.info("RESULT", f"{s.coefficients_path}: {s.frames} frames of {len(s.names)} ARKit coefficients "
                   f"({s.frames_per_second:.0f} frames/s; residual RMS mean {s.residual_rms_mean:.3f} cm, "
@@ -114,8 +135,9 @@ EXPORT_FORMATS = ("livelink-csv", "json", "rhubarb-tsv", "rhubarb-json", "viseme
 
 
 def _cmd_export(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from . import exports, names
-    from .blendshapes import load_fitted
+    from .io import exports
+    from .rig import names
+    from .rig.fitting import load_fitted
 
     coeffs, fps = load_fitted(args.speaker)
     out, fmt = Path(args.output), args.format
@@ -138,21 +160,18 @@ def _cmd_export(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .train import recipe_options, train_speaker
+    from .model.train import recipe_options, train_speaker
 
     chosen = {k: v for k, v in (("learning_rate", args.learning_rate), ("geometry_weight", args.geometry_weight),
                                 ("lip_weight", args.lip_weight), ("geometry_epochs", args.geometry_epochs),
                                 ("lookahead_ms", args.lookahead))
               if v is not None}
-    try:
-        options = recipe_options(args.recipe, preset=args.preset, epochs=args.epochs, device=args.device,
-                                 val_fraction=args.val_fraction, batch_size=args.batch_size,
-                                 mixed_precision=args.mixed_precision, **chosen)
-    except ValueError as e:
-        raise InputError(f"train: {e}") from e
+    options = _options("train", lambda: recipe_options(
+        args.recipe, preset=args.preset, epochs=args.epochs, device=args.device, val_fraction=args.val_fraction,
+        batch_size=args.batch_size, mixed_precision=args.mixed_precision, **chosen))
     dims = None
     if args.width is not None:  # e.g. 1/32 for a tiny test model (the add-on's "Tiny" quality)
-        from .model import ModelDimensions
+        from .model.network import ModelDimensions
 
         dims = ModelDimensions().scaled(args.width)
     r = train_speaker(args.speaker, args.output, options, reporter, cancel, resume=args.resume, dims=dims)
@@ -163,7 +182,7 @@ def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_synth(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .synthetic import make_demo_video
+    from .demo.video import make_demo_video
 
     def on_frame(done: int, total: int) -> None:
         reporter(Progress("synth", done, total))
@@ -176,11 +195,11 @@ def _cmd_synth(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_demo(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .blendshapes import fit_speaker, load_fitted
-    from .exports import write_livelink_csv
-    from .names import ARKIT_NAMES
-    from .prepare import PrepareOptions, prepare_speaker
-    from .synthetic import make_demo_video
+    from .rig.fitting import fit_speaker, load_fitted
+    from .io.exports import write_livelink_csv
+    from .rig.names import ARKIT_NAMES
+    from .prepare.pipeline import PrepareOptions, prepare_speaker
+    from .demo.video import make_demo_video
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +210,7 @@ def _cmd_demo(args, reporter: Reporter, cancel: CancelToken) -> None:
     reporter.close()
     result = prepare_speaker([video], out / "speaker", PrepareOptions(), reporter, cancel)
     reporter.close()
-    fit = fit_speaker(result.path, reporter, cancel=cancel)
+    fit = fit_speaker(result.path, on_progress=reporter, cancel=cancel)
     reporter.close()
     livelink = out / "demo_blendshapes_livelink.csv"
     coeffs, fps = load_fitted(result.path)
@@ -216,14 +235,15 @@ DEMO_WIDTH, DEMO_EPOCHS = 1 / 32, 60   # the tests' tiny model (1/32 width); all
 def _demo_train_and_predict(out: Path, speaker: Path, video: Path, reporter: Reporter, cancel: CancelToken):
     """make demo, last steps: a tiny model trained on the demo speaker (resumed or skipped when
     already there), then `lipsync predict` from the demo video's own audio at 30 fps."""
-    from .model import ModelDimensions
-    from .predict import PredictOptions
-    from .prediction_folder import OutputOptions, predict_to_folder
-    from .train import CONFIG, recipe_options, train_speaker
+    from .model.network import ModelDimensions
+    from .inference.predictor import PredictOptions
+    from .inference.folder import OutputOptions, predict_to_folder
+    from .model.checkpoint import holds_model
+    from .model.train import recipe_options, train_speaker
 
     model = out / "model"
     options = recipe_options("fast", epochs=DEMO_EPOCHS, batch_size=16, seed=1)
-    train_speaker(speaker, model, options, reporter, cancel, resume=(model / CONFIG).is_file(),
+    train_speaker(speaker, model, options, reporter, cancel, resume=holds_model(model),
                   dims=ModelDimensions().scaled(DEMO_WIDTH))
     reporter.close()
     pred = predict_to_folder(model, video, out / "prediction", PredictOptions(fps=30.0),
@@ -244,19 +264,17 @@ def _predict_outputs(audio: list[Path], output: Path | None) -> list[Path]:
 
 
 def _cmd_predict(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .predict import PredictOptions, load_predictor
-    from .prediction_folder import OutputOptions, check_output_dir, predict_to_folder
+    from .inference.predictor import PredictOptions, load_predictor
+    from .inference.folder import OutputOptions, check_output_dir, predict_to_folder
 
     relight = args.relight if args.relight in (None, "reference") else int(args.relight) \
         if args.relight.lstrip("-").isdigit() else args.relight
-    try:
-        options = PredictOptions(fps=args.fps, start_s=args.start, end_s=args.end, smoothing=not args.no_smoothing,
-                                 silence_db=args.silence_db, atlas=not args.no_atlas,
-                                 chunk_frames=args.chunk_frames, device=args.device)
-        out_options = OutputOptions(atlas_images=not args.no_atlas, preview=not args.no_preview,
-                                    preview_size=args.preview_size, relight=relight, overwrite=args.overwrite)
-    except ValueError as e:
-        raise InputError(f"predict: {e}") from e
+    options, out_options = _options("predict", lambda: (
+        PredictOptions(fps=args.fps, start_s=args.start, end_s=args.end, smoothing=not args.no_smoothing,
+                       silence_db=args.silence_db, atlas=not args.no_atlas, chunk_frames=args.chunk_frames,
+                       device=args.device),
+        OutputOptions(atlas_images=not args.no_atlas, preview=not args.no_preview, preview_size=args.preview_size,
+                      relight=relight, overwrite=args.overwrite)))
     outs = _predict_outputs(args.audio, args.output)
     for out in outs:                      # refuse before any work is done
         check_output_dir(out, args.overwrite)
@@ -277,7 +295,7 @@ def _cmd_info(args, reporter: Reporter, cancel: CancelToken) -> None:
     import numpy
     import torch
 
-    from .train import pick_device
+    from .model.checkpoint import pick_device
 
     device = pick_device(args.device)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
@@ -297,14 +315,11 @@ def _cmd_info(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_dub(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .dub import DubOptions, dub_video
+    from .apps.dub import DubOptions, dub_video
 
-    try:
-        options = DubOptions(video_start_s=args.video_start, video_end_s=args.video_end, audio_start_s=args.audio_start,
-                             audio_end_s=args.audio_end, loop=args.loop, workers=args.workers, crf=args.crf,
-                             device=args.device)
-    except ValueError as e:
-        raise EngineError(f"dub: {e}") from e
+    options = _options("dub", lambda: DubOptions(
+        video_start_s=args.video_start, video_end_s=args.video_end, audio_start_s=args.audio_start,
+        audio_end_s=args.audio_end, loop=args.loop, workers=args.workers, crf=args.crf, device=args.device))
     r = dub_video(args.model, args.audio, args.video, args.output, options, reporter, cancel, overwrite=args.overwrite)
     reporter.close()
     looped = f", video {'looped (pingpong)' if args.loop == 'pingpong' else 'held'} to the audio's length" \
@@ -329,15 +344,12 @@ def _rgb(text: str) -> tuple[int, int, int]:
 
 
 def _cmd_cartoon(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .cartoon import FEATURES, CartoonOptions, cartoon_prediction
+    from .apps.cartoon import FEATURES, CartoonOptions, cartoon_prediction
 
     features = tuple(f.strip() for f in args.features.split(",")) if args.features else FEATURES
-    try:
-        options = CartoonOptions(size=args.size, line_width=args.line_width, line_color=args.line_color,
-                                 filter_strength=args.filter_strength, color_levels=args.color_levels,
-                                 features=features, preview=not args.no_preview)
-    except ValueError as e:
-        raise EngineError(f"cartoon: {e}") from e
+    options = _options("cartoon", lambda: CartoonOptions(
+        size=args.size, line_width=args.line_width, line_color=args.line_color, filter_strength=args.filter_strength,
+        color_levels=args.color_levels, features=features, preview=not args.no_preview))
     r = cartoon_prediction(args.prediction, options, reporter, cancel)
     reporter.close()
     reporter.info("RESULT", f"{r.path / r.files['cartoon_dir']}: {r.frames} cartoon frames "
@@ -347,7 +359,7 @@ def _cmd_cartoon(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_evaluate(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .evaluate import EvaluateOptions, evaluate_model
+    from .apps.evaluate import EvaluateOptions, evaluate_model
 
     r = evaluate_model(args.model, args.held_out, args.output, EvaluateOptions(device=args.device), reporter, cancel)
     reporter.close()
@@ -529,8 +541,9 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_CANCELLED
     except EngineError as e:
         reporter.close()
-        reporter.info("ERROR", str(e)) if args.json else print(f"error: {e}", file=sys.stderr)
-        code = getattr(e, "exit_code", EXIT_ERROR)      # e.g. 2 for live's missing microphone (bad usage here)
+        line = error_line(args.command, e)
+        reporter.info("ERROR", line) if args.json else print(f"error: {line}", file=sys.stderr)
+        code = getattr(e, "exit_code", EXIT_ERROR)      # e.g. 2: live's missing microphone is bad usage here
     except Exception as e:  # the one catch-all: an engine bug, reported as such
         reporter.close()
         traceback.print_exc(file=sys.stderr)

@@ -1,7 +1,7 @@
 """The `lipsync live` and `lipsync say` subcommands (kept beside cli.py so that cli.py only registers them).
 
 Owns: their arguments, turning them into LiveOptions / PredictOptions, and their messages.
-Must not: predict or synthesize itself (live.py, live_io.py, tts.py, prediction_folder.py do),
+Must not: predict or synthesize itself (inference/live.py, inference/live_io.py, io/tts.py, inference/folder.py do),
 or import bpy. Errors become one line and an exit code in cli.main.
 """
 
@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import InputError
+from .core.errors import InputError
 
 LIVE_HELP = "animate from a microphone or a file in real time: JSON lines, VMC/OSC, a recording"
 SAY_HELP = "speak a text (offline espeak-ng) and predict the animation from it, as `lipsync predict`"
@@ -61,12 +61,12 @@ def add_live_parsers(sub, live_func, say_func) -> None:
 
 
 def run_live_command(args, reporter, cancel) -> None:
-    from .live import LiveOptions
-    from .live_io import (FileSource, JsonSink, LiveRecording, LiveStats, MicSource, VmcSink, parse_host_port,
+    from .inference.live import LiveOptions
+    from .inference.live_io import (FileSource, JsonSink, LiveRecording, LiveStats, MicSource, VmcSink, parse_host_port,
                           run_live, write_recording)
-    from .names import ARKIT_NAMES
-    from .predict import PredictOptions, load_predictor
-    from .prediction_folder import OutputOptions, check_output_dir
+    from .rig.names import ARKIT_NAMES
+    from .inference.predictor import PredictOptions, load_predictor
+    from .inference.folder import OutputOptions, check_output_dir
 
     try:
         options = LiveOptions(PredictOptions(fps=args.fps, smoothing=not args.no_smoothing,
@@ -100,7 +100,7 @@ def run_live_command(args, reporter, cancel) -> None:
             s.close()
     cancel_was_set = cancel.is_set
     if recording is not None:
-        from .progress import CancelToken
+        from .core.progress import CancelToken
 
         manifest = write_recording(predictor, recording, args.record, options, out_options, reporter, CancelToken())
         reporter.close()
@@ -114,9 +114,10 @@ def run_live_command(args, reporter, cancel) -> None:
 
 
 def run_say_command(args, reporter, cancel) -> None:
-    from . import storage, tts
-    from .predict import PredictOptions, load_predictor
-    from .prediction_folder import OutputOptions, check_output_dir, predict_to_folder
+    from .core import storage
+    from .io import tts
+    from .inference.predictor import PredictOptions, load_predictor
+    from .inference.folder import OutputOptions, check_output_dir, predict_to_folder
 
     if args.list_voices:
         voices = tts.list_voices()

@@ -26,7 +26,7 @@ def rng():
 @pytest.fixture(scope="session")
 def demo_video(tmp_path_factory):
     """(video path, DemoTruth) of a 6 s synthetic talking face with known pose, openness, lighting."""
-    from lipsync_engine.synthetic import make_demo_video
+    from lipsync_engine.demo.video import make_demo_video
 
     path = tmp_path_factory.mktemp("demo") / "demo speaker é.mp4"  # a space and non-ASCII on purpose
     truth = make_demo_video(path, duration_s=DEMO_SECONDS, fps=DEMO_FPS, seed=7)
@@ -36,8 +36,8 @@ def demo_video(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prepared_demo(demo_video, tmp_path_factory):
     """(SpeakerDataset, PrepareResult, DemoTruth) of the demo video, prepared with 2 worker processes."""
-    from lipsync_engine.dataset import open_speaker
-    from lipsync_engine.prepare import PrepareOptions, prepare_speaker
+    from lipsync_engine.prepare.dataset import open_speaker
+    from lipsync_engine.prepare.pipeline import PrepareOptions, prepare_speaker
 
     path, truth = demo_video
     out = tmp_path_factory.mktemp("speaker") / "speaker"
@@ -53,9 +53,9 @@ def trained_demo(prepared_demo, tmp_path_factory):
     fast recipe: with 30 the dubbed video's re-tracked mouth followed new audio with r 0.25-0.79
     across seeds, with 60 r 0.74-0.88 (the texture decoder needs the longer run).
     """
-    from lipsync_engine.blendshapes import fit_speaker
-    from lipsync_engine.model import ModelDimensions
-    from lipsync_engine.train import recipe_options, train_speaker
+    from lipsync_engine.rig.fitting import fit_speaker
+    from lipsync_engine.model.network import ModelDimensions
+    from lipsync_engine.model.train import recipe_options, train_speaker
 
     ds, _, truth = prepared_demo
     fit_speaker(ds.path)  # blendshape targets, so the model's blendshape head is trained too

@@ -33,8 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lipsync_engine.names import ARKIT_NAMES  # noqa: E402
-from lipsync_engine.topology import (CHIN, LOWER_LIP_INNER, MOUTH_CORNER_LEFT,  # noqa: E402
+from lipsync_engine.rig.names import ARKIT_NAMES  # noqa: E402
+from lipsync_engine.face.topology import (CHIN, LOWER_LIP_INNER, MOUTH_CORNER_LEFT,  # noqa: E402
                                      UPPER_LIP_INNER, load_topology)
 
 RIG_VERSION = 1

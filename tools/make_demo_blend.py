@@ -65,7 +65,7 @@ def make_character(bpy, name: str = "Clay face"):
     """The ARKit-52 rig of blendshape_rigs/arkit52 as a mesh with 52 shape keys in UPPER_SNAKE case."""
     import numpy as np
 
-    from lipsync_engine.topology import load_topology
+    from lipsync_engine.face.topology import load_topology
 
     rig = np.load(ROOT / "blendshape_rigs" / "arkit52" / "basis.npz")
     to_blender = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], float)      # engine y-up -> Blender z-up
@@ -151,7 +151,7 @@ def render_movie(bpy, scene, path: Path) -> None:
 
 def open_mouth_frame(scene) -> int:
     """The scene frame where the predicted lips are furthest apart (inner-lip landmarks 13 and 14)."""
-    from lipsync_engine.pointcache import read_pc2
+    from lipsync_engine.io.pointcache import read_pc2
 
     item = scene.lipsync3d.results[0]
     _, verts = read_pc2(Path(item.path) / "head.pc2")
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
 
 
 def build(bpy, video: Path, model: Path, out: Path, args) -> None:
-    from lipsync_engine.media import probe
+    from lipsync_engine.io.media import probe
 
     scene = bpy.context.scene
     info = probe(video)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lipsync_engine import exports, geometry, pointcache, storage, topology
-from lipsync_engine.names import ARKIT_NAMES
+from lipsync_engine.io import exports, pointcache
+from lipsync_engine.face import geometry, topology
+from lipsync_engine.core import storage
+from lipsync_engine.rig.names import ARKIT_NAMES
 
 
 def atlas_colour(i: int) -> tuple:

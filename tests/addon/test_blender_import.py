@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from blender_addon import results
+from blender_addon.core import results
 
 from blender_helpers import (emission_render_setup, engine_to_blender, ensure_fcurve, evaluated_coords,
                              make_character, texture_as_emission)
@@ -20,7 +20,7 @@ bpy = pytest.importorskip("bpy")   # bpy is pinned in requirements.lock: this ne
 def test_zip_is_built_validated_and_holds_the_engine(addon_zip):
     import zipfile
 
-    from lipsync_engine.version import __version__
+    from lipsync_engine.core.version import __version__
 
     path, notes = addon_zip
     assert path.name == f"lipsync3d-{__version__}.zip"
@@ -43,7 +43,7 @@ def test_addon_is_enabled_with_its_operators_panels_and_preferences(scene, blend
         cls = getattr(bpy.types, panel)
         assert cls.bl_category == "LipSync3D" and cls.bl_space_type == 'VIEW_3D'
     assert scene.lipsync3d.audio_source == 'STRIP'
-    client = sys.modules[blender.__name__ + ".client"]
+    client = sys.modules[blender.__name__ + ".core.client"]
     assert client.bundled_engine_dir().name == "engine"     # the zip's engine runs, not the checkout's
 
 
@@ -110,7 +110,7 @@ def test_atlas_sequence_frame_i_shows_at_start_plus_i(scene, blender, tmp_path):
 def test_drive_character_keys_equal_the_prediction_and_keep_the_users_action(scene, blender, tmp_path):
     data = make_result(tmp_path / "pred", frames=6)
     character = sys.modules[blender.__name__ + ".character"]
-    mapping = sys.modules[blender.__name__ + ".mapping"]
+    mapping = sys.modules[blender.__name__ + ".core.mapping"]
     obj = make_character(["JAW_OPEN", "mouth-smile-left", "eyeBlink_L", "Mouth Funnel", "Hat"])
     key = obj.data.shape_keys
     users = bpy.data.actions.new("Hand keyed")
@@ -126,7 +126,7 @@ def test_drive_character_keys_equal_the_prediction_and_keep_the_users_action(sce
     assert key.animation_data.nla_tracks[0].strips[0].action.name == "Hand keyed"
     cols = {"JAW_OPEN": "jawOpen", "mouth-smile-left": "mouthSmileLeft", "eyeBlink_L": "eyeBlinkLeft",
             "Mouth Funnel": "mouthFunnel"}
-    from lipsync_engine.names import ARKIT_NAMES
+    from lipsync_engine.rig.names import ARKIT_NAMES
     for i in (0, 2, 5):
         scene.frame_set(50 + i)
         for kname, arkit in cols.items():
@@ -138,7 +138,7 @@ def test_drive_character_keys_equal_the_prediction_and_keep_the_users_action(sce
 def test_drive_character_strength_blinks_and_head_motion(scene, blender, tmp_path):
     make_result(tmp_path / "pred", frames=200, seed=3)
     character = sys.modules[blender.__name__ + ".character"]
-    mapping = sys.modules[blender.__name__ + ".mapping"]
+    mapping = sys.modules[blender.__name__ + ".core.mapping"]
     obj = make_character(["jawOpen", "eyeBlinkLeft", "eyeBlinkRight"])
     result = results.read_prediction(tmp_path / "pred")
     track = results.read_coefficients(tmp_path / "pred" / "blendshapes.json")
@@ -163,7 +163,7 @@ def test_drive_character_strength_blinks_and_head_motion(scene, blender, tmp_pat
 def test_head_motion_on_an_armature_bone(scene, blender, tmp_path):
     make_result(tmp_path / "pred", frames=120, seed=5)
     character = sys.modules[blender.__name__ + ".character"]
-    mapping = sys.modules[blender.__name__ + ".mapping"]
+    mapping = sys.modules[blender.__name__ + ".core.mapping"]
     arm = bpy.data.objects.new("Rig", bpy.data.armatures.new("Rig"))
     scene.collection.objects.link(arm)
     bpy.context.view_layer.objects.active = arm

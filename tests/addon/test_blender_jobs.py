@@ -163,7 +163,7 @@ def test_only_one_job_at_a_time(fake_engine, scene, blender, tmp_path):
 
 
 def test_check_engine_reports_versions_of_the_bundled_engine(scene, blender):
-    from lipsync_engine.version import __version__
+    from lipsync_engine.core.version import __version__
 
     assert bpy.ops.lipsync3d.check_engine() == {'FINISHED'}
     info = bpy.context.preferences.addons[blender.__name__].preferences.engine_info

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from blender_addon import results
+from blender_addon.core import results
 from blender_helpers import make_character
 
 bpy = pytest.importorskip("bpy")
@@ -33,7 +33,7 @@ def _setup(scene, tmp_path, model_dir):
 
 @pytest.mark.slow
 def test_live_file_input_records_a_take(scene, blender, trained_demo, tmp_path):
-    from lipsync_engine.synthetic_speech import synthesize_speech
+    from lipsync_engine.demo.speech import synthesize_speech
 
     wav = tmp_path / "mic take.wav"
     x = synthesize_speech(2.5, 16000, seed=5).samples

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from blender_addon import results
+from blender_addon.core import results
 from blender_helpers import (emission_render_setup, engine_to_blender, evaluated_coords, make_character,
                              new_sound_strip, texture_as_emission)
 

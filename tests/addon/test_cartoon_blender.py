@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def _prediction_with_contours(folder, frames=6):
     """A hand-made prediction folder plus vertices.npz, and the real engine's cartoon pass on it."""
-    from lipsync_engine.cartoon import CartoonOptions, cartoon_prediction
+    from lipsync_engine.apps.cartoon import CartoonOptions, cartoon_prediction
 
     data = make_result(folder, frames=frames)
     np.savez(folder / "vertices.npz", vertices=data["vertices"])
@@ -36,7 +36,7 @@ def _module(blender, name):
 
 
 def _head(blender, folder, start):
-    from blender_addon import results
+    from blender_addon.core import results
 
     obj = _module(blender, "importer").import_head(bpy.context, results.read_prediction(folder), start, 'SHAPE_KEYS')
     bpy.context.view_layer.objects.active = obj
@@ -122,7 +122,7 @@ def test_cartoon_operator_runs_the_engine_and_builds_the_line_art(scene, blender
 
 
 def _movie(path, frames=30):
-    from lipsync_engine.videowriter import write_mp4
+    from lipsync_engine.io.videowriter import write_mp4
 
     write_mp4(path, (np.full((64, 64, 3), 8 * k, np.uint8) for k in range(frames)), 25.0,
               (np.zeros(int(48000 * frames / 25), np.float32), 48000))
@@ -162,7 +162,7 @@ def test_dub_operator_command_line_and_vse_placement(fake_engine, scene, blender
 def test_dub_operator_with_the_real_engine(scene, blender, trained_demo, demo_video, tmp_path):
     """One second of new audio on the demo video: the engine dubs it and the VSE shows it."""
     model_dir = trained_demo[0]
-    from lipsync_engine import media
+    from lipsync_engine.io import media
 
     track = media.load_audio(demo_video[0], 16000)
     wav = tmp_path / "line.wav"

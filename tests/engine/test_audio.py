@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from lipsync_engine import audio
-from lipsync_engine.audio import HOP_LENGTH, N_COLUMNS, N_FREQ, SAMPLE_RATE, spectrogram_frames
-from lipsync_engine.synthetic_speech import synthesize_speech
+from lipsync_engine.prepare import audio
+from lipsync_engine.prepare.audio import HOP_LENGTH, N_COLUMNS, N_FREQ, SAMPLE_RATE, spectrogram_frames
+from lipsync_engine.demo.speech import synthesize_speech
 
 NTSC = 30000 / 1001
 

@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from lipsync_engine import blendshapes as bs
-from lipsync_engine import dataset
-from lipsync_engine.blendshapes import (FitOptions, adapt_basis, coefficients_to_vertices, fit_coefficients,
+from lipsync_engine.rig import fitting as bs
+from lipsync_engine.prepare import dataset
+from lipsync_engine.rig.fitting import (FitOptions, adapt_basis, coefficients_to_vertices, fit_coefficients,
                                         fit_speaker, load_rig, segment_breaks)
-from lipsync_engine.names import ARKIT_NAMES
-from lipsync_engine.topology import (CHIN, FOREHEAD_TOP, LOWER_LIP_INNER, MOUTH_CORNER_LEFT, MOUTH_CORNER_RIGHT,
+from lipsync_engine.rig.names import ARKIT_NAMES
+from lipsync_engine.face.topology import (CHIN, FOREHEAD_TOP, LOWER_LIP_INNER, MOUTH_CORNER_LEFT, MOUTH_CORNER_RIGHT,
                                      UPPER_LIP_INNER, load_topology)
 
 NOISE_FRACTION = 0.005      # vertex noise: 0.5% of the face size (forehead-to-chin height)

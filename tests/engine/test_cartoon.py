@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync_engine.cartoon import (FEATURES, CartoonOptions, cartoon_frame, cartoon_prediction, contours,
+from lipsync_engine.apps.cartoon import (FEATURES, CartoonOptions, cartoon_frame, cartoon_prediction, contours,
                                     frontal_view, smooth_polyline, stylize)
-from lipsync_engine.errors import InputError
-from lipsync_engine.topology import load_topology
+from lipsync_engine.core.errors import InputError
+from lipsync_engine.face.topology import load_topology
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def prediction_dir(trained_demo, demo_video, tmp_path_factory):
     """A real `lipsync predict` folder: 2 s of the demo audio at 25 fps (50 frames)."""
-    from lipsync_engine.predict import OutputOptions, PredictOptions, predict_to_folder
+    from lipsync_engine.inference.folder import OutputOptions, predict_to_folder
+    from lipsync_engine.inference.predictor import PredictOptions
 
     out = tmp_path_factory.mktemp("cartoon") / "prediction"
     predict_to_folder(trained_demo[0], demo_video[0], out, PredictOptions(fps=25.0, end_s=2.0),

@@ -97,8 +97,8 @@ def test_out_of_range_options_give_one_line_error(tmp_path):
 
 @pytest.mark.slow
 def test_fit_and_export_commands(prepared_demo, tmp_path):
-    from lipsync_engine.exports import read_livelink_csv, read_rhubarb_json
-    from lipsync_engine.names import ARKIT_NAMES
+    from lipsync_engine.io.exports import read_livelink_csv, read_rhubarb_json
+    from lipsync_engine.rig.names import ARKIT_NAMES
 
     ds, _, truth = prepared_demo
     proc = lipsync("fit", ds.path)

@@ -8,12 +8,13 @@ import pytest
 import soundfile as sf
 from skimage.metrics import structural_similarity
 
-from lipsync_engine import lighting, media
-from lipsync_engine.config import LightingOptions
-from lipsync_engine.dub import DubOptions, dub_video, source_schedule, split_segments
-from lipsync_engine.errors import Cancelled, EngineError, InputError, NoFaceError
-from lipsync_engine.faceblend import FaceFrame, composite, model_assets, relight_lips
-from lipsync_engine.progress import CancelToken
+from lipsync_engine.prepare import lighting
+from lipsync_engine.io import media
+from lipsync_engine.prepare.lighting import LightingOptions
+from lipsync_engine.apps.dub import DubOptions, dub_video, source_schedule, split_segments
+from lipsync_engine.core.errors import Cancelled, EngineError, InputError, NoFaceError
+from lipsync_engine.apps.faceblend import FaceFrame, composite, model_assets, relight_lips
+from lipsync_engine.core.progress import CancelToken
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +79,7 @@ def test_source_schedule_pingpong_and_hold():
 
 def test_pose_smoothing_restarts_at_a_jump_cut(prepared_demo):
     """A face that jumps 30 px between two frames (the anchor clip's edits do) is a new shot."""
-    from lipsync_engine.normalize import detect_cuts
+    from lipsync_engine.prepare.normalize import detect_cuts
 
     lm = np.repeat(np.asarray(prepared_demo[0].landmarks[:1], np.float64), 12, axis=0)
     lm[:, :, 0] += np.arange(12)[:, None] * 1.5                     # steady head motion
@@ -130,9 +131,9 @@ def test_dub_with_its_own_audio_reproduces_the_video(trained_demo, demo_video, t
 def test_dub_with_new_audio_moves_the_mouth_with_it(trained_demo, demo_video, prepared_demo, tmp_path):
     """Different speech (another seed of the synthetic speaker): the mouth in the dubbed video,
     tracked again with MediaPipe, opens and closes with the new audio's known openness."""
-    from lipsync_engine.normalize import mouth_openness
-    from lipsync_engine.synthetic_speech import synthesize_speech
-    from lipsync_engine.tracking import track_frames
+    from lipsync_engine.prepare.normalize import mouth_openness
+    from lipsync_engine.demo.speech import synthesize_speech
+    from lipsync_engine.face.tracking import track_frames
 
     model_dir = trained_demo[0]
     video = demo_video[0]

@@ -6,17 +6,18 @@ import shutil
 import numpy as np
 import pytest
 
-from lipsync_engine import audio, dataset, evaluate
+from lipsync_engine.prepare import audio, dataset
+from lipsync_engine.apps import evaluate
 from lipsync_engine.cli import main
-from lipsync_engine.errors import DatasetError, EngineError
-from lipsync_engine.geometry import CylinderMap
-from lipsync_engine.normalize import mouth_openness
+from lipsync_engine.core.errors import DatasetError, EngineError
+from lipsync_engine.face.geometry import CylinderMap
+from lipsync_engine.prepare.normalize import mouth_openness
 
 CYL = CylinderMap(cx=0.0, cz=-5.0, radius=8.0, k=100.0, u0=128.0, s=12.0, v0=120.0)
 
 
 def _face(rng, n=6):
-    from lipsync_engine.topology import load_topology
+    from lipsync_engine.face.topology import load_topology
 
     base = load_topology().vertices.astype(np.float32)
     return base[None] + rng.normal(0, 0.05, (n, 468, 3)).astype(np.float32)

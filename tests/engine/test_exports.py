@@ -8,11 +8,11 @@ import re
 import numpy as np
 import pytest
 
-from lipsync_engine.errors import InputError
-from lipsync_engine.exports import (frame_timecode, mouth_cues, read_coefficients_json, read_livelink_csv,
+from lipsync_engine.core.errors import InputError
+from lipsync_engine.io.exports import (frame_timecode, mouth_cues, read_coefficients_json, read_livelink_csv,
                                     read_rhubarb_json, timecode_seconds, write_coefficients_json,
                                     write_livelink_csv, write_rhubarb_json, write_rhubarb_tsv)
-from lipsync_engine.names import ARKIT_NAMES
+from lipsync_engine.rig.names import ARKIT_NAMES
 
 # The header of a Live Link Face take, typed here independently of the engine's constant.
 STANDARD_HEADER = (

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from lipsync_engine import geometry as g
-from lipsync_engine.topology import NOSE_TIP, load_topology
+from lipsync_engine.face import geometry as g
+from lipsync_engine.face.topology import NOSE_TIP, load_topology
 
 
 def test_umeyama_recovers_known_similarity(rng):

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync_engine.config import LightingOptions
-from lipsync_engine.lighting import (
+from lipsync_engine.prepare.lighting import LightingOptions
+from lipsync_engine.prepare.lighting import (
     LightingResult,
     denormalize_frame,
     estimate_color_transform,

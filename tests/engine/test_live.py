@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import soundfile
 
-from lipsync_engine import media
-from lipsync_engine.live import LiveOptions, LiveStream
-from lipsync_engine.live_io import FileSource, LiveStats, Sink, run_live, silence_peak
-from lipsync_engine.names import ARKIT_NAMES
-from lipsync_engine.predict import PredictOptions, frame_count, load_predictor
-from lipsync_engine.progress import CancelToken
-from lipsync_engine.synthetic_speech import synthesize_speech
+from lipsync_engine.io import media
+from lipsync_engine.inference.live import LiveOptions, LiveStream
+from lipsync_engine.inference.live_io import FileSource, LiveStats, Sink, run_live, silence_peak
+from lipsync_engine.rig.names import ARKIT_NAMES
+from lipsync_engine.inference.predictor import PredictOptions, frame_count, load_predictor
+from lipsync_engine.core.progress import CancelToken
+from lipsync_engine.demo.speech import synthesize_speech
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,8 +155,8 @@ def test_late_consumer_never_holds_the_engine_back(trained_demo, speech_file):
 
 
 def test_lookahead_spectrograms_and_option(prepared_demo):
-    from lipsync_engine.lookahead import speaker_spectrograms, window_shift_s
-    from lipsync_engine.train import TrainOptions
+    from lipsync_engine.prepare.lookahead import speaker_spectrograms, window_shift_s
+    from lipsync_engine.model.train import TrainOptions
 
     ds = prepared_demo[0]
     assert np.array_equal(speaker_spectrograms(ds.path, 120 - 1e-9), np.asarray(ds.spectrograms))

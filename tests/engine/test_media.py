@@ -9,8 +9,8 @@ import pytest
 import soundfile
 from scipy import signal
 
-from lipsync_engine import media
-from lipsync_engine.errors import EngineError, InputError
+from lipsync_engine.io import media
+from lipsync_engine.core.errors import EngineError, InputError
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255),
            (255, 0, 255), (128, 128, 128), (255, 255, 255), (20, 20, 20), (200, 100, 50)]

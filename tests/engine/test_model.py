@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lipsync_engine.model import (AtlasEncoder, GeometryDecoder, LipSync3D, ModelDimensions,
+from lipsync_engine.model.network import (AtlasEncoder, GeometryDecoder, LipSync3D, ModelDimensions,
                                   preset_dimensions)
 
 TINY = ModelDimensions().scaled(1 / 32)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from lipsync_engine.errors import InputError
-from lipsync_engine.names import (ARKIT_NAMES, LIVELINK_SHAPES, ClassifierPreset, LinearPreset, arkit_index,
+from lipsync_engine.core.errors import InputError
+from lipsync_engine.rig.names import (ARKIT_NAMES, LIVELINK_SHAPES, ClassifierPreset, LinearPreset, arkit_index,
                                   best_preset, convert_coefficients, list_presets, load_mapping_file, load_preset,
                                   match_names, normalize_name, reorder_to_arkit)
 

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from lipsync_engine import geometry
-from lipsync_engine.dataset import segment_breaks
-from lipsync_engine.normalize import detect_cuts, normalize_vertices
-from lipsync_engine.topology import load_topology
+from lipsync_engine.face import geometry
+from lipsync_engine.prepare.dataset import segment_breaks
+from lipsync_engine.prepare.normalize import detect_cuts, normalize_vertices
+from lipsync_engine.face.topology import load_topology
 
 FRAMES = 120
 CUT = 80          # first frame of the second shot

@@ -5,8 +5,8 @@ import struct
 import numpy as np
 import pytest
 
-from lipsync_engine.errors import InputError
-from lipsync_engine.pointcache import (PC2_HEADER, PC2Writer, read_obj, read_pc2, read_pc2_header, write_obj,
+from lipsync_engine.core.errors import InputError
+from lipsync_engine.io.pointcache import (PC2_HEADER, PC2Writer, read_obj, read_pc2, read_pc2_header, write_obj,
                                        write_pc2)
 
 
@@ -84,7 +84,7 @@ def test_blender_reads_the_obj_and_pc2_as_written(tmp_path, rng):
     y-up -> z-up turn goes on the object), and a Mesh Cache modifier (PC2, default axes, Frame
     Start 0) then shows sample f at scene frame f: the convention docs/predict.md gives."""
     import bpy
-    from lipsync_engine.topology import load_topology
+    from lipsync_engine.face.topology import load_topology
 
     topo = load_topology()
     frames = topo.vertices[None] + rng.normal(scale=0.2, size=(4, 468, 3))

@@ -13,12 +13,14 @@ import pytest
 import soundfile
 
 import lipsync_engine
-from lipsync_engine import cli, media
-from lipsync_engine.errors import Cancelled, EngineError, InputError
-from lipsync_engine.normalize import mouth_openness
-from lipsync_engine.predict import (OutputOptions, PredictOptions, compose_atlas, frame_count, load_predictor,
-                                    predict_to_folder, write_outputs)
-from lipsync_engine.progress import CancelToken
+from lipsync_engine import cli
+from lipsync_engine.io import media
+from lipsync_engine.core.errors import Cancelled, EngineError, InputError
+from lipsync_engine.prepare.normalize import mouth_openness
+from lipsync_engine.inference.folder import OutputOptions, predict_to_folder, write_outputs
+from lipsync_engine.inference.predictor import PredictOptions, frame_count, load_predictor
+from lipsync_engine.inference.render import compose_atlas
+from lipsync_engine.core.progress import CancelToken
 
 pytestmark = pytest.mark.slow
 RATE = 16000
@@ -142,10 +144,10 @@ def test_compressed_formats_any_rate_and_channels(model, voice, tmp_path, codec,
 
 
 def test_prediction_folder_reads_back(model, voice, tmp_path, trained_demo):
-    from lipsync_engine.exports import read_coefficients_json, read_livelink_csv, read_rhubarb_json
-    from lipsync_engine.pointcache import read_obj, read_pc2
-    from lipsync_engine.preview import stream_durations
-    from lipsync_engine.render import read_atlas
+    from lipsync_engine.io.exports import read_coefficients_json, read_livelink_csv, read_rhubarb_json
+    from lipsync_engine.io.pointcache import read_obj, read_pc2
+    from lipsync_engine.io.media import stream_durations
+    from lipsync_engine.inference.render import read_atlas
 
     out = tmp_path / "take 1"
     opts = PredictOptions(fps=29.97, end_s=2.5, chunk_frames=16)
@@ -280,7 +282,7 @@ def test_public_api_and_write_outputs(trained_demo, voice, tmp_path):
 
 
 def test_relit_atlases_take_the_reference_lighting(model, voice, trained_demo, tmp_path):
-    from lipsync_engine.render import read_atlas
+    from lipsync_engine.inference.render import read_atlas
 
     out = tmp_path / "lit"
     predict_to_folder(model, voice[0], out, PredictOptions(fps=25.0, end_s=0.4),
@@ -294,7 +296,7 @@ def test_relit_atlases_take_the_reference_lighting(model, voice, trained_demo, t
 
 
 def test_compose_atlas_blends_the_crop_without_a_seam(rng):
-    from lipsync_engine.render import seam_weights
+    from lipsync_engine.inference.render import seam_weights
 
     ref = np.clip(rng.normal(120, 10, size=(256, 256, 3)), 0, 255).astype(np.uint8)
     box = {"row": 100, "col": 64}
@@ -317,8 +319,8 @@ def test_compose_atlas_blends_the_crop_without_a_seam(rng):
 def test_render_samples_the_atlas_at_each_vertex(trained_demo, rng):
     """Known values: without shading, the pixel under a vertex shows the atlas at that vertex's
     cylinder coordinates; back faces are culled and the background is kept."""
-    from lipsync_engine.render import BACKGROUND, HeadRenderer, frontal_camera
-    from lipsync_engine.topology import load_topology
+    from lipsync_engine.inference.render import BACKGROUND, HeadRenderer, frontal_camera
+    from lipsync_engine.face.topology import load_topology
 
     model = load_predictor(trained_demo[0], "cpu")
     atlas = np.zeros((256, 256, 3), np.uint8)

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from lipsync_engine import dataset, geometry, normalize
-from lipsync_engine.errors import Cancelled, EngineError
-from lipsync_engine.prepare import PrepareOptions, prepare_speaker
-from lipsync_engine.progress import CancelToken
-from lipsync_engine.topology import load_topology
-from lipsync_engine.warp import Raster
+from lipsync_engine.prepare import dataset, normalize
+from lipsync_engine.face import geometry
+from lipsync_engine.core.errors import Cancelled, EngineError
+from lipsync_engine.prepare.pipeline import PrepareOptions, prepare_speaker
+from lipsync_engine.core.progress import CancelToken
+from lipsync_engine.face.topology import load_topology
+from lipsync_engine.face.warp import Raster
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +83,7 @@ def test_skin_registration_undoes_a_texture_slide_and_leaves_the_lips(prepared_d
     """A 2 px texture slide on the skin is registered back; lips away from the skin stay as they were."""
     import cv2
 
-    from lipsync_engine.config import LightingOptions
+    from lipsync_engine.prepare.lighting import LightingOptions
 
     ds, _, _ = prepared_demo
     topo = load_topology()

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lipsync_engine import audio, media, tts
-from lipsync_engine.errors import InputError
-from lipsync_engine.normalize import mouth_openness
+from lipsync_engine.io import media, tts
+from lipsync_engine.prepare import audio
+from lipsync_engine.core.errors import InputError
+from lipsync_engine.prepare.normalize import mouth_openness
 
 ROOT = Path(__file__).resolve().parents[2]
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it rests for a while."

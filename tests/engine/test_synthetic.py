@@ -8,10 +8,10 @@ import av
 import numpy as np
 import pytest
 
-from lipsync_engine import synthetic
-from lipsync_engine.errors import InputError
-from lipsync_engine.geometry import euler_to_rotation
-from lipsync_engine.topology import CHIN, FOREHEAD_TOP, LOWER_LIP_INNER, UPPER_LIP_INNER, load_topology
+from lipsync_engine.demo import video as synthetic
+from lipsync_engine.core.errors import InputError
+from lipsync_engine.face.geometry import euler_to_rotation
+from lipsync_engine.face.topology import CHIN, FOREHEAD_TOP, LOWER_LIP_INNER, UPPER_LIP_INNER, load_topology
 
 DURATION_S = 3.0
 FPS = 25.0
@@ -21,7 +21,7 @@ SEED = 3
 def _decoded_frames(path):
     """Frames with .index, .time_s, .image (RGB), through the engine's reader if it exists."""
     try:
-        from lipsync_engine.media import iter_video_frames
+        from lipsync_engine.io.media import iter_video_frames
     except ImportError:
         with av.open(str(path)) as c:
             return [SimpleNamespace(index=k, time_s=float(f.time), image=f.to_ndarray(format="rgb24"))
@@ -41,7 +41,7 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tracked(demo):
-    from lipsync_engine.tracking import track_frames
+    from lipsync_engine.face.tracking import track_frames
 
     return track_frames(_decoded_frames(demo[0]))
 

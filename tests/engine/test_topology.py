@@ -1,6 +1,6 @@
 import numpy as np
 
-from lipsync_engine.topology import load_topology
+from lipsync_engine.face.topology import load_topology
 
 
 def test_canonical_mesh_is_an_oriented_disc():

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync_engine.synthetic import base_image
-from lipsync_engine.tracking import frame_ranges, track_frames
+from lipsync_engine.demo.video import base_image
+from lipsync_engine.face.tracking import frame_ranges, track_frames
 
 pytestmark = pytest.mark.slow
 

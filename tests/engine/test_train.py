@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lipsync_engine.errors import Cancelled, EngineError
-from lipsync_engine.model import ModelDimensions
-from lipsync_engine.progress import CancelToken
-from lipsync_engine.train import RECIPES, TrainOptions, load_model, recipe_options, ssim, train_speaker
+from lipsync_engine.core.errors import Cancelled, EngineError
+from lipsync_engine.model.network import ModelDimensions
+from lipsync_engine.core.progress import CancelToken
+from lipsync_engine.model.checkpoint import load_model
+from lipsync_engine.model.losses import ssim
+from lipsync_engine.model.train import RECIPES, TrainOptions, recipe_options, train_speaker
 
 pytestmark = pytest.mark.slow
 TINY = ModelDimensions().scaled(1 / 32)
@@ -26,7 +28,7 @@ def test_ssim_known_values():
 
 def test_training_learns_mouth_motion_from_audio(prepared_demo, tmp_path):
     """12 epochs of a 1/32-width model: the loss falls and predicted mouth opening follows the video."""
-    from lipsync_engine.normalize import mouth_openness
+    from lipsync_engine.prepare.normalize import mouth_openness
 
     ds, _, _ = prepared_demo
     opts = recipe_options("fast", epochs=12, batch_size=16, seed=1)
@@ -167,8 +169,8 @@ def test_memory_mapped_batches_and_bf16_autocast(prepared_demo, tmp_path):
 
 
 def test_cosine_schedule_and_the_atlas_encoder_learning_rate():
-    from lipsync_engine.model import LipSync3D
-    from lipsync_engine.train import COSINE_FLOOR, _optimizer, _set_learning_rate
+    from lipsync_engine.model.network import LipSync3D
+    from lipsync_engine.model.train import COSINE_FLOOR, _optimizer, _set_learning_rate
 
     opts = TrainOptions(epochs=5, learning_rate=1e-3, lr_schedule="cosine", atlas_lr_scale=0.1)
     optimizer = _optimizer(LipSync3D(TINY), opts)
@@ -189,8 +191,8 @@ def test_cosine_schedule_and_the_atlas_encoder_learning_rate():
 
 
 def test_lip_weight_weights_the_lip_loops_of_the_vertex_loss():
-    from lipsync_engine.topology import load_topology
-    from lipsync_engine.train import _vertex_weights
+    from lipsync_engine.face.topology import load_topology
+    from lipsync_engine.model.train import _vertex_weights
 
     topo = load_topology()
     w = _vertex_weights(10.0).numpy()

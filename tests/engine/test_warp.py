@@ -2,9 +2,9 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync_engine import warp
-from lipsync_engine.geometry import reference_cylinder
-from lipsync_engine.topology import NOSE_TIP, load_topology
+from lipsync_engine.face import warp
+from lipsync_engine.face.geometry import reference_cylinder
+from lipsync_engine.face.topology import NOSE_TIP, load_topology
 
 
 def _grid_mesh(n=9, size=200.0):

@@ -1,0 +1,1 @@
+../../lipsync_engine/core/interop.py

@@ -1,0 +1,1 @@
+"""The built-in demo: a synthetic talking-face video with known truth, and synthetic speech."""

@@ -1,0 +1,180 @@
+"""The model folder (`lipsync train`'s output): its format, writing it, reading it, and the device.
+
+Layout of MODEL_DIR (format "lipsync3d-model", version 1):
+
+    config.json                     format, dims, options, spectrogram scale, fps, lip box, cylinder,
+                                    split, history (written last)
+    model.safetensors               the network's weights ("model.*"), reference_vertices (468, 3),
+                                    reference_lips (3, 128, 128) in [-1, 1]; no pickle
+    train_state.pt                  optimizer and RNG states for --resume (weights_only torch.save)
+    loss_curve.png                  the loss curve
+    reference_atlas.png             copied from the speaker folder, so that a model folder is
+    reference_atlas_normalized.png  self-contained (predicting needs no speaker folder)
+
+Owns: every read and write of those files, and pick_device. Must not: train (train.py) or
+predict (inference/). Torch is imported only by the functions that need it, so reading a
+model's config, reference face and atlases (dubbing workers, evaluation) stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..core import storage
+from ..core.errors import EngineError
+from ..core.version import __version__
+from ..face.geometry import ATLAS_SIZE
+
+MODEL_FORMAT = "lipsync3d-model"
+MODEL_FORMAT_VERSION = 1
+WEIGHTS, CONFIG, STATE, CURVE = "model.safetensors", "config.json", "train_state.pt", "loss_curve.png"
+# copied from the speaker directory so that a model directory is self-contained (predict needs no speaker)
+REFERENCE_FILES = ("reference_atlas.png", "reference_atlas_normalized.png")
+
+
+def pick_device(name: str):
+    """torch.device of a device name: "auto" is CUDA, then MPS, then CPU."""
+    import torch
+
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def config_header() -> dict:
+    """The first keys of every config.json: format, format_version, engine_version."""
+    return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "engine_version": __version__}
+
+
+def holds_model(model_dir: Path | str) -> bool:
+    """True if MODEL_DIR already holds a (possibly partial) model: its config.json exists."""
+    return (Path(model_dir) / CONFIG).is_file()
+
+
+def read_config(model_dir: Path | str) -> dict:
+    """config.json of MODEL_DIR, checked for format and version (EngineError naming the file)."""
+    return storage.read_versioned_json(Path(model_dir) / CONFIG, MODEL_FORMAT, MODEL_FORMAT_VERSION,
+                                       "LipSync3D model")
+
+
+def read_reference_vertices(model_dir: Path | str) -> np.ndarray:
+    """(468, 3) float64 normalized reference face of MODEL_DIR, without torch."""
+    from safetensors.numpy import load_file
+
+    root = Path(model_dir)
+    try:
+        ref = load_file(str(root / WEIGHTS))["reference_vertices"]
+    except (OSError, KeyError, ValueError) as e:
+        raise EngineError(f"{root / WEIGHTS}: missing or unreadable model weights ({e})") from e
+    return np.asarray(ref, np.float64)
+
+
+def read_reference_atlas(model_dir: Path | str, normalized: bool = True) -> np.ndarray:
+    """(256, 256, 3) uint8 RGB reference atlas of MODEL_DIR (lighting-normalized or raw);
+    EngineError naming the file if it is missing or not a 256x256 image."""
+    import cv2
+
+    path = Path(model_dir) / REFERENCE_FILES[1 if normalized else 0]
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape != (ATLAS_SIZE, ATLAS_SIZE, 3):
+        raise EngineError(f"{path}: missing, unreadable or not a {ATLAS_SIZE}x{ATLAS_SIZE} atlas")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def copy_reference_files(sources: tuple[Path, Path], model_dir: Path) -> None:
+    """The speaker's (raw, normalized) reference atlas files into MODEL_DIR, atomically."""
+    import shutil
+
+    for src, name in zip(sources, REFERENCE_FILES):
+        with storage.atomic_path(Path(model_dir) / name) as tmp:
+            shutil.copyfile(src, tmp)
+
+
+def check_reference_files(model_dir: Path) -> None:
+    """EngineError if MODEL_DIR lacks a reference atlas file."""
+    for name in REFERENCE_FILES:
+        if not (Path(model_dir) / name).is_file():
+            raise EngineError(f"{model_dir}: incomplete model directory, {name} is missing")
+
+
+def save_checkpoint(out: Path, model, optimizer, config: dict, reference_vertices, reference_lips,
+                    rng: dict | None = None) -> None:
+    """Weights (safetensors: no pickle) + config, then the resumable training state; all atomic.
+
+    model : a LipSync3D; reference_vertices (468, 3) and reference_lips (3, 128, 128) tensors.
+    rng : {"generator": ByteTensor, "torch": ByteTensor} so that a resumed run draws the same
+    shuffles, teacher-forcing zeros and dropout masks as an uninterrupted one.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors["reference_vertices"] = reference_vertices.contiguous()
+    tensors["reference_lips"] = reference_lips.contiguous()
+    with storage.atomic_path(out / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    with storage.atomic_path(out / STATE) as tmp:
+        torch.save({"optimizer": optimizer.state_dict(), "epochs_done": config["epochs_done"],
+                    "history": config["history"], **(rng or {})}, tmp)
+    storage.write_json(out / CONFIG, config)
+
+
+def _load_weights(path: Path, device: str) -> dict:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise EngineError(f"{path.parent}: incomplete model directory, {path.name} is missing")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise EngineError(f"{path}: corrupted or not a safetensors weights file ({type(e).__name__}: {e})") from e
+
+
+def load_model(model_dir: Path, device: str = "cpu") -> tuple:
+    """(model in eval mode, config, extra tensors) from MODEL_DIR; never unpickles.
+
+    Raises EngineError naming the file for a missing, foreign, newer or damaged model.
+    """
+    from .network import LipSync3D, ModelDimensions
+
+    root = Path(model_dir)
+    if root.is_file():
+        raise EngineError(f"{root}: is a file, not a model directory (one made by `lipsync train`)")
+    config = read_config(root)
+    try:
+        dims = ModelDimensions.from_dict(config["dims"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise EngineError(f"{root / CONFIG}: damaged model config ({type(e).__name__}: {e})") from e
+    tensors = _load_weights(root / WEIGHTS, device)
+    model = LipSync3D(dims).to(device)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    except RuntimeError as e:
+        raise EngineError(f"{root / WEIGHTS}: weights do not fit the network in {CONFIG} "
+                          f"({str(e).splitlines()[0]})") from e
+    for name in ("reference_vertices", "reference_lips"):
+        if name not in tensors:
+            raise EngineError(f"{root / WEIGHTS}: the {name} tensor is missing")
+    model.eval()
+    return model, config, {k: v for k, v in tensors.items() if not k.startswith("model.")}
+
+
+def load_train_state(model_dir: Path, device) -> dict:
+    """train_state.pt of MODEL_DIR (weights_only): optimizer, epochs_done, history, RNG states."""
+    import torch
+
+    path = Path(model_dir) / STATE
+    try:
+        return torch.load(path, weights_only=True, map_location=device)
+    except FileNotFoundError as e:
+        raise EngineError(f"{path.parent}: cannot resume, {path.name} is missing") from e
+    except Exception as e:  # a truncated or foreign file: torch raises several error types
+        raise EngineError(f"{path}: cannot resume, the training state is damaged ({type(e).__name__})") from e
+
+

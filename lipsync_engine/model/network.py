@@ -1,0 +1,266 @@
+"""The LipSync3D network (paper Section 3.2 and Appendix G), as torch modules.
+
+Owns: the shared audio encoder, the geometry, texture and blendshape decoders, the
+auto-regressive atlas encoder, their dimensions (ModelDimensions, stored in every
+checkpoint) and the width presets, and the one auto-regressive loop that runs the texture
+decoder frame after frame on its own output (autoregressive_lips: prediction and
+evaluation both use it, as nanoGPT's model.py holds generate()). Must not: load data,
+train, or read files.
+
+Shapes (B = batch):
+    spectrogram (B, 256, 24, 2)  -> audio code (B, N_s)                     # N_s = 32
+    previous lip atlas (B, 3, 128, 128) in [-1, 1] -> atlas code (B, N_a)   # N_a = 2
+    audio code -> vertex deltas (B, 468, 3); [audio code, atlas code] -> lip atlas delta
+    (B, 3, 128, 128) in [-1, 1] (tanh); audio code -> blendshape coefficients (B, 52)
+
+Channel counts of the audio encoder are not in the paper; they follow the network it cites
+([19] Karras et al. 2017: 72, 108, 162, 243, 256 filters in the formant layers and 256 in
+the articulation layers). Everything else is as published (Table 4, Table 5, Section 3.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..face.geometry import LIP_SIZE
+
+N_FREQ, N_COLUMNS = 256, 24   # spectrogram frequencies x columns per frame (audio.py)
+N_VERTICES = 468
+N_BLENDSHAPES = 52
+LEAKY_SLOPE = 0.2             # leaky ReLU slope of the audio encoder
+
+
+@dataclass(frozen=True)
+class ModelDimensions:
+    """Everything needed to rebuild the network; saved in every checkpoint."""
+
+    audio_code: int = 32                                        # N_s (paper, Appendix F.2)
+    atlas_code: int = 2                                         # N_a (paper, Appendix F.1); 0 = no AR
+    freq_channels: tuple[int, ...] = (72, 108, 162, 243, 256, 256)   # 6 convs 3x1 stride 2x1
+    time_channels: tuple[int, ...] = (256, 256, 256, 256, 256, 256)  # 6 convs 1x3 stride 1x2
+    geometry_hidden: int = 150                                  # FC 150, dropout, FC 1404
+    geometry_dropout: float = 0.2
+    texture_channels: tuple[int, ...] = (1024, 512, 256, 128, 64)   # Table 4 (4x4x1024 start)
+    atlas_channels: tuple[int, ...] = (128, 256, 512, 1024, 2048)   # Table 5
+    n_vertices: int = N_VERTICES
+    n_blendshapes: int = N_BLENDSHAPES
+
+    def __post_init__(self) -> None:
+        if len(self.freq_channels) != 6 or len(self.time_channels) != 6:
+            raise ValueError("the audio encoder has 6 frequency and 6 time convolutions")
+        if len(self.texture_channels) != 5 or len(self.atlas_channels) != 5:
+            raise ValueError("texture decoder and atlas encoder have 5 convolution stages (Tables 4, 5)")
+
+    def scaled(self, width: float) -> "ModelDimensions":
+        """The same network with every convolution's channels multiplied by `width`."""
+        def s(ch):
+            return tuple(max(4, int(round(c * width))) for c in ch)
+        return replace(self, freq_channels=s(self.freq_channels), time_channels=s(self.time_channels),
+                       texture_channels=s(self.texture_channels), atlas_channels=s(self.atlas_channels))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelDimensions":
+        d = dict(d)
+        for k in ("freq_channels", "time_channels", "texture_channels", "atlas_channels"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+
+PRESETS = {"paper": 1.0, "cpu": 0.125}  # cpu: 0.2 s per 32-frame step here (benchmarks/bench_model.py)
+
+
+def preset_dimensions(name: str) -> ModelDimensions:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return ModelDimensions().scaled(PRESETS[name])
+
+
+class AudioEncoder(nn.Module):
+    """(B, 256, 24, 2) complex spectrogram -> (B, N_s): 6 convs over frequency, 6 over time."""
+
+    def __init__(self, dims: ModelDimensions):
+        super().__init__()
+        layers, c_in = [], 2
+        for c in dims.freq_channels:
+            layers += [nn.Conv2d(c_in, c, (3, 1), (2, 1), (1, 0)), nn.LeakyReLU(LEAKY_SLOPE)]
+            c_in = c
+        for c in dims.time_channels:
+            layers += [nn.Conv2d(c_in, c, (1, 3), (1, 2), (0, 1)), nn.LeakyReLU(LEAKY_SLOPE)]
+            c_in = c
+        self.convs = nn.Sequential(*layers)
+        freq, time = N_FREQ // 2 ** 6, 1  # 256 -> 4; 24 -> 12 -> 6 -> 3 -> 2 -> 1 -> 1
+        self.fc = nn.Linear(c_in * freq * time, dims.audio_code)
+
+    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        if spectrogram.shape[1:] != (N_FREQ, N_COLUMNS, 2):
+            raise ValueError(f"spectrogram must be (B, {N_FREQ}, {N_COLUMNS}, 2), got {tuple(spectrogram.shape)}")
+        x = self.convs(spectrogram.permute(0, 3, 1, 2))  # (B, 2, F, T) -> (B, C, 4, 1)
+        return self.fc(x.flatten(1))
+
+
+class GeometryDecoder(nn.Module):
+    """Audio code -> vertex deltas (B, 468, 3); linear layers, last one initialised from PCA."""
+
+    def __init__(self, dims: ModelDimensions):
+        super().__init__()
+        self.hidden = nn.Linear(dims.audio_code, dims.geometry_hidden)
+        self.dropout = nn.Dropout(dims.geometry_dropout)
+        self.out = nn.Linear(dims.geometry_hidden, dims.n_vertices * 3)
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(self.hidden(code))).view(code.shape[0], -1, 3)
+
+    @torch.no_grad()
+    def init_from_pca(self, deltas: torch.Tensor) -> torch.Tensor:
+        """Set the last layer to the PCA of training deltas (N, 468, 3): bias = mean, weight
+        columns = principal directions scaled by their standard deviations. Returns the
+        explained-variance fraction of the kept components."""
+        x = deltas.reshape(len(deltas), -1).double()
+        mean = x.mean(0)
+        u, s, vt = torch.linalg.svd(x - mean, full_matrices=False)
+        k = min(self.out.in_features, vt.shape[0])
+        std = s[:k] / max(len(x) - 1, 1) ** 0.5
+        weight = torch.zeros_like(self.out.weight, dtype=torch.float64)
+        weight[:, :k] = (vt[:k] * std[:, None]).T
+        self.out.weight.copy_(weight)
+        self.out.bias.copy_(mean)
+        return (s[:k] ** 2).sum() / (s ** 2).sum().clamp_min(1e-12)
+
+
+class TextureDecoder(nn.Module):
+    """[audio code, atlas code] -> lip atlas delta (B, 3, 128, 128) in [-1, 1] (Table 4)."""
+
+    def __init__(self, dims: ModelDimensions):
+        super().__init__()
+        ch = dims.texture_channels
+        self.start = ch[0]
+        self.fc = nn.Sequential(nn.Linear(dims.audio_code + dims.atlas_code, 4 * 4 * ch[0]), nn.ReLU())
+        blocks = []
+        for c_in, c_out in zip(ch[:-1], ch[1:]):
+            blocks += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                       nn.Conv2d(c_in, c_out, 3, 1, 1), nn.ReLU()]
+        blocks += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                   nn.Conv2d(ch[-1], 3, 5, 1, 2), nn.Tanh()]
+        self.convs = nn.Sequential(*blocks)
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        x = self.fc(code).view(code.shape[0], self.start, 4, 4)          # (B, 1024, 4, 4)
+        return self.convs(x)                                             # (B, 3, 128, 128)
+
+
+class AtlasEncoder(nn.Module):
+    """Previous lip atlas (B, 3, 128, 128) -> (B, N_a) in [-1, 1] (Table 5)."""
+
+    def __init__(self, dims: ModelDimensions):
+        super().__init__()
+        layers, c_in = [], 3
+        for c in dims.atlas_channels:
+            layers += [nn.Conv2d(c_in, c, 5, 2, 2), nn.ReLU()]
+            c_in = c
+        self.convs = nn.Sequential(*layers)
+        self.fc = nn.Sequential(nn.Linear(c_in * 4 * 4, dims.atlas_code), nn.Tanh())
+
+    def forward(self, atlas: torch.Tensor) -> torch.Tensor:
+        if atlas.shape[1:] != (3, LIP_SIZE, LIP_SIZE):
+            raise ValueError(f"previous atlas must be (B, 3, {LIP_SIZE}, {LIP_SIZE}), got {tuple(atlas.shape)}")
+        return self.fc(self.convs(atlas).flatten(1))
+
+
+class LipSync3D(nn.Module):
+    """The joint model of Figure 2: shared audio encoder, three decoders, optional AR encoder."""
+
+    def __init__(self, dims: ModelDimensions):
+        super().__init__()
+        self.dims = dims
+        self.audio = AudioEncoder(dims)
+        self.geometry = GeometryDecoder(dims)
+        self.texture = TextureDecoder(dims)
+        self.blendshapes = nn.Linear(dims.audio_code, dims.n_blendshapes)
+        self.atlas = AtlasEncoder(dims) if dims.atlas_code > 0 else None
+
+    def forward(self, spectrogram: torch.Tensor, previous_atlas: torch.Tensor | None = None) -> dict:
+        """Returns {"vertex_deltas" (B,468,3), "atlas_delta" (B,3,128,128), "blendshapes" (B,52)}.
+
+        previous_atlas : (B, 3, 128, 128) in [-1, 1], or None for zeros (the first frame).
+        """
+        code = self.audio(spectrogram)                                   # (B, N_s)
+        if self.atlas is not None:
+            if previous_atlas is None:
+                previous_atlas = spectrogram.new_zeros(len(code), 3, LIP_SIZE, LIP_SIZE)
+            code_tex = torch.cat([code, self.atlas(previous_atlas)], dim=1)  # (B, N_s + N_a)
+        else:
+            code_tex = code
+        return {"vertex_deltas": self.geometry(code), "atlas_delta": self.texture(code_tex),
+                "blendshapes": self.blendshapes(code)}
+
+
+def lips_to_uint8(lips: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 128, 128) in [-1, 1] -> (B, 128, 128, 3) uint8 on the same device (the inverse of
+    training's x / 127.5 - 1)."""
+    return ((lips.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+@torch.no_grad()
+def autoregressive_lips(model: LipSync3D, codes: torch.Tensor, reference: torch.Tensor,
+                        starts: np.ndarray | None = None, weight: np.ndarray | None = None,
+                        previous: torch.Tensor | None = None,
+                        on_step: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lip crops frame after frame, each frame's atlas encoder fed the previous frame's shown crop.
+
+    codes : (N, N_s) audio codes (model.audio). reference : (1, 3, 128, 128) reference lips in
+    [-1, 1]. starts : (S,) rows where a segment starts (default [0]); a segment runs to the next
+    start, its first frame is fed zeros (or `previous`, with one segment), and all segments
+    advance together, one batched step per frame. weight : (N,) in [0, 1] or None (all 1): shown
+    = w lips + (1 - w) reference, and w = 0 shows the reference without running the decoder.
+    previous : (1, 3, 128, 128) shown crop before row 0 (a stream predicted in chunks), or None.
+    on_step(step, rows) after each step. A model without an atlas encoder runs in one batch.
+
+    Returns (lips (N, 128, 128, 3) uint8 on codes' device, the last step's shown crops (B, 3, 128, 128)).
+    """
+    n = len(codes)
+    starts = np.zeros(1, np.int64) if starts is None else np.asarray(starts, np.int64)
+    weight = None if weight is None else np.asarray(weight, np.float32)
+    if model.atlas is None or n == 0:                           # no feedback: one batch
+        shown = (reference + model.texture(codes)).clamp(-1, 1)
+        if weight is not None:
+            w = torch.from_numpy(weight).to(codes.device)[:, None, None, None]
+            shown = w * shown + (1 - w) * reference
+        if on_step is not None and n:
+            on_step(0, n)
+        return lips_to_uint8(shown), (shown[-1:] if n else previous)
+    make = torch.zeros if len(starts) == 0 or starts[0] != 0 else torch.empty
+    out = make((n, LIP_SIZE, LIP_SIZE, 3), dtype=torch.uint8, device=codes.device)
+    lengths = np.append(starts[1:], n) - starts
+    single = len(starts) == 1
+    shown, shown_alive = (previous if single else None), None
+    for k in range(int(lengths.max()) if len(lengths) else 0):
+        alive = k < lengths
+        rows = slice(starts[0] + k, starts[0] + k + 1) if single else starts[alive] + k
+        m = 1 if single else len(rows)
+        w = None if weight is None else weight[rows]
+        if w is not None and not w.any():                       # silence: the reference, no decoder
+            shown = reference.expand(m, -1, -1, -1)
+        else:
+            if shown is None:
+                prev = torch.zeros((m, *reference.shape[1:]), dtype=reference.dtype, device=reference.device)
+            else:
+                prev = shown if single else shown[torch.from_numpy(alive[shown_alive])]
+            index = rows if single else torch.from_numpy(rows)
+            tex = model.texture(torch.cat([codes[index], model.atlas(prev)], dim=1))
+            shown = (reference + tex).clamp(-1, 1)
+            if w is not None and (w != 1).any():
+                wt = torch.from_numpy(w).to(codes.device)[:, None, None, None]
+                shown = wt * shown + (1 - wt) * reference
+        out[rows if single else torch.from_numpy(rows)] = lips_to_uint8(shown)
+        shown_alive = alive
+        if on_step is not None:
+            on_step(k, m)
+    return out, shown

@@ -1,0 +1,619 @@
+"""`lipsync prepare`: one or more takes of one speaker -> a prepared speaker directory.
+
+Owns the order of the work of Section 3.1 and its bookkeeping: stage 1 tracks every take
+(decode + MediaPipe + audio) into a shard; the reference frame, normalized space and
+reference atlas follow; stage 2 unrolls and lighting-normalizes every usable frame in
+chunks on worker processes; the last stage assembles the shards into the files of
+dataset.py and writes meta.json last. Shards live in SPEAKER_DIR/.work and are written
+atomically, so an interrupted run resumes where it stopped and never leaves a half-written
+file. Must not: contain the algorithms themselves (normalize.py, lighting.py, audio.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from . import audio, dataset, normalize
+from ..face import geometry
+from ..core import jobs, storage
+from ..io import media
+from .lighting import LightingOptions
+from ..core.errors import InputError, NoFaceError, OutputExists
+from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..face.tracking import frame_ranges, track_frames
+from ..core.version import __version__
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm", ".m4v", ".wmv", ".flv"}
+WORK = ".work"
+TRACK_SHARD_VERSION = 1
+ATLAS_SHARD_VERSION = 1
+TRACK_TASKS_PER_WORKER = 25  # takes a tracking worker handles before it is replaced (see _Run.track)
+SPECTROGRAM_BLOCK = 512  # frames of spectrograms computed and written at a time (25 MB)
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    lighting: LightingOptions = field(default_factory=LightingOptions)  # Section 3.1.2 settings
+    workers: int = 2                 # worker processes for tracking and atlases (1 = this process)
+    chunk_frames: int = 250          # fewest frames per atlas job (a take is spread over the workers)
+    max_chunk_frames: int = 1000     # most frames per atlas job: what an interrupted run may redo
+    min_usable_fraction: float = 0.5  # refuse a take where fewer frames than this hold one face
+    reference: tuple[int, int] | None = None  # force the reference frame: (take, frame number)
+    pose_smoothing_s: float = 0.06   # Gaussian sigma (seconds) of per-frame pose smoothing, 0 = off
+    report: bool = True              # write SPEAKER_DIR/report
+    reference_speaker: str | None = None  # reuse this speaker directory's normalized space (held-out videos)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if not 1 <= self.chunk_frames <= self.max_chunk_frames:
+            raise ValueError(f"need 1 <= chunk_frames <= max_chunk_frames, got {self.chunk_frames}, "
+                             f"{self.max_chunk_frames}")
+        if self.pose_smoothing_s < 0:
+            raise ValueError(f"pose_smoothing_s must be >= 0, got {self.pose_smoothing_s}")
+        if not 0.0 <= self.min_usable_fraction <= 1.0:
+            raise ValueError(f"min_usable_fraction must be in [0, 1], got {self.min_usable_fraction}")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    path: Path
+    frames: int                  # usable frames in the dataset
+    takes: int
+    excluded: tuple[str, ...]    # one line per take with excluded frames
+    reference: tuple[int, int]   # (take, frame number)
+    skipped: bool                # True when the directory was already complete for these inputs
+    seconds: float
+    cuts: tuple[str, ...] = ()   # one line per take with jump cuts (an edited take)
+
+
+def collect_videos(inputs: Sequence[Path | str]) -> list[Path]:
+    """Files as given, folders expanded to their video files (sorted); duplicates dropped."""
+    out: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+            if not found:
+                raise InputError(f"{item}: folder holds no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
+            out.extend(found)
+        elif not item.exists():
+            raise InputError(f"{item}: no such file or folder")
+        else:
+            out.append(item)
+    seen, unique = set(), []
+    for p in out:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _take_fingerprint(path: Path) -> str:
+    st = path.stat()
+    return _fingerprint(str(path.resolve()), st.st_size, st.st_mtime_ns, TRACK_SHARD_VERSION)
+
+
+# ---------------------------------------------------------------- typed state
+
+@dataclass
+class Take:
+    """One input video as prepare works through it; the stages fill it in, in this order."""
+
+    path: Path                          # the video
+    info: media.MediaInfo               # its probe
+    fingerprint: str                    # of the file (path, size, mtime): a changed file is tracked again
+    shard: Path                         # .work/track_K.npz, the tracking result on disk
+    track: dict | None = None           # that shard's arrays: landmarks, face_count, times, audio, ...
+    usable: np.ndarray | None = None    # (U,) frame numbers with one usable face
+    excluded: str = ""                  # why the other frames were left out (for the report)
+    cuts: np.ndarray | None = None      # (U,) bool: usable frames that start a new shot
+    vertices: np.ndarray | None = None  # (U, 468, 3) normalized vertices
+    pose: list | None = None            # [scale (U,), rotation (U, 3, 3), translation (U, 3)]
+
+
+@dataclass(frozen=True)
+class TrackJob:
+    """Worker payload: track one take and load its audio into one shard."""
+
+    path: str           # the video
+    out: str            # the shard (.npz) to write
+    fingerprint: str    # stored in the shard, so that a resumed run can trust it
+
+
+@dataclass(frozen=True)
+class AtlasJob:
+    """Worker payload: the texture atlases of a chunk of one take's usable frames."""
+
+    take: int                   # index of the take
+    path: str                   # its video
+    out: str                    # the chunk folder to write
+    fingerprint: str            # of the take, the reference and the frames: a stale chunk is redone
+    frames: np.ndarray          # (n,) frame numbers, increasing
+    start_s: float              # where decoding seeks to
+    landmarks: np.ndarray       # (n, 468, 3) tracked landmarks of those frames
+    vertices: np.ndarray        # (n, 468, 3) their normalized vertices
+    norm: object                # normalize.PoseNormalization
+    lighting: LightingOptions
+    reference: np.ndarray       # the builder's reference atlas (float, with its mask)
+    sample_frames: set          # frames whose atlas samples go into the report
+
+
+# ---------------------------------------------------------------- stage 1: tracking
+
+def _track_job(job: TrackJob) -> None:
+    """Worker: decode + track one take, load its audio, write .work/track_K.npz."""
+    path, out = Path(job.path), Path(job.out)
+    progress = jobs.FrameReporter()
+    track = track_frames(media.iter_video_frames(path), on_frame=progress)
+    progress.finish(len(track.times_s))
+    if len(track.times_s) == 0:
+        raise InputError(f"{path.name}: the video has no frames")
+    sound = media.load_audio(path, sample_rate=audio.SAMPLE_RATE)
+    storage.save_npz(out, landmarks=track.landmarks, face_count=track.face_count,
+                     times=track.times_s, size=np.asarray(track.size), audio=sound.samples,
+                     audio_offset=np.float64(sound.start_offset_s), fingerprint=np.str_(job.fingerprint))
+
+
+def _load_track(path: Path, fingerprint: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            if str(z["fingerprint"]) != fingerprint:
+                return None
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# ---------------------------------------------------------------- stage 2: atlases
+
+def _atlas_job(job: AtlasJob) -> None:
+    """Worker: atlases of the usable frames job['frames'] of one take into a chunk directory."""
+    norm = job.norm
+    builder = normalize.AtlasBuilder(norm, job.lighting)
+    builder.reference = job.reference
+    frames = job.frames
+    wanted = {int(f): i for i, f in enumerate(frames)}
+    n = len(frames)
+    box_r, box_c = norm.lip_box
+    with storage.atomic_path(Path(job.out)) as tmp:
+        tmp.mkdir()
+        atlas = np.lib.format.open_memmap(tmp / "atlas.npy", "w+", np.uint8, (n, 256, 256, 3))
+        gain = np.zeros((n, 64, 64), np.float16)
+        color = np.zeros((n, 2, 3), np.float32)
+        samples = {}
+        seen = 0
+        for frame in media.iter_video_frames(Path(job.path), start_s=job.start_s):
+            i = wanted.get(frame.index)
+            if i is None:
+                if frame.index > frames[-1]:
+                    break
+                continue
+            fa = builder.frame(frame.image, job.landmarks[i], job.vertices[i])
+            atlas[i], gain[i], color[i] = fa.normalized, fa.gain, fa.color
+            if frame.index in job.sample_frames:
+                samples.update(_sample(f"{job['take']}_{frame.index}", frame.image, fa))
+            seen += 1
+            jobs.report(1)
+            jobs.check_cancel()
+        if seen != n:
+            raise InputError(f"{Path(job['path']).name}: could only decode {seen} of {n} frames "
+                             f"in frames {frames[0]}-{frames[-1]} on the second pass (file changed?)")
+        atlas.flush()
+        del atlas
+        np.save(tmp / "gain.npy", gain)
+        np.save(tmp / "color.npy", color)
+        np.save(tmp / "lips.npy", np.load(tmp / "atlas.npy", mmap_mode="r")[:, box_r:box_r + 128, box_c:box_c + 128])
+        np.savez(tmp / "samples.npz", **samples)
+        (tmp / "done").write_text(job.fingerprint)
+
+
+def _sample(key: str, image: np.ndarray, fa: normalize.FrameAtlas) -> dict:
+    """What the report shows of a frame: the frame (at most 480 px), both atlases, the gain."""
+    f = min(1.0, 480.0 / max(image.shape[:2]))
+    small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else image
+    return {f"frame_{key}": small, f"scale_{key}": np.float32(f), f"raw_{key}": fa.raw,
+            f"normalized_{key}": fa.normalized, f"gain_{key}": fa.gain}
+
+
+def _reference_image(path: Path, frame_index: int, start_s: float) -> np.ndarray:
+    for frame in media.iter_video_frames(path, start_s=start_s):
+        if frame.index == frame_index:
+            return frame.image
+        if frame.index > frame_index:
+            break
+    raise InputError(f"{path.name}: could not decode reference frame {frame_index} again")
+
+
+# ---------------------------------------------------------------- the whole run
+
+class _Run:
+    """State of one prepare run (kept out of the public API)."""
+
+    def __init__(self, videos, out_dir, options, on_progress, cancel):
+        self.videos = videos
+        self.out = Path(out_dir)
+        self.work = self.out / WORK
+        self.options = options
+        self.on_progress = on_progress
+        self.cancel = cancel
+        self.takes: list[Take] = []
+        self.timings: dict[str, float] = {}
+
+    def stage(self, name: str, total: int, message: str = "", done: int = 0):
+        """Start a progress stage; `done` counts units already finished by an earlier run."""
+        state = {"done": done}
+        self.on_progress(Progress(name, done, total, message))
+
+        def units(n: int) -> None:
+            state["done"] += n
+            self.on_progress(Progress(name, min(state["done"], total), total, message))
+        return units
+
+    def track(self) -> None:
+        t0 = time.perf_counter()
+        infos = [media.probe(p) for p in self.videos]
+        for info in infos:
+            if not info.has_audio:
+                raise InputError(f"{info.path.name}: no audio track (prepare needs the speech of every take)")
+        pending, pending_frames = [], 0
+        for k, (p, info) in enumerate(zip(self.videos, infos)):
+            fp = _take_fingerprint(p)
+            shard = self.work / f"track_{k:04d}.npz"
+            self.takes.append(Take(p, info, fp, shard))
+            if _load_track(shard, fp) is None:
+                pending.append(TrackJob(str(p), str(shard), fp))
+                pending_frames += max(1, info.frame_count)
+        units = self.stage("track", pending_frames, f"{len(pending)} of {len(self.takes)} take(s)")
+        # a MediaPipe graph leaks ~6 MB when closed: workers are renewed every TRACK_TASKS_PER_WORKER takes
+        jobs.run_jobs(_track_job, pending, self.options.workers, units, self.cancel, TRACK_TASKS_PER_WORKER)
+        for t in self.takes:
+            t.track = _load_track(t.shard, t.fingerprint)
+        self.timings["track_s"] = time.perf_counter() - t0
+
+    def check_faces(self) -> list[str]:
+        lines = []
+        for t in self.takes:
+            counts = t.track["face_count"]
+            name, n = t.path.name, len(counts)
+            usable = np.flatnonzero(counts == 1)
+            if len(usable) == 0:
+                what = "several faces" if (counts >= 2).any() else "no face"
+                raise NoFaceError(f"{name}: {what} found in any of its {n} frames")
+            if len(usable) < self.options.min_usable_fraction * n:
+                raise NoFaceError(f"{name}: one face found in only {len(usable)} of {n} frames "
+                                  f"(no face in frames {frame_ranges(np.flatnonzero(counts == 0)) or 'none'})")
+            parts = []
+            for label, sel in (("no face", counts == 0), ("several faces", counts >= 2)):
+                if sel.any():
+                    parts.append(f"{label} in frames {frame_ranges(np.flatnonzero(sel))}")
+            t.usable, t.excluded = usable, "; ".join(parts)
+            if parts:
+                lines.append(f"{name}: {len(counts) - len(usable)} frame(s) excluded: {t['excluded']}")
+        return lines
+
+    def choose_reference(self) -> tuple[int, int]:
+        if self.options.reference is not None:
+            k, f = self.options.reference
+            if not (0 <= k < len(self.takes)) or f not in set(self.takes[k].usable.tolist()):
+                raise InputError(f"reference frame {f} of take {k} is not a usable frame")
+            return k, f
+        best = (np.inf, 0, 0)
+        for k, t in enumerate(self.takes):
+            scores = normalize.reference_scores(t.track["landmarks"][t.usable])
+            i = int(np.argmin(scores))
+            if scores[i] < best[0]:
+                best = (float(scores[i]), k, int(t.usable[i]))
+        return best[1], best[2]
+
+    def normalize_geometry(self, ref: tuple[int, int]) -> normalize.PoseNormalization:
+        k, f = ref
+        norm = normalize.build_pose_normalization(self.takes[k].track["landmarks"][f])
+        return self.normalize_takes(norm)
+
+    def borrow_reference(self, speaker: Path):
+        """Another speaker directory's normalized space (reference face, cylinder, lip box and
+        normalized reference atlas), so that held-out takes line up with its training frames."""
+        meta = dataset.read_meta(speaker)
+        box = meta["lip_box"]
+        norm = normalize.PoseNormalization(np.load(speaker / dataset.REFERENCE_VERTICES).astype(np.float64),
+                                           geometry.CylinderMap.from_dict(meta["cylinder"]), (box["row"], box["col"]))
+        self.normalize_takes(norm)
+        builder = normalize.AtlasBuilder(norm, self.options.lighting)
+        image = dataset.read_reference_atlas(speaker)
+        valid = builder.raster(norm.reference_vertices).mask
+        builder.reference = np.dstack([image.astype(np.float32) / 255.0, valid.astype(np.float32)])
+        for src, dst in zip(dataset.reference_atlas_files(speaker), dataset.reference_atlas_files(self.out)):
+            with storage.atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+        return (-1, -1), norm, builder
+
+    def normalize_takes(self, norm: normalize.PoseNormalization) -> normalize.PoseNormalization:
+        for t in self.takes:
+            lms = t.track["landmarks"][t.usable]
+            sigma_frames = self.options.pose_smoothing_s * (t.info.fps or 25.0)
+            t.cuts = normalize.detect_cuts(lms, t.usable)
+            t.vertices, *pose = normalize.normalize_vertices(lms, norm.reference_vertices, t.usable,
+                                                                sigma_frames, t.cuts)
+            t.pose = pose
+        return norm
+
+    def reference_atlas(self, ref, norm):
+        k, f = ref
+        t = self.takes[k]
+        image = _reference_image(t.path, f, self._seek_time(t, f))
+        builder = normalize.AtlasBuilder(norm, self.options.lighting)
+        raw, normalized = builder.set_reference(image, t.track["landmarks"][f])
+        raw_file, normalized_file = dataset.reference_atlas_files(self.out)
+        _write_png(raw_file, normalize.to_uint8(raw))
+        _write_png(normalized_file, normalize.to_uint8(normalized))
+        return builder, image
+
+    def _chunk_size(self, frames: int) -> int:
+        """Frames per atlas job: a take spread evenly over the workers (each job seeks once),
+        between chunk_frames and max_chunk_frames so that resuming loses little."""
+        per_worker = -(-frames // self.options.workers)
+        return int(np.clip(per_worker, self.options.chunk_frames, self.options.max_chunk_frames))
+
+    @staticmethod
+    def _seek_time(take: Take, frame: int) -> float:
+        """A time a little before `frame`, for seeking (the decoder goes back to a keyframe)."""
+        times = take.track["times"]
+        return max(0.0, float(times[frame]) - 1.0)
+
+    def atlas_jobs(self, norm, builder, ref_key: str, sample_frames: dict) -> list[AtlasJob]:
+        out = []
+        for k, t in enumerate(self.takes):
+            usable = t.usable
+            size = self._chunk_size(len(usable))
+            for c0 in range(0, len(usable), size):
+                sel = slice(c0, c0 + size)
+                frames = usable[sel]
+                fp = _fingerprint(t.fingerprint, ref_key, int(frames[0]), int(frames[-1]), len(frames),
+                                  ATLAS_SHARD_VERSION)
+                out.append(AtlasJob(
+                    take=k, path=str(t.path), out=str(self.work / f"atlas_{k:04d}_{c0:06d}"),
+                    fingerprint=fp, frames=frames, start_s=self._seek_time(t, int(frames[0])),
+                    landmarks=t.track["landmarks"][frames], vertices=t.vertices[sel],
+                    norm=norm, lighting=self.options.lighting, reference=builder.reference,
+                    sample_frames=set(sample_frames.get(k, ())) & set(frames.tolist()),
+                ))
+        return out
+
+    def atlases(self, atlas_jobs: list[AtlasJob], pool: jobs.WorkerPool) -> None:
+        t0 = time.perf_counter()
+        pending = [j for j in atlas_jobs if not _chunk_done(Path(j.out), j.fingerprint)]
+        for j in pending:  # a stale chunk (other reference or options) is replaced
+            shutil.rmtree(j.out, ignore_errors=True)
+        total = sum(len(j.frames) for j in atlas_jobs)
+        units = self.stage("atlas", total, f"{len(atlas_jobs)} chunk(s)",
+                           done=total - sum(len(j.frames) for j in pending))
+        pool.run(_atlas_job, pending, units)
+        self.timings["atlas_s"] = time.perf_counter() - t0
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError(f"could not encode {path.name}")
+    with storage.atomic_path(path) as tmp:
+        tmp.write_bytes(data.tobytes())
+
+
+def _chunk_done(path: Path, fingerprint: str) -> bool:
+    done = path / "done"
+    return done.is_file() and done.read_text() == fingerprint
+
+
+def _sample_frames(takes: list[Take], count: int = 6) -> dict[int, list[int]]:
+    """Frames the report shows: evenly spread over the dataset plus the widest-open mouth."""
+    flat = [(k, int(f)) for k, t in enumerate(takes) for f in t.usable]
+    picks = {flat[i] for i in np.linspace(0, len(flat) - 1, min(count, len(flat))).round().astype(int)}
+    opens = np.concatenate([normalize.mouth_openness(t.vertices) for t in takes])
+    picks.add(flat[int(np.argmax(opens))])
+    out: dict[int, list[int]] = {}
+    for k, f in sorted(picks):
+        out.setdefault(k, []).append(f)
+    return out
+
+
+def _write_array(path: Path, parts, n: int, shape_tail, dtype) -> None:
+    """Concatenate array parts into one .npy, atomically, streaming part by part.
+
+    Parts are appended with plain writes (not a memory map), so a 1.5 GB atlas file never
+    sits in this process's memory: only one part does.
+    """
+    parts = list(parts)
+    n = sum(len(p) for p in parts)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": (n,) + tuple(shape_tail)}
+    written = 0
+    with storage.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_2_0(f, header)
+        for p in parts:
+            block = np.ascontiguousarray(np.asarray(p), dtype=dtype)
+            if block.shape[1:] != tuple(shape_tail):
+                raise RuntimeError(f"{path.name}: part of shape {block.shape} does not fit {shape_tail}")
+            block.tofile(f)  # no copy of the block
+            written += len(block)
+        if written != n:
+            raise RuntimeError(f"{path.name}: assembled {written} frames, expected {n}")
+
+
+def _assemble(run: _Run, norm, atlas_jobs: list[AtlasJob]) -> None:
+    t0 = time.perf_counter()
+    units = run.stage("assemble", 4)
+    takes, out = run.takes, run.out
+    chunks = [Path(j.out) for j in atlas_jobs]
+    n = sum(len(t.usable) for t in takes)
+    for name, file in (("atlas", "atlas.npy"), ("lips", "lips.npy")):
+        shape = dataset.ARRAYS[name][1]
+        _write_array(out / dataset.ARRAYS[name][0], (np.load(c / file) for c in chunks), n, shape, np.uint8)
+    units(1)
+    _write_array(out / "gain.npy", (np.load(c / "gain.npy") for c in chunks), n, (64, 64), np.float16)
+    _write_array(out / "color_transform.npy", (np.load(c / "color.npy") for c in chunks), n, (2, 3), np.float32)
+    _write_array(out / "vertices.npy", (t.vertices for t in takes), n, (468, 3), np.float32)
+    _write_array(out / "landmarks.npy", (t.track["landmarks"][t.usable] for t in takes), n, (468, 3), np.float32)
+    index = [np.stack([np.full(len(t.usable), k), t.usable], 1) for k, t in enumerate(takes)]
+    _write_array(out / "frame_index.npy", index, n, (2,), np.int32)
+    _write_array(out / "frame_times.npy", (t.track["times"][t.usable] for t in takes), n, (), np.float64)
+    units(1)
+    specs = (audio.spectrogram_frames(t.track["audio"], times[i:i + SPECTROGRAM_BLOCK],
+                                      float(t.track["audio_offset"]))
+             for t in takes for times in [t.track["times"][t.usable]]
+             for i in range(0, len(times), SPECTROGRAM_BLOCK))
+    _write_array(out / "spectrograms.npy", specs, n, (audio.N_FREQ, audio.N_COLUMNS, 2), np.float32)
+    units(1)
+    pose = [np.concatenate([t.pose[i] for t in takes]) for i in range(3)]
+    storage.save_npz(out / dataset.POSES, scale=pose[0], rotation=pose[1], translation=pose[2])
+    storage.save_npy(out / dataset.REFERENCE_VERTICES, norm.reference_vertices.astype(np.float32))
+    samples = {}
+    for c in chunks:
+        with np.load(c / "samples.npz") as z:
+            samples.update({k: z[k] for k in z.files})
+    (out / "report").mkdir(exist_ok=True)
+    storage.save_npz(out / "report" / "samples.npz", **samples)
+    units(1)
+    run.timings["assemble_s"] = time.perf_counter() - t0
+
+
+def _cut_lines(takes: list[dict]) -> tuple[str, ...]:
+    """One line per take of meta["takes"] with jump cuts."""
+    return tuple(f"{t['name']}: {len(t['cuts'])} jump cut(s), at frame(s) {', '.join(map(str, t['cuts']))}: "
+                 f"pose smoothing and the model's previous frame restart there"
+                 for t in takes if t.get("cuts"))
+
+
+def _meta(run: _Run, norm, ref, fingerprint: str, excluded: list[str]) -> dict:
+    takes = []
+    for t in run.takes:
+        info, tr = t.info, t.track
+        takes.append({
+            "path": str(t.path.resolve()), "name": t.path.name, "fps": info.fps,
+            "size": [int(s) for s in tr["size"]], "rotation": info.rotation, "frames": int(len(tr["face_count"])),
+            "usable_frames": int(len(t.usable)), "excluded": t.excluded,
+            "cuts": [int(f) for f in t.usable[t.cuts]],
+            "video_duration_s": float(len(tr["face_count"]) / info.fps) if info.fps else None,
+            "audio_duration_s": float(len(tr["audio"]) / audio.SAMPLE_RATE),
+            "audio_offset_s": float(tr["audio_offset"]),
+        })
+    fps = sorted({round(t["fps"], 3) for t in takes})
+    return {
+        "format": dataset.FORMAT, "format_version": dataset.FORMAT_VERSION, "engine_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
+        "frames": int(sum(len(t.usable) for t in run.takes)), "fps": fps[0] if len(fps) == 1 else fps,
+        "takes": takes, "excluded": excluded,
+        "reference": {"take": ref[0], "frame": ref[1],
+                      **({"speaker": run.options.reference_speaker} if run.options.reference_speaker else {})},
+        "cylinder": norm.cylinder.to_dict(), "atlas_size": geometry.ATLAS_SIZE,
+        "lip_box": {"row": norm.lip_box[0], "col": norm.lip_box[1], "size": geometry.LIP_SIZE},
+        "audio": {"sample_rate": audio.SAMPLE_RATE, "window": audio.WINDOW_LENGTH, "hop": audio.HOP_LENGTH,
+                  "n_fft": audio.N_FFT, "frequencies": audio.N_FREQ, "columns": audio.N_COLUMNS,
+                  "layout": "spectrograms.npy[frame, frequency, column, (real, imag)]"},
+        "arrays": {name: {"file": f, "shape": [None, *s], "dtype": d} for name, (f, s, d) in dataset.ARRAYS.items()},
+        "options": asdict(run.options),
+        "timings": {k: round(v, 3) for k, v in run.timings.items()},
+    }
+
+
+def _result_options(options: PrepareOptions) -> dict:
+    """The options that change what prepare computes (not how fast, or whether a report is drawn)."""
+    d = asdict(options)
+    for how in ("workers", "chunk_frames", "max_chunk_frames", "report"):
+        d.pop(how)
+    if d["reference_speaker"] is None:  # the default: directories prepared before the option stay valid
+        d.pop("reference_speaker")
+    if d["lighting"].get("normalize", True):  # the default: directories prepared before the option stay valid
+        d["lighting"].pop("normalize", None)
+    return d
+
+
+def _check_output_dir(out: Path, fingerprint: str, overwrite: bool) -> bool:
+    """True if `out` is already complete for these inputs; refuses to clobber anything else."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    meta_path = out / dataset.META
+    if meta_path.is_file():
+        meta = dataset.read_meta(out)
+        if meta.get("fingerprint") == fingerprint:
+            return True
+        if not overwrite:
+            raise OutputExists(f"{out}: already holds a prepared speaker made from other videos or options")
+        meta_path.unlink()
+        return False
+    if (out / WORK).is_dir():  # our own interrupted run: resume it
+        return False
+    if any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out}: folder is not empty and is not a speaker directory; choose an empty folder")
+    return False
+
+
+def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: PrepareOptions = PrepareOptions(),
+                    on_progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
+                    overwrite: bool = False) -> PrepareResult:
+    """Prepare a speaker: track, pose- and lighting-normalize one or more takes (Section 3.1).
+
+    videos : video files and/or folders of takes of ONE speaker. out_dir : SPEAKER_DIR
+    (dataset.py describes its files). Re-running with the same inputs and options returns
+    at once; an interrupted run resumes from its finished shards.
+    """
+    t0 = time.perf_counter()
+    cancel = cancel or CancelToken()
+    paths = collect_videos(videos)
+    out = Path(out_dir)
+    fps = [_take_fingerprint(p) for p in paths]
+    fingerprint = _fingerprint(fps, _result_options(options), dataset.FORMAT_VERSION)
+    if _check_output_dir(out, fingerprint, overwrite):
+        meta = dataset.read_meta(out)
+        ref = (meta["reference"]["take"], meta["reference"]["frame"])
+        if options.report and not (out / "report" / "index.html").is_file():
+            from .report import write_report
+            write_report(out, on_progress)
+        return PrepareResult(out, meta["frames"], len(meta["takes"]), tuple(meta["excluded"]), ref, True,
+                             time.perf_counter() - t0, _cut_lines(meta["takes"]))
+    run = _Run(paths, out, options, on_progress, cancel)
+    run.work.mkdir(parents=True, exist_ok=True)
+    storage.remove_stale_temporaries(out)
+    storage.remove_stale_temporaries(run.work)
+    # the atlas workers start (and import) now, while this process tracks
+    with jobs.WorkerPool(options.workers, cancel, warm=(__name__,)) as pool:
+        run.track()
+        excluded = run.check_faces()
+        if options.reference_speaker:
+            ref, norm, builder = run.borrow_reference(Path(options.reference_speaker))
+        else:
+            ref = run.choose_reference()
+            norm = run.normalize_geometry(ref)
+            builder, _ = run.reference_atlas(ref, norm)
+        ref_key = _fingerprint(ref, norm.cylinder.to_dict(), asdict(options.lighting))
+        atlas_jobs = run.atlas_jobs(norm, builder, ref_key, _sample_frames(run.takes))
+        run.atlases(atlas_jobs, pool)
+    cancel.check()
+    _assemble(run, norm, atlas_jobs)
+    run.timings["total_s"] = time.perf_counter() - t0
+    meta = _meta(run, norm, ref, fingerprint, excluded)
+    storage.write_json(out / dataset.META, meta)
+    shutil.rmtree(run.work, ignore_errors=True)
+    if options.report:
+        from .report import write_report
+        write_report(out, on_progress)
+    frames = sum(len(t.usable) for t in run.takes)
+    return PrepareResult(out, frames, len(run.takes), tuple(excluded), ref, False, time.perf_counter() - t0,
+                         _cut_lines(meta["takes"]))
