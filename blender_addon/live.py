@@ -139,7 +139,7 @@ class LIPSYNC3D_OT_live(runner.EngineJobOperator, bpy.types.Operator):
         if newest is not None:                 # only the newest frame is shown: the UI never queues
             self._applier.apply(newest["blendshapes"])
             _settings(context).frames = int(newest["frame"]) + 1
-            self._applier.key.id_data.update_tag() if hasattr(self._applier.key, "id_data") else None
+            self._applier.key.update_tag()
 
     def on_success(self, context, outcome):
         stats = next((r.get("stats") for r in outcome.results if "stats" in r), None)
