@@ -102,15 +102,26 @@ def _library():
 def list_voices() -> list[Voice]:
     """Every espeak-ng voice in the wheel's data, sorted by language."""
     with _lock:
-        lib, _ = _library()
-        voices, i = [], 0
-        array = lib.espeak_ListVoices(None)
-        while array[i]:
-            v = array[i].contents
-            lang = v.languages[1:].split(b"\0")[0].decode() if v.languages else ""   # first byte: priority
-            voices.append(Voice(v.name.decode(), lang, v.identifier.decode()))
-            i += 1
-    return sorted(voices, key=lambda v: v.language)
+        return sorted(_voices(_library()[0]), key=lambda v: v.language)
+
+
+def _voices(lib) -> list[Voice]:
+    voices, i = [], 0
+    array = lib.espeak_ListVoices(None)
+    while array[i]:
+        v = array[i].contents
+        lang = v.languages[1:].split(b"\0")[0].decode() if v.languages else ""   # first byte: priority
+        voices.append(Voice(v.name.decode(), lang, v.identifier.decode()))
+        i += 1
+    return voices
+
+
+def _set_voice(lib, voice: str) -> bool:
+    """A voice name or file ("fr", "gmw/en-US"), else a listed language ("fr-fr": its voice file)."""
+    if lib.espeak_SetVoiceByName(voice.encode()) == _EE_OK:
+        return True
+    ident = next((v.identifier for v in _voices(lib) if v.language.lower() == voice.strip().lower()), None)
+    return ident is not None and lib.espeak_SetVoiceByName(ident.encode()) == _EE_OK
 
 
 def synthesize(text: str, voice: str = DEFAULT_VOICE, rate_wpm: int = DEFAULT_RATE_WPM) -> Speech:
@@ -127,9 +138,9 @@ def synthesize(text: str, voice: str = DEFAULT_VOICE, rate_wpm: int = DEFAULT_RA
         raise InputError(f"say: rate {rate_wpm} words per minute is outside {MIN_RATE_WPM}..{MAX_RATE_WPM}")
     with _lock:
         lib, sample_rate = _library()
-        if lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
+        if not voice.strip() or not _set_voice(lib, voice):
             raise InputError(f"say: unknown voice {voice!r}; `lipsync say --list-voices` lists them "
-                             "(e.g. en-us, en-gb, de, fr, es)")
+                             "(e.g. en-us, en-gb, de, fr-fr, es)")
         lib.espeak_SetParameter(_ESPEAK_RATE, int(rate_wpm), 0)
         _state["chunks"] = []
         data = text.encode("utf-8") + b"\0"

@@ -207,7 +207,7 @@ def _atlas_job(job: AtlasJob) -> None:
             fa = builder.frame(frame.image, job.landmarks[i], job.vertices[i])
             atlas[i], gain[i], color[i] = fa.normalized, fa.gain, fa.color
             if frame.index in job.sample_frames:
-                samples.update(_sample(f"{job['take']}_{frame.index}", frame.image, fa))
+                samples.update(_sample(f"{job.take}_{frame.index}", frame.image, fa))
             seen += 1
             jobs.report(1)
             jobs.check_cancel()

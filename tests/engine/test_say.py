@@ -32,7 +32,8 @@ def test_synthesize_duration_rate_and_voices():
     assert slow.duration_s > 1.4 * a.duration_s
     assert tts.synthesize("Guten Morgen", "de").duration_s > 0.3
     langs = {v.language for v in tts.list_voices()}
-    assert {"en-us", "en-gb", "de", "fr", "es"} <= langs and len(langs) > 50
+    assert {"en-us", "en-gb", "de", "fr-fr", "es"} <= langs and len(langs) > 50
+    assert all(tts.synthesize("Bonjour", v).duration_s > 0.2 for v in ("fr-fr", "fr", "roa/fr"))
 
 
 @pytest.mark.parametrize("text,voice,match", [("", "en-us", "text is empty"), ("   ", "en-us", "text is empty"),
