@@ -10,6 +10,8 @@ DEMO_OUT ?= out/demo
 # Shared libraries that Blender-as-a-module (bpy) loads at run time on Debian/Ubuntu.
 BPY_DEBS := libx11-6 libxrender1 libxxf86vm1 libxfixes3 libxi6 libxkbcommon0 libsm6 \
             libgl1 libegl1 libglx-mesa0 libegl-mesa0 libgl1-mesa-dri
+# PortAudio, which sounddevice loads for `lipsync live --input mic` (docs/live.md)
+AUDIO_DEBS := libportaudio2
 
 .PHONY: demo test test-fast venv system-libs bench clean
 
@@ -27,12 +29,12 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 system-libs:
-	@missing=""; for p in $(BPY_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(BPY_DEBS) $(AUDIO_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
-	if ! command -v apt-get >/dev/null; then echo "note: bpy needs these system libraries:$$missing"; exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then echo "installing system libraries for bpy:$$missing"; \
+	if ! command -v apt-get >/dev/null; then echo "note: bpy and the microphone input need these system libraries:$$missing"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then echo "installing system libraries for bpy and PortAudio:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	else echo "note: Blender-as-a-module needs:$$missing (run: sudo apt-get install$$missing)"; fi
+	else echo "note: Blender-as-a-module and lipsync live --input mic need:$$missing (run: sudo apt-get install$$missing)"; fi
 
 demo: $(STAMP)
 	$(BIN)/lipsync demo -o $(DEMO_OUT)

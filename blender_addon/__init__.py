@@ -21,7 +21,7 @@ bl_info = {
 
 import importlib
 
-OPTIONAL_MODULES = ("cartoon", "dub")
+OPTIONAL_MODULES = ("cartoon", "dub", "live")
 _registered: list = []
 
 

@@ -140,6 +140,9 @@ class LIPSYNC3D_PT_dialogue(_Panel, bpy.types.Panel):
         row = col.row(align=True)
         row.operator("lipsync3d.predict", icon='SPEAKER')
         row.operator("lipsync3d.resync", text="", icon='FILE_REFRESH')
+        if hasattr(context.scene, "lipsync3d_live"):      # live.py: Dialogue from text
+            from . import live
+            live.draw_dialogue(col, context)
         if s.results:
             col.template_list("LIPSYNC3D_UL_results", "", s, "results", s, "result_index", rows=2)
 
@@ -201,6 +204,9 @@ class LIPSYNC3D_PT_character(_Panel, bpy.types.Panel):
             row.prop(rule, "channel", text="Ch")
             row.prop(rule, "character", text="")
             row.operator("lipsync3d.cast_remove", text="", icon='X').index = i
+        if hasattr(context.scene, "lipsync3d_live"):      # live.py (optional module): the Live button
+            from . import live
+            live.draw_character(col, context)
         report = context.window_manager.lipsync3d_job.last_report
         for chunk in _wrap(report, 60) if report else []:
             col.label(text=chunk)

@@ -163,7 +163,8 @@ def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
     from .model.train import recipe_options, train_speaker
 
     chosen = {k: v for k, v in (("learning_rate", args.learning_rate), ("geometry_weight", args.geometry_weight),
-                                ("lip_weight", args.lip_weight), ("geometry_epochs", args.geometry_epochs))
+                                ("lip_weight", args.lip_weight), ("geometry_epochs", args.geometry_epochs),
+                                ("lookahead_ms", args.lookahead))
               if v is not None}
     options = _options("train", lambda: recipe_options(
         args.recipe, preset=args.preset, epochs=args.epochs, device=args.device, val_fraction=args.val_fraction,
@@ -401,6 +402,18 @@ def _cmd_evaluate(args, reporter: Reporter, cancel: CancelToken) -> None:
                   + f"\nwrote {r.path}", path=str(r.path), metrics=r.metrics)
 
 
+def _cmd_live(args, reporter: Reporter, cancel: CancelToken) -> None:
+    from .live_cli import run_live_command
+
+    run_live_command(args, reporter, cancel)
+
+
+def _cmd_say(args, reporter: Reporter, cancel: CancelToken) -> None:
+    from .live_cli import run_say_command
+
+    run_say_command(args, reporter, cancel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lipsync", description="LipSync3D engine: personalized 3D talking faces from video.")
     p.add_argument("--version", action="version", version=f"lipsync {__version__}")
@@ -451,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--geometry-epochs", type=int, metavar="N",
                     help="after N epochs only the lip texture keeps learning: the audio encoder, vertices and "
                          "blendshapes stop (default 0 = never; short videos over-fit the vertices first)")
+    st.add_argument("--lookahead", type=float, metavar="MS", help="future audio the model may hear, 0..120 ms "
+                    "(default 120, the paper's centred window; 40 for a low-latency `lipsync live`)")
     st.add_argument("--mixed-precision", choices=("auto", "off", "bf16", "fp16"), default="auto",
                     help="autocast dtype (default auto: bf16 on CUDA, fp32 on CPU)")
     st.set_defaults(func=_cmd_train)
@@ -543,11 +558,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("-o", "--output", type=Path, help="folder for evaluation.json and plots (default MODEL/evaluation)")
     sv.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
     sv.set_defaults(func=_cmd_evaluate)
+    from .live_cli import add_live_parsers
+
+    add_live_parsers(sub, _cmd_live, _cmd_say)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.json = getattr(args, "json", False)
     reporter = Reporter(args.json)
     cancel = CancelToken()
 
@@ -569,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         reporter.close()
         line = error_line(args.command, e)
         reporter.info("ERROR", line) if args.json else print(f"error: {line}", file=sys.stderr)
-        code = EXIT_ERROR
+        code = getattr(e, "exit_code", EXIT_ERROR)      # e.g. 2: live's missing microphone is bad usage here
     except Exception as e:  # the one catch-all: an engine bug, reported as such
         reporter.close()
         traceback.print_exc(file=sys.stderr)

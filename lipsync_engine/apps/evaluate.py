@@ -22,6 +22,7 @@ truth's own) and blendshape MAE.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -49,6 +50,7 @@ from ..prepare.normalize import mouth_openness
 from ..prepare.pipeline import PrepareOptions, prepare_speaker
 from ..rig.fitting import fit_speaker
 from ..rig.names import ARKIT_NAMES
+from ..prepare.lookahead import PAPER_LOOKAHEAD_MS, model_lookahead_ms, speaker_spectrograms
 
 FORMAT = "lipsync3d-evaluation"
 FORMAT_VERSION = 1
@@ -555,7 +557,11 @@ def evaluate_model(model_dir: Path | str, held_out, output_dir: Path | str | Non
 def _predict_all(model_dir: Path, train: _Frames, test: _Frames, options: EvaluateOptions, cancel, tick) -> dict:
     """method name -> MethodOutput for the held-out frames."""
     spec = np.asarray(test.ds.spectrograms[test.rows])
-    preds = {"model": model_prediction(model_dir, spec, test.breaks, options.device, cancel, tick),
+    model_spec = spec
+    lookahead = model_lookahead_ms(json.loads((Path(model_dir) / "config.json").read_text()))
+    if lookahead != PAPER_LOOKAHEAD_MS:        # a low-latency model hears its window shifted (lookahead.py)
+        model_spec = speaker_spectrograms(test.ds.path, lookahead)[test.rows]
+    preds = {"model": model_prediction(model_dir, model_spec, test.breaks, options.device, cancel, tick),
              "static": static_baseline(train, len(spec)), "envelope": envelope_baseline(train, spec),
              "retrieval": retrieval_baseline(train, spec, options.batch_frames)}
     tick(len(spec), "baselines")

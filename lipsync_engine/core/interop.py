@@ -204,7 +204,7 @@ def _lookup(name: str, exact: dict, sided: dict):
 # ---------------------------------------------------------------------------------------------
 
 PROTOCOL_VERSION = 1
-MESSAGE_TYPES = ("STATUS", "PROGRESS", "WARN", "ERROR", "RESULT", "DONE")
+MESSAGE_TYPES = ("STATUS", "PROGRESS", "WARN", "ERROR", "RESULT", "DONE", "FRAME")   # FRAME: `lipsync live`
 # exit codes of `python -m lipsync_engine`: anything else is a crash of the interpreter itself
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CRASH, EXIT_CANCELLED = 0, 1, 2, 3, 130
 

@@ -48,6 +48,7 @@ from ..model.checkpoint import MOUTH_BANK, check_reference_files, load_model, pi
 from ..model.network import autoregressive_lips
 from ..prepare import audio
 from ..rig.names import ARKIT_NAMES
+from ..prepare.lookahead import model_lookahead_ms, window_shift_s
 
 __all__ = ["PredictOptions", "Prediction", "Predictor", "load_predictor", "predict", "Plan",
            "plan_prediction", "PredictionChunk", "frame_count"]
@@ -253,6 +254,9 @@ class Predictor:
             if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU)):
                 m.inplace = True
         self.model_id = str(self.config.get("model_id", ""))
+        # a model trained with --lookahead L hears its window centred L - 120 ms before the frame (lookahead.py)
+        self.lookahead_ms = model_lookahead_ms(self.config)
+        self.window_shift_s = window_shift_s(self.lookahead_ms)
         self.has_blendshapes = bool(self.config.get("has_blendshapes", True))
         self.gain = float((self.config.get("articulation") or {}).get("gain", 1.0))   # 1.0: format version 1
         self.centre = {k: extra[k].float().cpu().numpy() for k in
@@ -329,7 +333,7 @@ class Predictor:
 
     def _codes(self, plan: Plan, a: int, b: int) -> torch.Tensor:
         """Audio codes of frames a..b-1: spectrograms of a slice of the samples, scaled as in training."""
-        t = plan.times[a:b]
+        t = plan.times[a:b] - self.window_shift_s
         lo = max(0, int(math.floor(t[0] * audio.SAMPLE_RATE)) - SPEC_MARGIN)
         hi = min(len(plan.samples), int(math.ceil(t[-1] * audio.SAMPLE_RATE)) + SPEC_MARGIN)
         spec = audio.spectrogram_frames(plan.samples[lo:hi], t, start_offset_s=lo / audio.SAMPLE_RATE)

@@ -74,6 +74,8 @@ class TrainOptions:
                                      # not improved for this many epochs, the best geometry is restored and
                                      # frozen (0 = off); the articulation gain then fixes its amplitude
     mouth_bank: int = 512            # real lip crops kept for the texture (articulation.MouthBank; 0 = none)
+    lookahead_ms: float = 120.0      # future audio the window reaches (ms): 120 = the paper's centred window;
+                                     # less shifts it into the past for `lipsync live` (lookahead.py)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -90,6 +92,8 @@ class TrainOptions:
             raise ValueError("geometry_patience and mouth_bank must be >= 0")
         if self.lip_weight < 0:
             raise ValueError(f"lip_weight must be >= 0, got {self.lip_weight}")
+        if not 0.0 <= self.lookahead_ms <= 120.0:
+            raise ValueError(f"lookahead_ms must be in [0, 120], got {self.lookahead_ms}")
         if self.geometry_epochs < 0:
             raise ValueError(f"geometry_epochs must be >= 0, got {self.geometry_epochs}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -143,12 +147,15 @@ class SpeakerTensors:
     batch from the speaker directory's memory maps; lips stay uint8 until batched.
     """
 
-    def __init__(self, speaker_dir: Path, in_memory: bool | None = None):
+    def __init__(self, speaker_dir: Path, in_memory: bool | None = None, lookahead_ms: float = 120.0):
         ds = dataset.open_speaker(speaker_dir)
         self.meta = ds.meta
         bulk = ds.spectrograms.nbytes + ds.lips.nbytes
         self.in_memory = bulk <= MEMMAP_ABOVE_BYTES if in_memory is None else bool(in_memory)
         self.spec = np.array(ds.spectrograms, np.float32) if self.in_memory else ds.spectrograms
+        if lookahead_ms != 120.0:              # the window shifted into the past, recomputed from the takes
+            from ..prepare.lookahead import speaker_spectrograms
+            self.spec = speaker_spectrograms(speaker_dir, lookahead_ms)
         self.lips = np.array(ds.lips) if self.in_memory else ds.lips                 # (N, 128, 128, 3) uint8
         ref = np.asarray(ds.reference_vertices, np.float32)
         self.reference_vertices = torch.from_numpy(ref)
@@ -486,7 +493,7 @@ def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bo
     torch.manual_seed(options.seed)
     gen = torch.Generator().manual_seed(options.seed)
     device = pick_device(options.device)
-    data = SpeakerTensors(speaker_dir, options.in_memory)
+    data = SpeakerTensors(speaker_dir, options.in_memory, options.lookahead_ms)
     train_idx, val_idx = _split(len(data), options.val_fraction, options.test_fraction)
     model_id = uuid.uuid4().hex[:12]
     resuming = resume and holds_model(out)
