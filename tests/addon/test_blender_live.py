@@ -46,7 +46,9 @@ def test_live_file_input_records_a_take(scene, blender, trained_demo, tmp_path):
     assert [i for i, _ in streamed] == list(range(int(2.75 * 30 + 0.5)))
     assert max(v["JAW_OPEN"] for _, v in streamed) > 0
     key = character.data.shape_keys
-    assert key.animation_data.action.name.startswith("LipSync3D Live")
+    takes = [st for t in key.animation_data.nla_tracks for st in t.strips if "Live" in st.action.name]
+    assert len(takes) == 1 and takes[0].action.name.startswith("LipSync3D")    # a take on the NLA
+    assert START_FRAME - 3 <= takes[0].frame_start <= START_FRAME           # with the ease to rest before it
     for i, values in streamed[::5]:
         scene.frame_set(START_FRAME + i)
         for name, value in values.items():
