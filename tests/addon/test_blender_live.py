@@ -70,4 +70,5 @@ def test_dialogue_from_text(scene, blender, trained_demo, tmp_path):
     assert len(strips) == 1 and strips[0].type == 'SOUND' and strips[0].frame_final_start == START_FRAME
     result = results.read_prediction(s.results[-1].path)
     assert 1.0 < result.frames / 30 < 5.0 and s.results[-1].frame_start == START_FRAME
-    assert character.data.shape_keys.animation_data.action is not None
+    ad = character.data.shape_keys.animation_data
+    assert any(st.action.get("lipsync3d_line") for t in ad.nla_tracks for st in t.strips)   # the line's take

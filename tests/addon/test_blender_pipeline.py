@@ -27,6 +27,7 @@ def test_train_tiny_model_cancel_and_resume(scene, blender, prepared_demo, demo_
     ds, _, _ = prepared_demo
     ws = tmp_path / "ws"
     shutil.copytree(ds.path, ws / "speakers" / "demo")      # already prepared: prepare returns at once
+    (ws / "speakers" / "demo" / "blendshapes.npy").unlink(missing_ok=True)   # trained_demo may have fitted it
     s = scene.lipsync3d
     s.workspace, s.speaker_name, s.quality, s.epochs = str(ws), "demo", 'TINY', 3
     s.videos.add().filepath = str(demo_video[0])

@@ -162,8 +162,9 @@ def test_memory_mapped_batches_and_bf16_autocast(prepared_demo, tmp_path):
     assert np.isfinite(c.train_loss) and c.train_loss == pytest.approx(a.train_loss, rel=0.05)
     config = json.loads((tmp_path / "ram" / "config.json").read_text())
     n_val = int(round(len(ds) * 0.2))
-    assert config["split"] == {"train_frames": len(ds) - n_val, "held_out_frames": n_val,
-                               "rule": "held-out frames are the contiguous tail of the speaker's frames"}
+    assert config["split"] == {"train_frames": len(ds) - n_val, "val_frames": n_val, "test_frames": 0,
+                               "held_out_frames": n_val,
+                               "rule": "frames in order: training, then the validation tail, then the test tail"}
     with pytest.raises(ValueError, match="fp16 needs a CUDA"):
         train_speaker(ds.path, tmp_path / "fp16", replace(base, mixed_precision="fp16", device="cpu"), dims=TINY)
 
@@ -206,7 +207,9 @@ def test_lip_weight_weights_the_lip_loops_of_the_vertex_loss():
 def test_recipes():
     paper = recipe_options("paper", epochs=500)
     assert (paper.learning_rate, paper.geometry_weight, paper.lip_weight, paper.blendshape_weight) == (1e-4, 3.0, 0.0, 0.3)
-    assert paper == TrainOptions(epochs=500)                    # the dataclass defaults are the paper's
+    assert paper == TrainOptions(epochs=500, learning_rate=1e-4, geometry_weight=3.0, lip_weight=0.0,
+                                 geometry_patience=0)
+    assert recipe_options("fast") == TrainOptions()              # one default: Python, the CLI and the add-on
     fast = recipe_options("fast", learning_rate=5e-4)
     assert (fast.learning_rate, fast.geometry_weight, fast.lip_weight) == (5e-4, 30.0, 10.0)
     assert set(RECIPES) == {"paper", "fast"}
