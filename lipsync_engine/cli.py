@@ -3,13 +3,16 @@
 Owns: argument parsing, progress bars (tqdm on stderr) or protocol messages (--json),
 Ctrl-C handling (first press cancels cleanly, finished work is kept), and turning errors
 into one line and an exit code: 0 OK, 1 a handled EngineError, 2 bad usage, 130
-cancelled, 3 an internal error (traceback on stderr). The only catch-all is here.
+cancelled, 3 an internal error (traceback on stderr), 4 the machine (a full disk, a read-only
+or forbidden folder, no CUDA; docs/errors.md). The only catch-all is here.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import re
 import signal
 import sys
 import traceback
@@ -17,9 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from .core import protocol
-from .core.errors import Cancelled, EngineError, InputError, OutputExists
+from .core.errors import Cancelled, EngineError, EnvironmentProblem, InputError, OutputExists
 from .core.progress import CancelToken, Progress
-from .core.protocol import EXIT_CANCELLED, EXIT_CRASH, EXIT_ERROR, EXIT_OK, EXIT_USAGE  # noqa: F401
+from .core.protocol import EXIT_CANCELLED, EXIT_CRASH, EXIT_ENVIRONMENT, EXIT_ERROR, EXIT_OK, EXIT_USAGE  # noqa: F401
 from .core.version import __version__
 
 
@@ -80,6 +83,55 @@ def _options(command: str, build):
         return build()
     except ValueError as e:
         raise InputError(f"{command}: {e}") from e
+
+
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
+def _device(text: str) -> str:
+    """--device: auto, cpu, cuda, cuda:N or mps (anything else is bad usage, exit code 2)."""
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (use auto, cpu, cuda, cuda:N or mps)")
+    return text
+
+
+def check_device(device: str | None) -> None:
+    """A device the machine does not have is an EnvironmentProblem (exit code 4), said before any
+    work (not as a corrupted model or an assertion later)."""
+    if not device or device in ("auto", "cpu"):
+        return
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem(f"--device {device}: CUDA is not available; use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise EnvironmentProblem(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s) "
+                                     f"(cuda:0..{torch.cuda.device_count() - 1})")
+    elif device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise EnvironmentProblem("--device mps: MPS is not available; use --device cpu")
+
+
+# OSErrors that are the machine's, not the input's: one line and exit code 4 (docs/errors.md)
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                       errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                       errno.EPERM: "operation not permitted"}
+
+
+def environment_problem(error: BaseException) -> EnvironmentProblem | None:
+    """The EnvironmentProblem behind an exception (itself or a cause: a full disk, a read-only or
+    forbidden output), naming the file; None for anything else."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRNOS:
+            where = error.filename2 if getattr(error, "filename2", None) else error.filename
+            return EnvironmentProblem(f"{where or 'output'}: {_ENVIRONMENT_ERRNOS[error.errno]}")
+        error = error.__cause__ or error.__context__
+    return None
 
 
 # What a command's flags can do about an error the library reports without naming them.
@@ -561,6 +613,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .live_cli import add_live_parsers
 
     add_live_parsers(sub, _cmd_live, _cmd_say)
+    for command in sub.choices.values():      # every --device is checked the same way
+        for action in command._actions:
+            if action.dest == "device":
+                action.type = _device
     return p
 
 
@@ -578,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_sigint)
     code = EXIT_OK
     try:
+        check_device(getattr(args, "device", None))
         args.func(args, reporter, cancel)
     except (Cancelled, KeyboardInterrupt) as e:
         reporter.close()
@@ -589,12 +646,15 @@ def main(argv: list[str] | None = None) -> int:
         line = error_line(args.command, e)
         reporter.info("ERROR", line) if args.json else print(f"error: {line}", file=sys.stderr)
         code = getattr(e, "exit_code", EXIT_ERROR)      # e.g. 2: live's missing microphone is bad usage here
-    except Exception as e:  # the one catch-all: an engine bug, reported as such
+    except Exception as e:  # the one catch-all: an engine bug, reported as such, or the machine's fault
         reporter.close()
-        traceback.print_exc(file=sys.stderr)
-        msg = f"internal error ({type(e).__name__}: {e}); please report it with the lines above"
+        problem = environment_problem(e)    # a full disk, a read-only or forbidden output: exit code 4
+        if problem is None:
+            traceback.print_exc(file=sys.stderr)
+        msg = str(problem) if problem else \
+            f"internal error ({type(e).__name__}: {e}); please report it with the lines above"
         reporter.info("ERROR", msg) if args.json else print(f"error: {msg}", file=sys.stderr)
-        code = EXIT_CRASH
+        code = EXIT_ENVIRONMENT if problem else EXIT_CRASH
     if args.json:
         protocol.emit("DONE", {"exit_code": code, "protocol": protocol.PROTOCOL_VERSION})
     return code

@@ -11,7 +11,7 @@ Must not: import bpy (tests run it without Blender) or any engine module (torch,
 Protocol version 1 (interop.py, shared with the engine): one JSON array per line on stdout,
 ["STATUS"|"PROGRESS"|"WARN"|"ERROR"|"RESULT"|"DONE", {...}], DONE last with
 {"exit_code", "protocol"}. Exit codes: 0 OK, 1 handled error, 2 bad usage, 3 internal
-error, 130 cancelled.
+error, 4 the machine (disk full, read-only, no CUDA), 130 cancelled.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # the protocol's kinds, version and exit codes are the engine's (interop.py, shared)
-from .interop import (EXIT_CANCELLED, EXIT_CRASH, EXIT_ERROR, EXIT_OK, EXIT_USAGE,  # noqa: F401
+from .interop import (EXIT_CANCELLED, EXIT_CRASH, EXIT_ENVIRONMENT, EXIT_ERROR, EXIT_OK, EXIT_USAGE,  # noqa: F401
                       MESSAGE_TYPES, PROTOCOL_VERSION, decode_message)
 
 STDERR_TAIL_LINES = 200        # lines of the engine's stderr kept for error reports
@@ -419,7 +419,7 @@ class EngineJob:
         if f"No module named {ENGINE_MODULE}" in tail or f"No module named '{ENGINE_MODULE}'" in tail:
             return "missing", f"the engine package is not importable by {self.command[0]}; use the engine " \
                               f"bundled with the add-on or install it there ({PREFERENCES_HINT})"
-        if got_done and code == EXIT_ERROR:
+        if got_done and code in (EXIT_ERROR, EXIT_ENVIRONMENT):
             return "error", f"{self.label}: {last_error or 'the engine reported an error'}"
         if code == EXIT_USAGE:
             return "error", f"{self.label}: the engine refused the command line: {last_line}"

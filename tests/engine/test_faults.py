@@ -1,0 +1,134 @@
+"""Hostile inputs and faults, one table per kind (issue 17; docs/errors.md).
+
+Each row: the command line, the exit code (usage 2, input 1, the machine 4) and a piece of the
+one-line message. Every row also checks that nothing printed a traceback, that the message is
+one line, and that files already there are byte-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lipsync_engine import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def lipsync(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "lipsync_engine", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_one_line(code: int, stderr: str, expected_code: int, needle: str) -> str:
+    assert code == expected_code, (code, stderr)
+    assert "Traceback" not in stderr and "internal error" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if "error:" in ln]
+    assert len(lines) == 1, stderr
+    assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+# -- rows that need no trained model: the command is refused before any input is read -----------
+# {t} is the test's folder (holding keep.txt, which must stay as it is)
+NO_CUDA = "CUDA is not available; use --device cpu"
+ROWS = [
+    # devices
+    (["train", "{t}/speaker", "-o", "{t}/model", "--device", "cuda"], 4, NO_CUDA),
+    (["predict", "{t}/model", "{t}/a.wav", "--device", "cuda"], 4, NO_CUDA),
+    (["evaluate", "{t}/model", "{t}/speaker", "--device", "cuda"], 4, NO_CUDA),
+    (["dub", "{t}/model", "--audio", "{t}/a.wav", "--video", "{t}/v.mp4", "-o", "{t}/o.mp4", "--device", "cuda"],
+     4, NO_CUDA),
+    (["live", "{t}/model", "--device", "cuda:0"], 4, NO_CUDA),
+    (["train", "{t}/speaker", "-o", "{t}/model", "--device", "tpu"], 2, "unknown device 'tpu'"),
+    (["predict", "{t}/model", "{t}/a.wav", "--device", "gpu0"], 2, "unknown device 'gpu0'"),
+    (["dub", "{t}/model", "--audio", "{t}/a.wav", "--video", "{t}/v.mp4", "-o", "{t}/o.mp4", "--device", "tpu"],
+     2, "unknown device"),
+    (["evaluate", "{t}/model", "{t}/speaker", "--device", "gpu0"], 2, "unknown device"),
+    (["live", "{t}/model", "--device", "tpu"], 2, "unknown device"),
+]
+
+
+def _ids(rows):
+    return [" ".join(a for a in argv if "{t}" not in a) for argv, *_ in rows]
+
+
+@pytest.mark.parametrize("argv, code, needle", ROWS, ids=_ids(ROWS))
+def test_refused_with_one_line(tmp_path, argv, code, needle):
+    if NO_CUDA in needle and cuda_available():
+        pytest.skip("this machine has CUDA")
+    (tmp_path / "keep.txt").write_bytes(b"the user's file\n")
+    before = snapshot(tmp_path)
+    proc = lipsync(*[a.format(t=tmp_path) for a in argv])
+    assert_one_line(proc.returncode, proc.stderr, code, needle)
+    assert snapshot(tmp_path) == before
+
+
+# -- the machine's faults while an output is written: injected at the writer layer ----------------
+# (os.replace publishes every output; a real full disk fails earlier, in a write, with the same errno)
+FAULTS = [(errno.ENOSPC, "no space left on the device"), (errno.EROFS, "read-only file system"),
+          (errno.EACCES, "permission denied")]
+
+
+@pytest.mark.parametrize("err, needle", FAULTS, ids=[errno.errorcode[e] for e, _ in FAULTS])
+@pytest.mark.parametrize("json_mode", [False, True], ids=["text", "json"])
+def test_disk_full_read_only_and_forbidden_outputs_exit_4(tmp_path, monkeypatch, capsys, err, needle, json_mode):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_bytes(b"the user's file\n")
+    before = snapshot(out)
+    real_replace = os.replace
+
+    def failing_replace(src, dst, *a, **k):
+        if Path(dst).parent == out:
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    code = cli.main((["--json"] if json_mode else []) + ["synth-video", str(out / "clip.mp4"), "--duration", "0.2"])
+    captured = capsys.readouterr()
+    if json_mode:
+        messages = [json.loads(ln) for ln in captured.out.splitlines()]
+        errors = [p["message"] for kind, p in messages if kind == "ERROR"]
+        assert len(errors) == 1 and needle in errors[0] and str(out / "clip.mp4") in errors[0]
+        assert messages[-1] == ["DONE", {"exit_code": 4, "protocol": 1}]
+        assert code == 4 and "Traceback" not in captured.err
+    else:
+        line = assert_one_line(code, captured.err, 4, needle)
+        assert str(out / "clip.mp4") in line
+    assert snapshot(out) == before        # no output, no temporary left behind
+
+
+def test_atomic_writes_name_the_output_not_the_temporary(tmp_path, monkeypatch):
+    from lipsync_engine.core import storage
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError) as info:
+        storage.write_json(tmp_path / "meta.json", {"a": 1})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "meta.json")
+    problem = cli.environment_problem(info.value)
+    assert problem is not None and str(problem) == f"{tmp_path / 'meta.json'}: no space left on the device"
+    assert problem.exit_code == 4
+    assert list(tmp_path.iterdir()) == []
