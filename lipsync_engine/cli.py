@@ -95,6 +95,47 @@ def _device(text: str) -> str:
     return text
 
 
+def _finite(text: str) -> float:
+    """Every float option: a finite number (nan and inf are bad usage, exit code 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _in_range(kind, low=None, high=None, low_open=False, what=""):
+    """An argparse type: kind (int or float; floats also finite) within [low, high] ((low, high] with low_open)."""
+    def parse(text: str):
+        value = _finite(text) if kind is float else int(text)
+        if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+            rule = f"> {low:g}" if low_open else f">= {low:g}" if low is not None else ""
+            rule = " and ".join(r for r in (rule, f"<= {high:g}" if high is not None else "") if r)
+            raise argparse.ArgumentTypeError(f"must be {rule}{what}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__      # argparse names the type in "invalid int value"
+    return parse
+
+
+POSITIVE_FPS = _in_range(float, 0, 1000, low_open=True)
+WORKERS = _in_range(int, 1, 256)
+MAX_SYNTH_SECONDS = 3600.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors also reach --json readers: an ERROR and a DONE line (exit code 2)."""
+
+    json_mode = False
+
+    def error(self, message):
+        if _Parser.json_mode:
+            protocol.emit("ERROR", {"message": f"{self.prog}: {message}"})
+            protocol.emit("DONE", {"exit_code": EXIT_USAGE, "protocol": protocol.PROTOCOL_VERSION})
+        super().error(message)
+
+
 def check_device(device: str | None) -> None:
     """A device the machine does not have is an EnvironmentProblem (exit code 4), said before any
     work (not as a corrupted model or an assertion later)."""
@@ -467,7 +508,7 @@ def _cmd_say(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lipsync", description="LipSync3D engine: personalized 3D talking faces from video.")
+    p = _Parser(prog="lipsync", description="LipSync3D engine: personalized 3D talking faces from video.")
     p.add_argument("--version", action="version", version=f"lipsync {__version__}")
     p.add_argument("--json", action="store_true", help="machine-readable JSON-lines messages on stdout")
     sub = p.add_subparsers(dest="command", required=True)
@@ -475,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("prepare", help="track, pose- and lighting-normalize videos of one speaker")
     sp.add_argument("videos", nargs="+", type=Path, help="video files or folders of takes of ONE speaker")
     sp.add_argument("-o", "--output", type=Path, required=True, help="speaker directory to write")
-    sp.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    sp.add_argument("--workers", type=WORKERS, default=2, help="worker processes (default 2)")
     sp.add_argument("--reference", metavar="TAKE:FRAME", help="force the reference frame")
     sp.add_argument("--overwrite", action="store_true", help="replace a speaker directory made from other inputs")
     sp.add_argument("--no-report", action="store_true", help="skip the HTML/PNG report")
@@ -499,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--epochs", type=int, default=30)
     st.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     st.add_argument("--resume", action="store_true", help="continue MODEL_DIR after Ctrl-C or a crash")
-    st.add_argument("--width", type=float, help="channel width as a fraction of the paper's (overrides --preset)")
+    st.add_argument("--width", type=_in_range(float, 0, 4, low_open=True), help="channel width as a fraction of the paper's (overrides --preset)")
     st.add_argument("--val-fraction", type=float, default=0.1,
                     help="validation tail (default 0.1): stops the vertices when they over-fit and fits the "
                          "articulation gain; never trained on")
@@ -508,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--recipe", choices=("fast", "paper"), default="fast",
                     help="fast (default: learning rate 1e-3, vertex loss x30, lip vertices x11; best within minutes "
                          "on a CPU) or paper (1e-4, x3, as published, for ~500 epochs)")
-    st.add_argument("--learning-rate", type=float, help="Adam step size (default: the recipe's)")
+    st.add_argument("--learning-rate", type=_in_range(float, 0, 1, low_open=True), help="Adam step size (default: the recipe's)")
     st.add_argument("--batch-size", type=int, default=32, help="frames per step (default 32)")
     st.add_argument("--geometry-weight", type=float, help="weight of the vertex loss (default: the recipe's)")
     st.add_argument("--lip-weight", type=float, help="extra weight of the lip vertices in the vertex loss "
@@ -530,14 +571,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ss = sub.add_parser("synth-video", help="write the built-in synthetic talking-face video with ground truth")
     ss.add_argument("output", type=Path, help="output .mp4")
-    ss.add_argument("--duration", type=float, default=8.0, help="seconds (default 8)")
-    ss.add_argument("--fps", type=float, default=25.0)
+    ss.add_argument("--duration", type=_in_range(float, 0, MAX_SYNTH_SECONDS, low_open=True), default=8.0,
+                    help="seconds (default 8, at most an hour)")
+    ss.add_argument("--fps", type=POSITIVE_FPS, default=25.0)
     ss.add_argument("--seed", type=int, default=0)
     ss.set_defaults(func=_cmd_synth)
 
     sd = sub.add_parser("demo", help="run the pipeline on the built-in synthetic demo video")
     sd.add_argument("-o", "--output", type=Path, default=Path("out/demo"))
-    sd.add_argument("--duration", type=float, default=8.0)
+    sd.add_argument("--duration", type=_in_range(float, 0, MAX_SYNTH_SECONDS, low_open=True), default=8.0)
     sd.set_defaults(func=_cmd_demo)
 
     sq = sub.add_parser("predict", help="animation from dialogue audio: meshes, atlases, blendshapes, a preview")
@@ -545,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("audio", type=Path, nargs="+", help="wav, flac, ogg, mp3, m4a/aac, or a video's audio track")
     sq.add_argument("-o", "--output", type=Path, nargs="+", help="prediction folder (one AUDIO; default STEM_lipsync), "
                     "the folder of one STEM_lipsync per AUDIO (several; default .), or one folder per AUDIO")
-    sq.add_argument("--fps", type=float, default=30.0, help="output frame rate, e.g. 24, 25, 29.97, 60 (default 30)")
+    sq.add_argument("--fps", type=POSITIVE_FPS, default=30.0, help="output frame rate, e.g. 24, 25, 29.97, 60 (default 30)")
     sq.add_argument("--start", type=float, nargs="+", help="first second of the audio to use (one value, or one "
                     "per AUDIO)")
     sq.add_argument("--end", type=float, nargs="+", help="last second of the audio to use (one value, or one per "
@@ -587,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--audio-end", type=float, help="last second of the audio (default: its end)")
     sb.add_argument("--loop", choices=("pingpong", "hold"), default="pingpong",
                     help="audio longer than the video: play it back and forth (default) or hold the last frame")
-    sb.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    sb.add_argument("--workers", type=WORKERS, default=2, help="worker processes (default 2)")
     sb.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
     sb.add_argument("--device", default="auto", help="prediction device: auto, cpu, cuda or mps")
     sb.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -617,10 +659,17 @@ def build_parser() -> argparse.ArgumentParser:
         for action in command._actions:
             if action.dest == "device":
                 action.type = _device
+            elif action.dest == "fps":
+                action.type = POSITIVE_FPS
+            elif action.dest == "workers":
+                action.type = WORKERS
+            elif action.type is float:        # nan and inf are never what a user meant
+                action.type = _finite
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    _Parser.json_mode = "--json" in (sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
     reporter = Reporter(args.json)

@@ -65,6 +65,27 @@ ROWS = [
      2, "unknown device"),
     (["evaluate", "{t}/model", "{t}/speaker", "--device", "gpu0"], 2, "unknown device"),
     (["live", "{t}/model", "--device", "tpu"], 2, "unknown device"),
+    # numbers: finite and in range
+    (["fit", "{t}/speaker", "--smoothness", "nan"], 2, "--smoothness: must be a finite number"),
+    (["fit", "{t}/speaker", "--sparsity", "inf"], 2, "--sparsity: must be a finite number"),
+    (["train", "{t}/speaker", "-o", "{t}/model", "--learning-rate", "nan"], 2, "--learning-rate: must be a finite"),
+    (["train", "{t}/speaker", "-o", "{t}/model", "--learning-rate", "0"], 2, "--learning-rate: must be > 0"),
+    (["train", "{t}/speaker", "-o", "{t}/model", "--width", "-1"], 2, "--width: must be > 0"),
+    (["train", "{t}/speaker", "-o", "{t}/model", "--val-fraction", "nan"], 2, "--val-fraction: must be a finite"),
+    (["synth-video", "{t}/clip.mp4", "--fps", "0"], 2, "--fps: must be > 0"),
+    (["synth-video", "{t}/clip.mp4", "--duration", "0"], 2, "--duration: must be > 0"),
+    (["synth-video", "{t}/clip.mp4", "--duration", "-3"], 2, "--duration: must be > 0"),
+    (["synth-video", "{t}/clip.mp4", "--duration", "1e12"], 2, "--duration: must be > 0 and <= 3600"),
+    (["predict", "{t}/model", "{t}/a.wav", "--fps", "0"], 2, "--fps: must be > 0"),
+    (["predict", "{t}/model", "{t}/a.wav", "--silence-db", "nan"], 2, "--silence-db: must be a finite"),
+    (["live", "{t}/model", "--fps", "-30"], 2, "--fps: must be > 0"),
+    (["prepare", "{t}/v.mp4", "-o", "{t}/speaker", "--workers", "0"], 2, "--workers: must be >= 1"),
+    (["dub", "{t}/model", "--audio", "{t}/a.wav", "--video", "{t}/v.mp4", "-o", "{t}/o.mp4", "--workers", "0"],
+     2, "--workers: must be >= 1"),
+    (["demo", "-o", "{t}/demo", "--duration", "nan"], 2, "--duration: must be a finite"),
+    # another command's folder
+    (["train", "{t}/speaker", "-o", "{t}/speaker"], 1, "a prepared speaker directory (it holds meta.json)"),
+    (["train", "{t}/speaker", "-o", "{t}/other_speaker"], 1, "other_speaker: a prepared speaker directory"),
 ]
 
 
@@ -77,6 +98,10 @@ def test_refused_with_one_line(tmp_path, argv, code, needle):
     if NO_CUDA in needle and cuda_available():
         pytest.skip("this machine has CUDA")
     (tmp_path / "keep.txt").write_bytes(b"the user's file\n")
+    for speaker in ("speaker", "other_speaker"):           # stand-ins for prepared speakers
+        (tmp_path / speaker).mkdir()
+        (tmp_path / speaker / "meta.json").write_text('{"format": "lipsync3d-speaker"}\n')
+        (tmp_path / speaker / "reference_atlas.png").write_bytes(b"\x89PNG the user's atlas")
     before = snapshot(tmp_path)
     proc = lipsync(*[a.format(t=tmp_path) for a in argv])
     assert_one_line(proc.returncode, proc.stderr, code, needle)
@@ -132,3 +157,17 @@ def test_atomic_writes_name_the_output_not_the_temporary(tmp_path, monkeypatch):
     assert problem is not None and str(problem) == f"{tmp_path / 'meta.json'}: no space left on the device"
     assert problem.exit_code == 4
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--json", "fit", "x", "--smoothness", "nan"], "--smoothness: must be a finite number"),
+    (["--json", "prepare"], "the following arguments are required"),
+    (["--json", "train", "x", "-o", "y", "--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_json_usage_errors_send_error_and_done(argv, needle):
+    proc = lipsync(*argv)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    messages = [json.loads(ln) for ln in proc.stdout.splitlines()]
+    assert [kind for kind, _ in messages] == ["ERROR", "DONE"]
+    assert needle in messages[0][1]["message"]
+    assert messages[1][1]["exit_code"] == 2
