@@ -180,7 +180,27 @@ _FLAG_HINTS = {
     ("prepare", OutputExists): "choose another folder or pass --overwrite",
     ("demo", OutputExists): "choose another folder or pass --overwrite",
     ("dub", OutputExists): "choose another name or pass --overwrite",
+    ("export", OutputExists): "choose another name or pass --overwrite",
+    ("synth-video", OutputExists): "choose another name or pass --overwrite",
 }
+
+
+def check_output_file(path: Path, overwrite: bool, *also: Path) -> None:
+    """An output FILE (and the files written beside it): not a folder, not there unless --overwrite,
+    in a folder. Said before any work; the file itself is replaced atomically at the end."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not a file; give the output file's name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{parent}: a file, not a folder (in the output path {path})")
+    for p in (path, *also):
+        if p.is_dir():
+            raise InputError(f"{p}: a folder, not a file; give the output another name")
+        if p.exists() and not overwrite:
+            raise OutputExists(f"{p}: already exists")
 
 
 def error_line(command: str | None, error: EngineError) -> str:
@@ -232,8 +252,9 @@ def _cmd_export(args, reporter: Reporter, cancel: CancelToken) -> None:
     from .rig import names
     from .rig.fitting import load_fitted
 
-    coeffs, fps = load_fitted(args.speaker)
     out, fmt = Path(args.output), args.format
+    check_output_file(out, args.overwrite)
+    coeffs, fps = load_fitted(args.speaker)
     if fmt == "livelink-csv":
         exports.write_livelink_csv(out, coeffs, names.ARKIT_NAMES, fps)
     elif fmt == "json":
@@ -275,7 +296,9 @@ def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_synth(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .demo.video import make_demo_video
+    from .demo.video import make_demo_video, truth_path
+
+    check_output_file(Path(args.output), args.overwrite, truth_path(args.output))
 
     def on_frame(done: int, total: int) -> None:
         reporter(Progress("synth", done, total))
@@ -567,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("speaker", type=Path, help="prepared speaker directory (after `lipsync fit`)")
     se.add_argument("-f", "--format", choices=EXPORT_FORMATS, required=True)
     se.add_argument("-o", "--output", type=Path, required=True)
+    se.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     se.set_defaults(func=_cmd_export)
 
     ss = sub.add_parser("synth-video", help="write the built-in synthetic talking-face video with ground truth")
@@ -575,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds (default 8, at most an hour)")
     ss.add_argument("--fps", type=POSITIVE_FPS, default=25.0)
     ss.add_argument("--seed", type=int, default=0)
+    ss.add_argument("--overwrite", action="store_true", help="replace an existing video and its ground truth")
     ss.set_defaults(func=_cmd_synth)
 
     sd = sub.add_parser("demo", help="run the pipeline on the built-in synthetic demo video")

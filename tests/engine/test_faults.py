@@ -86,6 +86,17 @@ ROWS = [
     # another command's folder
     (["train", "{t}/speaker", "-o", "{t}/speaker"], 1, "a prepared speaker directory (it holds meta.json)"),
     (["train", "{t}/speaker", "-o", "{t}/other_speaker"], 1, "other_speaker: a prepared speaker directory"),
+    (["evaluate", "{t}/model", "{t}/speaker", "-o", "{t}/other_speaker"], 1, "a prepared speaker directory"),
+    # files and folders
+    (["synth-video", "{t}/keep.txt"], 1, "keep.txt: already exists; choose another name or pass --overwrite"),
+    (["synth-video", "{t}/clip.mp4"], 1, "clip.truth.json: already exists; choose another name or pass --overwrite"),
+    (["synth-video", "{t}/speaker"], 1, "speaker: a folder, not a file"),
+    (["synth-video", "{t}/keep.txt/clip.mp4"], 1, "keep.txt: a file, not a folder"),
+    (["export", "{t}/speaker", "-f", "json", "-o", "{t}/keep.txt"], 1, "keep.txt: already exists; choose another "
+     "name or pass --overwrite"),
+    (["export", "{t}/speaker", "-f", "livelink-csv", "-o", "{t}/other_speaker"], 1, "a folder, not a file"),
+    (["train", "{t}/speaker", "-o", "{t}/keep.txt"], 1, "keep.txt: a file, not a folder"),
+    (["evaluate", "{t}/model", "{t}/speaker", "-o", "{t}/keep.txt"], 1, "keep.txt: a file, not a folder"),
 ]
 
 
@@ -98,6 +109,7 @@ def test_refused_with_one_line(tmp_path, argv, code, needle):
     if NO_CUDA in needle and cuda_available():
         pytest.skip("this machine has CUDA")
     (tmp_path / "keep.txt").write_bytes(b"the user's file\n")
+    (tmp_path / "clip.truth.json").write_bytes(b'{"the truth of an earlier video": 1}')
     for speaker in ("speaker", "other_speaker"):           # stand-ins for prepared speakers
         (tmp_path / speaker).mkdir()
         (tmp_path / speaker / "meta.json").write_text('{"format": "lipsync3d-speaker"}\n')
@@ -171,3 +183,14 @@ def test_json_usage_errors_send_error_and_done(argv, needle):
     assert [kind for kind, _ in messages] == ["ERROR", "DONE"]
     assert needle in messages[0][1]["message"]
     assert messages[1][1]["exit_code"] == 2
+
+
+def test_synth_video_replaces_only_with_overwrite(tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"the user's video")
+    proc = lipsync("synth-video", video, "--duration", "0.2")
+    assert_one_line(proc.returncode, proc.stderr, 1, "already exists")
+    assert video.read_bytes() == b"the user's video"
+    proc = lipsync("synth-video", video, "--duration", "0.2", "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert video.stat().st_size > 1000 and (tmp_path / "clip.truth.json").is_file()
