@@ -563,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--epochs", type=int, default=30)
     st.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     st.add_argument("--resume", action="store_true", help="continue MODEL_DIR after Ctrl-C or a crash")
-    st.add_argument("--width", type=_in_range(float, 0, 4, low_open=True), help="channel width as a fraction of the paper's (overrides --preset)")
+    st.add_argument("--width", type=_in_range(float, 0, 4, low_open=True),
+                    help="channel width as a fraction of the paper's (overrides --preset)")
     st.add_argument("--val-fraction", type=float, default=0.1,
                     help="validation tail (default 0.1): stops the vertices when they over-fit and fits the "
                          "articulation gain; never trained on")
@@ -572,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--recipe", choices=("fast", "paper"), default="fast",
                     help="fast (default: learning rate 1e-3, vertex loss x30, lip vertices x11; best within minutes "
                          "on a CPU) or paper (1e-4, x3, as published, for ~500 epochs)")
-    st.add_argument("--learning-rate", type=_in_range(float, 0, 1, low_open=True), help="Adam step size (default: the recipe's)")
+    st.add_argument("--learning-rate", type=_in_range(float, 0, 1, low_open=True),
+                    help="Adam step size (default: the recipe's)")
     st.add_argument("--batch-size", type=int, default=32, help="frames per step (default 32)")
     st.add_argument("--geometry-weight", type=float, help="weight of the vertex loss (default: the recipe's)")
     st.add_argument("--lip-weight", type=float, help="extra weight of the lip vertices in the vertex loss "
@@ -612,7 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("audio", type=Path, nargs="+", help="wav, flac, ogg, mp3, m4a/aac, or a video's audio track")
     sq.add_argument("-o", "--output", type=Path, nargs="+", help="prediction folder (one AUDIO; default STEM_lipsync), "
                     "the folder of one STEM_lipsync per AUDIO (several; default .), or one folder per AUDIO")
-    sq.add_argument("--fps", type=POSITIVE_FPS, default=30.0, help="output frame rate, e.g. 24, 25, 29.97, 60 (default 30)")
+    sq.add_argument("--fps", type=POSITIVE_FPS, default=30.0,
+                    help="output frame rate, e.g. 24, 25, 29.97, 60 (default 30)")
     sq.add_argument("--start", type=float, nargs="+", help="first second of the audio to use (one value, or one "
                     "per AUDIO)")
     sq.add_argument("--end", type=float, nargs="+", help="last second of the audio to use (one value, or one per "
