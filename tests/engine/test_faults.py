@@ -194,3 +194,59 @@ def test_synth_video_replaces_only_with_overwrite(tmp_path):
     proc = lipsync("synth-video", video, "--duration", "0.2", "--overwrite")
     assert proc.returncode == 0, proc.stderr
     assert video.stat().st_size > 1000 and (tmp_path / "clip.truth.json").is_file()
+
+
+# -- rows on the demo speaker and its trained model (slow: the fixtures track and train) -------------
+# {speaker}: the prepared demo speaker, {model}: the tiny model trained on it, {video}: the demo video
+SLOW_ROWS = [
+    (["train", "{speaker}", "-o", "{speaker}"], 1, "a prepared speaker directory (it holds meta.json)"),
+    (["evaluate", "{model}", "{speaker}", "-o", "{speaker}"], 1, "a prepared speaker directory"),
+    (["fit", "{speaker}", "--smoothness", "nan"], 2, "--smoothness: must be a finite number"),
+    (["export", "{speaker}", "-f", "json", "-o", "{t}/keep.txt"], 1, "already exists; choose another name"),
+    (["predict", "{model}", "{video}", "-o", "{t}/keep.txt"], 1, "keep.txt: exists and is not a folder"),
+    (["predict", "{model}", "{video}", "-o", "{t}/p", "--device", "cuda"], 4, NO_CUDA),
+    (["evaluate", "{model}", "{speaker}", "--device", "cuda"], 4, NO_CUDA),
+    (["dub", "{model}", "--audio", "{video}", "--video", "{video}", "-o", "{t}/keep.txt"], 1,
+     "keep.txt: the output must be an .mp4"),
+]
+
+
+def _digest(folder: Path) -> dict:
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("argv, code, needle", SLOW_ROWS, ids=_ids(SLOW_ROWS))
+def test_refused_with_one_line_on_a_real_speaker(trained_demo, demo_video, tmp_path, argv, code, needle):
+    if NO_CUDA in needle and cuda_available():
+        pytest.skip("this machine has CUDA")
+    model, ds, _ = trained_demo
+    (tmp_path / "keep.txt").write_bytes(b"the user's file\n")
+    before = [_digest(ds.path), _digest(model), snapshot(tmp_path)]
+    proc = lipsync(*[a.format(t=tmp_path, speaker=ds.path, model=model, video=demo_video[0]) for a in argv])
+    assert_one_line(proc.returncode, proc.stderr, code, needle)
+    assert [_digest(ds.path), _digest(model), snapshot(tmp_path)] == before
+
+
+def test_predict_on_a_full_disk_exits_4_and_leaves_nothing(trained_demo, demo_video, tmp_path, monkeypatch,
+                                                           capsys):
+    model, _, _ = trained_demo
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_bytes(b"the user's file\n")
+    real_replace = os.replace
+
+    def failing_replace(src, dst, *a, **k):
+        if Path(dst).parent == out:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src), None, str(dst))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    code = cli.main(["predict", str(model), str(demo_video[0]), "-o", str(out / "pred"), "--no-preview",
+                     "--end", "1"])
+    line = assert_one_line(code, capsys.readouterr().err, 4, "no space left on the device")
+    assert str(out / "pred") in line
+    assert snapshot(out) == {"keep.txt": b"the user's file\n"}
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
