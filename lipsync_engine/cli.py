@@ -3,13 +3,16 @@
 Owns: argument parsing, progress bars (tqdm on stderr) or protocol messages (--json),
 Ctrl-C handling (first press cancels cleanly, finished work is kept), and turning errors
 into one line and an exit code: 0 OK, 1 a handled EngineError, 2 bad usage, 130
-cancelled, 3 an internal error (traceback on stderr). The only catch-all is here.
+cancelled, 3 an internal error (traceback on stderr), 4 the machine (a full disk, a read-only
+or forbidden folder, no CUDA; docs/errors.md). The only catch-all is here.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import re
 import signal
 import sys
 import traceback
@@ -17,9 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from .core import protocol
-from .core.errors import Cancelled, EngineError, InputError, OutputExists
+from .core.errors import Cancelled, EngineError, EnvironmentProblem, InputError, OutputExists
 from .core.progress import CancelToken, Progress
-from .core.protocol import EXIT_CANCELLED, EXIT_CRASH, EXIT_ERROR, EXIT_OK, EXIT_USAGE  # noqa: F401
+from .core.protocol import EXIT_CANCELLED, EXIT_CRASH, EXIT_ENVIRONMENT, EXIT_ERROR, EXIT_OK, EXIT_USAGE  # noqa: F401
 from .core.version import __version__
 
 
@@ -82,12 +85,122 @@ def _options(command: str, build):
         raise InputError(f"{command}: {e}") from e
 
 
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
+def _device(text: str) -> str:
+    """--device: auto, cpu, cuda, cuda:N or mps (anything else is bad usage, exit code 2)."""
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (use auto, cpu, cuda, cuda:N or mps)")
+    return text
+
+
+def _finite(text: str) -> float:
+    """Every float option: a finite number (nan and inf are bad usage, exit code 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _in_range(kind, low=None, high=None, low_open=False, what=""):
+    """An argparse type: kind (int or float; floats also finite) within [low, high] ((low, high] with low_open)."""
+    def parse(text: str):
+        value = _finite(text) if kind is float else int(text)
+        if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+            rule = f"> {low:g}" if low_open else f">= {low:g}" if low is not None else ""
+            rule = " and ".join(r for r in (rule, f"<= {high:g}" if high is not None else "") if r)
+            raise argparse.ArgumentTypeError(f"must be {rule}{what}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__      # argparse names the type in "invalid int value"
+    return parse
+
+
+POSITIVE_FPS = _in_range(float, 0, 1000, low_open=True)
+WORKERS = _in_range(int, 1, 256)
+MAX_SYNTH_SECONDS = 3600.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors also reach --json readers: an ERROR and a DONE line (exit code 2)."""
+
+    json_mode = False
+
+    def error(self, message):
+        if _Parser.json_mode:
+            protocol.emit("ERROR", {"message": f"{self.prog}: {message}"})
+            protocol.emit("DONE", {"exit_code": EXIT_USAGE, "protocol": protocol.PROTOCOL_VERSION})
+        super().error(message)
+
+
+def check_device(device: str | None) -> None:
+    """A device the machine does not have is an EnvironmentProblem (exit code 4), said before any
+    work (not as a corrupted model or an assertion later)."""
+    if not device or device in ("auto", "cpu"):
+        return
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem(f"--device {device}: CUDA is not available; use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise EnvironmentProblem(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s) "
+                                     f"(cuda:0..{torch.cuda.device_count() - 1})")
+    elif device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise EnvironmentProblem("--device mps: MPS is not available; use --device cpu")
+
+
+# OSErrors that are the machine's, not the input's: one line and exit code 4 (docs/errors.md)
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                       errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                       errno.EPERM: "operation not permitted"}
+
+
+def environment_problem(error: BaseException) -> EnvironmentProblem | None:
+    """The EnvironmentProblem behind an exception (itself or a cause: a full disk, a read-only or
+    forbidden output), naming the file; None for anything else."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRNOS:
+            where = error.filename2 if getattr(error, "filename2", None) else error.filename
+            return EnvironmentProblem(f"{where or 'output'}: {_ENVIRONMENT_ERRNOS[error.errno]}")
+        error = error.__cause__ or error.__context__
+    return None
+
+
 # What a command's flags can do about an error the library reports without naming them.
 _FLAG_HINTS = {
     ("prepare", OutputExists): "choose another folder or pass --overwrite",
     ("demo", OutputExists): "choose another folder or pass --overwrite",
     ("dub", OutputExists): "choose another name or pass --overwrite",
+    ("export", OutputExists): "choose another name or pass --overwrite",
+    ("synth-video", OutputExists): "choose another name or pass --overwrite",
 }
+
+
+def check_output_file(path: Path, overwrite: bool, *also: Path) -> None:
+    """An output FILE (and the files written beside it): not a folder, not there unless --overwrite,
+    in a folder. Said before any work; the file itself is replaced atomically at the end."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not a file; give the output file's name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{parent}: a file, not a folder (in the output path {path})")
+    for p in (path, *also):
+        if p.is_dir():
+            raise InputError(f"{p}: a folder, not a file; give the output another name")
+        if p.exists() and not overwrite:
+            raise OutputExists(f"{p}: already exists")
 
 
 def error_line(command: str | None, error: EngineError) -> str:
@@ -139,8 +252,9 @@ def _cmd_export(args, reporter: Reporter, cancel: CancelToken) -> None:
     from .rig import names
     from .rig.fitting import load_fitted
 
-    coeffs, fps = load_fitted(args.speaker)
     out, fmt = Path(args.output), args.format
+    check_output_file(out, args.overwrite)
+    coeffs, fps = load_fitted(args.speaker)
     if fmt == "livelink-csv":
         exports.write_livelink_csv(out, coeffs, names.ARKIT_NAMES, fps)
     elif fmt == "json":
@@ -182,7 +296,9 @@ def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def _cmd_synth(args, reporter: Reporter, cancel: CancelToken) -> None:
-    from .demo.video import make_demo_video
+    from .demo.video import make_demo_video, truth_path
+
+    check_output_file(Path(args.output), args.overwrite, truth_path(args.output))
 
     def on_frame(done: int, total: int) -> None:
         reporter(Progress("synth", done, total))
@@ -415,7 +531,7 @@ def _cmd_say(args, reporter: Reporter, cancel: CancelToken) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lipsync", description="LipSync3D engine: personalized 3D talking faces from video.")
+    p = _Parser(prog="lipsync", description="LipSync3D engine: personalized 3D talking faces from video.")
     p.add_argument("--version", action="version", version=f"lipsync {__version__}")
     p.add_argument("--json", action="store_true", help="machine-readable JSON-lines messages on stdout")
     sub = p.add_subparsers(dest="command", required=True)
@@ -423,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("prepare", help="track, pose- and lighting-normalize videos of one speaker")
     sp.add_argument("videos", nargs="+", type=Path, help="video files or folders of takes of ONE speaker")
     sp.add_argument("-o", "--output", type=Path, required=True, help="speaker directory to write")
-    sp.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    sp.add_argument("--workers", type=WORKERS, default=2, help="worker processes (default 2)")
     sp.add_argument("--reference", metavar="TAKE:FRAME", help="force the reference frame")
     sp.add_argument("--overwrite", action="store_true", help="replace a speaker directory made from other inputs")
     sp.add_argument("--no-report", action="store_true", help="skip the HTML/PNG report")
@@ -447,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--epochs", type=int, default=30)
     st.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     st.add_argument("--resume", action="store_true", help="continue MODEL_DIR after Ctrl-C or a crash")
-    st.add_argument("--width", type=float, help="channel width as a fraction of the paper's (overrides --preset)")
+    st.add_argument("--width", type=_in_range(float, 0, 4, low_open=True),
+                    help="channel width as a fraction of the paper's (overrides --preset)")
     st.add_argument("--val-fraction", type=float, default=0.1,
                     help="validation tail (default 0.1): stops the vertices when they over-fit and fits the "
                          "articulation gain; never trained on")
@@ -456,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--recipe", choices=("fast", "paper"), default="fast",
                     help="fast (default: learning rate 1e-3, vertex loss x30, lip vertices x11; best within minutes "
                          "on a CPU) or paper (1e-4, x3, as published, for ~500 epochs)")
-    st.add_argument("--learning-rate", type=float, help="Adam step size (default: the recipe's)")
+    st.add_argument("--learning-rate", type=_in_range(float, 0, 1, low_open=True),
+                    help="Adam step size (default: the recipe's)")
     st.add_argument("--batch-size", type=int, default=32, help="frames per step (default 32)")
     st.add_argument("--geometry-weight", type=float, help="weight of the vertex loss (default: the recipe's)")
     st.add_argument("--lip-weight", type=float, help="extra weight of the lip vertices in the vertex loss "
@@ -474,18 +592,21 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("speaker", type=Path, help="prepared speaker directory (after `lipsync fit`)")
     se.add_argument("-f", "--format", choices=EXPORT_FORMATS, required=True)
     se.add_argument("-o", "--output", type=Path, required=True)
+    se.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     se.set_defaults(func=_cmd_export)
 
     ss = sub.add_parser("synth-video", help="write the built-in synthetic talking-face video with ground truth")
     ss.add_argument("output", type=Path, help="output .mp4")
-    ss.add_argument("--duration", type=float, default=8.0, help="seconds (default 8)")
-    ss.add_argument("--fps", type=float, default=25.0)
+    ss.add_argument("--duration", type=_in_range(float, 0, MAX_SYNTH_SECONDS, low_open=True), default=8.0,
+                    help="seconds (default 8, at most an hour)")
+    ss.add_argument("--fps", type=POSITIVE_FPS, default=25.0)
     ss.add_argument("--seed", type=int, default=0)
+    ss.add_argument("--overwrite", action="store_true", help="replace an existing video and its ground truth")
     ss.set_defaults(func=_cmd_synth)
 
     sd = sub.add_parser("demo", help="run the pipeline on the built-in synthetic demo video")
     sd.add_argument("-o", "--output", type=Path, default=Path("out/demo"))
-    sd.add_argument("--duration", type=float, default=8.0)
+    sd.add_argument("--duration", type=_in_range(float, 0, MAX_SYNTH_SECONDS, low_open=True), default=8.0)
     sd.set_defaults(func=_cmd_demo)
 
     sq = sub.add_parser("predict", help="animation from dialogue audio: meshes, atlases, blendshapes, a preview")
@@ -493,7 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("audio", type=Path, nargs="+", help="wav, flac, ogg, mp3, m4a/aac, or a video's audio track")
     sq.add_argument("-o", "--output", type=Path, nargs="+", help="prediction folder (one AUDIO; default STEM_lipsync), "
                     "the folder of one STEM_lipsync per AUDIO (several; default .), or one folder per AUDIO")
-    sq.add_argument("--fps", type=float, default=30.0, help="output frame rate, e.g. 24, 25, 29.97, 60 (default 30)")
+    sq.add_argument("--fps", type=POSITIVE_FPS, default=30.0,
+                    help="output frame rate, e.g. 24, 25, 29.97, 60 (default 30)")
     sq.add_argument("--start", type=float, nargs="+", help="first second of the audio to use (one value, or one "
                     "per AUDIO)")
     sq.add_argument("--end", type=float, nargs="+", help="last second of the audio to use (one value, or one per "
@@ -535,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--audio-end", type=float, help="last second of the audio (default: its end)")
     sb.add_argument("--loop", choices=("pingpong", "hold"), default="pingpong",
                     help="audio longer than the video: play it back and forth (default) or hold the last frame")
-    sb.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    sb.add_argument("--workers", type=WORKERS, default=2, help="worker processes (default 2)")
     sb.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
     sb.add_argument("--device", default="auto", help="prediction device: auto, cpu, cuda or mps")
     sb.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -561,10 +683,21 @@ def build_parser() -> argparse.ArgumentParser:
     from .live_cli import add_live_parsers
 
     add_live_parsers(sub, _cmd_live, _cmd_say)
+    for command in sub.choices.values():      # every --device is checked the same way
+        for action in command._actions:
+            if action.dest == "device":
+                action.type = _device
+            elif action.dest == "fps":
+                action.type = POSITIVE_FPS
+            elif action.dest == "workers":
+                action.type = WORKERS
+            elif action.type is float:        # nan and inf are never what a user meant
+                action.type = _finite
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    _Parser.json_mode = "--json" in (sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
     reporter = Reporter(args.json)
@@ -578,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_sigint)
     code = EXIT_OK
     try:
+        check_device(getattr(args, "device", None))
         args.func(args, reporter, cancel)
     except (Cancelled, KeyboardInterrupt) as e:
         reporter.close()
@@ -589,12 +723,15 @@ def main(argv: list[str] | None = None) -> int:
         line = error_line(args.command, e)
         reporter.info("ERROR", line) if args.json else print(f"error: {line}", file=sys.stderr)
         code = getattr(e, "exit_code", EXIT_ERROR)      # e.g. 2: live's missing microphone is bad usage here
-    except Exception as e:  # the one catch-all: an engine bug, reported as such
+    except Exception as e:  # the one catch-all: an engine bug, reported as such, or the machine's fault
         reporter.close()
-        traceback.print_exc(file=sys.stderr)
-        msg = f"internal error ({type(e).__name__}: {e}); please report it with the lines above"
+        problem = environment_problem(e)    # a full disk, a read-only or forbidden output: exit code 4
+        if problem is None:
+            traceback.print_exc(file=sys.stderr)
+        msg = str(problem) if problem else \
+            f"internal error ({type(e).__name__}: {e}); please report it with the lines above"
         reporter.info("ERROR", msg) if args.json else print(f"error: {msg}", file=sys.stderr)
-        code = EXIT_CRASH
+        code = EXIT_ENVIRONMENT if problem else EXIT_CRASH
     if args.json:
         protocol.emit("DONE", {"exit_code": code, "protocol": protocol.PROTOCOL_VERSION})
     return code

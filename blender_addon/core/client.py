@@ -11,7 +11,7 @@ Must not: import bpy (tests run it without Blender) or any engine module (torch,
 Protocol version 1 (interop.py, shared with the engine): one JSON array per line on stdout,
 ["STATUS"|"PROGRESS"|"WARN"|"ERROR"|"RESULT"|"DONE", {...}], DONE last with
 {"exit_code", "protocol"}. Exit codes: 0 OK, 1 handled error, 2 bad usage, 3 internal
-error, 130 cancelled.
+error, 4 the machine (disk full, read-only, no CUDA), 130 cancelled.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # the protocol's kinds, version and exit codes are the engine's (interop.py, shared)
-from .interop import (EXIT_CANCELLED, EXIT_CRASH, EXIT_ERROR, EXIT_OK, EXIT_USAGE,  # noqa: F401
+from .interop import (EXIT_CANCELLED, EXIT_CRASH, EXIT_ENVIRONMENT, EXIT_ERROR, EXIT_OK, EXIT_USAGE,  # noqa: F401
                       MESSAGE_TYPES, PROTOCOL_VERSION, decode_message)
 
 STDERR_TAIL_LINES = 200        # lines of the engine's stderr kept for error reports
 CANCEL_GRACE_S = 15.0          # seconds between SIGINT and a hard kill
+EXIT_GRACE_S = 1.0             # seconds the pipes may stay open after the engine's main process ended
 POLL_SLEEP_S = 0.05            # blocking waits poll this often
 ENGINE_MODULE = "lipsync_engine"
 PREFERENCES_HINT = "set it in Edit > Preferences > Add-ons > LipSync3D"
@@ -217,6 +218,8 @@ class EngineJob:
         self._last_activity = 0.0
         self._cancel_at: float | None = None
         self._hung = False
+        self._exited_at: float | None = None     # when the main process was first seen ended
+        self._orphans = False                    # workers outlived it and were stopped
 
     # -- starting --------------------------------------------------------------------------
     def start(self) -> "EngineJob":
@@ -288,10 +291,25 @@ class EngineJob:
         out = self._drain()
         if self.outcome is None:
             self._check_cancel_and_hang()
-            if self._proc.poll() is not None and not any(t.is_alive() for t in self._threads):
+            if self._proc.poll() is not None and self._pipes_closed():
                 out += self._drain()
                 self.outcome = self._finish(self._proc.returncode)
         return out
+
+    def _pipes_closed(self) -> bool:
+        """The main process has ended: wait (briefly) for the readers' end-of-file. Worker processes
+        that outlive it keep the pipes open; after EXIT_GRACE_S they are stopped (the whole process
+        group), and after twice that the job ends anyway (a worker that left the group)."""
+        if not any(t.is_alive() for t in self._threads):
+            return True
+        now = time.monotonic()
+        if self._exited_at is None:
+            self._exited_at = now
+            return False
+        if now - self._exited_at > EXIT_GRACE_S and not self._orphans:
+            self._orphans = True
+            self._kill_group()
+        return now - self._exited_at > 3 * EXIT_GRACE_S
 
     def _drain(self) -> list[Message]:
         out = []
@@ -337,7 +355,8 @@ class EngineJob:
 
     # -- stopping --------------------------------------------------------------------------
     def cancel(self) -> None:
-        """Ask the engine to stop (SIGINT: it keeps finished work and exits 130)."""
+        """Ask the engine to stop (SIGINT: it keeps finished work and exits 130); workers still
+        running once it has ended, or after CANCEL_GRACE_S, are killed with it (the process group)."""
         if self._proc is None or self._proc.poll() is not None or self._cancel_at is not None:
             return
         self._cancel_at = time.monotonic()
@@ -353,11 +372,24 @@ class EngineJob:
         self._kill()
 
     def _kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            try:
-                self._proc.kill()
-            except OSError:
-                pass
+        """Kill the engine and every process it started (its own session and process group)."""
+        if self._proc is not None:
+            self._kill_group()
+            if self._proc.poll() is None:
+                try:
+                    self._proc.kill()
+                except OSError:
+                    pass
+
+    def _kill_group(self) -> None:
+        """SIGKILL the engine's process group (its pid: start() gives it a new session); the
+        members left once the main process has ended are its orphaned workers."""
+        if self._proc is None or os.name == "nt":
+            return
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except (OSError, AttributeError):   # no such group: everything has ended already
+            pass
 
     # -- the end ---------------------------------------------------------------------------
     def _finish(self, returncode: int) -> JobOutcome:
@@ -367,6 +399,9 @@ class EngineJob:
         base = dict(results=list(self._results), warnings=list(self._warnings), stderr_tail=tail,
                     log_path=str(self.log_path or ""))
         status, error = self._classify(code, done is not None, tail)
+        if self._orphans and status != "ok":
+            error += " (its worker processes were stopped)"
+        self._kill_group()                  # nothing of the engine outlives its job
         return JobOutcome(status, code, error, **base)
 
     def _classify(self, code: int, got_done: bool, tail: str) -> tuple[str, str]:
@@ -384,7 +419,7 @@ class EngineJob:
         if f"No module named {ENGINE_MODULE}" in tail or f"No module named '{ENGINE_MODULE}'" in tail:
             return "missing", f"the engine package is not importable by {self.command[0]}; use the engine " \
                               f"bundled with the add-on or install it there ({PREFERENCES_HINT})"
-        if got_done and code == EXIT_ERROR:
+        if got_done and code in (EXIT_ERROR, EXIT_ENVIRONMENT):
             return "error", f"{self.label}: {last_error or 'the engine reported an error'}"
         if code == EXIT_USAGE:
             return "error", f"{self.label}: the engine refused the command line: {last_line}"

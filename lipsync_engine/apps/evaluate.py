@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..core import storage
-from ..core.errors import DatasetError
+from ..core.errors import DatasetError, InputError
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from ..core.version import __version__
 from ..face.geometry import LIP_SIZE, CylinderMap
@@ -518,8 +518,13 @@ def evaluate_model(model_dir: Path | str, held_out, output_dir: Path | str | Non
     t0 = time.perf_counter()
     cancel = cancel or CancelToken()
     model_dir = Path(model_dir)
-    config = checkpoint.read_config(model_dir)
     out = Path(output_dir) if output_dir is not None else model_dir / "evaluation"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: a file, not a folder; evaluate writes a folder (evaluation.json and plots)")
+    if (out / dataset.META).is_file():
+        raise InputError(f"{out}: a prepared speaker directory (it holds {dataset.META}); write the evaluation "
+                         "to a folder of its own")
+    config = checkpoint.read_config(model_dir)
     paths = [Path(p) for p in ([held_out] if isinstance(held_out, (str, Path)) else held_out)]
     held_dir = paths[0] if len(paths) == 1 and (paths[0] / dataset.META).is_file() else \
         prepare_held_out(config, paths, out / "held_out_speaker", on_progress, cancel)

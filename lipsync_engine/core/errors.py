@@ -1,7 +1,8 @@
 """Errors a user can read. Every message names the file (or thing) and what is wrong.
 
-The CLI turns an EngineError into a one-line message and exit code 1; anything else
-is a crash (exit code 3) with the traceback on stderr.
+The CLI turns an EngineError into a one-line message and exit code 1 (4 for an
+EnvironmentProblem; docs/errors.md); anything else is a crash (exit code 3) with the
+traceback on stderr.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ class DatasetError(EngineError):
 class OutputExists(EngineError):
     """An output is already there and the caller did not ask to replace or continue it. The
     message says what is there; the CLI adds which of its flags would go on (cli.py)."""
+
+
+class EnvironmentProblem(EngineError):
+    """The machine, not the input: a full disk, a read-only or forbidden folder, a compute device
+    that is not there. The CLI exits with code 4 (interop.EXIT_ENVIRONMENT)."""
+
+    exit_code = 4
 
 
 class Cancelled(EngineError):

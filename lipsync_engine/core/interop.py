@@ -207,6 +207,7 @@ PROTOCOL_VERSION = 1
 MESSAGE_TYPES = ("STATUS", "PROGRESS", "WARN", "ERROR", "RESULT", "DONE", "FRAME")   # FRAME: `lipsync live`
 # exit codes of `python -m lipsync_engine`: anything else is a crash of the interpreter itself
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CRASH, EXIT_CANCELLED = 0, 1, 2, 3, 130
+EXIT_ENVIRONMENT = 4     # the machine, not the input: disk full, read-only, no CUDA (docs/errors.md)
 
 
 def encode_message(kind: str, payload: dict) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 # the kinds, version, exit codes and line format are shared with the Blender add-on
-from .interop import (EXIT_CANCELLED, EXIT_CRASH, EXIT_ERROR, EXIT_OK, EXIT_USAGE,  # noqa: F401
+from .interop import (EXIT_CANCELLED, EXIT_CRASH, EXIT_ENVIRONMENT, EXIT_ERROR, EXIT_OK, EXIT_USAGE,  # noqa: F401
                       MESSAGE_TYPES, PROTOCOL_VERSION, encode_message)
 
 

@@ -30,8 +30,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     tmp = temp_path_for(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as e:    # a full disk or read-only folder: name the output, not the temporary
+            if e.errno is not None and e.filename in (None, str(tmp), tmp):
+                raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+            raise
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

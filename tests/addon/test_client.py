@@ -86,6 +86,55 @@ def test_hang_is_detected_and_the_engine_stopped(mode):
     assert job._proc.poll() is not None
 
 
+def _alive(pid: int) -> bool:
+    """A process that runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _gone_soon(pid: int, within_s: float = 3.0) -> bool:
+    end = time.monotonic() + within_s
+    while _alive(pid) and time.monotonic() < end:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to see the worker")
+def test_dead_engine_with_a_worker_holding_stdout_ends_the_job(mode, tmp_path, monkeypatch):
+    """issue 17: the engine's main process is killed while a worker keeps stdout and stderr open;
+    the client sees the exit (not end-of-file), stops the worker's process group, and says so."""
+    mode("orphan")
+    monkeypatch.setenv("LIPSYNC_FAKE_CHILD", str(tmp_path / "child.pid"))
+    t0 = time.monotonic()
+    outcome = fake_spec().job("Prepare", "prepare").start().wait(30)
+    assert time.monotonic() - t0 < 8
+    assert outcome.status == "crashed" and outcome.exit_code == -9
+    assert "signal 9 before finishing" in outcome.error and "worker processes were stopped" in outcome.error
+    assert _gone_soon(int((tmp_path / "child.pid").read_text()))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to see the worker")
+@pytest.mark.parametrize("stop", ["cancel", "kill"])
+def test_cancel_and_kill_end_the_engines_workers_too(mode, tmp_path, monkeypatch, stop):
+    mode("orphan-slow")
+    monkeypatch.setenv("LIPSYNC_FAKE_CHILD", str(tmp_path / "child.pid"))
+    job = fake_spec().job("Train", "train").start()
+    while job.progress.done < 3:
+        job.poll()
+        time.sleep(0.02)
+    child = int((tmp_path / "child.pid").read_text())
+    assert _alive(child)
+    t0 = time.monotonic()
+    getattr(job, stop)()
+    outcome = job.wait(30)
+    assert time.monotonic() - t0 < 8
+    assert outcome.status == "cancelled"
+    assert _gone_soon(child)
+
+
 def test_cancel_sends_sigint_and_the_engine_exits_130(mode):
     mode("slow")
     job = fake_spec().job("Train", "train").start()

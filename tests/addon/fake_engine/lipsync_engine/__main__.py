@@ -2,7 +2,9 @@
 
 The behaviour comes from $LIPSYNC_FAKE_MODE (default "ok"):
 ok, error, crash (killed mid-run, no DONE), hang (silent), slow (cancellable, exits 130 on
-SIGINT), garbage (a non-protocol stdout line), newer (protocol 2), usage (argparse-like exit 2).
+SIGINT), garbage (a non-protocol stdout line), newer (protocol 2), usage (argparse-like exit 2),
+orphan (starts a worker that sleeps holding stdout and stderr, then is killed like crash) and
+orphan-slow (the same worker, then as slow); the worker's pid goes to $LIPSYNC_FAKE_CHILD.
 `predict` copies the folder $LIPSYNC_FAKE_RESULT (a hand-made prediction) to its -o folder.
 Every run appends its argv to $LIPSYNC_FAKE_LOG when set, so tests can check command lines.
 """
@@ -30,24 +32,29 @@ def main():
         return 2
     cancelled = []
     signal.signal(signal.SIGINT, lambda *a: cancelled.append(1))
+    if mode.startswith("orphan"):            # a worker process that inherits stdout and stderr
+        import subprocess
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        with open(os.environ["LIPSYNC_FAKE_CHILD"], "w", encoding="utf-8") as f:
+            f.write(str(child.pid))
     emit("STATUS", {"message": "fake engine started"})
     print("fake engine log line", file=sys.stderr, flush=True)
     if mode == "garbage":
         print("some library printed this", flush=True)
-    steps = 200 if mode == "slow" else 5
+    steps = 200 if mode in ("slow", "orphan-slow") else 5
     for i in range(steps):
         if cancelled:
             emit("ERROR", {"message": "cancelled; finished work is kept and a re-run resumes from it"})
             emit("DONE", {"exit_code": 130, "protocol": 1})
             return 130
         emit("PROGRESS", {"stage": "train", "done": i + 1, "total": steps, "message": f"epoch {i + 1}/{steps}"})
-        if mode == "crash" and i == 2:
+        if mode in ("crash", "orphan") and i == 2:
             print("Traceback (most recent call last):\n  File \"fake.py\", line 1\nMemoryError: fake out of memory",
                   file=sys.stderr, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "hang" and i == 1:
             time.sleep(120)
-        time.sleep(0.05 if mode == "slow" else 0.01)
+        time.sleep(0.05 if mode in ("slow", "orphan-slow") else 0.01)
     if mode == "error":
         emit("ERROR", {"message": "clip.mp4: no face found in any of its 75 frames"})
         emit("DONE", {"exit_code": 1, "protocol": 1})
