@@ -1,6 +1,7 @@
 # Two commands for a newcomer (see README.md):
 #   make demo   create .venv, install everything, run the engine on its built-in demo video
-#   make test   same .venv, run the whole test suite
+#   make test   same .venv, run the whole test suite (what CI runs)
+#   make test-fast  the tier without MediaPipe tracking or training (-m "not slow"), under a minute
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -12,7 +13,7 @@ BPY_DEBS := libx11-6 libxrender1 libxxf86vm1 libxfixes3 libxi6 libxkbcommon0 lib
 # PortAudio, which sounddevice loads for `lipsync live --input mic` (docs/live.md)
 AUDIO_DEBS := libportaudio2
 
-.PHONY: demo test venv system-libs bench clean
+.PHONY: demo test test-fast venv system-libs bench clean
 
 venv: $(STAMP)
 
@@ -43,6 +44,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_prepare.py

@@ -3,9 +3,8 @@ Pencil object riding on the imported head frame by frame, and a toon material fo
 
 Owns: the Cartoon operator (runs `lipsync cartoon PREDICTION` for the head's prediction when
 its contours are missing or asked for again, then builds the scene data), the Grease Pencil
-v3 object on Blender 4.3+, a legacy one on 4.2 (one layer, one drawing per scene frame, one stroke per contour of contours.json;
-each point is the head's vertex of that frame from head.pc2, pushed a little outwards from
-the speaker's cylinder axis so the line sits on the skin instead of in it), its ink
+v3 object on Blender 4.3+, a legacy one on 4.2 (one layer, one drawing per scene frame, one
+stroke per contour of contours.json; the points come from core/contours.py), its ink
 material, and the toon material (the head's own atlas texture through a two-tone diffuse
 ramp, for EEVEE: Shader to RGB does nothing in Cycles), plus this module's settings
 (scene.lipsync3d_cartoon) and its box in the "Cartoon & Dub" panel.
@@ -14,9 +13,6 @@ Must not: import engine modules or run the engine other than through runner.py.
 
 from __future__ import annotations
 
-import json
-import math
-from array import array
 from pathlib import Path
 
 import bpy
@@ -24,9 +20,9 @@ from bpy.props import BoolProperty, FloatProperty, FloatVectorProperty, PointerP
 
 from . import runner
 from .core import results
+from .core.contours import SKIN_OFFSET, line_points, read_contours  # noqa: F401  (bpy-free part)
 
 LAYER = "Contours"
-SKIN_OFFSET = 0.08          # engine units (~0.8 mm) a line point is pushed outwards from the skin
 TOON_SHADOW = 0.55          # brightness of the shadow tone of the toon ramp
 TOON_EDGE = 0.35            # diffuse level where the shadow tone turns into the lit tone
 
@@ -54,32 +50,6 @@ def head_object(context):
     if obj is None or obj.type != 'MESH' or "lipsync3d_result" not in obj:
         raise runner.UserError("select a head imported by LipSync3D (Textured Head > Import Head)")
     return obj
-
-
-def read_contours(folder: Path) -> dict:
-    """contours.json of a prediction folder (written by `lipsync cartoon`)."""
-    path = Path(folder) / "contours.json"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise results.ResultError(f"{path}: no contours yet (run the cartoon pass)") from None
-    except (OSError, ValueError) as e:
-        raise results.ResultError(f"{path}: unreadable contours ({e})") from None
-    if doc.get("format") != "lipsync3d-contours" or not isinstance(doc.get("contours"), list):
-        raise results.ResultError(f"{path}: not a LipSync3D contours file")
-    return doc
-
-
-def _line_points(frame: array, ids: list, cylinder: dict | None) -> list:
-    """Flat Blender-frame xyz of the vertices `ids` of one PC2 frame (engine frame), pushed out from the skin."""
-    out = []
-    cx, cz = (float(cylinder["cx"]), float(cylinder["cz"])) if cylinder else (0.0, -100.0)
-    for i in ids:
-        x, y, z = frame[3 * i], frame[3 * i + 1], frame[3 * i + 2]
-        dx, dz = x - cx, z - cz
-        norm = math.hypot(dx, dz) or 1.0
-        out.extend(results.engine_to_blender(x + SKIN_OFFSET * dx / norm, y, z + SKIN_OFFSET * dz / norm))
-    return out
 
 
 def _ink_material(name: str, color) -> bpy.types.Material:
@@ -114,7 +84,7 @@ def build_line_art(context, head, width_mm: float = 1.5, color=(0.02, 0.015, 0.0
     with results.PointCache(result.file("pc2")) as pc:
         for i in range(result.frames):
             frame = layer.frames.new(start + i)
-            points = _line_points(pc.frame(i), ids, cylinder)
+            points = line_points(pc.frame(i), ids, cylinder)
             if hasattr(frame, "drawing"):          # Grease Pencil v3 (Blender 4.3+)
                 drawing = frame.drawing
                 drawing.add_strokes(sizes)

@@ -17,9 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from .core import protocol
-from .core.protocol import EXIT_CANCELLED, EXIT_CRASH, EXIT_ERROR, EXIT_OK, EXIT_USAGE  # noqa: F401
 from .core.errors import Cancelled, EngineError, InputError, OutputExists
 from .core.progress import CancelToken, Progress
+from .core.protocol import EXIT_CANCELLED, EXIT_CRASH, EXIT_ERROR, EXIT_OK, EXIT_USAGE  # noqa: F401
 from .core.version import __version__
 
 

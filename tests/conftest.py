@@ -16,6 +16,15 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 DEMO_SECONDS = 6.0
 DEMO_FPS = 25.0
+# fixtures that run MediaPipe tracking or training: a test using one (directly or through another
+# fixture) is slow, so `make test-fast` (-m "not slow") leaves it out
+SLOW_FIXTURES = {"demo_video", "prepared_demo", "trained_demo"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

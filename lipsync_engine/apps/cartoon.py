@@ -28,13 +28,14 @@ import cv2
 import numpy as np
 
 from ..core import jobs, storage
-from ..io import videowriter
 from ..core.errors import InputError
-from ..face.geometry import CylinderMap
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
-from ..inference.render import FrontalCamera
+from ..face.geometry import CylinderMap
 from ..face.topology import load_topology
 from ..face.warp import Raster
+from ..inference.render import FrontalCamera
+from ..io import media
+from ..io import videowriter
 
 PREDICTION_FORMAT = "lipsync3d-prediction"
 CONTOURS_FORMAT = "lipsync3d-contours"
@@ -428,8 +429,6 @@ def _units(on_progress, stage: str, total: int):
 
 def _preview_audio(doc: dict, n: int, fps: float):
     """(samples, rate) of the prediction's audio for the preview, or None when its file is gone."""
-    from ..io import media
-
     source = Path(doc["audio"]) if doc.get("audio") else None
     if source is None or not source.is_file():
         return None

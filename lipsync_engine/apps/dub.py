@@ -35,12 +35,12 @@ import av
 import numpy as np
 
 from ..core import jobs, storage
+from ..core.errors import EngineError, InputError, NoFaceError, OutputExists
+from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from ..io import media, videowriter
 from ..prepare import normalize
 from ..prepare.lighting import LightingOptions
-from ..core.errors import EngineError, InputError, NoFaceError, OutputExists
 from .faceblend import FEATHER, FaceBlender, model_assets
-from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 
 LOOP_MODES = ("pingpong", "hold")
 WORK_VERSION = 1

@@ -34,6 +34,7 @@ import torch
 from ..core import storage
 from ..core.errors import DatasetError
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..core.version import __version__
 from ..face.geometry import LIP_SIZE
 from ..face.topology import load_topology
 from ..inference.render import compose_atlas as compose
@@ -41,8 +42,12 @@ from ..model import checkpoint
 from ..model.losses import SSIM_WINDOW, ssim_map
 from ..model.network import autoregressive_lips
 from ..prepare import dataset
+from ..prepare.audio import HANN, N_FFT
+from ..prepare.lighting import LightingOptions
 from ..prepare.normalize import mouth_openness
 from ..prepare.lookahead import PAPER_LOOKAHEAD_MS, model_lookahead_ms, speaker_spectrograms
+from ..prepare.pipeline import PrepareOptions, prepare_speaker
+from ..rig.fitting import fit_speaker
 
 FORMAT = "lipsync3d-evaluation"
 FORMAT_VERSION = 1
@@ -188,8 +193,6 @@ def spectrogram_envelope(spectrograms: np.ndarray) -> np.ndarray:
     four columns nearest the frame time (60 ms) and divided by the window energy, it is the
     mean-square audio level there, as `audio.envelope` measures over 40 ms from raw samples.
     """
-    from ..prepare.audio import HANN, N_FFT
-
     p = band_powers(np.asarray(spectrograms)[:, :, list(ENVELOPE_COLUMNS)])   # (N, 256, 4)
     energy = (p[:, 0] + 2 * p[:, 1:].sum(1)) / N_FFT                           # (N, 4)
     return np.sqrt(energy.mean(1) / float((HANN.astype(np.float64) ** 2).sum()))
@@ -225,13 +228,8 @@ class _Frames:
         return np.asarray(self.ds.lips[self.rows])
 
     def blendshapes(self) -> np.ndarray | None:
-        f = self.ds.path / "blendshapes.npy"
-        if not f.is_file():
-            return None
-        coeffs = np.load(f, mmap_mode="r")
-        if len(coeffs) != len(self.ds):
-            raise DatasetError(f"{f}: {len(coeffs)} rows for {len(self.ds)} frames; run `lipsync fit` again")
-        return np.asarray(coeffs[self.rows], np.float32)
+        coeffs = self.ds.blendshapes()
+        return None if coeffs is None else np.asarray(coeffs[self.rows], np.float32)
 
 
 def _frames(ds: dataset.SpeakerDataset, rows: np.ndarray) -> _Frames:
@@ -467,10 +465,6 @@ def prepare_held_out(config: dict, videos: list[Path], out_dir: Path, on_progres
                      cancel: CancelToken | None = None) -> Path:
     """Prepare held-out videos in the model's normalized space (its speaker's reference face,
     cylinder and reference atlas, the same lighting options) and fit their blendshapes."""
-    from ..rig.fitting import fit_speaker
-    from ..prepare.lighting import LightingOptions
-    from ..prepare.pipeline import PrepareOptions, prepare_speaker
-
     train_dir = Path(config["speaker"])
     used = dataset.read_meta(train_dir)["options"]
     options = PrepareOptions(lighting=LightingOptions(**used["lighting"]), pose_smoothing_s=used["pose_smoothing_s"],
@@ -544,8 +538,6 @@ def _predict_all(model_dir: Path, train: _Frames, test: _Frames, options: Evalua
 
 def _document(config: dict, model_dir: Path, test: _Frames, metrics: dict, truth: dict,
               options: EvaluateOptions, seconds: float) -> dict:
-    from ..core.version import __version__
-
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "engine_version": __version__,
             "model": str(model_dir.resolve()), "model_id": config.get("model_id"),
             "held_out": str(test.ds.path.resolve()), "frames": int(len(test.rows)),

@@ -21,11 +21,11 @@ import cv2
 import numpy as np
 
 from ..face import geometry
-from ..prepare import normalize
-from ..prepare.lighting import LightingOptions
 from ..face.topology import load_topology
 from ..face.warp import Raster
 from ..model import checkpoint
+from ..prepare import normalize
+from ..prepare.lighting import LightingOptions, denormalize_frame, normalize_frame
 
 # MediaPipe's face oval (FACEMESH_FACE_OVAL), a closed loop: the outer edge of the face mesh.
 FACE_OVAL = (10, 109, 67, 103, 54, 21, 162, 127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152,
@@ -182,8 +182,6 @@ class Relighter:
 
     def estimate(self, image: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray):
         """(gain (256, 256) float32, a (3,), b (3,)) of one target frame; vertices normalized (468, 3)."""
-        from ..prepare.lighting import normalize_frame
-
         b = self.builder
         raster = b.raster(vertices)
         raw = b.unroll(image, landmarks, raster).astype(np.float32) / np.float32(255.0)
@@ -201,8 +199,6 @@ class Relighter:
 def relight_lips(lips: np.ndarray, gain: np.ndarray, a: np.ndarray, b: np.ndarray, lip_box: tuple[int, int]):
     """Lighting normalization in reverse on a lip crop: (128, 128, 3) uint8 normalized lips ->
     (128, 128, 3) float32 [0, 1] under the lighting (gain (256, 256) atlas-wide, a, b (3,)) of a frame."""
-    from ..prepare.lighting import denormalize_frame
-
     r, c = lip_box
     s = geometry.LIP_SIZE
     return denormalize_frame(np.asarray(lips, np.float32) / 255.0, gain[r:r + s, c:c + s], a, b)

@@ -16,6 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .errors import EngineError
+
 
 def temp_path_for(path: Path) -> Path:
     path = Path(path)
@@ -60,8 +62,6 @@ def read_versioned_json(path: Path, fmt: str, version: int, what: str, error=Non
 
     what : the thing for messages ("LipSync3D model"); error : the exception class to raise.
     """
-    from .errors import EngineError
-
     error = error or EngineError
     path = Path(path)
     try:

@@ -3,7 +3,7 @@
 Owns: turning scikit-image's astronaut photo (NASA, public domain, shipped inside the
 scikit-image wheel, so nothing is downloaded) into an MP4 of a talking, moving, relit face,
 and the `<stem>.truth.json` that records what was done to every frame: mouth openness
-(from `synthetic_speech`), head pose, lighting gain field and colour cast.
+(from `demo/speech.py`), head pose, lighting gain field and colour cast.
 
 How a frame is made (all geometry in the *y-up* pixel frame of `geometry`, R = Rz Ry Rx):
 1. The photo is cropped around the face and tracked once with MediaPipe: base landmarks P0.
@@ -34,12 +34,12 @@ import av
 import cv2
 import numpy as np
 
-from . import speech
 from ..core.errors import InputError, NoFaceError
 from ..face.geometry import euler_to_rotation, image_to_yup, umeyama
 from ..face.topology import UPPER_LIP_INNER, load_topology
 from ..face.tracking import track_image
 from ..face.warp import Raster
+from . import speech
 
 TRUTH_FORMAT_VERSION = 1
 REFERENCE_SIZE = 512           # pixels; the sizes below in "px" are for this frame side and scale with it
@@ -93,7 +93,7 @@ AUDIO_BITRATE = 64000          # bits per second
 MAPPING_TEXT = (
     "Frames: image pixels x right, y down; the geometry is done in the y-up frame (x, -y, -z) "
     "of lipsync_engine.geometry (z towards the viewer), in pixels. Openness o_t in [0, 1] is "
-    "synthetic_speech's per-sample articulation truth, sampled (linear interpolation) at the "
+    "demo/speech.py's per-sample articulation truth, sampled (linear interpolation) at the "
     "frame times k/fps: openness = smooth(a(t) * clip((F1(t) - {f1c:g}) / ({f1o:g} - {f1c:g}), "
     "{floor:g}, 1)) in voiced parts, smooth({burst:g}) in consonant bursts and smooth(0) in "
     "pauses, with a(t) the voicing amplitude envelope, F1(t) the first formant (Hz) and smooth() "

@@ -6,7 +6,7 @@ at the end (nothing half-written; an existing result only replaced with overwrit
 vertices as a PC2 streamed frame block by frame block and an npz copied from it, the neutral
 head OBJ, the full-atlas PNG sequence, the coefficient exports, the preview MP4, and the
 thread that predicts the next chunk while this one is written.
-Must not: predict (predict.py), or import bpy.
+Must not: predict (predictor.py), or import bpy.
 """
 
 from __future__ import annotations
@@ -24,20 +24,21 @@ from typing import Iterator
 
 import numpy as np
 
-from ..prepare import audio
-from ..io import exports, media
-from ..rig import names
 from ..core import storage
 from ..core.errors import EngineError, InputError, OutputExists
+from ..io import exports, media
+from ..prepare import audio
+from ..rig import names
 from ..rig.names import ARKIT_NAMES
 from .predictor import (PROGRESS_EVERY, Plan, PredictionChunk, Prediction, PredictOptions, Predictor, load_samples,
                       load_predictor, plan_prediction)
+from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..core.version import __version__
+from ..face.topology import load_topology
 from ..io.pointcache import PC2_HEADER, PC2Writer, write_obj
 from ..io.videowriter import Mp4Writer
-from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
-from .render import HeadRenderer, compose_atlas, frontal_camera, relighting, write_png
-from ..face.topology import load_topology
 from ..model.checkpoint import read_reference_atlas
+from .render import HeadRenderer, compose_atlas, frontal_camera, relighting, write_png
 
 PREDICTION_FORMAT, PREDICTION_VERSION = "lipsync3d-prediction", 1
 FILES = {"vertices": "vertices.npz", "pc2": "head.pc2", "obj": "head.obj", "mtl": "head.mtl",
@@ -207,8 +208,6 @@ def _write_exports(folder: Path, bs: np.ndarray, plan: Plan, fps: float) -> None
 
 def _manifest(p: Predictor, plan: Plan, options: PredictOptions, out: OutputOptions, audio_ref: str,
               has_lips: bool, seconds: float) -> dict:
-    from ..core.version import __version__
-
     files = dict(FILES)
     if not (has_lips and out.atlas_images):
         del files["atlas_dir"], files["atlas_pattern"]

@@ -39,15 +39,15 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt, gaussian_filter1d
 
-from ..prepare import audio
-from ..io import media
 from ..core.errors import EngineError, InputError
-from ..face.geometry import CylinderMap
-from ..rig.names import ARKIT_NAMES
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..face.geometry import CylinderMap
+from ..io import media
 from ..model.checkpoint import check_reference_files, load_model, pick_device
 from ..model.network import autoregressive_lips
+from ..prepare import audio
 from ..prepare.lookahead import model_lookahead_ms, window_shift_s
+from ..rig.names import ARKIT_NAMES
 
 __all__ = ["PredictOptions", "Prediction", "Predictor", "load_predictor", "predict", "Plan",
            "plan_prediction", "PredictionChunk", "frame_count"]

@@ -24,10 +24,13 @@ import cv2
 import numpy as np
 import scipy.sparse
 
-from ..core.errors import InputError
+from ..core.errors import DatasetError, InputError
 from ..face.geometry import ATLAS_SIZE, LIP_SIZE, CylinderMap
 from ..face.topology import FaceTopology, load_topology
 from ..face.warp import Raster
+from ..prepare import lighting
+from ..prepare.dataset import open_speaker
+from ..prepare.lighting import LightingOptions
 
 BACKGROUND = (58, 62, 70)            # RGB of the preview background
 LIGHT_DIRECTION = (0.35, 0.45, 1.0)  # towards the light (normalized frame: right, up, to the viewer)
@@ -196,9 +199,6 @@ def relighting(raw_reference: np.ndarray, normalized_reference: np.ndarray, reli
     of the speaker directory the model was trained on: its stored gain.npy and
     color_transform.npy). Both are undone with lighting.denormalize_frame; outside the face stays 0.
     """
-    from ..prepare import lighting
-    from ..prepare.lighting import LightingOptions
-
     if relight is None:
         return None
     inside = normalized_reference.max(-1) > 0
@@ -218,9 +218,6 @@ def relighting(raw_reference: np.ndarray, normalized_reference: np.ndarray, reli
 
 def _speaker_lighting(speaker: Path, k: int):
     """(gain (256, 256), a (3,), b (3,)) of frame k of a prepared speaker."""
-    from ..prepare.dataset import open_speaker
-    from ..core.errors import DatasetError
-
     try:
         ds = open_speaker(speaker)
     except DatasetError as e:

@@ -53,7 +53,7 @@ def add_video_stream(container, fps: float, width: int, height: int, crf: int, p
 
 
 def encode_frame(container, stream, rgb: np.ndarray, k: int, rate: Fraction) -> None:
-    # cv2's RGB -> I420 is swscale's BT.601 (as synthetic.py measured), and much faster
+    # cv2's RGB -> I420 is swscale's BT.601 (as demo/video.py measured), and much faster
     frame = av.VideoFrame.from_ndarray(cv2.cvtColor(even_sides(rgb), cv2.COLOR_RGB2YUV_I420), format="yuv420p")
     frame.pts, frame.time_base = k, 1 / rate
     for packet in stream.encode(frame):

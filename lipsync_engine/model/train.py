@@ -24,15 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..prepare import dataset
 from ..core import storage
 from ..core.errors import DatasetError, EngineError, OutputExists
+from ..prepare import dataset
 from .checkpoint import (CURVE, copy_reference_files, config_header, holds_model, load_model,
                          load_train_state, pick_device, read_config, save_checkpoint)
+from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..face.topology import load_topology
 from .losses import ssim
 from .network import LipSync3D, ModelDimensions, preset_dimensions
-from ..face.topology import load_topology
-from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 
 MEMMAP_ABOVE_BYTES = 2 * 1024 ** 3       # auto: spectrograms + lips larger than this stay memory-mapped
 PRECISIONS = ("auto", "off", "bf16", "fp16")
@@ -143,8 +143,8 @@ class SpeakerTensors:
         # the previous frame for teacher forcing, -1 at the start of a take, after a gap or a jump cut
         prev = np.arange(len(ds)) - 1
         self.previous = torch.from_numpy(np.where(ds.breaks, -1, prev))
-        bs = Path(speaker_dir) / "blendshapes.npy"
-        self.blendshapes = torch.from_numpy(np.load(bs).astype(np.float32)) if bs.is_file() else None
+        bs = ds.blendshapes()
+        self.blendshapes = torch.from_numpy(np.array(bs, np.float32)) if bs is not None else None
 
     def __len__(self) -> int:
         return len(self.deltas)

@@ -1,7 +1,8 @@
 """The prepared-speaker directory: its on-disk format (version 1) and a reader.
 
-Written by prepare.py, read by training and evaluation. Layout of SPEAKER_DIR (all
-arrays are .npy, memory-mappable; N = usable frames over all takes, in take order):
+Written by pipeline.py; training, fitting, evaluation and the report read it through this
+module, the only reader of these files. Layout of SPEAKER_DIR (all arrays are .npy,
+memory-mappable; N = usable frames over all takes, in take order):
 
     meta.json                  format, version, takes (with their jump cuts), reference, cylinder,
                                options (written last)
@@ -52,6 +53,7 @@ POSES = "poses.npz"
 REFERENCE_VERTICES = "reference_vertices.npy"
 REFERENCE_ATLAS = "reference_atlas.png"                        # before lighting normalization
 REFERENCE_ATLAS_NORMALIZED = "reference_atlas_normalized.png"  # after it (the lips are predicted in this space)
+BLENDSHAPES = "blendshapes.npy"     # (N, 52) float32 ARKit coefficients, written by `lipsync fit` (rig/fitting.py)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,17 @@ class SpeakerDataset:
         box = self.meta["lip_box"]
         atlas = self.reference_atlas()
         return atlas[box["row"]:box["row"] + LIP_SIZE, box["col"]:box["col"] + LIP_SIZE].copy()
+
+    def blendshapes(self) -> np.ndarray | None:
+        """(N, 52) fitted ARKit coefficients (a read-only memory map), or None before `lipsync fit`;
+        DatasetError if they do not cover the frames."""
+        f = self.path / BLENDSHAPES
+        if not f.is_file():
+            return None
+        coeffs = np.load(f, mmap_mode="r")
+        if len(coeffs) != len(self):
+            raise DatasetError(f"{f}: {len(coeffs)} rows for {len(self)} frames; run `lipsync fit` again")
+        return coeffs
 
     def poses(self) -> dict:
         with np.load(self.path / POSES) as z:

@@ -22,15 +22,15 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from . import audio, dataset, normalize
-from ..face import geometry
 from ..core import jobs, storage
-from ..io import media
-from .lighting import LightingOptions
 from ..core.errors import InputError, NoFaceError, OutputExists
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
-from ..face.tracking import frame_ranges, track_frames
 from ..core.version import __version__
+from ..face import geometry
+from ..face.tracking import frame_ranges, track_frames
+from ..io import media
+from . import audio, dataset, normalize
+from .lighting import LightingOptions
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm", ".m4v", ".wmv", ".flv"}
 WORK = ".work"
@@ -183,7 +183,7 @@ def _load_track(path: Path, fingerprint: str) -> dict | None:
 # ---------------------------------------------------------------- stage 2: atlases
 
 def _atlas_job(job: AtlasJob) -> None:
-    """Worker: atlases of the usable frames job['frames'] of one take into a chunk directory."""
+    """Worker: atlases of the usable frames job.frames of one take into a chunk directory."""
     norm = job.norm
     builder = normalize.AtlasBuilder(norm, job.lighting)
     builder.reference = job.reference
@@ -212,7 +212,7 @@ def _atlas_job(job: AtlasJob) -> None:
             jobs.report(1)
             jobs.check_cancel()
         if seen != n:
-            raise InputError(f"{Path(job['path']).name}: could only decode {seen} of {n} frames "
+            raise InputError(f"{Path(job.path).name}: could only decode {seen} of {n} frames "
                              f"in frames {frames[0]}-{frames[-1]} on the second pass (file changed?)")
         atlas.flush()
         del atlas
@@ -304,7 +304,7 @@ class _Run:
                     parts.append(f"{label} in frames {frame_ranges(np.flatnonzero(sel))}")
             t.usable, t.excluded = usable, "; ".join(parts)
             if parts:
-                lines.append(f"{name}: {len(counts) - len(usable)} frame(s) excluded: {t['excluded']}")
+                lines.append(f"{name}: {len(counts) - len(usable)} frame(s) excluded: {t.excluded}")
         return lines
 
     def choose_reference(self) -> tuple[int, int]:

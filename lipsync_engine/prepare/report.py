@@ -19,11 +19,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import dataset  # noqa: E402
 from ..core import storage
-from .normalize import mouth_openness  # noqa: E402
 from ..core.progress import Progress, ProgressCallback, no_progress  # noqa: E402
 from ..face.topology import load_topology  # noqa: E402
+from . import dataset  # noqa: E402
+from .normalize import mouth_openness  # noqa: E402
 
 DPI = 100
 

@@ -13,7 +13,7 @@ that optimization and everything around it:
   report/blendshapes.png, each written atomically, the JSON last.
 
 Must not: track or normalize video, change the prepared arrays, or know any other rig's
-names (names.py maps ARKit names to other rigs; exports.py writes interchange files).
+names (names.py maps ARKit names to other rigs; io/exports.py writes interchange files).
 
 The problem, for one run of consecutive frames t = 1..T (a take with no excluded frames):
 
@@ -46,15 +46,15 @@ from pathlib import Path
 import numpy as np
 from scipy.fft import dct, idct
 
-from ..prepare import dataset
 from ..core import storage
+from ..prepare import dataset
 from ..prepare.dataset import segment_breaks  # noqa: F401  (public here too, for callers and tests)
 from ..core.errors import DatasetError, InputError
-from ..face.geometry import umeyama
-from .names import ARKIT_NAMES
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
-from ..face.topology import N_VERTICES, load_topology
 from ..core.version import __version__
+from ..face.geometry import umeyama
+from ..face.topology import N_VERTICES, load_topology
+from .names import ARKIT_NAMES
 
 RIGS_DIR = Path(__file__).resolve().parents[2] / "blendshape_rigs"
 DEFAULT_RIG = "arkit52"
