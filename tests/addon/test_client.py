@@ -34,7 +34,7 @@ def test_parse_line_accepts_protocol_messages_and_names_bad_lines():
                      ('["DONE", 3]', "not a [TYPE")):
         with pytest.raises(client.ProtocolError, match=re.escape(why)):
             client.parse_line(bad)
-    assert client.MESSAGE_TYPES == ("STATUS", "PROGRESS", "WARN", "ERROR", "RESULT", "DONE")
+    assert client.MESSAGE_TYPES == ("STATUS", "PROGRESS", "WARN", "ERROR", "RESULT", "DONE", "FRAME")   # FRAME: live
 
 
 def test_command_and_environment():
