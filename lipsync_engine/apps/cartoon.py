@@ -374,38 +374,52 @@ def _render_sequence(tmp: Path, doc: dict, pred_dir: Path, vertices: np.ndarray,
     workers = workers if n >= MIN_PARALLEL_FRAMES else 1     # starting workers costs ~1-2 s
     size = int(np.clip(-(-n // workers), 1, MAX_JOB_FRAMES))
     cylinder, atlas = _cylinder(doc, pred_dir), _atlas_source(doc, pred_dir)
-    tasks = [{"first": a, "vertices": vertices[a:a + size], "out": str(tmp), "options": options, "view": view,
-              "cylinder": cylinder, "atlas": atlas, "fps": fps,
-              "preview": str(tmp / f".preview_{a:08d}.mp4") if options.preview else None}
+    tasks = [CartoonJob(a, vertices[a:a + size], str(tmp), options, view, cylinder, atlas, fps,
+                        str(tmp / f".preview_{a:08d}.mp4") if options.preview else None)
              for a in range(0, n, size)]
     with jobs.WorkerPool(min(workers, len(tasks)), cancel) as pool:
         image_pts = np.concatenate(pool.run(_cartoon_job, tasks, _units(on_progress, "cartoon", n)))
     if options.preview:        # each job encoded its own part: join them by packet copy, add the audio
-        parts = [Path(t["preview"]) for t in tasks]
+        parts = [Path(t.preview) for t in tasks]
         videowriter.concatenate(parts, pred_dir / CARTOON_PREVIEW, fps, _preview_audio(doc, n, fps))
         for part in parts:
             part.unlink()
     return image_pts
 
 
-def _cartoon_job(job: dict) -> np.ndarray:
+@dataclass(frozen=True)
+class CartoonJob:
+    """Worker payload: render frames first .. first + len(vertices) - 1 of a cartoon pass."""
+
+    first: int                        # the first frame's number
+    vertices: np.ndarray              # (n, 468, 3) predicted vertices of these frames
+    out: str                          # the folder the PNG frames go into
+    options: CartoonOptions
+    view: FrontalCamera
+    cylinder: dict                    # the model's cylinder (CylinderMap.to_dict)
+    atlas: tuple                      # where frame i's atlas is (_atlas_source)
+    fps: float
+    preview: str | None               # this job's part of the preview MP4, or None
+
+
+def _cartoon_job(job: CartoonJob) -> np.ndarray:
     """Worker: render and write frames first .. first + len(vertices) - 1; returns their contour
     points (n, P, 2) in image pixels."""
-    options, view, first = job["options"], job["view"], job["first"]
-    cylinder, atlas_at, lines = CylinderMap.from_dict(job["cylinder"]), _atlas_reader(job["atlas"]), \
+    options, view, first = job.options, job.view, job.first
+    cylinder, atlas_at, lines = CylinderMap.from_dict(job.cylinder), _atlas_reader(job.atlas), \
         contours(options.features)
     ids = np.concatenate([c.ids for c in lines])
-    out = np.zeros((len(job["vertices"]), len(ids), 2), np.float32)
+    out = np.zeros((len(job.vertices), len(ids), 2), np.float32)
     with ExitStack() as stack:
         preview = None
-        if job["preview"]:        # this job's part of the preview, joined by packet copy afterwards
-            tmp = stack.enter_context(storage.atomic_path(Path(job["preview"])))
+        if job.preview:           # this job's part of the preview, joined by packet copy afterwards
+            tmp = stack.enter_context(storage.atomic_path(Path(job.preview)))
             preview = stack.enter_context(av.open(str(tmp), "w", format="mp4"))
-            stream, rate = videowriter.add_video_stream(preview, job["fps"], view.size, view.size, PREVIEW_CRF,
+            stream, rate = videowriter.add_video_stream(preview, job.fps, view.size, view.size, PREVIEW_CRF,
                                                         PREVIEW_PRESET)
-        for k, v in enumerate(job["vertices"]):
+        for k, v in enumerate(job.vertices):
             image, pts = render_cartoon(atlas_at(first + k), v, cylinder, view, options, lines)
-            _write_png(Path(job["out"]) / (CARTOON_PATTERN % (first + k)), image)
+            _write_png(Path(job.out) / (CARTOON_PATTERN % (first + k)), image)
             if preview is not None:
                 videowriter.encode_frame(preview, stream, image, k, rate)
             out[k] = pts[ids]

@@ -125,14 +125,25 @@ def split_segments(schedule: np.ndarray, segment_frames: int) -> list[tuple[int,
 
 # ----------------------------------------------------------------------------- tracking (workers)
 
-def _track_job(job: dict) -> None:
-    """Worker: track target frames job["first"] .. job["stop"] - 1 into one shard (atomic)."""
+@dataclass(frozen=True)
+class TrackShard:
+    """Worker payload: track target frames first .. stop - 1 of a video into one shard."""
+
+    video: str          # the target video
+    fps: float          # its frame rate (frame numbers to seconds)
+    first: int          # the first frame number
+    stop: int           # one past the last
+    out: str            # the shard (.npz) to write, atomically
+
+
+def _track_job(job: TrackShard) -> None:
+    """Worker: track target frames job.first .. job.stop - 1 into one shard (atomic)."""
     from ..face.tracking import track_frames
 
-    first, stop = job["first"], job["stop"]
+    first, stop = job.first, job.stop
 
     def frames():
-        for f in media.iter_video_frames(Path(job["video"]), start_s=max(0.0, (first - 0.5) / job["fps"])):
+        for f in media.iter_video_frames(Path(job.video), start_s=max(0.0, (first - 0.5) / job.fps)):
             if f.index >= stop:
                 return
             if f.index >= first:
@@ -141,7 +152,7 @@ def _track_job(job: dict) -> None:
     progress = jobs.FrameReporter()
     t = track_frames(frames(), progress)
     progress.finish(len(t.face_count))
-    storage.save_npz(Path(job["out"]), landmarks=t.landmarks, face_count=t.face_count, times=t.times_s)
+    storage.save_npz(Path(job.out), landmarks=t.landmarks, face_count=t.face_count, times=t.times_s)
 
 
 def _track(pool: jobs.WorkerPool, video: Path, first: int, count: int, fps: float, work: Path,
@@ -152,17 +163,16 @@ def _track(pool: jobs.WorkerPool, video: Path, first: int, count: int, fps: floa
     clock}; n < count when the video ends before its header said.
     """
     size = int(np.clip(-(-count // workers), TRACK_SHARD_MIN, TRACK_SHARD_MAX))
-    shards = [{"video": str(video), "fps": fps, "first": a, "stop": min(a + size, first + count),
-               "out": str(work / f"track_{a:08d}_{min(a + size, first + count):08d}.npz")}
+    shards = [TrackShard(str(video), fps, a, min(a + size, first + count),
+                         str(work / f"track_{a:08d}_{min(a + size, first + count):08d}.npz"))
               for a in range(first, first + count, size)]
-    pending = [j for j in shards if not Path(j["out"]).is_file()]
-    pool.run(_track_job, pending, _stage(on_progress, "track", count, count - sum(j["stop"] - j["first"]
-                                                                                   for j in pending)))
+    pending = [j for j in shards if not Path(j.out).is_file()]
+    pool.run(_track_job, pending, _stage(on_progress, "track", count, count - sum(j.stop - j.first for j in pending)))
     parts = []
     for j in shards:
-        with np.load(j["out"]) as z:
+        with np.load(j.out) as z:
             parts.append({k: z[k] for k in z.files})
-        if len(parts[-1]["face_count"]) < j["stop"] - j["first"]:
+        if len(parts[-1]["face_count"]) < j.stop - j.first:
             break  # the video ended early
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -239,14 +249,35 @@ def _fit_length(a: np.ndarray, n: int) -> np.ndarray:
 _blenders: dict = {}
 
 
-def _source_frames(job: dict):
+@dataclass(frozen=True)
+class SegmentJob:
+    """Worker payload: composite and encode output frames into one MP4 segment. Per-frame arrays
+    are in output order (one row per output frame of the segment)."""
+
+    out: str                          # the segment (.mp4) to write, atomically
+    video: str                        # the target video
+    model_dir: str                    # the model (its FaceBlender is built once per worker)
+    fps: float                        # output frame rate
+    options: "DubOptions"
+    sources: np.ndarray               # (n,) absolute target frame numbers shown
+    seek_s: float                     # where decoding starts (just before the first source frame)
+    landmarks: np.ndarray             # (n, 468, 3) tracked landmarks of the source frames
+    prediction: tuple[str, str, int, int]   # pred_vertices.npy, pred_lips.npy, rows a..b
+    usable: np.ndarray                # (n,) a single face was tracked
+    target_vertices: np.ndarray       # (n, 468, 3) normalized vertices of the target
+    scale: np.ndarray                 # (n,) similarity pose
+    rotation: np.ndarray              # (n, 3, 3)
+    translation: np.ndarray           # (n, 3)
+
+
+def _source_frames(job: SegmentJob):
     """(output position, RGB image) of the job's frames in output order; backward and still
     runs are decoded once and buffered (split_segments keeps backward runs short)."""
-    wanted = job["sources"]                       # absolute target frame numbers, in output order
+    wanted = job.sources                          # absolute target frame numbers, in output order
     forward = len(wanted) == 1 or bool(np.all(np.diff(wanted) == 1))
     buffer, keep = {}, set(wanted.tolist())
     lo, hi = int(min(wanted)), int(max(wanted))
-    frames = media.iter_video_frames(Path(job["video"]), start_s=max(0.0, float(job["seek_s"])))
+    frames = media.iter_video_frames(Path(job.video), start_s=max(0.0, float(job.seek_s)))
     pos = 0
     for f in frames:
         if f.index > hi:
@@ -261,36 +292,35 @@ def _source_frames(job: dict):
     if not forward:
         for pos, n in enumerate(wanted.tolist()):
             if n not in buffer:
-                raise InputError(f"{Path(job['video']).name}: frame {n} could not be decoded again")
+                raise InputError(f"{Path(job.video).name}: frame {n} could not be decoded again")
             yield pos, buffer[n]
     elif pos < len(wanted):
-        raise InputError(f"{Path(job['video']).name}: could only decode {pos} of frames {lo}-{hi} again")
+        raise InputError(f"{Path(job.video).name}: could only decode {pos} of frames {lo}-{hi} again")
 
 
-def _segment_job(job: dict) -> None:
-    """Worker: composite and encode one segment into job["out"] (atomic)."""
-    options = job["options"]
-    key = (job["model_dir"], options.lighting, options.feather)
+def _segment_job(job: SegmentJob) -> None:
+    """Worker: composite and encode one segment into job.out (atomic)."""
+    options = job.options
+    key = (job.model_dir, options.lighting, options.feather)
     if key not in _blenders:                      # one per worker process (it holds the model's data)
         _blenders.clear()
-        _blenders[key] = FaceBlender(Path(job["model_dir"]), options.lighting, options.feather)
+        _blenders[key] = FaceBlender(Path(job.model_dir), options.lighting, options.feather)
     blender = _blenders[key]
-    vfile, lfile, a, b = job["prediction"]
+    vfile, lfile, a, b = job.prediction
     verts, lips = np.load(vfile, mmap_mode="r")[a:b], np.load(lfile, mmap_mode="r")[a:b]
-    with storage.atomic_path(Path(job["out"])) as tmp, av.open(str(tmp), "w", format="mp4") as container:
+    with storage.atomic_path(Path(job.out)) as tmp, av.open(str(tmp), "w", format="mp4") as container:
         stream = rate = lighting = None
         lit_at = 0
         for pos, image in _source_frames(job):
             if stream is None:
-                stream, rate = videowriter.add_video_stream(container, job["fps"], image.shape[1], image.shape[0],
+                stream, rate = videowriter.add_video_stream(container, job.fps, image.shape[1], image.shape[0],
                                                             options.crf, options.preset)
             out = image
-            if job["usable"][pos]:
+            if job.usable[pos]:
                 if lighting is None or pos - lit_at >= options.relight_every:
-                    lighting, lit_at = blender.relighter.estimate(image, job["landmarks"][pos],
-                                                                  job["target_vertices"][pos]), pos
-                pose = (job["scale"][pos], job["rotation"][pos], job["translation"][pos])
-                out, _, _ = blender.blend(image, job["landmarks"][pos], job["target_vertices"][pos], pose,
+                    lighting, lit_at = blender.relighter.estimate(image, job.landmarks[pos], job.target_vertices[pos]), pos
+                pose = (job.scale[pos], job.rotation[pos], job.translation[pos])
+                out, _, _ = blender.blend(image, job.landmarks[pos], job.target_vertices[pos], pose,
                                           verts[pos], lips[pos], lighting)
             videowriter.encode_frame(container, stream, out, pos, rate)
             jobs.report(1)
@@ -300,18 +330,17 @@ def _segment_job(job: dict) -> None:
 
 
 def _segment_jobs(work: Path, model_dir: Path, video: Path, plan: "_Plan", schedule: np.ndarray, track: dict,
-                  poses: dict, options: DubOptions) -> list[dict]:
+                  poses: dict, options: DubOptions) -> list[SegmentJob]:
     """One job per segment; the prediction stays in the work folder (memory-mapped by the worker)."""
     out = []
     size = int(np.clip(-(-plan.n_out // options.workers), MIN_SEGMENT, options.segment_frames))  # balanced
     for a, b in split_segments(schedule, size):
         src = schedule[a:b]
-        job = {"out": str(work / f"segment_{a:08d}_{b:08d}.mp4"), "video": str(video), "model_dir": str(model_dir),
-               "fps": plan.fps, "options": options, "sources": plan.first + src,
-               "seek_s": float(track["times"][src.min()]) - 0.5 / plan.fps, "landmarks": track["landmarks"][src],
-               "prediction": (str(work / "pred_vertices.npy"), str(work / "pred_lips.npy"), a, b)}
-        job.update({k: poses[k][src] for k in ("usable", "target_vertices", "scale", "rotation", "translation")})
-        out.append(job)
+        out.append(SegmentJob(
+            str(work / f"segment_{a:08d}_{b:08d}.mp4"), str(video), str(model_dir), plan.fps, options,
+            plan.first + src, float(track["times"][src.min()]) - 0.5 / plan.fps, track["landmarks"][src],
+            (str(work / "pred_vertices.npy"), str(work / "pred_lips.npy"), a, b),
+            **{k: poses[k][src] for k in ("usable", "target_vertices", "scale", "rotation", "translation")}))
     return out
 
 
@@ -431,12 +460,12 @@ def dub_video(model_dir: Path | str, audio: Path | str, video: Path | str, outpu
         _prediction(work, model_dir, audio, plan, options, predict_fn, on_progress, cancel)
         schedule = source_schedule(plan.n_out, n_src, options.loop)
         segments = _segment_jobs(work, model_dir, video, plan, schedule, track, poses, options)
-        pending = [j for j in segments if not Path(j["out"]).is_file()]
+        pending = [j for j in segments if not Path(j.out).is_file()]
         pool.run(_segment_job, pending, _stage(on_progress, "dub", plan.n_out,
-                                               plan.n_out - sum(len(j["sources"]) for j in pending)))
+                                               plan.n_out - sum(len(j.sources) for j in pending)))
     cancel.check()
     on_progress(Progress("mux", 0, 1))
-    videowriter.concatenate([Path(j["out"]) for j in segments], out, plan.fps, _audio_for_mux(sound, plan))
+    videowriter.concatenate([Path(j.out) for j in segments], out, plan.fps, _audio_for_mux(sound, plan))
     on_progress(Progress("mux", 1, 1))
     shutil.rmtree(work, ignore_errors=True)
     return DubResult(out, plan.n_out, plan.fps, int(poses["usable"][schedule].sum()), plan.n_out > n_src,
