@@ -11,6 +11,11 @@ Usage:
       bars are met; training time excludes the evaluations. Writes MODEL_DIR/bench_quality.json.
   .venv/bin/python benchmarks/bench_train.py epoch SPEAKER_DIR --preset paper --device cuda
       time per epoch of a preset on a device (the GPU figure of docs/benchmarks.md).
+  .venv/bin/python benchmarks/bench_train.py throughput SPEAKER_DIR [--epochs 3] [--precision auto off bf16]
+      [--profile]
+      `lipsync train`'s default recipe end to end (data, steps, held-out tail, checkpoints), frames
+      per second per mixed-precision setting; --profile adds the torch profiler's table of one
+      training step at batch 32 (where the time goes).
 
 Every run prints the load average, since the machine's 2 cores are shared.
 """
@@ -127,14 +132,87 @@ def quality(args) -> None:
 
 
 def epoch(args) -> None:
+    import shutil
+    import tempfile
+
     from lipsync_engine.model.train import TrainOptions, train_speaker
 
-    t0 = time.perf_counter()
-    r = train_speaker(args.speaker, args.model, TrainOptions(preset=args.preset, epochs=args.epochs,
-                                                             device=args.device, val_fraction=0.0))
-    dt = time.perf_counter() - t0
-    print(f"{args.preset} on {args.device}: {r.epochs} epochs in {dt:.1f} s ({dt / r.epochs:.2f} s/epoch, "
-          f"500 epochs ~ {500 * dt / r.epochs / 60:.1f} min)  [{_load()}]")
+    warm, timed = args.epochs, args.epochs
+    for precision in args.precision:
+        out = Path(tempfile.mkdtemp(prefix="bench_epoch_"))
+        marks = {}           # frames done -> the time they were reached
+
+        def note(p):
+            marks.setdefault(p.done, time.perf_counter())
+        try:
+            options = TrainOptions(preset=args.preset, epochs=warm + timed, device=args.device, val_fraction=0.0,
+                                   mixed_precision=precision)
+            train_speaker(args.speaker, out / "model", options, on_progress=note)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        per_epoch = max(marks) // (warm + timed)
+        # the first epochs include start-up and kernel selection: time the ones after them, from the last step
+        # of the warm-up to the last step of all (each timed epoch with one checkpoint)
+        dt = (marks[max(marks)] - marks[warm * per_epoch]) / timed
+        print(f"{args.preset} on {args.device}, mixed precision {precision}: {dt:.2f} s/epoch of {per_epoch} frames "
+              f"(epochs {warm + 1}-{warm + timed}), 500 epochs ~ {500 * dt / 60:.1f} min  [{_load()}]", flush=True)
+
+
+def throughput(args) -> None:
+    import shutil
+    import tempfile
+
+    from lipsync_engine.model.train import TrainOptions, autocast_dtype, train_speaker
+
+    for precision in args.precision:
+        options = TrainOptions(epochs=args.epochs, test_fraction=args.test_fraction, mixed_precision=precision)
+        dtype = autocast_dtype(precision, torch.device("cpu"))
+        out = Path(tempfile.mkdtemp(prefix="bench_train_"))
+        try:
+            frames = {"n": 0}
+            t0 = time.perf_counter()
+            train_speaker(args.speaker, out / "model", options,
+                          on_progress=lambda p: frames.__setitem__("n", p.done))
+            dt = time.perf_counter() - t0
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        print(f"precision {precision} ({dtype or 'fp32'}): {args.epochs} epochs, {frames['n']} frames (training + "
+              f"held-out tail) in {dt:.1f} s = {frames['n'] / dt:.1f} frames/s end to end  [{_load()}]", flush=True)
+    if args.profile:
+        _profile_step(args.batch)
+
+
+def _profile_step(batch: int) -> None:
+    """The profiler's table of training steps at batch `batch` on made-up data, as train.py runs them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from lipsync_engine.model.network import preset_dimensions
+    from lipsync_engine.model.train import autocast_dtype
+
+    g = torch.Generator().manual_seed(0)
+    spec = torch.randn(batch, 256, 24, 2, generator=g)
+    prev = (torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    lips, deltas = torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1, torch.randn(batch, 468, 3, generator=g) * 0.1
+    model = LipSync3D(preset_dimensions("cpu")).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    amp = autocast_dtype("auto", torch.device("cpu"))
+
+    def step():
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            out = model(spec, prev)
+        pred = out["atlas_delta"].float().clamp(-1, 1)
+        loss = 1 - ssim((pred + 1) / 2, (lips + 1) / 2) + 30 * (out["vertex_deltas"].float() - deltas).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    for _ in range(3):
+        step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(5):
+            step()
+    print(f"# one training step, cpu preset, batch {batch}, mixed precision auto ({amp or 'fp32'}), 5 steps:")
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=15,
+                                                             max_name_column_width=28, max_shapes_column_width=60))
 
 
 def main() -> None:
@@ -169,17 +247,24 @@ def main() -> None:
     q.add_argument("--prior-train-s", type=float, default=0.0, help="training seconds already spent (with --resume)")
     e = sub.add_parser("epoch")
     e.add_argument("speaker")
-    e.add_argument("--model", default="out/bench_epoch_model")
     e.add_argument("--preset", default="paper")
     e.add_argument("--device", default="cuda")
-    e.add_argument("--epochs", type=int, default=3)
+    e.add_argument("--epochs", type=int, default=3, help="warm-up epochs, then as many timed")
+    e.add_argument("--precision", nargs="+", default=["off", "bf16"], help="mixed-precision settings to compare")
+    t = sub.add_parser("throughput")
+    t.add_argument("speaker")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--test-fraction", type=float, default=0.2)
+    t.add_argument("--precision", nargs="+", default=["auto"], help="mixed-precision settings to compare")
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--profile", action="store_true", help="also print the profiler's table of one step")
     args = ap.parse_args()
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
     print(f"# command: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
     print(f"# machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {_load()}", flush=True)
-    {"steps": steps, "quality": quality, "epoch": epoch}[args.what](args)
+    {"steps": steps, "quality": quality, "epoch": epoch, "throughput": throughput}[args.what](args)
 
 
 if __name__ == "__main__":

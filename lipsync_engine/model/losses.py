@@ -1,6 +1,7 @@
 """Image losses of training, also used to score predictions (apps/evaluate.py).
 
-Owns: SSIM (Wang et al. 2004) of torch images in [0, 1]. Must not: know the model or the data.
+Owns: SSIM (Wang et al. 2004) of torch images in [0, 1], and its hand-derived gradient for
+training (_SSIMLoss). Must not: know the model or the data.
 """
 
 from __future__ import annotations
@@ -12,21 +13,73 @@ SSIM_WINDOW, SSIM_SIGMA = 11, 1.5       # Wang et al. 2004
 SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # for images in [0, 1]
 
 
+def _gaussian(dtype: torch.dtype, device) -> torch.Tensor:
+    """(11,) normalised Gaussian window (sigma 1.5)."""
+    x = torch.arange(SSIM_WINDOW, dtype=dtype, device=device) - SSIM_WINDOW // 2
+    g = torch.exp(-x ** 2 / (2 * SSIM_SIGMA ** 2))
+    return g / g.sum()
+
+
+def _blur(maps: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """The separable 11x11 Gaussian over every channel of (B, n, H, W): an 11x1 then a 1x11 depthwise
+    convolution ("valid": H-10 x W-10), or with transpose its adjoint (H+10 x W+10), which carries a
+    gradient back. Channels-last, where oneDNN's depthwise kernels are fast on this CPU."""
+    n = maps.shape[1]
+    g = _gaussian(maps.dtype, maps.device)
+    conv = F.conv_transpose2d if transpose else F.conv2d
+    x = conv(maps.contiguous(memory_format=torch.channels_last), g.view(1, 1, -1, 1).expand(n, 1, -1, 1), groups=n)
+    return conv(x, g.view(1, 1, 1, -1).expand(n, 1, 1, -1), groups=n)
+
+
+def _stack(maps: list[torch.Tensor]) -> torch.Tensor:
+    """(B, C, H, W) maps stacked along the channels, laid out channels-last (one copy, no conversion)."""
+    return torch.cat([m.permute(0, 2, 3, 1) for m in maps], -1).permute(0, 3, 1, 2)
+
+
+def _moments(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Local means, second moments and cross moment of a and b (B, C, H, W), blurred in one pass."""
+    c = a.shape[1]
+    return _blur(_stack([a, b, a * a, b * b, a * b])).split(c, 1)
+
+
 def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) images in [0, 1] -> (B, C, H-10, W-10) SSIM map (Gaussian window 11, sigma 1.5)."""
-    x = torch.arange(SSIM_WINDOW, dtype=a.dtype, device=a.device) - SSIM_WINDOW // 2
-    g = torch.exp(-x ** 2 / (2 * SSIM_SIGMA ** 2))
-    g = (g / g.sum())
-    kernel = (g[:, None] * g[None, :]).expand(a.shape[1], 1, SSIM_WINDOW, SSIM_WINDOW)
-
-    def blur(t):
-        return F.conv2d(t, kernel, groups=a.shape[1])
-    mu_a, mu_b = blur(a), blur(b)
-    var_a, var_b = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2
-    cov = blur(a * b) - mu_a * mu_b
+    mu_a, mu_b, aa, bb, ab = _moments(a, b)
+    var_a, var_b, cov = aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
     return ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mu_a ** 2 + mu_b ** 2 + SSIM_C1) * (var_a + var_b + SSIM_C2))
 
 
+class _SSIMLoss(torch.autograd.Function):
+    """Mean SSIM of a against a fixed b, with the gradient written out: S = A1 A2 / (B1 B2) is a function
+    of the five blurred moments, so dS/da = blur^T(dS/dmu_a) + 2a blur^T(dS/dE[aa]) + b blur^T(dS/dE[ab]),
+    three adjoint blurs instead of autograd's trace through ten maps (2x faster on this CPU, the same
+    gradient to float rounding: tests/engine/test_losses.py)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        mu_a, mu_b, e_aa, e_bb, e_ab = _moments(a, b)
+        mu_ab, mu_aa, mu_bb = mu_a * mu_b, mu_a * mu_a, mu_b * mu_b
+        a1, a2 = 2 * mu_ab + SSIM_C1, 2 * (e_ab - mu_ab) + SSIM_C2
+        b1, b2 = mu_aa + mu_bb + SSIM_C1, (e_aa - mu_aa) + (e_bb - mu_bb) + SSIM_C2
+        inv = 1 / (b1 * b2)
+        s = a1 * a2 * inv
+        d_e_ab = 2 * a1 * inv
+        d_e_aa = -s / b2
+        d_mu_a = 2 * mu_b * (a2 - a1) * inv + 2 * mu_a * s * (1 / b2 - 1 / b1)
+        ctx.save_for_backward(a, b, _stack([d_mu_a, d_e_aa, d_e_ab]))
+        ctx.count = s.numel()
+        return s.mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, b, partials = ctx.saved_tensors
+        g_mu, g_aa, g_ab = _blur(partials * (grad / ctx.count), transpose=True).split(a.shape[1], 1)
+        return g_mu + 2 * a * g_aa + b * g_ab, None
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of (B, C, H, W) images in [0, 1] (Gaussian window 11, sigma 1.5)."""
-    return ssim_map(a, b).mean()
+    """Mean SSIM of (B, C, H, W) images in [0, 1] (Gaussian window 11, sigma 1.5); differentiable in a
+    (the prediction; b, the target, takes no gradient)."""
+    if b.requires_grad:
+        return ssim_map(a, b).mean()
+    return _SSIMLoss.apply(a, b)
