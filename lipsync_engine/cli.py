@@ -585,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--lookahead", type=float, metavar="MS", help="future audio the model may hear, 0..120 ms "
                     "(default 120, the paper's centred window; 40 for a low-latency `lipsync live`)")
     st.add_argument("--mixed-precision", choices=("auto", "off", "bf16", "fp16"), default="auto",
-                    help="autocast dtype (default auto: bf16 on CUDA, fp32 on CPU)")
+                    help="autocast dtype (default auto: bf16 on CUDA and on CPUs with bf16 in hardware, else fp32)")
     st.set_defaults(func=_cmd_train)
 
     se = sub.add_parser("export", help="write a speaker's fitted coefficients for other tools")
