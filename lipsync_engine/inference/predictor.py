@@ -51,7 +51,7 @@ from ..prepare import audio
 from ..rig.names import ARKIT_NAMES
 from ..prepare.lookahead import model_lookahead_ms, window_shift_s
 
-__all__ = ["PredictOptions", "Prediction", "Predictor", "load_predictor", "predict", "Plan",
+__all__ = ["PredictOptions", "Prediction", "Predictor", "PredictorCache", "load_predictor", "predict", "Plan",
            "plan_prediction", "PredictionChunk", "frame_count"]
 
 ENCODE_BATCH = 256            # frames per audio-encoder batch (torch)
@@ -474,6 +474,55 @@ def _one_thread(device: str):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class PredictorCache:
+    """Predictors kept loaded between requests (`lipsync serve`): one per model folder and device,
+    loaded again when the folder's files change (a model trained again), at most `size` at a time
+    (the least recently used is dropped first).
+
+    Example::
+
+        cache = PredictorCache()
+        p = cache.get("models/anna")          # loads
+        p is cache.get("models/anna")         # True: same folder, same files
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._loaded: dict[tuple, Predictor] = {}      # key -> predictor, least recently used first
+
+    def get(self, model_dir: Path | str, device: str = "auto") -> Predictor:
+        """The predictor of MODEL_DIR on `device`, loaded if it is not cached or its files changed
+        (EngineError as load_predictor)."""
+        key = _model_key(Path(model_dir), device)
+        predictor = self._loaded.pop(key, None)
+        if predictor is None:
+            predictor = load_predictor(model_dir, device)
+            for old in [k for k in self._loaded if k[:2] == key[:2]]:   # an older version of the same model
+                del self._loaded[old]
+        self._loaded[key] = predictor
+        while len(self._loaded) > self.size:
+            del self._loaded[next(iter(self._loaded))]
+        return predictor
+
+    def __len__(self) -> int:
+        return len(self._loaded)
+
+
+MODEL_FILES = ("config.json", WEIGHTS, MOUTH_BANK)   # a change to any of these loads the model again
+
+
+def _model_key(model_dir: Path, device: str) -> tuple:
+    """(folder, device, (name, modification time ns, size) of each model file there)."""
+    stamps = []
+    for name in MODEL_FILES:
+        try:
+            st = (model_dir / name).stat()
+        except OSError:
+            continue
+        stamps.append((name, st.st_mtime_ns, st.st_size))
+    return str(model_dir.resolve()), device, tuple(stamps)
 
 
 def load_predictor(model_dir: Path | str, device: str = "auto") -> Predictor:
