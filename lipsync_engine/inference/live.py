@@ -92,6 +92,8 @@ class LiveStream:
         self.lookahead_ms = model_lookahead if options.lookahead_ms is None else float(options.lookahead_ms)
         self.shift = predictor.window_shift_s                      # the model's window centre: t - shift
         self.bank = bool(options.predict.atlas) and predictor.uses_bank(options.predict)
+        if options.predict.atlas:           # load the texture's parts now, not while the first frame waits
+            predictor.renderer if self.bank else predictor.model    # noqa: B018
         self.future = int(round(self.lookahead_ms * audio.SAMPLE_RATE / 1000.0)) + HALF_WINDOW
         # samples past a frame's centre its spectrogram window really reaches (pad up to there when short)
         self.window_end = (int(np.max(audio._COLUMN_STARTS)) + audio.WINDOW_LENGTH
