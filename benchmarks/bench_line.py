@@ -11,7 +11,10 @@ vertices.npz, head.pc2, head.obj), + atlas (the atlas PNG sequence, --no-preview
 default (+ preview.mp4). Once per output set, `-X importtime` says how long the imports took and
 whether torch was imported. Serve: one `lipsync serve` process, one request to warm it (its
 time is reported apart, process start and imports included), then `repeats` requests per
-output set, each timed from writing the request line to reading its DONE.
+output set, each timed from writing the request line to reading its DONE. Beside each wall
+time: the CPU seconds the engine process used (user + system; other processes on a busy
+machine do not inflate it; on these 2 cores it can exceed the wall time, the predictor and
+the file writer run in two threads).
 
 LINE defaults to the 3 s from 10 s into ../shared/data/train_anchor_en_m_61s.mp4 (speech),
 or the demo's synthetic speech when that file is missing. --engine-root runs the engine of
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -61,26 +65,31 @@ def make_line(path: Path, seconds: float) -> Path:
 
 
 def engine_command(root: Path, *args: str, importtime: bool = False) -> tuple[list[str], dict]:
+    """The command and environment of `python -m lipsync_engine --json ARGS` with ROOT's engine (run it
+    with cwd=root: `python -m` puts the working directory before PYTHONPATH)."""
     env = dict(os.environ, PYTHONPATH=str(root))
     return [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "lipsync_engine", "--json",
             *args], env
 
 
 def cold(root: Path, model: Path, line: Path, extra: list[str], out: Path, repeats: int) -> dict:
-    """Wall seconds of whole `lipsync predict` processes, and the import report of one more run."""
-    walls = []
+    """Wall seconds of whole `lipsync predict` processes (and the CPU seconds they used, which other
+    processes on the machine do not inflate), and the import report of one more run."""
+    walls, cpus = [], []
     for _ in range(repeats):
         cmd, env = engine_command(root, "predict", str(model), str(line), "-o", str(out), "--overwrite",
                                   "--device", "cpu", *extra)
+        c0 = cpu_of_children()
         t0 = time.perf_counter()
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
         walls.append(time.perf_counter() - t0)
+        cpus.append(cpu_of_children() - c0)
         if r.returncode != 0:
             raise SystemExit(f"predict failed ({r.returncode}): {r.stdout[-400:]}{r.stderr[-400:]}")
     cmd, env = engine_command(root, "predict", str(model), str(line), "-o", str(out), "--overwrite",
                               "--device", "cpu", *extra, importtime=True)
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    return {**summary(walls), **imports(r.stderr)}
+    r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, check=True)
+    return {**summary(walls), "cpu_median_s": statistics.median(cpus), **imports(r.stderr)}
 
 
 def imports(stderr: str) -> dict:
@@ -96,6 +105,18 @@ def imports(stderr: str) -> dict:
     return {"imports_s": total / 1e6, "torch_imported": torch}
 
 
+def cpu_of_children() -> float:
+    """User + system seconds of this process's finished children."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_of(pid: int) -> float:
+    """User + system seconds process `pid` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summary(values: list[float]) -> dict:
     return {"median_s": statistics.median(values), "min_s": min(values), "max_s": max(values), "runs": len(values)}
 
@@ -106,8 +127,8 @@ class ServeProcess:
     def __init__(self, root: Path):
         cmd, env = engine_command(root, "serve")
         self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     bufsize=1)
+        self.proc = subprocess.Popen(cmd, env=env, cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
         kind, payload = self.next()
         assert kind == "STATUS" and payload.get("ready"), (kind, payload)
         self.count = 0
@@ -120,8 +141,10 @@ class ServeProcess:
         return kind, payload
 
     def request(self, args: list[str]) -> float:
+        """Wall seconds from writing the request to reading its DONE (self.cpu: the server's CPU seconds)."""
         self.count += 1
         rid = str(self.count)
+        c0 = cpu_of(self.proc.pid)
         t0 = time.perf_counter()
         self.proc.stdin.write(json.dumps({"id": rid, "command": "predict", "args": args}) + "\n")
         self.proc.stdin.flush()
@@ -130,7 +153,9 @@ class ServeProcess:
             if kind == "DONE" and payload.get("id") == rid:
                 if payload["exit_code"] != 0:
                     raise SystemExit(f"request {rid} failed: exit code {payload['exit_code']}")
-                return time.perf_counter() - t0
+                wall = time.perf_counter() - t0
+                self.cpu = cpu_of(self.proc.pid) - c0
+                return wall
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -144,9 +169,12 @@ def serve(root: Path, model: Path, line: Path, out: Path, repeats: int) -> dict:
                                 *OUTPUTS["coefficients+mesh"]])
         result = {"first_request_s": first, "start_to_first_done_s": time.perf_counter() - server.t0}
         for name, extra in OUTPUTS.items():
-            walls = [server.request([str(model), str(line), "-o", str(out / f"{name}-{i}"), "--device", "cpu",
-                                     *extra]) for i in range(repeats)]
-            result[name] = summary(walls)
+            walls, cpus = [], []
+            for i in range(repeats):
+                walls.append(server.request([str(model), str(line), "-o", str(out / f"{name}-{i}"), "--device",
+                                             "cpu", *extra]))
+                cpus.append(server.cpu)
+            result[name] = {**summary(walls), "cpu_median_s": statistics.median(cpus)}
     finally:
         server.close()
     return result
@@ -171,14 +199,15 @@ def main() -> None:
     report: dict = {"load_before": os.getloadavg(), "engine_root": str(args.engine_root.resolve())}
     with tempfile.TemporaryDirectory(prefix="bench_line_") as td:
         tmp = Path(td)
-        line = args.audio or make_line(tmp / "line.wav", args.seconds)
+        line = (args.audio or make_line(tmp / "line.wav", args.seconds)).resolve()
+        args.model = args.model.resolve()
         if "cold" in parts:
             for name, extra in OUTPUTS.items():
                 r = cold(args.engine_root, args.model, line, extra, tmp / "cold", args.repeats)
                 report[f"cold {name}"] = r
                 print(f"cold `lipsync predict`, {name:<18}: median {r['median_s']:.2f} s (min {r['min_s']:.2f}, max "
-                      f"{r['max_s']:.2f}; {r['runs']} runs); imports {r['imports_s']:.2f} s, torch imported: "
-                      f"{'yes' if r['torch_imported'] else 'no'}", flush=True)
+                      f"{r['max_s']:.2f}; {r['runs']} runs), CPU {r['cpu_median_s']:.2f} s; imports "
+                      f"{r['imports_s']:.2f} s, torch imported: {'yes' if r['torch_imported'] else 'no'}", flush=True)
         if "serve" in parts:
             r = serve(args.engine_root, args.model, line, tmp / "serve", args.repeats)
             report["serve"] = r
@@ -187,7 +216,7 @@ def main() -> None:
             for name in OUTPUTS:
                 s = r[name]
                 print(f"serve, warm, {name:<18}: median {s['median_s']:.3f} s per line (min {s['min_s']:.3f}, max "
-                      f"{s['max_s']:.3f}; {s['runs']} requests)", flush=True)
+                      f"{s['max_s']:.3f}; {s['runs']} requests), server CPU {s['cpu_median_s']:.3f} s", flush=True)
     report["load_after"] = os.getloadavg()
     print(f"# load average after: {' '.join(f'{x:.2f}' for x in report['load_after'])}")
     if args.json:

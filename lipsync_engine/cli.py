@@ -709,9 +709,9 @@ def build_parser(parser_class: type = _Parser) -> argparse.ArgumentParser:
     sv.add_argument("-o", "--output", type=Path, help="folder for evaluation.json and plots (default MODEL/evaluation)")
     sv.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
     sv.set_defaults(func=_cmd_evaluate)
-    sv2 = sub.add_parser("serve", help="answer many requests in one process: one JSON object per line on stdin "
-                         "(docs/predict.md)")
-    sv2.set_defaults(func=_cmd_serve)
+    sr = sub.add_parser("serve", help="answer many requests in one process: one JSON object per line on stdin "
+                        "(docs/predict.md)")
+    sr.set_defaults(func=_cmd_serve)
     from .live_cli import add_live_parsers
 
     add_live_parsers(sub, _cmd_live, _cmd_say)
