@@ -2,14 +2,15 @@
 `lipsync serve` warm, in seconds per line.
 
     chrt -r 5 .venv/bin/python benchmarks/bench_line.py MODEL_DIR [--audio LINE] [--seconds 3]
-        [--repeats 5] [--engine-root DIR] [--parts cold,serve] [--json out.json]
+        [--repeats 5] [--engine-root DIR] [--parts cold,serve,network] [--json out.json]
 
 Cold: `python -m lipsync_engine --json predict MODEL LINE -o OUT --overwrite ...` run `repeats`
 times per output set, wall time from before the process starts to its exit: coefficients and
 mesh (--no-atlas --no-preview: blendshapes, Live Link CSV, JSON, Rhubarb cues, visemes,
 vertices.npz, head.pc2, head.obj), + atlas (the atlas PNG sequence, --no-preview), and the
 default (+ preview.mp4). Once per output set, `-X importtime` says how long the imports took and
-whether torch was imported. Serve: one `lipsync serve` process, one request to warm it (its
+whether torch was imported. Network: the audio path per frame in numpy and in torch, and
+the cost of importing torch (why a line's prediction runs it in numpy). Serve: one `lipsync serve` process, one request to warm it (its
 time is reported apart, process start and imports included), then `repeats` requests per
 output set, each timed from writing the request line to reading its DONE. Beside each wall
 time: the CPU seconds the engine process used (user + system; other processes on a busy
@@ -180,6 +181,40 @@ def serve(root: Path, model: Path, line: Path, out: Path, repeats: int) -> dict:
     return result
 
 
+def network(root: Path, model: Path, line: Path, repeats: int) -> dict:
+    """ms per frame of the audio path (spectrograms -> codes -> vertex deltas and blendshapes), 600
+    frames batched, in numpy and in torch (one thread each, as the predictor runs them), and the
+    wall seconds of `python -c "import torch"`: why short predictions run it in numpy."""
+    code = f"""
+import json, statistics, sys, time
+sys.path.insert(0, {str(root)!r})
+import numpy as np
+from lipsync_engine.inference.predictor import load_predictor
+from lipsync_engine.io import media
+from lipsync_engine.prepare import audio
+p = load_predictor({str(model)!r}, "cpu")
+x = np.resize(media.load_audio({str(line)!r}, 16000).samples, 21 * 16000)
+spec = audio.spectrogram_frames(x, np.arange(600) / 30.0 + 0.2)
+out = {{}}
+for name, numpy_path in (("numpy", True), ("torch", False)):
+    times = []
+    for _ in range({repeats} + 1):
+        t0 = time.perf_counter()
+        p.raw_outputs(p.audio_codes(spec, numpy_path), numpy_path)
+        times.append(time.perf_counter() - t0)
+    out[name] = statistics.median(times[1:]) / len(spec) * 1e3
+print(json.dumps(out))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    result = {f"{k}_ms_per_frame": v for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+    walls = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        walls.append(time.perf_counter() - t0)
+    return {**result, "import_torch_s": statistics.median(walls)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", type=Path, help="a model folder (lipsync train; the cpu preset for the issue's bar)")
@@ -187,7 +222,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="length of the default line (default 3)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--engine-root", type=Path, default=ROOT, help="checkout whose lipsync_engine runs")
-    ap.add_argument("--parts", default="cold,serve", help="cold, serve or both (default)")
+    ap.add_argument("--parts", default="cold,serve,network", help="any of cold, serve, network (default all)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -217,6 +252,12 @@ def main() -> None:
                 s = r[name]
                 print(f"serve, warm, {name:<18}: median {s['median_s']:.3f} s per line (min {s['min_s']:.3f}, max "
                       f"{s['max_s']:.3f}; {s['runs']} requests), server CPU {s['cpu_median_s']:.3f} s", flush=True)
+        if "network" in parts:
+            r = network(args.engine_root, args.model, line, args.repeats)
+            report["network"] = r
+            print(f"audio path, 600 frames batched, one thread: numpy {r['numpy_ms_per_frame']:.3f} ms per frame, "
+                  f"torch {r['torch_ms_per_frame']:.3f} ms per frame; `import torch` {r['import_torch_s']:.2f} s "
+                  f"(median of {args.repeats})", flush=True)
     report["load_after"] = os.getloadavg()
     print(f"# load average after: {' '.join(f'{x:.2f}' for x in report['load_after'])}")
     if args.json:

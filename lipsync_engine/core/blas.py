@@ -1,9 +1,9 @@
 """numpy's BLAS thread count, set for a block of code: one thread while predicting on a CPU.
 
-numpy's OpenBLAS runs one thread per core. The audio encoder's matrix products are small,
-and on a 2-core machine shared with other work the second thread mostly waits: 0.4 ms per
-frame with one thread, 1.2 to 3 ms with two under load (docs/benchmarks.md, "Predicting one
-line"). threadpoolctl does this in general; this is the part the engine needs. Where numpy's
+numpy's OpenBLAS runs one thread per core. The audio encoder's matrix products are small:
+one thread is as fast as two on this 2-core machine when it is idle, and does not stall when
+other work holds the second core (as the predictor's one torch thread, docs/predict.md).
+threadpoolctl does this in general; this is the part the engine needs. Where numpy's
 BLAS is not an OpenBLAS found beside numpy, blas_threads does nothing.
 Must not: import anything of the engine (it is core).
 """

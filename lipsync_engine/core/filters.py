@@ -3,8 +3,8 @@
 They compute what scipy.ndimage's gaussian_filter1d and uniform_filter1d (mode "nearest",
 sums in float64, the input's dtype out) and a 1-D distance_transform_edt compute, on the
 arrays the predictor, the live stream, the mouth bank and the Rhubarb classifier pass. They
-live here because importing scipy.ndimage takes about 90 ms, a tenth of `lipsync predict`
-of a 3 s line (docs/benchmarks.md, "Predicting one line").
+live here because importing scipy.ndimage took 0.09 s (python -X importtime), a fifth of a
+cold `lipsync predict` of a 3 s line's time after torch left it (docs/benchmarks.md).
 Must not: import anything of the engine above core.
 """
 

@@ -324,8 +324,8 @@ class Predictor:
 
     def uses_numpy(self, frames: int | None = None) -> bool:
         """Whether the audio path runs in numpy: on a CPU, for a prediction of at most NUMPY_FRAMES
-        frames or a stream (frames None). Beyond that torch's faster convolutions (0.16 against
-        0.37 ms per frame here) repay its import (1.5 s) within the prediction."""
+        frames or a stream (frames None). Beyond that torch's faster convolutions (0.20 against
+        0.35 ms per frame here) repay its import (1.3 s) within the prediction (docs/benchmarks.md)."""
         return self.device == "cpu" and (frames is None or frames <= NUMPY_FRAMES)
 
     # -- the network

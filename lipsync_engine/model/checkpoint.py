@@ -56,7 +56,7 @@ def pick_device(name: str):
 def resolve_device(name: str) -> str:
     """The device a name stands for, as text ("cpu", "cuda", "cuda:1", "mps"); "auto" is CUDA, then
     MPS, then CPU. On a machine that cannot have either (no NVIDIA or ROCm driver, not Apple
-    silicon), "auto" is "cpu" without importing torch (1.5 s here: longer than predicting a line)."""
+    silicon), "auto" is "cpu" without importing torch (1.3 s here: longer than predicting a line)."""
     if name != "auto":
         return name
     if not _accelerator_possible():

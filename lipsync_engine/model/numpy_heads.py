@@ -1,7 +1,7 @@
 """The network's audio path in numpy: the audio encoder and the geometry and blendshape decoders.
 
 Meshes and coefficients need only these three parts of the network, and they are small
-convolutions and matrix products. Run here they need no torch, whose import alone (1.5 s on
+convolutions and matrix products. Run here they need no torch, whose import alone (1.3 s on
 this machine) takes longer than predicting a whole 3 s line (docs/benchmarks.md, "Predicting
 one line"). The weights are network.LipSync3D's (model.safetensors read as numpy arrays),
 and the outputs equal the torch modules' in eval mode to float32 rounding
