@@ -30,7 +30,6 @@ from .client import (EXIT_CANCELLED, EXIT_GRACE_S, PREFERENCES_HINT, STDERR_TAIL
                      Message, ProtocolError, parse_line)
 
 SHUTDOWN_WAIT_S = 2.0          # seconds a server may take to end after its stdin closed
-READY_TIMEOUT_S = 120.0        # a server that sent nothing for this long after starting hangs
 _SERVERS: "weakref.WeakSet[EngineServer]" = weakref.WeakSet()
 
 
