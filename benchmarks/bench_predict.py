@@ -92,8 +92,8 @@ def speech(seconds: float) -> np.ndarray:
     return np.resize(base, n).astype(np.float32)
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
@@ -109,7 +109,7 @@ def latency(p, samples: np.ndarray, repeats: int = 30) -> dict:
         for i in range(repeats + 3):
             k = 40 + i
             t0 = time.perf_counter()
-            code = p._codes(plan, k, k + 1)
+            code = torch.from_numpy(p._codes(plan, k, k + 1, numpy_path=False)).to(p.device)   # torch's encoder
             m.geometry(code).cpu()
             _sync(p.device)
             t1 = time.perf_counter()

@@ -327,7 +327,7 @@ class LIPSYNC3D_OT_predict(runner.EngineJobOperator, bpy.types.Operator):
                 todo.append((src, out))
         if not todo:
             return []
-        # one engine process for the whole batch: the model is loaded once (lipsync predict A1 A2 ... -o O1 O2 ...)
+        # one request for the whole batch (lipsync predict A1 A2 ... -o O1 O2 ...), to the warm engine server
         args = [model, *(src.path for src, _ in todo), "-o", *(out for _, out in todo),
                 "--fps", f"{scene_fps(context.scene):.6f}", "--overwrite", "--device", spec.device,
                 "--start", *(f"{src.start_s:.6f}" for src, _ in todo)]
@@ -339,7 +339,8 @@ class LIPSYNC3D_OT_predict(runner.EngineJobOperator, bpy.types.Operator):
         args += [] if s.engine_preview else ["--no-preview"]
         args += [] if articulation_arg(s) is None else ["--articulation", articulation_arg(s)]
         label = f"Predict {todo[0][0].name}" if len(todo) == 1 else f"Predict {len(todo)} lines"
-        return [spec.job(label, "predict", *args, log_path=runner.log_path(context, "predict"))]
+        # the warm engine (lipsync serve): the model stays loaded for the next prediction
+        return [runner.engine_server(context, spec).job(label, "predict", *args)]
 
     def on_success(self, context, outcome):
         s = settings(context)

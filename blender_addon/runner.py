@@ -6,6 +6,8 @@ EngineJobOperator: validate -> start jobs -> poll on a 0.1 s timer (status bar t
 stage, percent and ETA; Esc or the panel's Cancel button asks the engine to stop) -> apply
 the results, with one cleanup path whatever the outcome. In background mode (no window,
 as in tests and `blender -b`) the same steps run blocking, and Ctrl-C cancels.
+Also owns the warm engine server (engine_server): predictions go to one `lipsync serve` that stays
+up while Blender runs, and stop_all shuts it down.
 Must not: read the engine's output files (results.py does) or parse its stdout (client.py).
 
 Other modules (dub.py, cartoon.py) subclass EngineJobOperator:
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import bpy
 
-from .core import client
+from .core import client, server
 
 TIMER_S = 0.1                      # modal poll interval
 PACKAGE = __package__              # "bl_ext.<repo>.lipsync3d" (extension) or "lipsync3d" (legacy add-on)
@@ -101,6 +103,35 @@ def engine_spec(context) -> client.EngineSpec:
 
 
 # ---------------------------------------------------------------------------------------------
+# The warm engine: one `lipsync serve` kept running for predictions
+# ---------------------------------------------------------------------------------------------
+
+_SERVER: dict = {"server": None}
+
+
+def engine_server(context, spec: client.EngineSpec) -> server.EngineServer:
+    """The warm `lipsync serve` of this engine (server.py): made on first use (its process starts with
+    the first job), made again when the process has ended or the engine settings changed (the
+    old one is shut down). Jobs from server.job() load each model once for many predictions."""
+    current = _SERVER["server"]
+    if current is not None and current.started and (not current.alive or current.key != server.server_key(spec)):
+        current.shutdown()
+        current = None
+    elif current is not None and current.key != server.server_key(spec):
+        current = None                                  # never started: nothing to shut down
+    if current is None:
+        current = server.EngineServer(spec, log_path=log_path(context, "serve"))
+        _SERVER["server"] = current
+    return current
+
+
+def warm_server():
+    """The warm engine server if one is running (None otherwise)."""
+    current = _SERVER["server"]
+    return current if current is not None and current.alive else None
+
+
+# ---------------------------------------------------------------------------------------------
 # The running job (one at a time)
 # ---------------------------------------------------------------------------------------------
 
@@ -125,11 +156,14 @@ def request_cancel() -> bool:
 
 
 def stop_all() -> None:
-    """On unregister / quit: no engine outlives the add-on."""
+    """On unregister / quit: no engine outlives the add-on (the running job, the warm server)."""
     chain = _ACTIVE["chain"]
     if chain is not None and not chain.finished:
         chain.kill()
     _ACTIVE.update(chain=None, cancel=False)
+    if _SERVER["server"] is not None:
+        _SERVER["server"].shutdown()
+        _SERVER["server"] = None
 
 
 def _status(context):

@@ -35,7 +35,7 @@ _PUBLIC = {
     "open_speaker": "prepare.dataset", "SpeakerDataset": "prepare.dataset",
     "fit_speaker": "rig.fitting", "fit_coefficients": "rig.fitting", "FitOptions": "rig.fitting",
     "train_speaker": "model.train", "TrainOptions": "model.train", "TrainResult": "model.train",
-    "recipe_options": "model.train", "ModelDimensions": "model.network", "load_model": "model.checkpoint",
+    "recipe_options": "model.train", "ModelDimensions": "model.dims", "load_model": "model.checkpoint",
     "make_demo_video": "demo.video", "load_demo_truth": "demo.video",
     "evaluate_model": "apps.evaluate", "EvaluateOptions": "apps.evaluate", "EvaluationResult": "apps.evaluate",
     "predict": "inference.predictor", "load_predictor": "inference.predictor", "Predictor": "inference.predictor",

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .core import protocol
-from .core.errors import Cancelled, EngineError, EnvironmentProblem, InputError, OutputExists
+from .core.errors import Cancelled, EngineError, EnvironmentProblem, InputError, OutputExists, UsageError
 from .core.progress import CancelToken, Progress
 from .core.protocol import EXIT_CANCELLED, EXIT_CRASH, EXIT_ENVIRONMENT, EXIT_ERROR, EXIT_OK, EXIT_USAGE  # noqa: F401
 from .core.version import __version__
@@ -37,23 +37,29 @@ def _console():
 
 
 class Reporter:
-    """Progress as tqdm bars (people) or PROGRESS messages (--json, the add-on)."""
+    """Progress as tqdm bars (people) or PROGRESS messages (--json, the add-on).
 
-    def __init__(self, json_mode: bool):
+    tag : keys added to every message, e.g. {"id": "7"} for a request of `lipsync serve`.
+    """
+
+    def __init__(self, json_mode: bool, tag: dict | None = None):
         self.json_mode = json_mode
+        self.tag = dict(tag or {})
         self.bar = None
         self.stage = None
-        self.console = _console()
+        self.console = None              # opened with the first progress bar
 
     def __call__(self, p: Progress) -> None:
         if self.json_mode:
-            protocol.emit("PROGRESS", {"stage": p.stage, "done": p.done, "total": p.total, "message": p.message})
+            protocol.emit("PROGRESS", {"stage": p.stage, "done": p.done, "total": p.total, "message": p.message,
+                                       **self.tag})
             return
         from tqdm import tqdm
 
         if p.stage != self.stage:
             self.close()
             self.stage = p.stage
+            self.console = self.console or _console()
             self.bar = tqdm(total=p.total, desc=f"{p.stage:>8}", unit="fr" if p.stage in ("track", "atlas") else "",
                             file=self.console, dynamic_ncols=True, leave=True, postfix=p.message or None)
         self.bar.total = p.total
@@ -69,7 +75,7 @@ class Reporter:
 
     def info(self, kind: str, text: str, **extra) -> None:
         if self.json_mode:
-            protocol.emit(kind, {"message": text, **extra})
+            protocol.emit(kind, {"message": text, **extra, **self.tag})
         else:
             self.close()
             print(("warning: " if kind == "WARN" else "") + text, file=sys.stderr if kind == "WARN" else sys.stdout)
@@ -418,7 +424,8 @@ def _cmd_predict(args, reporter: Reporter, cancel: CancelToken) -> None:
     outs = _predict_outputs(args.audio, args.output)
     for out in outs:                      # refuse before any work is done
         check_output_dir(out, args.overwrite)
-    predictor = load_predictor(args.model, args.device)   # loaded once for every file
+    load = args.predictors.get if args.predictors is not None else load_predictor   # `lipsync serve`: cached
+    predictor = load(args.model, args.device)             # loaded once for every file
     for audio, out, opts in zip(args.audio, outs, options):
         r = predict_to_folder(predictor, audio, out, opts, out_options, reporter, cancel)
         reporter.close()
@@ -530,8 +537,30 @@ def _cmd_say(args, reporter: Reporter, cancel: CancelToken) -> None:
     run_say_command(args, reporter, cancel)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lipsync", description="LipSync3D engine: personalized 3D talking faces from video.")
+def _cmd_serve(args, reporter: Reporter, cancel: CancelToken) -> None:
+    from .serve import serve
+
+    parser = build_parser(_RequestParser)           # built once, parses every request
+    serve(sys.stdin, parser.parse_args, run_command, lambda tag: Reporter(True, tag))
+
+
+class _RequestParser(argparse.ArgumentParser):
+    """The parser of `lipsync serve` requests: a usage error raises UsageError (the server answers
+    ERROR and DONE, exit code 2, with the CLI's words, and keeps serving); help never reaches
+    stdout, which belongs to the protocol."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+    def exit(self, status=0, message=None):
+        raise UsageError((message or f"{self.prog}: help and version are written to stderr").strip())
+
+    def _print_message(self, message, file=None):
+        super()._print_message(message, sys.stderr)
+
+
+def build_parser(parser_class: type = _Parser) -> argparse.ArgumentParser:
+    p = parser_class(prog="lipsync", description="LipSync3D engine: personalized 3D talking faces from video.")
     p.add_argument("--version", action="version", version=f"lipsync {__version__}")
     p.add_argument("--json", action="store_true", help="machine-readable JSON-lines messages on stdout")
     sub = p.add_subparsers(dest="command", required=True)
@@ -637,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("--chunk-frames", type=int, default=512, help="frames per chunk (memory bound; default 512)")
     sq.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     sq.add_argument("--overwrite", action="store_true", help="replace a prediction already in the output folder")
-    sq.set_defaults(func=_cmd_predict)
+    sq.set_defaults(func=_cmd_predict, predictors=None)   # `lipsync serve` sets a PredictorCache
 
     si = sub.add_parser("info", help="versions, engine location and the compute device found")
     si.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -680,6 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("-o", "--output", type=Path, help="folder for evaluation.json and plots (default MODEL/evaluation)")
     sv.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
     sv.set_defaults(func=_cmd_evaluate)
+    sr = sub.add_parser("serve", help="answer many requests in one process: one JSON object per line on stdin "
+                        "(docs/predict.md)")
+    sr.set_defaults(func=_cmd_serve)
     from .live_cli import add_live_parsers
 
     add_live_parsers(sub, _cmd_live, _cmd_say)
@@ -699,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _Parser.json_mode = "--json" in (sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.json = getattr(args, "json", False)
+    args.json = getattr(args, "json", False) or args.command == "serve"    # serve speaks the protocol only
     reporter = Reporter(args.json)
     cancel = CancelToken()
 
@@ -709,6 +741,15 @@ def main(argv: list[str] | None = None) -> int:
         cancel.set()
 
     signal.signal(signal.SIGINT, on_sigint)
+    code = run_command(args, reporter, cancel)
+    if args.json:
+        protocol.emit("DONE", {"exit_code": code, "protocol": protocol.PROTOCOL_VERSION, **reporter.tag})
+    return code
+
+
+def run_command(args, reporter: Reporter, cancel: CancelToken) -> int:
+    """Run a parsed command; every error becomes one line (an ERROR message with --json) and the exit
+    code is returned (main, and each request of `lipsync serve`)."""
     code = EXIT_OK
     try:
         check_device(getattr(args, "device", None))
@@ -732,6 +773,4 @@ def main(argv: list[str] | None = None) -> int:
             f"internal error ({type(e).__name__}: {e}); please report it with the lines above"
         reporter.info("ERROR", msg) if args.json else print(f"error: {msg}", file=sys.stderr)
         code = EXIT_ENVIRONMENT if problem else EXIT_CRASH
-    if args.json:
-        protocol.emit("DONE", {"exit_code": code, "protocol": protocol.PROTOCOL_VERSION})
     return code

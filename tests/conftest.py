@@ -72,3 +72,49 @@ def trained_demo(prepared_demo, tmp_path_factory):
     train_speaker(ds.path, out, recipe_options("fast", epochs=60, batch_size=16, seed=1),
                   dims=ModelDimensions().scaled(1 / 32))
     return out, ds, truth
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory):
+    """A model folder made without training, in about a second: the tiny (1/32 width) network at
+    seeded initial weights, the canonical face as the reference, grey atlases, an articulation
+    gain and centre, and a mouth bank of 24 synthetic crops on jittered meshes. Predicting from it
+    runs every part of `lipsync predict` (the numbers mean nothing): protocol, serve and speed tests."""
+    import json
+
+    import cv2
+    import torch
+    from safetensors.torch import save_file
+
+    from lipsync_engine.face.geometry import reference_cylinder
+    from lipsync_engine.face.topology import NOSE_TIP, load_topology
+    from lipsync_engine.model.articulation import MouthBank
+    from lipsync_engine.model.checkpoint import MOUTH_BANK, config_header
+    from lipsync_engine.model.network import LipSync3D, ModelDimensions
+
+    out = tmp_path_factory.mktemp("untrained") / "untrained model"
+    out.mkdir()
+    topo = load_topology()
+    ref = topo.vertices.astype(np.float32)
+    cylinder = reference_cylinder(ref.astype(np.float64), topo.right_eye, topo.left_eye, NOSE_TIP)
+    lips_uv = cylinder.project(ref[topo.lips_outer]).mean(0)
+    box = {"row": int(round(lips_uv[1] - 64)), "col": int(round(lips_uv[0] - 64)), "size": 128}
+    torch.manual_seed(5)
+    dims = ModelDimensions().scaled(1 / 32)
+    rng = np.random.default_rng(5)
+    tensors = {f"model.{k}": v.contiguous() for k, v in LipSync3D(dims).state_dict().items()}
+    tensors.update(reference_vertices=torch.from_numpy(ref), reference_lips=torch.zeros(3, 128, 128),
+                   mean_vertex_deltas=torch.zeros(468, 3), mean_blendshapes=torch.full((52,), 0.1),
+                   opening_direction=torch.from_numpy(rng.normal(size=(468, 3)).astype(np.float32) / 30))
+    save_file(tensors, str(out / "model.safetensors"))
+    for name, grey in (("reference_atlas.png", 140), ("reference_atlas_normalized.png", 150)):
+        cv2.imwrite(str(out / name), np.full((256, 256, 3), grey, np.uint8))
+    jitter = ref[None] + rng.normal(0, 0.05, (24, 468, 3)).astype(np.float32)
+    crops = rng.integers(0, 256, (24, 128, 128, 3), dtype=np.uint8)
+    np.savez(out / MOUTH_BANK, **MouthBank.build(crops, jitter, cylinder, size=24).to_arrays())
+    config = {**config_header(), "dims": dims.to_dict(), "spectrogram_scale": 1.0, "fps": 25.0, "lip_box": box,
+              "cylinder": cylinder.to_dict(), "model_id": "untrained", "has_blendshapes": True,
+              "articulation": {"gain": 1.3, "fitted_on": None}, "mouth_bank": {"file": MOUTH_BANK, "size": 24},
+              "epochs_done": 0}
+    (out / "config.json").write_text(json.dumps(config))
+    return out

@@ -38,3 +38,10 @@ class EnvironmentProblem(EngineError):
 
 class Cancelled(EngineError):
     """The user asked the work to stop (Ctrl-C, a cancel file, Esc in Blender)."""
+
+
+class UsageError(EngineError):
+    """A request of `lipsync serve` whose command line argparse refuses, or that is not a request
+    at all; answered with ERROR and DONE (exit code 2, as the CLI's bad usage), the server goes on."""
+
+    exit_code = 2

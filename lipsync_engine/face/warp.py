@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import scipy.sparse
 
 INSIDE_EPS = 1e-4  # barycentric tolerance so that shared edges leave no cracks
 
@@ -99,6 +98,8 @@ class Raster:
         self.corners = np.take(tris, t, axis=0)
         # Each covered pixel's source position is a fixed barycentric mix of 3 vertices:
         # one sparse (pixels x V) matrix turns any source mesh into remap coordinates.
+        import scipy.sparse     # imported here: `lipsync predict` without atlases never warps
+
         n = len(pix)
         self._interp = scipy.sparse.csr_matrix(
             (lam.ravel(), self.corners.ravel(), np.arange(0, 3 * n + 1, 3)), shape=(n, len(pts)))

@@ -32,13 +32,12 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from scipy.ndimage import gaussian_filter1d
 
+from ..core.filters import gaussian_smooth
 from ..model.articulation import apply_gain, apply_gain_coefficients
 from ..prepare import audio
 from ..rig.names import ARKIT_NAMES
-from .predictor import (SILENT_PEAK, SMOOTHING_TRUNCATE, PEAK_GRID_S, PredictOptions, Predictor, _one_thread,
+from .predictor import (SILENT_PEAK, SMOOTHING_TRUNCATE, PEAK_GRID_S, PredictOptions, Predictor,
                       frame_count)
 
 __all__ = ["LiveOptions", "LiveFrame", "LiveStream"]
@@ -93,6 +92,8 @@ class LiveStream:
         self.lookahead_ms = model_lookahead if options.lookahead_ms is None else float(options.lookahead_ms)
         self.shift = predictor.window_shift_s                      # the model's window centre: t - shift
         self.bank = bool(options.predict.atlas) and predictor.uses_bank(options.predict)
+        if options.predict.atlas:           # load the texture's parts now, not while the first frame waits
+            predictor.renderer if self.bank else predictor.model    # noqa: B018
         self.future = int(round(self.lookahead_ms * audio.SAMPLE_RATE / 1000.0)) + HALF_WINDOW
         # samples past a frame's centre its spectrogram window really reaches (pad up to there when short)
         self.window_end = (int(np.max(audio._COLUMN_STARTS)) + audio.WINDOW_LENGTH
@@ -196,14 +197,13 @@ class LiveStream:
         off = lo / audio.SAMPLE_RATE
         spec = audio.spectrogram_frames(x, times - self.shift, start_offset_s=off)
         levels = audio.envelope(x, times, start_offset_s=off)
-        model, gain, centre = self.p.model, self.p.articulation(self.o.predict), self.p.centre
-        with torch.inference_mode(), _one_thread(self.p.device):
-            codes = model.audio(torch.from_numpy(spec).to(self.p.device) * self.p.scale)
-            bs = apply_gain_coefficients(model.blendshapes(codes).float().cpu().numpy(), gain,
-                                         centre.get("mean_blendshapes"), ARKIT_NAMES) if self.p.has_blendshapes \
-                else np.zeros((b - a, len(ARKIT_NAMES)), np.float32)
-            deltas = apply_gain(model.geometry(codes).float().cpu().numpy(), gain, centre.get("mean_vertex_deltas"),
-                                centre.get("opening_direction")) if self.o.vertices or self.bank else None
+        gain, centre = self.p.articulation(self.o.predict), self.p.centre
+        codes = self.p.audio_codes(spec)
+        raw_deltas, raw_bs = self.p.raw_outputs(codes)
+        bs = apply_gain_coefficients(raw_bs, gain, centre.get("mean_blendshapes"), ARKIT_NAMES) \
+            if self.p.has_blendshapes else np.zeros((b - a, len(ARKIT_NAMES)), np.float32)
+        deltas = apply_gain(raw_deltas, gain, centre.get("mean_vertex_deltas"),
+                            centre.get("opening_direction")) if self.o.vertices or self.bank else None
         for i, k in enumerate(range(a, b)):
             self.raw[k] = (None if deltas is None else deltas[i], bs[i], codes[i:i + 1])
             self.need[k] = min(self.received, self._frame_centre(k) + self.future)
@@ -262,8 +262,7 @@ class LiveStream:
         top = self.computed - 1 if last is None else last
         rows = [self.raw[min(max(k, 0), top)][part] for k in range(j - self.halo, j + self.halo + 1)]
         window = np.stack(rows)
-        return gaussian_filter1d(window, self.sigma, axis=0, mode="nearest",
-                                 truncate=SMOOTHING_TRUNCATE)[self.halo]
+        return gaussian_smooth(window, self.sigma, axis=0, truncate=SMOOTHING_TRUNCATE)[self.halo]
 
     def _finish_frame(self, j: int, weight: float, silent: bool, last: int | None) -> LiveFrame:
         bs = (np.clip(self._smoothed(j, 1, last), 0.0, 1.0) * np.float32(weight)).astype(np.float32)
@@ -276,9 +275,8 @@ class LiveStream:
             deltas = self._smoothed(j, 0, last) * np.float32(weight)
             lips = self.p._bank_lips(deltas[None], np.array([weight], np.float32), 0, 1)[0]
         elif self.o.predict.atlas:
-            with torch.inference_mode(), _one_thread(self.p.device):
-                crop, self.previous = self.p._lips(self.raw[j][2], np.array([weight], np.float32), self.previous,
-                                                   _NEVER, lambda n: None)
+            crop, self.previous = self.p._lips(self.raw[j][2], np.array([weight], np.float32), self.previous,
+                                               _NEVER, lambda n: None)
             lips = crop[0]
         return LiveFrame(j, j / self.fps, bs, silent, vertices, lips, self.need.get(j, self.received))
 

@@ -1,8 +1,10 @@
 """`lipsync predict`: new dialogue audio -> per-frame meshes, lip atlases and blendshapes.
 
-Owns: running a trained model (checkpoint.load_model) over any audio at the caller's frame rate,
-in chunks (bounded memory, linear time, exactly the same numbers as one whole-file pass),
-temporal smoothing and silence handling. The full atlas (compose_atlas) is render.py's and
+Owns: running a trained model over any audio at the caller's frame rate, in chunks (bounded
+memory, linear time, exactly the same numbers as one whole-file pass), temporal smoothing and
+silence handling, and which engine runs the network: numpy (model/numpy_heads.py) for the audio
+path on a CPU, torch (checkpoint.load_model) for the network texture, long audio and GPUs.
+Torch is imported only when it is used: `lipsync predict` of a line never imports it. The full atlas (compose_atlas) is render.py's and
 the prediction folder (write_outputs, predict_to_folder, OutputOptions; docs/predict.md) is
 folder.py's, which imports this module (never the other way round).
 Must not: train, track video, write files, or import bpy.
@@ -36,24 +38,24 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
-from scipy.ndimage import distance_transform_edt, gaussian_filter1d
-
+from ..core.blas import blas_threads
 from ..core.errors import EngineError, InputError
+from ..core.filters import distance_to_false, gaussian_smooth
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from ..face.geometry import CylinderMap
 from ..io import media
 from ..model.articulation import MouthBank, MouthRenderer, apply_gain, apply_gain_coefficients
-from ..model.checkpoint import MOUTH_BANK, check_reference_files, load_model, pick_device
-from ..model.network import autoregressive_lips
+from ..model.checkpoint import MOUTH_BANK, WEIGHTS, check_reference_files, load_arrays, load_model, resolve_device
+from ..model.numpy_heads import AudioHeads
 from ..prepare import audio
 from ..rig.names import ARKIT_NAMES
 from ..prepare.lookahead import model_lookahead_ms, window_shift_s
 
-__all__ = ["PredictOptions", "Prediction", "Predictor", "load_predictor", "predict", "Plan",
+__all__ = ["PredictOptions", "Prediction", "Predictor", "PredictorCache", "load_predictor", "predict", "Plan",
            "plan_prediction", "PredictionChunk", "frame_count"]
 
-ENCODE_BATCH = 256            # frames per audio-encoder batch
+ENCODE_BATCH = 256            # frames per audio-encoder batch (torch)
+NUMPY_FRAMES = 9000           # on a CPU, predictions up to this long run the audio path in numpy (no torch)
 PROGRESS_EVERY = 32           # frames between progress reports of the frame-by-frame steps
 SMOOTHING_TRUNCATE = 3.0      # Gaussian kernel radius in sigmas (the chunk halo)
 SILENT_PEAK = 1e-5            # a file whose 40 ms RMS never exceeds this (-100 dBFS) is silence
@@ -167,7 +169,7 @@ def silence_weights(samples: np.ndarray, times: np.ndarray, fps: float, options:
     if silent.all():
         return np.zeros(len(times), np.float32), silent, peak
     ramp_frames = options.silence_ramp_s * fps
-    depth = distance_transform_edt(silent)                   # frames to the nearest voiced frame
+    depth = distance_to_false(silent)                        # frames to the nearest voiced frame
     weight = np.clip(1.0 - depth / ramp_frames, 0.0, 1.0) if ramp_frames > 0 else np.where(silent, 0.0, 1.0)
     return weight.astype(np.float32), silent, peak
 
@@ -226,6 +228,12 @@ def plan_prediction(audio_in, options: PredictOptions) -> Plan:
 class Predictor:
     """A trained model loaded once; predicts from any number of audio files.
 
+    On a CPU the audio path (audio encoder, vertex and blendshape decoders) runs in numpy
+    (model/numpy_heads.py) for predictions up to NUMPY_FRAMES frames and for live streams:
+    importing torch alone takes longer than predicting a dialogue line. Torch is loaded on
+    first use: for the network texture (--texture network, format-1 models), longer audio
+    (where its faster convolutions repay the import) and GPUs (loaded at once).
+
     Example::
 
         p = load_predictor("models/anna")
@@ -237,50 +245,115 @@ class Predictor:
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise EngineError(f"{self.model_dir}: model directory not found")
-        self.device = pick_device(device)
+        self.device = resolve_device(device)          # "cpu", "cuda", "cuda:1", "mps"
+        self._model = self._reference_lips = self._renderer = None
         try:
-            self.model, self.config, extra = load_model(self.model_dir, str(self.device))
-            self.reference_vertices = extra["reference_vertices"].float().cpu().numpy()
-            self.reference_lips = extra["reference_lips"].float().to(self.device)[None]   # (1, 3, 128, 128)
+            self.config, self.dims, arrays = load_arrays(self.model_dir)
+            self.reference_vertices = np.asarray(arrays["reference_vertices"], np.float32)   # (468, 3)
+            self.reference_lips_chw = np.asarray(arrays["reference_lips"], np.float32)       # (3, 128, 128) in [-1, 1]
             self.scale = float(self.config["spectrogram_scale"])
             self.lip_box = {"row": int(self.config["lip_box"]["row"]), "col": int(self.config["lip_box"]["col"])}
             self.cylinder = CylinderMap.from_dict(self.config["cylinder"])
+            self.centre = {k: np.asarray(arrays[k], np.float32) for k in
+                           ("mean_vertex_deltas", "mean_blendshapes", "opening_direction") if k in arrays}
         except EngineError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
             raise EngineError(f"{self.model_dir}: damaged model directory ({type(e).__name__}: {e})") from e
+        try:
+            self.heads = AudioHeads.from_tensors(arrays, self.dims)
+        except ValueError as e:
+            raise EngineError(f"{self.model_dir / WEIGHTS}: weights do not fit the network in config.json "
+                              f"({e})") from e
         check_reference_files(self.model_dir)
-        for m in self.model.modules():     # inference only: in-place activations halve the encoder's memory traffic
-            if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU)):
-                m.inplace = True
         self.model_id = str(self.config.get("model_id", ""))
         # a model trained with --lookahead L hears its window centred L - 120 ms before the frame (lookahead.py)
         self.lookahead_ms = model_lookahead_ms(self.config)
         self.window_shift_s = window_shift_s(self.lookahead_ms)
         self.has_blendshapes = bool(self.config.get("has_blendshapes", True))
         self.gain = float((self.config.get("articulation") or {}).get("gain", 1.0))   # 1.0: format version 1
-        self.centre = {k: extra[k].float().cpu().numpy() for k in
-                       ("mean_vertex_deltas", "mean_blendshapes", "opening_direction") if k in extra}
-        self.renderer = None
-        if self.config.get("mouth_bank"):
+        self.has_bank = bool(self.config.get("mouth_bank"))
+        if self.device != "cpu":
+            self.model                                  # noqa: B018  (a GPU: load the network now)
+
+    # -- loaded on first use
+
+    @property
+    def model(self):
+        """The torch network (network.LipSync3D in eval mode), loaded on first use."""
+        if self._model is None:
+            import torch
+
+            model, _, extra = load_model(self.model_dir, self.device)
+            for m in model.modules():   # inference only: in-place activations halve the encoder's memory traffic
+                if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU)):
+                    m.inplace = True
+            self._reference_lips = extra["reference_lips"].float().to(self.device)[None]   # (1, 3, 128, 128)
+            self._model = model
+        return self._model
+
+    @property
+    def reference_lips(self):
+        """(1, 3, 128, 128) torch tensor of the reference lips in [-1, 1], on the device."""
+        self.model                                      # noqa: B018
+        return self._reference_lips
+
+    @property
+    def renderer(self) -> MouthRenderer | None:
+        """The mouth bank's renderer (None: a format-1 model has no bank), loaded on first use."""
+        if self._renderer is None and self.has_bank:
             try:
                 with np.load(self.model_dir / MOUTH_BANK) as z:
                     bank = MouthBank.from_arrays(z)
             except (OSError, ValueError, KeyError) as e:
                 raise EngineError(f"{self.model_dir / MOUTH_BANK}: missing or damaged mouth bank ({e})") from e
-            ref_lips = ((self.reference_lips[0].permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round()
+            ref_lips = ((self.reference_lips_chw.transpose(1, 2, 0) + 1) * 127.5).round()
             self.reference_crop = ref_lips.clip(0, 255).astype(np.uint8)
-            self.renderer = MouthRenderer(bank, self.cylinder, self.lip_box)
+            self._renderer = MouthRenderer(bank, self.cylinder, self.lip_box)
+        return self._renderer
 
     def articulation(self, options: PredictOptions) -> float:
         """The mouth gain a prediction uses: options.articulation, else the model's fitted one."""
         return self.gain if options.articulation is None else float(options.articulation)
 
     def uses_bank(self, options: PredictOptions) -> bool:
-        if options.texture == "bank" and self.renderer is None:
+        if options.texture == "bank" and not self.has_bank:
             raise EngineError(f"{self.model_dir}: this model has no mouth bank (format version 1); "
                               f"predict its texture with the network or train it again")
-        return self.renderer is not None and options.texture != "network"
+        return self.has_bank and options.texture != "network"
+
+    def uses_numpy(self, frames: int | None = None) -> bool:
+        """Whether the audio path runs in numpy: on a CPU, for a prediction of at most NUMPY_FRAMES
+        frames or a stream (frames None). Beyond that torch's faster convolutions (0.20 against
+        0.35 ms per frame here) repay its import (1.3 s) within the prediction (docs/benchmarks.md)."""
+        return self.device == "cpu" and (frames is None or frames <= NUMPY_FRAMES)
+
+    # -- the network
+
+    def audio_codes(self, spec: np.ndarray, numpy_path: bool = True) -> np.ndarray:
+        """(n, N_s) float32 audio codes of (n, 256, 24, 2) spectrograms (audio.spectrogram_frames),
+        scaled as in training; numpy_path False (or a GPU): the torch network."""
+        if numpy_path and self.device == "cpu":
+            with blas_threads(1):
+                return self.heads.codes(spec * np.float32(self.scale))
+        import torch
+
+        with torch.inference_mode(), _one_thread(self.device):
+            x = torch.from_numpy(spec).to(self.device) * self.scale
+            codes = [self.model.audio(x[i:i + ENCODE_BATCH]) for i in range(0, len(x), ENCODE_BATCH)]
+            return torch.cat(codes).float().cpu().numpy()
+
+    def raw_outputs(self, codes: np.ndarray, numpy_path: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(vertex deltas (n, 468, 3), blendshapes (n, 52)) float32: the decoders' raw outputs for
+        (n, N_s) codes (no gain, smoothing or clipping)."""
+        if numpy_path and self.device == "cpu":
+            with blas_threads(1):
+                return self.heads.geometry(codes), self.heads.blendshapes(codes)
+        import torch
+
+        with torch.inference_mode(), _one_thread(self.device):
+            c = torch.from_numpy(np.ascontiguousarray(codes)).to(self.device)
+            return self.model.geometry(c).float().cpu().numpy(), self.model.blendshapes(c).float().cpu().numpy()
 
     # -- public
 
@@ -305,20 +378,20 @@ class Predictor:
         bank = options.atlas and self.uses_bank(options)
         smooth = self._halo(options)
         halo = smooth + (self.renderer.halo if bank else 0)   # the bank's blend weights look a few frames around
+        numpy_path = self.uses_numpy(plan.frames)
         previous = None                                   # the shown lips of the last frame, (1, 3, 128, 128)
         for s in range(0, plan.frames, options.chunk_frames):
             e = min(plan.frames, s + options.chunk_frames)
             a, b = max(0, s - halo), min(plan.frames, e + halo)
-            with torch.inference_mode(), _one_thread(self.device):
-                codes = self._codes(plan, a, b)                                       # (b - a, N_s)
-                deltas, bs = self._geometry(codes, options, smooth, plan.weight[a:b])  # all b - a rows
-                lips = None
-                if bank:
-                    lips = self._bank_lips(deltas, plan.weight[a:b], s - a, e - a)
-                elif options.atlas:
-                    def tick(done: int, first=s) -> None:
-                        on_progress(Progress("predict", first + done, plan.frames, plan.label))
-                    lips, previous = self._lips(codes[s - a:e - a], plan.weight[s:e], previous, cancel, tick)
+            codes = self._codes(plan, a, b, numpy_path)                                       # (b - a, N_s)
+            deltas, bs = self._geometry(codes, options, smooth, plan.weight[a:b], numpy_path)  # all b - a rows
+            lips = None
+            if bank:
+                lips = self._bank_lips(deltas, plan.weight[a:b], s - a, e - a)
+            elif options.atlas:
+                def tick(done: int, first=s) -> None:
+                    on_progress(Progress("predict", first + done, plan.frames, plan.label))
+                lips, previous = self._lips(codes[s - a:e - a], plan.weight[s:e], previous, cancel, tick)
             deltas, bs = deltas[s - a:e - a], bs[s - a:e - a]
             vertices = (self.reference_vertices[None] + deltas).astype(np.float32)
             yield PredictionChunk(s, plan.times[s:e], vertices, bs, lips, plan.silent[s:e])
@@ -331,29 +404,28 @@ class Predictor:
         sigma = options.smoothing_sigma_s * options.fps
         return int(SMOOTHING_TRUNCATE * sigma + 0.5) if options.smoothing and sigma > 0 else 0
 
-    def _codes(self, plan: Plan, a: int, b: int) -> torch.Tensor:
+    def _codes(self, plan: Plan, a: int, b: int, numpy_path: bool = True) -> np.ndarray:
         """Audio codes of frames a..b-1: spectrograms of a slice of the samples, scaled as in training."""
         t = plan.times[a:b] - self.window_shift_s
         lo = max(0, int(math.floor(t[0] * audio.SAMPLE_RATE)) - SPEC_MARGIN)
         hi = min(len(plan.samples), int(math.ceil(t[-1] * audio.SAMPLE_RATE)) + SPEC_MARGIN)
         spec = audio.spectrogram_frames(plan.samples[lo:hi], t, start_offset_s=lo / audio.SAMPLE_RATE)
-        spec = torch.from_numpy(spec).to(self.device) * self.scale
-        return torch.cat([self.model.audio(spec[i:i + ENCODE_BATCH]) for i in range(0, len(spec), ENCODE_BATCH)])
+        return self.audio_codes(spec, numpy_path)
 
-    def _geometry(self, codes: torch.Tensor, options: PredictOptions, halo: int,
-                  weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _geometry(self, codes: np.ndarray, options: PredictOptions, halo: int, weight: np.ndarray,
+                  numpy_path: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(deltas (n, 468, 3), blendshapes (n, 52)) of every row of codes: scaled by the articulation
         gain, smoothed, clipped, eased to rest (rows within `halo` of either end are only context)."""
         gain = self.articulation(options)
-        deltas = apply_gain(self.model.geometry(codes).float().cpu().numpy(), gain,
-                            self.centre.get("mean_vertex_deltas"), self.centre.get("opening_direction"))
-        bs = apply_gain_coefficients(self.model.blendshapes(codes).float().cpu().numpy(), gain,
-                                     self.centre.get("mean_blendshapes"), ARKIT_NAMES) \
+        raw_deltas, raw_bs = self.raw_outputs(codes, numpy_path)
+        deltas = apply_gain(raw_deltas, gain, self.centre.get("mean_vertex_deltas"),
+                            self.centre.get("opening_direction"))
+        bs = apply_gain_coefficients(raw_bs, gain, self.centre.get("mean_blendshapes"), ARKIT_NAMES) \
             if self.has_blendshapes else np.zeros((len(codes), len(ARKIT_NAMES)), np.float32)
         if halo:
             sigma = options.smoothing_sigma_s * options.fps
-            deltas = gaussian_filter1d(deltas, sigma, axis=0, mode="nearest", truncate=SMOOTHING_TRUNCATE)
-            bs = gaussian_filter1d(bs, sigma, axis=0, mode="nearest", truncate=SMOOTHING_TRUNCATE)
+            deltas = gaussian_smooth(deltas, sigma, axis=0, truncate=SMOOTHING_TRUNCATE)
+            bs = gaussian_smooth(bs, sigma, axis=0, truncate=SMOOTHING_TRUNCATE)
         w = weight.astype(np.float32)
         return deltas * w[:, None, None], np.clip(bs, 0.0, 1.0) * w[:, None]
 
@@ -367,33 +439,90 @@ class Predictor:
             lips = (w * lips + (1 - w) * self.reference_crop[None] + 0.5).astype(np.uint8)
         return lips
 
-    def _lips(self, codes: torch.Tensor, weight: np.ndarray, previous, cancel: CancelToken, tick):
-        """Auto-regressive lips of n frames (network.autoregressive_lips): (uint8 (n, 128, 128, 3),
-        the last shown crop); tick(frames done) every PROGRESS_EVERY frames."""
+    def _lips(self, codes: np.ndarray, weight: np.ndarray, previous, cancel, tick):
+        """Auto-regressive lips of n frames from (n, N_s) codes (network.autoregressive_lips, torch):
+        (uint8 (n, 128, 128, 3), the last shown crop); tick(frames done) every PROGRESS_EVERY frames."""
+        import torch
+
+        from ..model.network import autoregressive_lips
+
         def step(k: int, _rows: int) -> None:
             if k % PROGRESS_EVERY == PROGRESS_EVERY - 1:
                 tick(k + 1)
                 cancel.check()
-        lips, shown = autoregressive_lips(self.model, codes, self.reference_lips, weight=weight, previous=previous,
-                                          on_step=step)
+        with torch.inference_mode(), _one_thread(self.device):
+            c = torch.from_numpy(np.ascontiguousarray(codes)).to(self.device)
+            lips, shown = autoregressive_lips(self.model, c, self.reference_lips, weight=weight, previous=previous,
+                                              on_step=step)
         return lips.cpu().numpy(), shown
 
 
 @contextmanager
-def _one_thread(device: torch.device):
+def _one_thread(device: str):
     """One torch thread while predicting on a CPU. The frame-by-frame atlas convolutions are too
     small to split, and the batched encoder lost more to the threads' barriers than it gained:
     on this 2-core machine with other jobs running, 1 thread predicted geometry at 890
     frames/s and 2 threads at 230 (docs/benchmarks.md). The caller's setting is restored."""
-    if device.type != "cpu":
+    if device != "cpu":
         yield
         return
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class PredictorCache:
+    """Predictors kept loaded between requests (`lipsync serve`): one per model folder and device,
+    loaded again when the folder's files change (a model trained again), at most `size` at a time
+    (the least recently used is dropped first).
+
+    Example::
+
+        cache = PredictorCache()
+        p = cache.get("models/anna")          # loads
+        p is cache.get("models/anna")         # True: same folder, same files
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._loaded: dict[tuple, Predictor] = {}      # key -> predictor, least recently used first
+
+    def get(self, model_dir: Path | str, device: str = "auto") -> Predictor:
+        """The predictor of MODEL_DIR on `device`, loaded if it is not cached or its files changed
+        (EngineError as load_predictor)."""
+        key = _model_key(Path(model_dir), device)
+        predictor = self._loaded.pop(key, None)
+        if predictor is None:
+            predictor = load_predictor(model_dir, device)
+            for old in [k for k in self._loaded if k[:2] == key[:2]]:   # an older version of the same model
+                del self._loaded[old]
+        self._loaded[key] = predictor
+        while len(self._loaded) > self.size:
+            del self._loaded[next(iter(self._loaded))]
+        return predictor
+
+    def __len__(self) -> int:
+        return len(self._loaded)
+
+
+MODEL_FILES = ("config.json", WEIGHTS, MOUTH_BANK)   # a change to any of these loads the model again
+
+
+def _model_key(model_dir: Path, device: str) -> tuple:
+    """(folder, device, (name, modification time ns, size) of each model file there)."""
+    stamps = []
+    for name in MODEL_FILES:
+        try:
+            st = (model_dir / name).stat()
+        except OSError:
+            continue
+        stamps.append((name, st.st_mtime_ns, st.st_size))
+    return str(model_dir.resolve()), device, tuple(stamps)
 
 
 def load_predictor(model_dir: Path | str, device: str = "auto") -> Predictor:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import scipy.sparse
 
 from ..core.errors import DatasetError, InputError
 from ..face.geometry import ATLAS_SIZE, LIP_SIZE, CylinderMap
@@ -81,6 +80,8 @@ def vertex_normals(vertices: np.ndarray, triangles: np.ndarray, incidence=None) 
 
 def triangle_incidence(triangles: np.ndarray, n_vertices: int):
     """(V, T) sparse matrix with a 1 where vertex v is a corner of triangle t."""
+    import scipy.sparse         # imported here: `lipsync predict` without a preview never renders
+
     t = np.asarray(triangles)
     cols = np.repeat(np.arange(len(t)), 3)
     return scipy.sparse.csr_matrix((np.ones(t.size), (t.ravel(), cols)), shape=(n_vertices, len(t)))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..core.filters import gaussian_smooth
 from ..face.geometry import LIP_SIZE, CylinderMap
 from ..face.topology import load_topology
 from ..face.warp import Raster
@@ -347,9 +348,8 @@ class MouthRenderer:
         d2 = np.maximum((q ** 2).sum(1)[:, None] - 2 * q @ f.T + (f ** 2).sum(1)[None], 0)
         w = np.exp(-(d2 - d2.min(1, keepdims=True)) / (2 * self.scale ** 2))
         if self.temporal_sigma > 0:
-            from scipy.ndimage import gaussian_filter1d
             for s in segments(breaks):
-                w[s] = gaussian_filter1d(w[s], self.temporal_sigma, axis=0, mode="nearest", truncate=WEIGHT_TRUNCATE)
+                w[s] = gaussian_smooth(w[s], self.temporal_sigma, axis=0, truncate=WEIGHT_TRUNCATE)
         top = np.argpartition(-w, self.neighbours - 1, axis=1)[:, :self.neighbours]
         out = np.zeros_like(w, dtype=np.float32)
         rows = np.arange(len(w))[:, None]

@@ -11,13 +11,17 @@ Layout of MODEL_DIR (format "lipsync3d-model", version 1):
     reference_atlas.png             copied from the speaker folder, so that a model folder is
     reference_atlas_normalized.png  self-contained (predicting needs no speaker folder)
 
-Owns: every read and write of those files, and pick_device. Must not: train (train.py) or
-predict (inference/). Torch is imported only by the functions that need it, so reading a
-model's config, reference face and atlases (dubbing workers, evaluation) stays light.
+Owns: every read and write of those files, and pick_device / resolve_device. Must not: train
+(train.py) or predict (inference/). Torch is imported only by the functions that need it, so
+reading a model's config, weights as numpy arrays (load_arrays: predicting on a CPU),
+reference face and atlases (dubbing workers, evaluation) stays light.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,7 @@ from ..core import storage
 from ..core.errors import EngineError
 from ..core.version import __version__
 from ..face.geometry import ATLAS_SIZE
+from .dims import ModelDimensions
 
 MODEL_FORMAT = "lipsync3d-model"
 MODEL_FORMAT_VERSION = 2   # 2: articulation gain and centre, mouth bank, test split; version 1 models still load
@@ -46,6 +51,28 @@ def pick_device(name: str):
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def resolve_device(name: str) -> str:
+    """The device a name stands for, as text ("cpu", "cuda", "cuda:1", "mps"); "auto" is CUDA, then
+    MPS, then CPU. On a machine that cannot have either (no NVIDIA or ROCm driver, not Apple
+    silicon), "auto" is "cpu" without importing torch (1.3 s here: longer than predicting a line)."""
+    if name != "auto":
+        return name
+    if not _accelerator_possible():
+        return "cpu"
+    return str(pick_device("auto"))
+
+
+def _accelerator_possible() -> bool:
+    """False only where torch could not find CUDA, ROCm or MPS (checked without importing it)."""
+    if sys.platform == "darwin":
+        return platform.machine() == "arm64"
+    if sys.platform.startswith("linux"):
+        return Path("/proc/driver/nvidia/version").exists() or Path("/dev/kfd").exists()
+    if os.name == "nt":
+        return (Path(os.environ.get("SystemRoot", r"C:\Windows")) / "System32" / "nvcuda.dll").exists()
+    return True
 
 
 def config_header() -> dict:
@@ -130,15 +157,49 @@ def save_checkpoint(out: Path, model, optimizer, config: dict, reference_vertice
     storage.write_json(out / CONFIG, config)
 
 
-def _load_weights(path: Path, device: str) -> dict:
-    from safetensors.torch import load_file
-
+def _load_weights(path: Path, device: str | None) -> dict:
+    """{name: tensor} of a weights file; device None: numpy arrays (no torch)."""
     if not path.is_file():
         raise EngineError(f"{path.parent}: incomplete model directory, {path.name} is missing")
     try:
+        if device is None:
+            from safetensors.numpy import load_file as load_numpy
+
+            return load_numpy(str(path))
+        from safetensors.torch import load_file
+
         return load_file(str(path), device=device)
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise EngineError(f"{path}: corrupted or not a safetensors weights file ({type(e).__name__}: {e})") from e
+
+
+def _config_and_dims(model_dir: Path) -> tuple[dict, ModelDimensions]:
+    """config.json of MODEL_DIR and the network's dimensions in it (EngineError naming the file)."""
+    root = Path(model_dir)
+    if root.is_file():
+        raise EngineError(f"{root}: is a file, not a model directory (one made by `lipsync train`)")
+    config = read_config(root)
+    try:
+        return config, ModelDimensions.from_dict(config["dims"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise EngineError(f"{root / CONFIG}: damaged model config ({type(e).__name__}: {e})") from e
+
+
+def _check_references(root: Path, tensors: dict) -> None:
+    for name in ("reference_vertices", "reference_lips"):
+        if name not in tensors:
+            raise EngineError(f"{root / WEIGHTS}: the {name} tensor is missing")
+
+
+def load_arrays(model_dir: Path | str) -> tuple[dict, ModelDimensions, dict]:
+    """(config, dims, {name: numpy array}) of MODEL_DIR without torch: the weights as in the file
+    ("model.*" the network's, reference_vertices (468, 3), reference_lips (3, 128, 128), ...).
+    EngineError naming the file for a missing, foreign, newer or damaged model."""
+    root = Path(model_dir)
+    config, dims = _config_and_dims(root)
+    tensors = _load_weights(root / WEIGHTS, None)
+    _check_references(root, tensors)
+    return config, dims, tensors
 
 
 def load_model(model_dir: Path, device: str = "cpu") -> tuple:
@@ -146,16 +207,10 @@ def load_model(model_dir: Path, device: str = "cpu") -> tuple:
 
     Raises EngineError naming the file for a missing, foreign, newer or damaged model.
     """
-    from .network import LipSync3D, ModelDimensions
+    from .network import LipSync3D
 
     root = Path(model_dir)
-    if root.is_file():
-        raise EngineError(f"{root}: is a file, not a model directory (one made by `lipsync train`)")
-    config = read_config(root)
-    try:
-        dims = ModelDimensions.from_dict(config["dims"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise EngineError(f"{root / CONFIG}: damaged model config ({type(e).__name__}: {e})") from e
+    config, dims = _config_and_dims(root)
     tensors = _load_weights(root / WEIGHTS, device)
     model = LipSync3D(dims).to(device)
     try:
@@ -163,9 +218,7 @@ def load_model(model_dir: Path, device: str = "cpu") -> tuple:
     except RuntimeError as e:
         raise EngineError(f"{root / WEIGHTS}: weights do not fit the network in {CONFIG} "
                           f"({str(e).splitlines()[0]})") from e
-    for name in ("reference_vertices", "reference_lips"):
-        if name not in tensors:
-            raise EngineError(f"{root / WEIGHTS}: the {name} tensor is missing")
+    _check_references(root, tensors)
     model.eval()
     return model, config, {k: v for k, v in tensors.items() if not k.startswith("model.")}
 

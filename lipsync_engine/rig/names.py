@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.filters import moving_average
 from ..io.exports import reorder_to_arkit  # noqa: F401  (public here too)
 # the names, the formats and name matching are shared with the Blender add-on (stdlib only)
 from ..core.interop import (ARKIT_NAMES, LIVELINK_COLUMNS, LIVELINK_HEADER, LIVELINK_POSE,  # noqa: F401
@@ -93,13 +94,11 @@ class ClassifierPreset:
 
     def classify(self, coefficients: np.ndarray) -> np.ndarray:
         """(F, 52) ARKit coefficients -> (F,) shape names (numpy str array)."""
-        from scipy.ndimage import uniform_filter1d
-
         c = _check_arkit(coefficients)
         f = c[:, [arkit_index(n) for n in self.features]]                              # (F, m)
         d = (((f[:, None, :] - self.prototypes[None]) ** 2) * self.weights).sum(-1)   # (F, n)
         if self.smoothing_frames > 1 and len(d) > 1:
-            d = uniform_filter1d(d, self.smoothing_frames, axis=0, mode="nearest")
+            d = moving_average(d, self.smoothing_frames, axis=0)
         return np.asarray(self.shapes)[np.argmin(d, axis=1)]
 
     @property

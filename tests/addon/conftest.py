@@ -93,8 +93,10 @@ def fake_engine(scene, blender, tmp_path, monkeypatch):
     prefs.engine_python, prefs.engine_source = str(wrapper), 'INSTALLED'
     log = tmp_path / "argv.log"
     monkeypatch.setenv("LIPSYNC_FAKE_LOG", str(log))
+    mode_file = tmp_path / "fake-mode"                  # read by every run: a warm fake server too
+    monkeypatch.setenv("LIPSYNC_FAKE_MODE_FILE", str(mode_file))
 
     def set_mode(mode: str):
-        monkeypatch.setenv("LIPSYNC_FAKE_MODE", mode)
+        mode_file.write_text(mode)
         return log
     return set_mode

@@ -364,3 +364,96 @@ def test_blender_conventions_poll_undo_workspace_sequencer_panel_offline_and_lab
     labels = {i[0]: i[1] for i in props.preset_items(None, bpy.context)}
     assert labels["arkit"] == "ARKit" and labels["cc4"] == "CC4" and labels["livelinkface"] == "Live Link Face"
     assert labels["vrm"] == "VRM"
+
+
+def _serve_scene(scene, tmp_path, monkeypatch, strips=("A", "B")):
+    """A model, canned results and one sound strip per name on channel 2 (frames 1, 60, 120, ...)."""
+    from handmade import make_result
+
+    make_result(tmp_path / "canned", frames=6, fps=25.0)
+    monkeypatch.setenv("LIPSYNC_FAKE_RESULT", str(tmp_path / "canned"))
+    monkeypatch.setenv("LIPSYNC_FAKE_STARTS", str(tmp_path / "starts.log"))
+    _fake_model(scene, tmp_path)
+    scene.render.fps, scene.render.fps_base = 25, 1.0
+    sed = scene.sequence_editor_create()
+    made = [new_sound_strip(sed, name, str(_wav(tmp_path / f"{name}.wav", 1.0)), 2, 1 + 60 * i)
+            for i, name in enumerate(strips)]
+    s = scene.lipsync3d
+    s.audio_source, s.channel, s.animation, s.drive_after, s.import_head = 'CHANNEL', 2, 'MESH_CACHE', False, False
+    return made
+
+
+def _starts(tmp_path) -> list:
+    path = tmp_path / "starts.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_predictions_go_to_one_warm_engine_that_restarts_when_it_died(fake_engine, scene, blender, tmp_path,
+                                                                     monkeypatch):
+    """Issue 18: every Predict started an engine (process start, imports, model load: ~7 s a line
+    before any work). A batch is one request to one `lipsync serve`, which stays up for the next
+    Predict; a server that died is started again; unregister (stop_all) ends it."""
+    import os
+    import signal
+
+    runner = sys.modules[blender.__name__ + ".runner"]
+    log = fake_engine("ok")
+    strips = _serve_scene(scene, tmp_path, monkeypatch)
+    assert runner.warm_server() is None or runner.warm_server().key != ()
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}                       # the batch of two lines
+    server = runner.warm_server()
+    assert server is not None and [s[0] for s in _starts(tmp_path)] == ["serve"] and _starts(tmp_path)[0][1] == server.pid
+    strips[1].frame_offset_start = 5                                          # a changed line: predicted again
+    s = scene.lipsync3d
+    s.use_articulation, s.articulation = True, 1.5                            # and a new gain for both
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c[1] for c in calls] == ["predict", "predict"] and len(calls[0]) > 3
+    assert calls[1][calls[1].index("--articulation") + 1] == "1.5000"
+    assert runner.warm_server() is server and server.alive and len(_starts(tmp_path)) == 1   # the same process
+    assert len(s.results) == 4 and all((Path(r.path) / "result.json").is_file() for r in s.results)
+    os.kill(server.pid, signal.SIGKILL)                                        # it died (out of memory, ...)
+    server._proc.wait(10)
+    s.articulation = 1.25
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}
+    again = runner.warm_server()
+    assert again is not server and again.alive and [p for _, p in _starts(tmp_path)] == [server.pid, again.pid]
+    runner.stop_all()                                                          # unregister / quit
+    assert runner.warm_server() is None and again._proc.poll() is not None
+
+
+def test_warm_engine_errors_crashes_and_cancel_reach_the_ui(fake_engine, scene, blender, tmp_path, monkeypatch):
+    runner = sys.modules[blender.__name__ + ".runner"]
+    fake_engine("error")
+    _serve_scene(scene, tmp_path, monkeypatch, strips=("A",))
+    with pytest.raises(RuntimeError, match="Predict A: clip.mp4: no face found"):
+        bpy.ops.lipsync3d.predict()
+    server = runner.warm_server()
+    assert server is not None and server.alive                                # an error is one request's
+    # a cancelled request (Esc) leaves the server running; the status bar shows the request's progress
+    fake_engine("slow")
+    probe = _probe(blender, "LIPSYNC3D_OT_predict")
+    assert probe._begin(bpy.context)
+    timer = SimpleNamespace(type='TIMER', value='NOTHING')
+    deadline = time.monotonic() + 30
+    while probe._chain.current.progress.done < 3:
+        assert probe.modal(bpy.context, timer) == {'RUNNING_MODAL'} and time.monotonic() < deadline
+        time.sleep(0.02)
+    assert probe._chain.status_text().startswith("Predict A: train ")
+    assert bpy.context.window_manager.lipsync3d_job.text.startswith("Predict A: train ")
+    probe.modal(bpy.context, SimpleNamespace(type='ESC', value='PRESS'))
+    state = {'RUNNING_MODAL'}
+    while state == {'RUNNING_MODAL'} and time.monotonic() < deadline:
+        state = probe.modal(bpy.context, timer)
+        time.sleep(0.02)
+    assert state == {'CANCELLED'} and any("cancelled" in m for _, m in probe.reports)
+    assert runner.warm_server() is server and server.alive and len(_starts(tmp_path)) == 1
+    # a crash of the server is shown with its log, and the next job starts a new one
+    fake_engine("crash")
+    with pytest.raises(RuntimeError, match="signal 9"):
+        bpy.ops.lipsync3d.predict()
+    job = bpy.context.window_manager.lipsync3d_job
+    assert "MemoryError: fake out of memory" in Path(job.last_log).read_text()
+    fake_engine("ok")
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}
+    assert runner.warm_server() is not server and len(_starts(tmp_path)) == 2

@@ -8,6 +8,7 @@ import json
 import shutil
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,6 +21,7 @@ from blender_helpers import (emission_render_setup, engine_to_blender, evaluated
 bpy = pytest.importorskip("bpy")
 
 START_FRAME = 11          # where the dialogue strip starts on the timeline
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
@@ -127,3 +129,79 @@ def test_predict_import_drive_and_render(scene, blender, trained_demo, demo_vide
     face = (slice(20, 90), slice(20, 76))
     diff = np.abs(frames[open_i][face] - frames[closed_i][face]).mean()
     assert diff > 4.0, f"open and closed mouth renders differ by only {diff:.2f} levels"
+
+
+def test_a_batch_and_repeated_predictions_use_one_warm_engine(scene, blender, untrained_model, tmp_path):
+    """Issue 18, with the real engine: a batch of lines is one request to one `lipsync serve`
+    process, which stays up for the next Predict and through a cancelled one (Esc, with progress
+    in the status bar); its prediction folders equal a one-shot `lipsync predict`'s, number for
+    number; unregister (stop_all) ends it. The model is untrained (conftest): no training."""
+    import subprocess
+
+    import soundfile
+
+    from lipsync_engine.demo.speech import synthesize_speech
+
+    runner = sys.modules[blender.__name__ + ".runner"]
+    operators = sys.modules[blender.__name__ + ".operators"]
+    runner.stop_all()                                          # no server of an earlier test
+    speech = synthesize_speech(8.0, 16000, seed=4).samples
+    wavs = []
+    for i in range(4):
+        wavs.append(tmp_path / f"line {i}.wav")
+        soundfile.write(wavs[-1], speech[i * 32000:(i + 1) * 32000], 16000)       # 2 s each
+    soundfile.write(tmp_path / "long.wav", np.resize(speech, 60 * 16000), 16000)
+    s = scene.lipsync3d
+    s.workspace = str(tmp_path / "ws")
+    scene.render.fps, scene.render.fps_base = 25, 1.0
+    sed = scene.sequence_editor_create()
+    for i, wav in enumerate(wavs[:3]):
+        new_sound_strip(sed, f"Line {i}", str(wav), 2, 1 + 60 * i)
+    item = s.models.add()
+    item.name, item.path = "untrained", str(untrained_model)
+    s.audio_source, s.channel, s.import_head, s.drive_after, s.engine_preview = 'CHANNEL', 2, True, False, False
+    assert runner.warm_server() is None
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}          # the batch: three lines
+    server = runner.warm_server()
+    assert server is not None and len(s.results) == 3
+    assert len([o for o in scene.objects if o.name.startswith("LipSync3D head")]) == 3
+    first = Path(bpy.path.abspath(s.results[0].path))
+    out = tmp_path / "one shot"
+    r = subprocess.run([sys.executable, "-m", "lipsync_engine", "--json", "predict", str(untrained_model),
+                        str(wavs[0]), "-o", str(out), "--fps", "25.000000", "--start", "0.000000", "--end",
+                        "2.000000", "--no-preview", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-500:]
+    with np.load(first / "vertices.npz") as a, np.load(out / "vertices.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in ("vertices", "blendshapes", "silent", "times"))
+    assert (first / "mouth_cues.tsv").read_text() == (out / "mouth_cues.tsv").read_text()
+    new_sound_strip(sed, "Line 3", str(wavs[3]), 2, 200)        # a new line: predicted alone, same engine
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'}
+    assert runner.warm_server() is server and server.alive and len(s.results) == 4
+
+    class Probe(runner.EngineJobOperator):                     # the modal operator, driven by TIMER / ESC
+        build_jobs = operators.LIPSYNC3D_OT_predict.build_jobs
+        on_success = operators.LIPSYNC3D_OT_predict.on_success
+
+        def report(self, level, message):
+            self.last = message
+
+    s.audio_source, s.audio_file = 'FILE', str(tmp_path / "long.wav")
+    probe, timer = Probe(), SimpleNamespace(type='TIMER', value='NOTHING')
+    assert probe._begin(bpy.context)
+    deadline = time.monotonic() + 120
+    while probe._chain.current.progress.done == 0:
+        assert probe.modal(bpy.context, timer) == {'RUNNING_MODAL'} and time.monotonic() < deadline
+        time.sleep(0.05)
+    assert bpy.context.window_manager.lipsync3d_job.text.startswith("Predict long.wav: predict ")
+    probe.modal(bpy.context, SimpleNamespace(type='ESC', value='PRESS'))
+    state = {'RUNNING_MODAL'}
+    while state == {'RUNNING_MODAL'} and time.monotonic() < deadline:
+        state = probe.modal(bpy.context, timer)
+        time.sleep(0.05)
+    assert state == {'CANCELLED'} and "cancelled" in probe.last
+    assert runner.warm_server() is server and server.alive       # the engine stays warm
+    s.audio_source = 'CHANNEL'
+    scene.render.fps = 24                                       # every line again, at a new frame rate
+    assert bpy.ops.lipsync3d.predict() == {'FINISHED'} and runner.warm_server() is server
+    runner.stop_all()
+    assert runner.warm_server() is None and server._proc.poll() is not None

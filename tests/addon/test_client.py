@@ -252,3 +252,45 @@ def test_real_engine_info_speaks_the_protocol():
     assert Path(info["engine_path"]) == client.bundled_engine_dir() / "lipsync_engine"
     assert info["torch"].startswith("2.") and info["device"] in ("cpu", "cuda", "mps")
     assert os.path.basename(info["engine_path"]) == "lipsync_engine"
+
+
+def test_warm_server_runs_jobs_one_process_each_with_its_own_messages(mode, tmp_path):
+    """server.py: ServeJobs of one EngineServer (`lipsync serve`) behave as EngineJobs, in one process."""
+    from blender_addon.core import server
+
+    mode("ok")
+    engine = server.EngineServer(fake_spec(), log_path=tmp_path / "serve.log")
+    try:
+        outcomes = []
+        for name in ("first", "second"):
+            seen = []
+            job = engine.job(f"Predict {name}", "predict", "MODEL", f"{name}.wav", "-o", str(tmp_path / name)).start()
+            outcomes.append(job.wait(30, on_message=seen.append))
+            assert [m.kind for m in seen][-1] == "DONE" and all(m.payload["id"] == job.request_id for m in seen)
+            assert job.progress.done == 5 and outcomes[-1].warnings == ["fake warning"]
+        assert all(o.ok for o in outcomes) and {o.results[0]["pid"] for o in outcomes} == {engine.pid}
+        assert [o.results[0]["argv"][2:4] for o in outcomes] == [["MODEL", "first.wav"], ["MODEL", "second.wav"]]
+        assert engine.alive and outcomes[0].log_path == str(tmp_path / "serve.log")
+    finally:
+        engine.shutdown()
+    assert not engine.alive and "fake engine log line" in (tmp_path / "serve.log").read_text()
+
+
+def test_warm_server_hang_usage_and_missing_python(mode, tmp_path):
+    from blender_addon.core import server
+
+    mode("hang")
+    engine = server.EngineServer(fake_spec(hang_timeout_s=1.0))
+    outcome = engine.job("Predict", "predict", "M", "a.wav").start().wait(30)
+    assert outcome.status == "hung" and "stopped responding" in outcome.error and not engine.alive
+    mode("usage")                                    # argparse refused the request: its one line, the server goes on
+    engine = server.EngineServer(fake_spec())
+    try:
+        outcome = engine.job("Predict", "predict", "--bogus").start().wait(30)
+        assert outcome.status == "error" and outcome.error == "Predict: lipsync: error: unrecognized arguments: --bogus"
+        assert engine.alive
+    finally:
+        engine.shutdown()
+    missing = server.EngineServer(client.EngineSpec(str(tmp_path / "no-python")))
+    outcome = missing.job("Predict", "predict").start().outcome
+    assert outcome.status == "missing" and "engine Python not found or not runnable" in outcome.error

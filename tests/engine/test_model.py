@@ -72,3 +72,32 @@ def test_dimensions_round_trip():
     assert ModelDimensions.from_dict(d.to_dict()) == d
     with pytest.raises(ValueError, match="unknown preset"):
         preset_dimensions("huge")
+
+
+@pytest.mark.parametrize("dims", [TINY, preset_dimensions("cpu")], ids=["tiny", "cpu"])
+def test_numpy_audio_path_equals_the_torch_network(dims):
+    """model/numpy_heads.py runs the audio encoder and the vertex and blendshape decoders without
+    torch (predicting a line never imports it); same weights, same numbers to float32 rounding."""
+    import numpy as np
+
+    from lipsync_engine.model.numpy_heads import AudioHeads
+
+    torch.manual_seed(3)
+    model = LipSync3D(dims).eval()
+    heads = AudioHeads.from_tensors({f"model.{k}": v.numpy() for k, v in model.state_dict().items()}, dims)
+    spec = np.random.default_rng(3).normal(size=(37, 256, 24, 2)).astype(np.float32)   # 37: two BATCHes and a rest
+    with torch.no_grad():
+        codes = model.audio(torch.from_numpy(spec))
+        deltas, bs = model.geometry(codes).numpy(), model.blendshapes(codes).numpy()
+    ours = heads.codes(spec)
+    assert ours.dtype == np.float32 and ours.shape == (37, dims.audio_code)
+    np.testing.assert_allclose(ours, codes.numpy(), rtol=1e-5, atol=1e-6 * float(codes.abs().max()))
+    np.testing.assert_allclose(heads.geometry(ours), deltas, rtol=1e-5, atol=1e-5 * float(np.abs(deltas).max()))
+    np.testing.assert_allclose(heads.blendshapes(ours), bs, rtol=1e-5, atol=1e-5 * float(np.abs(bs).max()))
+    state = {f"model.{k}": v.numpy() for k, v in model.state_dict().items()}
+    del state["model.audio.convs.4.weight"]
+    with pytest.raises(ValueError, match="model.audio.convs.4.weight is missing"):
+        AudioHeads.from_tensors(state, dims)
+    with pytest.raises(ValueError, match=r"model\.audio\.convs\.\d+\.weight is \(.*\), the network in the config needs"):
+        AudioHeads.from_tensors({f"model.{k}": v.numpy() for k, v in model.state_dict().items()},
+                                ModelDimensions().scaled(1 / 16))

@@ -27,3 +27,22 @@ def test_mirror_pairs_and_regions():
     assert t.vertices[t.rigid, 1].min() >= -2.1
     assert set(t.mirror[t.rigid].tolist()) == set(t.rigid.tolist())
     assert not set(t.rigid.tolist()) & set(t.lips_outer.tolist())
+
+
+def test_polygon_regions_equal_matplotlibs_containment():
+    """face/topology.py tests triangle centroids against the lip and eye loops in numpy (matplotlib's
+    import is a tenth of `lipsync predict` of a line): the same triangles as Path.contains_points,
+    and the same answer for random points."""
+    from matplotlib.path import Path as PolygonPath
+
+    from lipsync_engine.face.topology import _inside
+
+    t = load_topology()
+    xy = t.vertices[:, :2]
+    centroids = xy[t.triangles].mean(axis=1)
+    points = np.concatenate([centroids, np.random.default_rng(0).uniform(xy.min(0), xy.max(0), (5000, 2))])
+    for loop in (t.lips_inner, t.lips_outer, t.right_eye, t.left_eye):
+        expected = PolygonPath(xy[loop]).contains_points(points, radius=1e-6)
+        assert expected.sum() > 0 and np.array_equal(_inside(loop, points, xy), expected)
+    inner = set(np.flatnonzero(PolygonPath(xy[t.lips_inner]).contains_points(centroids, radius=1e-6)).tolist())
+    assert set(t.mouth_triangles.tolist()) == inner
