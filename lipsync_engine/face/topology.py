@@ -15,7 +15,6 @@ from functools import lru_cache
 from importlib import resources
 
 import numpy as np
-from matplotlib.path import Path as PolygonPath
 
 N_VERTICES = 468
 N_TRIANGLES = 898
@@ -89,6 +88,8 @@ def _mirror_pairs(v: np.ndarray) -> np.ndarray:
 
 
 def _inside(loop: np.ndarray, points_xy: np.ndarray, xy: np.ndarray, radius: float) -> np.ndarray:
+    from matplotlib.path import Path as PolygonPath  # here: matplotlib takes 0.1 s to import
+
     return PolygonPath(xy[loop]).contains_points(points_xy, radius=radius)
 
 
