@@ -87,20 +87,30 @@ def _mirror_pairs(v: np.ndarray) -> np.ndarray:
     return d.argmin(axis=1)
 
 
-def _inside(loop: np.ndarray, points_xy: np.ndarray, xy: np.ndarray, radius: float) -> np.ndarray:
-    from matplotlib.path import Path as PolygonPath  # here: matplotlib takes 0.1 s to import
+def _inside(loop: np.ndarray, points_xy: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """(P,) bool: points inside the closed polygon xy[loop] (even-odd rule, crossing count).
 
-    return PolygonPath(xy[loop]).contains_points(points_xy, radius=radius)
+    On the shipped mesh this classifies every triangle centroid as matplotlib.path's
+    contains_points did (tests/engine/test_topology.py), without importing matplotlib (0.1 s).
+    """
+    poly = np.asarray(xy)[loop]
+    x0, y0 = poly[:, 0], poly[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    px, py = points_xy[:, :1], points_xy[:, 1:2]
+    crosses = (y0 > py) != (y1 > py)  # the edge spans the point's height (never a horizontal edge)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_cross = x0 + (py - y0) * (x1 - x0) / (y1 - y0)
+    return (crosses & (px < x_cross)).sum(axis=1) % 2 == 1
 
 
 def _triangle_sets(v, tris, lips_outer, lips_inner, eyes, brows, oval):
     xy = v[:, :2]
     centroids = xy[tris].mean(axis=1)
-    in_mouth = _inside(lips_inner, centroids, xy, 1e-6)
-    in_lips = _inside(lips_outer, centroids, xy, 1e-6) & ~in_mouth
+    in_mouth = _inside(lips_inner, centroids, xy)
+    in_lips = _inside(lips_outer, centroids, xy) & ~in_mouth
     in_eyes = np.zeros(len(tris), bool)
     for loop in eyes:
-        in_eyes |= _inside(loop, centroids, xy, 1e-6)
+        in_eyes |= _inside(loop, centroids, xy)
     touches_brow = np.isin(tris, brows).any(axis=1)
     # the outermost ring of the mesh often covers hair, ears or background, not skin
     touches_oval = np.isin(tris, oval).any(axis=1)
