@@ -75,11 +75,6 @@ def _noop() -> None:
     """A first task that makes the pool start every worker (and run its imports) now."""
 
 
-def _preload(modules: tuple[str, ...]) -> None:
-    for module in modules:
-        importlib.import_module(module)
-
-
 class Batch:
     """Jobs handed to a WorkerPool (`WorkerPool.start`); `wait()` collects them."""
 
@@ -136,7 +131,7 @@ class WorkerPool:
 
     Created early with `warm` module names, its workers start and import while the main
     process does other work (probing, reading back a stage), so a later stage starts at once;
-    `preload` imports more modules in idle workers before a stage that needs them.
+    `preload` runs a warm-up (imports, caches) in idle workers before a stage that needs it.
     One pool serves every stage of a run. workers <= 1 runs every job in this process.
     """
 
@@ -171,11 +166,12 @@ class WorkerPool:
                 self._queue.join_thread()
             del self._queue, self._event  # their semaphores are released with them
 
-    def preload(self, modules: tuple[str, ...]) -> None:
-        """Import `modules` in the workers now, if they are idle (no waiting; best effort)."""
+    def preload(self, fn: Callable[[], None]) -> None:
+        """Run fn() (imports, caches) once per worker now, while they are idle: no waiting, best
+        effort (a worker may run it twice and another not at all); errors are left to the jobs."""
         if self._pool is not None:
             for _ in range(self.workers):
-                self._pool.submit(_preload, tuple(modules))
+                self._pool.submit(fn)
 
     def start(self, fn: Callable, jobs: Sequence, on_units: Callable[[int], None],
               jobs_per_worker: int | None = None):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,14 +36,26 @@ from ..io import media
 from . import audio, dataset
 from .lighting import LightingOptions
 
-# normalize.py (scipy, the mesh topology) is imported where it is used: workers import it
-# between the stages and this process while the workers track (see _Run.track).
-NORMALIZE = "lipsync_engine.prepare.normalize"
+
+
+def _warm_atlas_stage() -> None:
+    """Imports and caches of the atlas stage and the reference: normalize.py (scipy) and the mesh
+    topology (0.15-0.3 s). Workers run it while this process finds the reference, and this
+    process while the workers track, so that neither waits for it (normalize.py is imported
+    only where it is used)."""
+    from ..face.topology import load_topology
+    from . import normalize  # noqa: F401
+
+    load_topology()
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm", ".m4v", ".wmv", ".flv"}
 WORK = ".work"
 TRACK_SHARD_VERSION = 2     # 2: one shard per part of a take, audio no longer in it
-ATLAS_SHARD_VERSION = 1
+ATLAS_SHARD_VERSION = 2     # 2: atlases, lips and gains written into .work's shared arrays (SHARED_ARRAYS)
+# The per-frame arrays the atlas chunks write in place, each into its rows of one array of the
+# whole dataset in .work (a memory map), which becomes the dataset's file by a rename: no copy
+# of the atlases (1.5 GB for a 5-minute take) at assembly. (file, per-frame shape, dtype)
+SHARED_ARRAYS = tuple(dataset.ARRAYS[name] for name in ("atlas", "lips", "gain"))
 TRACK_TASKS_PER_WORKER = 25  # parts a tracking worker handles before it is replaced (see _Run.track)
 # Frames tracked before a part's first frame and dropped: MediaPipe's video mode carries its
 # face region from frame to frame, and a graph started cold (on a detection) gives landmarks
@@ -162,7 +175,9 @@ class AtlasJob:
 
     take: int                   # index of the take
     path: str                   # its video
-    out: str                    # the chunk folder to write
+    out: str                    # the chunk folder to write (colour transforms, report samples, done marker)
+    shared: str                 # the folder of the SHARED_ARRAYS (.work)
+    row: int                    # the dataset row of the chunk's first frame in them
     fingerprint: str            # of the take, the reference and the frames: a stale chunk is redone
     frames: np.ndarray          # (n,) frame numbers, increasing
     start_s: float              # where decoding seeks to
@@ -256,10 +271,10 @@ def _atlas_job(job: AtlasJob) -> None:
     wanted = {int(f): i for i, f in enumerate(frames)}
     n = len(frames)
     box_r, box_c = norm.lip_box
+    rows = slice(job.row, job.row + n)
+    atlas, lips, gain = (np.load(Path(job.shared) / file, mmap_mode="r+")[rows] for file, _, _ in SHARED_ARRAYS)
     with storage.atomic_path(Path(job.out)) as tmp:
         tmp.mkdir()
-        atlas = np.lib.format.open_memmap(tmp / "atlas.npy", "w+", np.uint8, (n, 256, 256, 3))
-        gain = np.zeros((n, 64, 64), np.float16)
         color = np.zeros((n, 2, 3), np.float32)
         samples = {}
         seen = 0
@@ -271,6 +286,7 @@ def _atlas_job(job: AtlasJob) -> None:
                 continue
             fa = builder.frame(frame.image, job.landmarks[i], job.vertices[i])
             atlas[i], gain[i], color[i] = fa.normalized, fa.gain, fa.color
+            lips[i] = fa.normalized[box_r:box_r + geometry.LIP_SIZE, box_c:box_c + geometry.LIP_SIZE]
             if frame.index in job.sample_frames:
                 samples.update(_sample(f"{job.take}_{frame.index}", frame.image, fa))
             seen += 1
@@ -279,11 +295,10 @@ def _atlas_job(job: AtlasJob) -> None:
         if seen != n:
             raise InputError(f"{Path(job.path).name}: could only decode {seen} of {n} frames "
                              f"in frames {frames[0]}-{frames[-1]} on the second pass (file changed?)")
-        # no flush(): nothing here syncs to disk (the rename makes the chunk visible, as everywhere
-        # in storage.py); a flush costs up to a second on a busy disk
-        np.save(tmp / "lips.npy", np.ascontiguousarray(atlas[:, box_r:box_r + 128, box_c:box_c + 128]))
-        del atlas
-        np.save(tmp / "gain.npy", gain)
+        # the rows are in the shared arrays' pages now; no flush(): nothing in prepare syncs to disk
+        # (the done marker's rename makes the chunk count, as everywhere in storage.py), and a
+        # flush costs up to a second on a busy disk
+        del atlas, lips, gain
         np.save(tmp / "color.npy", color)
         np.savez(tmp / "samples.npz", **samples)
         (tmp / "done").write_text(job.fingerprint)
@@ -367,7 +382,7 @@ class _Run:
         batch = pool.start(_track_job, [j for j, _ in pending], units, TRACK_TASKS_PER_WORKER)
         # meanwhile, here: the audio of every take, and the modules of the next steps
         sounds = [media.load_audio(t.path, sample_rate=audio.SAMPLE_RATE) for t in self.takes]
-        from . import normalize  # noqa: F401
+        _warm_atlas_stage()
         batch.wait()
         for t, sound in zip(self.takes, sounds):
             t.track = _join_parts(t)
@@ -470,25 +485,49 @@ class _Run:
 
     def atlas_jobs(self, norm, builder, ref_key: str, sample_frames: dict) -> list[AtlasJob]:
         out = []
-        size = self.job_frames(sum(len(t.usable) for t in self.takes))
+        total = sum(len(t.usable) for t in self.takes)
+        size = self.job_frames(total)
+        row = 0
         for k, t in enumerate(self.takes):
             usable = t.usable
             for c0, c1 in _split(len(usable), size):
                 sel = slice(c0, c1)
                 frames = usable[sel]
                 fp = _fingerprint(t.fingerprint, ref_key, int(frames[0]), int(frames[-1]), len(frames),
-                                  ATLAS_SHARD_VERSION)
+                                  row + c0, total, ATLAS_SHARD_VERSION)
                 out.append(AtlasJob(
                     take=k, path=str(t.path), out=str(self.work / f"atlas_{k:04d}_{c0:06d}"),
+                    shared=str(self.work), row=row + c0,
                     fingerprint=fp, frames=frames, start_s=self._seek_time(t, int(frames[0])),
                     landmarks=t.track["landmarks"][frames], vertices=t.vertices[sel],
                     norm=norm, lighting=self.options.lighting, reference=builder.reference,
                     sample_frames=set(sample_frames.get(k, ())) & set(frames.tolist()),
                 ))
+            row += len(usable)
         return out
+
+    def shared_arrays(self, total: int) -> None:
+        """Make .work's SHARED_ARRAYS for `total` frames, unless an interrupted run left them so.
+
+        Made anew (and every chunk with them: their rows are gone), they are sparse files."""
+        for file, shape, dtype in SHARED_ARRAYS:
+            path = self.work / file
+            try:
+                a = np.load(path, mmap_mode="r")
+                ok = a.shape == (total, *shape) and a.dtype == np.dtype(dtype)
+                del a
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                for chunk in self.work.glob("atlas_*"):
+                    shutil.rmtree(chunk, ignore_errors=True)
+                with storage.atomic_path(path) as tmp:
+                    made = np.lib.format.open_memmap(tmp, "w+", np.dtype(dtype), (total, *shape))
+                    del made  # unmapped: the file stays, all zeros, its pages not yet on disk
 
     def atlases(self, atlas_jobs: list[AtlasJob], pool: jobs.WorkerPool) -> None:
         t0 = time.perf_counter()
+        self.shared_arrays(sum(len(t.usable) for t in self.takes))
         pending = [j for j in atlas_jobs if not _chunk_done(Path(j.out), j.fingerprint)]
         for j in pending:  # a stale chunk (other reference or options) is replaced
             shutil.rmtree(j.out, ignore_errors=True)
@@ -590,11 +629,9 @@ def _assemble(run: _Run, norm, atlas_jobs: list[AtlasJob], samples: dict) -> np.
     takes, out = run.takes, run.out
     chunks = [Path(j.out) for j in atlas_jobs]
     n = sum(len(t.usable) for t in takes)
-    for name, file in (("atlas", "atlas.npy"), ("lips", "lips.npy")):
-        shape = dataset.ARRAYS[name][1]
-        _write_array(out / dataset.ARRAYS[name][0], (np.load(c / file) for c in chunks), n, shape, np.uint8)
+    for file, _, _ in SHARED_ARRAYS:  # complete: every chunk wrote its rows
+        os.replace(run.work / file, out / file)
     units(1)
-    _write_array(out / "gain.npy", (np.load(c / "gain.npy") for c in chunks), n, (64, 64), np.float16)
     _write_array(out / "color_transform.npy", (np.load(c / "color.npy") for c in chunks), n, (2, 3), np.float32)
     _write_array(out / "vertices.npy", (t.vertices for t in takes), n, (468, 3), np.float32)
     _write_array(out / "landmarks.npy", (t.track["landmarks"][t.usable] for t in takes), n, (468, 3), np.float32)
@@ -727,7 +764,7 @@ def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: 
     # the workers start (and import) now, while this process probes the takes
     with jobs.WorkerPool(options.workers, cancel, warm=(__name__,)) as pool:
         run.track(pool)
-        pool.preload((NORMALIZE,))  # the atlas stage's modules, while this process finds the reference
+        pool.preload(_warm_atlas_stage)  # while this process finds the reference
         t_ref = time.perf_counter()
         excluded = run.check_faces()
         if options.reference_speaker:
