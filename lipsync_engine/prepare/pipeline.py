@@ -38,15 +38,19 @@ from .lighting import LightingOptions
 
 
 
-def _warm_atlas_stage() -> None:
-    """Imports and caches of the atlas stage and the reference: normalize.py (scipy) and the mesh
-    topology (0.15-0.3 s). Workers run it while this process finds the reference, and this
-    process while the workers track, so that neither waits for it (normalize.py is imported
-    only where it is used)."""
+def _warm_atlas_stage(reference: bool = False) -> None:
+    """Imports and caches of the atlas stage (normalize.py, scipy.sparse, the mesh topology;
+    0.1-0.2 s), and with `reference` those of finding the reference (scipy.ndimage, 0.1 s).
+    Workers run it while this process finds the reference, and this process before it hands
+    out the tracking jobs, so that neither waits for it later (normalize.py is imported only
+    where it is used)."""
     from ..face.topology import load_topology
     from . import normalize  # noqa: F401
 
     load_topology()
+    if reference:
+        import scipy.ndimage  # noqa: F401  (normalize.smooth_poses)
+
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm", ".m4v", ".wmv", ".flv"}
 WORK = ".work"
@@ -378,11 +382,13 @@ class _Run:
         pending.sort(key=lambda jc: -jc[0].expected(jc[1]))  # longest first: the workers finish together
         units = self.stage("track", sum(j.expected(c) for j, c in pending),
                            f"{len(pending)} part(s) of {len(self.takes)} take(s)")
+        # before the jobs go out, while the workers still start: the next steps' modules, here (on
+        # a busy machine, and under `chrt -r`'s 100 ms time slices, this process's imports held
+        # back the hand-over of the first jobs by up to 0.13 s when they came after it)
+        _warm_atlas_stage(reference=True)
         # a MediaPipe graph leaks ~6 MB when closed: workers are renewed every TRACK_TASKS_PER_WORKER parts
         batch = pool.start(_track_job, [j for j, _ in pending], units, TRACK_TASKS_PER_WORKER)
-        # meanwhile, here: the audio of every take, and the modules of the next steps
-        sounds = [media.load_audio(t.path, sample_rate=audio.SAMPLE_RATE) for t in self.takes]
-        _warm_atlas_stage()
+        sounds = [media.load_audio(t.path, sample_rate=audio.SAMPLE_RATE) for t in self.takes]  # meanwhile
         batch.wait()
         for t, sound in zip(self.takes, sounds):
             t.track = _join_parts(t)
