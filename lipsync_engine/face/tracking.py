@@ -1,9 +1,9 @@
 """MediaPipe Face Mesh tracking of one take: frames -> 468 landmarks per frame, in pixels.
 
 Owns: the legacy MediaPipe Face Mesh solution (mediapipe 0.10.21, models bundled in the
-wheel, nothing downloaded), one graph per take in video (tracking) mode, and the record
-of which frames had no face or several faces. Must not: decode files, normalize, or
-write anything.
+wheel, nothing downloaded), one graph per take (or per part of a take, after warm-up frames)
+in video (tracking) mode, and the record of which frames had no face or several faces.
+Must not: decode files, normalize, or write anything.
 """
 
 from __future__ import annotations

@@ -36,22 +36,6 @@ from ..io import media
 from . import audio, dataset
 from .lighting import LightingOptions
 
-
-
-def _warm_atlas_stage(reference: bool = False) -> None:
-    """Imports and caches of the atlas stage (normalize.py, scipy.sparse, the mesh topology;
-    0.1-0.2 s), and with `reference` those of finding the reference (scipy.ndimage, 0.1 s).
-    Workers run it while this process finds the reference, and this process before it hands
-    out the tracking jobs, so that neither waits for it later (normalize.py is imported only
-    where it is used)."""
-    from ..face.topology import load_topology
-    from . import normalize  # noqa: F401
-
-    load_topology()
-    if reference:
-        import scipy.ndimage  # noqa: F401  (normalize.smooth_poses)
-
-
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm", ".m4v", ".wmv", ".flv"}
 WORK = ".work"
 TRACK_SHARD_VERSION = 2     # 2: one shard per part of a take, audio no longer in it
@@ -61,12 +45,14 @@ ATLAS_SHARD_VERSION = 2     # 2: atlases, lips and gains written into .work's sh
 # of the atlases (1.5 GB for a 5-minute take) at assembly. (file, per-frame shape, dtype)
 SHARED_ARRAYS = tuple(dataset.ARRAYS[name] for name in ("atlas", "lips", "gain"))
 TRACK_TASKS_PER_WORKER = 25  # parts a tracking worker handles before it is replaced (see _Run.track)
-# Frames tracked before a part's first frame and dropped: MediaPipe's video mode carries its
-# face region from frame to frame, and a graph started cold (on a detection) gives landmarks
-# up to 4-6 px off the continuous run's on its first frame. After 10 frames the difference
-# is at most ~0.2 px and stays there (it never vanishes: measured on clip_ted_f_10s.mp4 and
-# the synthetic demo, tests/engine/test_prepare.py), while frame-to-frame motion is ~0.4 px.
-# It also covers DETECT_EVERY (5): the second-face detector looks at the same frames.
+# Frames tracked before a part's first frame and dropped. MediaPipe's video mode carries its
+# face region from frame to frame: a graph started cold (on a detection) puts the landmarks of
+# its first frame 3.5-6.4 px away from those of a graph that has run since frame 0 (measured
+# on clip_ted_f_10s.mp4), 10 frames later 0.05-0.3 px. The difference never dies out, as
+# between any two graphs started on different frames: further on it stays within 0.2 px on
+# the TED clip and 1.1 px on the synthetic demo (mean 0.03 px; tests/engine/test_prepare.py),
+# where starting a graph on frame 1 instead of 0 gives up to 1.24 px. 10 frames also cover
+# DETECT_EVERY (5): the second-face detector looks at the same frames of the take.
 TRACK_WARMUP = 10
 SEEK_MARGIN_S = 1.0         # seek this far before a part's first frame (the decoder goes back to a keyframe)
 SPECTROGRAM_BLOCK = 512  # frames of spectrograms computed and written at a time (25 MB)
@@ -263,6 +249,20 @@ def _split(n: int, size: int) -> list[tuple[int, int]]:
 
 
 # ---------------------------------------------------------------- stage 2: atlases
+
+def _warm_atlas_stage(reference: bool = False) -> None:
+    """Imports and caches of the atlas stage (normalize.py, scipy.sparse, the mesh topology;
+    0.1-0.2 s), and with `reference` those of finding the reference (scipy.ndimage, 0.1 s).
+    Workers run it while this process finds the reference, and this process before it hands
+    out the tracking jobs, so that neither waits for it later (normalize.py is imported only
+    where it is used)."""
+    from ..face.topology import load_topology
+    from . import normalize  # noqa: F401
+
+    load_topology()
+    if reference:
+        import scipy.ndimage  # noqa: F401  (normalize.smooth_poses)
+
 
 def _atlas_job(job: AtlasJob) -> None:
     """Worker: atlases of the usable frames job.frames of one take into a chunk directory."""
@@ -605,10 +605,10 @@ def _gather_samples(atlas_jobs: list[AtlasJob]) -> dict:
 
 def _draw_sheets(run: _Run, norm, samples: dict) -> None:
     """The report's sheets that need no assembled array (run on a thread while _assemble runs)."""
-    from .report import _sample_keys, draw_sheets
+    from .report import draw_sheets, sample_keys
 
     landmarks, vertices = {}, {}
-    for k, f in _sample_keys(samples):
+    for k, f in sample_keys(samples):
         t = run.takes[k]
         landmarks[k, f] = t.track["landmarks"][f]
         vertices[k, f] = t.vertices[int(np.searchsorted(t.usable, f))]

@@ -33,7 +33,7 @@ TILE = 256                  # atlases and other tiles are shown at 256 x 256
 GAIN_RANGE = (0.5, 1.5)     # gain map colours
 
 
-def _sample_keys(files) -> list[tuple[int, int]]:
+def sample_keys(files) -> list[tuple[int, int]]:
     """(take, frame) of every sample stored as frame_<take>_<frame>."""
     return sorted(tuple(int(x) for x in k.split("_")[1:3]) for k in files if k.startswith("frame_"))
 
@@ -214,7 +214,7 @@ def draw_sheets(out: Path, samples: dict, landmarks: dict, vertices: dict, refer
     samples : the arrays of report/samples.npz; landmarks, vertices : {(take, frame): (468, 3)}
     of the sample frames; reference_atlases : (R, R^n) uint8 RGB.
     """
-    keys = _sample_keys(samples)[:7]
+    keys = sample_keys(samples)[:7]
     _save(out / "tracking.png", _tracking_sheet(samples, keys, landmarks))
     _save(out / "normalized_meshes.png", _mesh_sheet(vertices, reference_vertices, keys))
     _save(out / "atlases.png", _atlas_sheet(samples, keys))
@@ -238,7 +238,7 @@ def write_report(speaker_dir: Path, on_progress: ProgressCallback = no_progress)
     with np.load(out / "samples.npz") as z:
         samples = {k: z[k] for k in z.files}
     index = {(int(t), int(f)): i for i, (t, f) in enumerate(np.asarray(ds.frame_index))}
-    keys = _sample_keys(samples)[:7]
+    keys = sample_keys(samples)[:7]
     draw_sheets(out, samples, {k: ds.landmarks[index[k]] for k in keys}, {k: ds.vertices[index[k]] for k in keys},
                 ds.reference_vertices, (dataset.read_reference_atlas(root, normalized=False),
                                         dataset.read_reference_atlas(root)))
