@@ -65,16 +65,17 @@ def _sheet(rows: list[list[np.ndarray]], title: str, captions: list[str], row_la
     th, tw = rows[0][0].shape[:2]
     left = max((cv2.getTextSize(t, FONT, 0.4, 1)[0][0] for t in row_labels), default=0) + (PAD if row_labels else 0)
     cols = max(len(r) for r in rows)
-    width = PAD + left + cols * (tw + PAD) + (right.shape[1] + PAD if right is not None else 0)
+    column = max([tw] + [cv2.getTextSize(c, FONT, 0.4, 1)[0][0] for c in captions])  # a caption may be wider
+    width = PAD + left + cols * (column + PAD) + (right.shape[1] + PAD if right is not None else 0)
     top = 2 * PAD + 34
     img = np.full((top + len(rows) * (th + PAD) + PAD, width, 3), PAPER, np.uint8)
     _text(img, title, width // 2, PAD + 14, 0.55, center=True)
     for c, caption in enumerate(captions):
-        _text(img, caption, PAD + left + c * (tw + PAD) + tw // 2, top - 8, 0.4, center=True)
+        _text(img, caption, PAD + left + c * (column + PAD) + column // 2, top - 8, 0.4, center=True)
     for r, row in enumerate(rows):
         y = top + r * (th + PAD)
         for c, tile in enumerate(row):
-            x = PAD + left + c * (tw + PAD)
+            x = PAD + left + c * (column + PAD) + (column - tw) // 2
             img[y:y + th, x:x + tw] = tile
         if r < len(row_labels):
             _text(img, row_labels[r], PAD, y + th // 2, 0.4)
@@ -158,7 +159,7 @@ def _atlas_sheet(samples: dict, keys) -> np.ndarray:
 
 def _reference_sheet(raw: np.ndarray, normalized: np.ndarray) -> np.ndarray:
     return _sheet([[raw, normalized]], "Reference atlas",
-                  ["reference atlas R", "R^n: specularities removed, symmetrized"])
+                  ["reference atlas R", "normalized: no specularities, symmetrized"])
 
 
 def _openness_plot(openness: np.ndarray, envelope: np.ndarray, take_of_frame: np.ndarray) -> np.ndarray:
