@@ -75,23 +75,77 @@ def _noop() -> None:
     """A first task that makes the pool start every worker (and run its imports) now."""
 
 
+class Batch:
+    """Jobs handed to a WorkerPool (`WorkerPool.start`); `wait()` collects them."""
+
+    def __init__(self, pool: "WorkerPool", fn: Callable, groups: list, on_units: Callable[[int], None]):
+        self._pool, self._fn, self._groups, self._on_units = pool, fn, groups, on_units
+        self._futures = [pool._pool.submit(fn, job) for job in groups[0]] if groups else []
+
+    def wait(self) -> list:
+        """Results in job order, draining progress meanwhile; re-raises the first error
+        (Cancelled when the user cancelled)."""
+        results = []
+        for i in range(len(self._groups)):
+            if i:  # the workers are replaced before the next group (WorkerPool.run's jobs_per_worker)
+                self._pool.close()
+                self._pool._open()
+                self._futures = [self._pool._pool.submit(self._fn, job) for job in self._groups[i]]
+            results.extend(self._wait_group())
+        return results
+
+    def _wait_group(self) -> list:
+        pool, futures = self._pool, self._futures
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
+            _drain(pool._queue, self._on_units)
+            if pool.cancel.is_set or any(f.exception() for f in done):
+                pool._event.set()  # stop the others at their next unit
+                for f in pending:
+                    f.cancel()
+                wait(pending)
+                break
+        _drain(pool._queue, self._on_units)
+        errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
+        real = [e for e in errors if not isinstance(e, Cancelled)]
+        if real:
+            raise real[0]
+        if errors or pool.cancel.is_set:
+            raise Cancelled("cancelled; finished work is kept and a re-run resumes from it")
+        return [f.result() for f in futures]
+
+
+class _Done:
+    """A Batch that ran in this process (workers <= 1)."""
+
+    def __init__(self, results: list):
+        self._results = results
+
+    def wait(self) -> list:
+        return self._results
+
+
 class WorkerPool:
     """Spawned worker processes that run jobs with progress and cancellation.
 
     Created early with `warm` module names, its workers start and import while the main
-    process does other work (tracking a single take), so a later stage starts at once.
-    workers <= 1 runs every job in this process.
+    process does other work (probing, reading back a stage), so a later stage starts at once;
+    `preload` runs a warm-up (imports, caches) in idle workers before a stage that needs it.
+    One pool serves every stage of a run. workers <= 1 runs every job in this process.
     """
 
     def __init__(self, workers: int, cancel: CancelToken, warm: tuple[str, ...] = ()):
-        self.workers, self.cancel, self._pool = workers, cancel, None
-        if workers <= 1:
-            return
+        self.workers, self.cancel, self.warm, self._pool = workers, cancel, tuple(warm), None
+        if workers > 1:
+            self._open()
+
+    def _open(self) -> None:
         ctx = mp.get_context("spawn")
         self._event, self._queue = ctx.Event(), ctx.Queue()
-        self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                         initargs=(self._event, self._queue, tuple(warm)))
-        for _ in range(workers):
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
+                                         initargs=(self._event, self._queue, self.warm))
+        for _ in range(self.workers):
             self._pool.submit(_noop)
 
     def __enter__(self) -> "WorkerPool":
@@ -100,55 +154,43 @@ class WorkerPool:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def close(self) -> None:
+    def close(self, wait_for_exit: bool = True) -> None:
+        """Stop the workers. wait_for_exit=False returns at once while they exit (between
+        stages, when no job is left: the main process goes on meanwhile)."""
         if self._pool is not None:
             self._event.set()
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=wait_for_exit, cancel_futures=True)
             self._pool = None
             self._queue.close()
-            self._queue.join_thread()
+            if wait_for_exit:
+                self._queue.join_thread()
             del self._queue, self._event  # their semaphores are released with them
 
-    def run(self, fn: Callable, jobs: Sequence, on_units: Callable[[int], None]) -> list:
+    def preload(self, fn: Callable[[], None]) -> None:
+        """Run fn() (imports, caches) once per worker now, while they are idle: no waiting, best
+        effort (a worker may run it twice and another not at all); errors are left to the jobs."""
+        if self._pool is not None:
+            for _ in range(self.workers):
+                self._pool.submit(fn)
+
+    def start(self, fn: Callable, jobs: Sequence, on_units: Callable[[int], None],
+              jobs_per_worker: int | None = None):
+        """Hand fn(job) for every job to the workers and return at once; `.wait()` on the
+        returned batch collects the results (see `run`). Without workers the jobs run here, now.
+
+        jobs_per_worker : the workers are replaced by fresh ones after each workers x
+        jobs_per_worker jobs, for work that leaks memory in native code. (ProcessPoolExecutor's
+        max_tasks_per_child deadlocks on Python 3.11, so the whole pool is renewed instead.)
+        """
+        if self._pool is None:
+            return _Done(_run_inline(fn, jobs, on_units, self.cancel))
+        group = max(1, self.workers * jobs_per_worker) if jobs_per_worker else max(1, len(jobs))
+        return Batch(self, fn, [jobs[i:i + group] for i in range(0, len(jobs), group)], on_units)
+
+    def run(self, fn: Callable, jobs: Sequence, on_units: Callable[[int], None],
+            jobs_per_worker: int | None = None) -> list:
         """Run fn(job) for every job; results in job order; re-raises the first error."""
-        if self._pool is None or len(jobs) <= 1:
-            return _run_inline(fn, jobs, on_units, self.cancel)
-        futures = [self._pool.submit(fn, job) for job in jobs]
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
-            _drain(self._queue, on_units)
-            if self.cancel.is_set or any(f.exception() for f in done):
-                self._event.set()  # stop the others at their next unit
-                for f in pending:
-                    f.cancel()
-                wait(pending)
-                break
-        _drain(self._queue, on_units)
-        errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
-        real = [e for e in errors if not isinstance(e, Cancelled)]
-        if real:
-            raise real[0]
-        if errors or self.cancel.is_set:
-            raise Cancelled("cancelled; finished work is kept and a re-run resumes from it")
-        return [f.result() for f in futures]
-
-
-def run_jobs(fn: Callable, jobs: Sequence, workers: int, on_units: Callable[[int], None],
-             cancel: CancelToken, jobs_per_worker: int | None = None) -> list:
-    """Run fn(job) for every job on pools of their own (see WorkerPool.run).
-
-    jobs_per_worker : a fresh pool is started after each workers x jobs_per_worker jobs, for
-    work that leaks memory in native code. (ProcessPoolExecutor's max_tasks_per_child
-    deadlocks on Python 3.11, so whole pools are renewed instead.)
-    """
-    group = len(jobs) if not jobs_per_worker else max(1, workers * jobs_per_worker)
-    results = []
-    for i in range(0, len(jobs), max(group, 1)):
-        part = jobs[i:i + group]
-        with WorkerPool(min(workers, len(part)), cancel) as pool:
-            results.extend(pool.run(fn, part, on_units))
-    return results
+        return self.start(fn, jobs, on_units, jobs_per_worker).wait()
 
 
 def _drain(progress_queue, on_units) -> None:

@@ -1,14 +1,16 @@
 """MediaPipe Face Mesh tracking of one take: frames -> 468 landmarks per frame, in pixels.
 
 Owns: the legacy MediaPipe Face Mesh solution (mediapipe 0.10.21, models bundled in the
-wheel, nothing downloaded), one graph per take in video (tracking) mode, and the record
-of which frames had no face or several faces. Must not: decode files, normalize, or
-write anything.
+wheel, nothing downloaded), one graph per take (or per part of a take, after warm-up frames)
+in video (tracking) mode, and the record of which frames had no face or several faces.
+Must not: decode files, normalize, or write anything.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
+import importlib.util
 import os
 import sys
 from contextlib import contextmanager
@@ -98,12 +100,63 @@ def quiet_native_stderr():
         os.close(devnull)
 
 
+def _lean_mediapipe() -> None:
+    """Make `mediapipe` importable without running its package __init__ yet.
+
+    That __init__ imports every solution and the Tasks API, which pull in matplotlib (drawing
+    utilities) and sounddevice (PortAudio, which probes the sound devices): 0.5-0.7 s in each
+    tracking process, out of about 0.6 s of work per 100 frames. The package and its
+    `solutions` subpackage are registered unexecuted, so that the two solutions tracking uses
+    import alone (0.1 s); the first access to anything else on either (`mediapipe.__version__`,
+    `mp.solutions.drawing_utils`, `mp.tasks`) runs the two __init__ files in place, so other
+    code in the same process sees the complete package.
+    """
+    spec = importlib.util.find_spec("mediapipe")
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError("No module named 'mediapipe'", name="mediapipe")
+    lean = []
+
+    def complete(name: str):
+        for module in lean:
+            module.__dict__.pop("__getattr__", None)
+        for module in reversed(lean):  # mediapipe.python.solutions first, as the package's own import does
+            module.__spec__.loader.exec_module(module)
+        for module in lean:
+            if name in module.__dict__:
+                return module.__dict__[name]
+        raise AttributeError(f"module {lean[0].__name__!r} has no attribute {name!r}")
+
+    package = importlib.util.module_from_spec(spec)
+    package.__getattr__ = complete
+    sys.modules["mediapipe"] = package
+    lean.append(package)
+    try:
+        python = importlib.import_module("mediapipe.python")  # the framework bindings: needed anyway
+        sub = importlib.util.find_spec("mediapipe.python.solutions")
+        solutions = importlib.util.module_from_spec(sub)
+        solutions.__getattr__ = complete
+        sys.modules[sub.name] = solutions
+        python.solutions = solutions
+        lean.append(solutions)
+    except BaseException:
+        for module in lean:  # as after a failed plain import: the next import starts afresh
+            sys.modules.pop(module.__name__, None)
+        raise
+
+
+def _solutions():
+    """MediaPipe's face_mesh and face_detection solution modules (see _lean_mediapipe)."""
+    if "mediapipe" not in sys.modules:
+        _lean_mediapipe()
+    return (importlib.import_module("mediapipe.python.solutions.face_mesh"),
+            importlib.import_module("mediapipe.python.solutions.face_detection"))
+
+
 def create_face_mesh(static_image_mode: bool = False):
     """A fresh MediaPipe Face Mesh graph (use one per take, and close it)."""
-    import mediapipe as mp
-
+    face_mesh, _ = _solutions()
     with quiet_native_stderr():
-        return mp.solutions.face_mesh.FaceMesh(
+        return face_mesh.FaceMesh(
             static_image_mode=static_image_mode, max_num_faces=MAX_FACES, refine_landmarks=False,
             min_detection_confidence=MIN_DETECTION_CONFIDENCE, min_tracking_confidence=MIN_TRACKING_CONFIDENCE)
 
@@ -125,16 +178,17 @@ class _SecondFaceWatch:
     """
 
     def __init__(self):
-        import mediapipe as mp
-
-        self.detector = mp.solutions.face_detection.FaceDetection(
+        _, face_detection = _solutions()
+        self.detector = face_detection.FaceDetection(
             model_selection=0, min_detection_confidence=MIN_DETECTION_CONFIDENCE)
         self.last_look = -1
         self.several_in_view = False
 
-    def flag(self, n: int, image: np.ndarray, several: list[bool]) -> None:
-        """Update several[...] (one bool per frame so far) after frame n (0-based)."""
-        if not (self.several_in_view or n % DETECT_EVERY == 0):
+    def flag(self, n: int, index: int, image: np.ndarray, several: list[bool]) -> None:
+        """Update several[...] (one bool per frame so far) after the n-th frame (0-based) seen,
+        frame number `index` of its take: the looks fall on the same frames of a take however
+        it is split (a split part starts DETECT_EVERY frames or more before its first frame)."""
+        if not (self.several_in_view or index % DETECT_EVERY == 0):
             return
         # filtered here: the solution returns detections below its min_detection_confidence
         found = sum(d.score[0] >= SECOND_FACE_CONFIDENCE for d in self.detector.process(image).detections or [])
@@ -147,14 +201,18 @@ class _SecondFaceWatch:
         self.detector.close()
 
 
-def track_frames(frames: Iterable, on_frame: Callable[[int], None] | None = None) -> TakeTracking:
+def track_frames(frames: Iterable, on_frame: Callable[[int], None] | None = None,
+                 keep_from: int | None = None) -> TakeTracking:
     """Track every frame of one take with one MediaPipe Face Mesh graph in video mode.
 
     frames : iterable of objects with `.index`, `.time_s` and `.image` ((H, W, 3) uint8 RGB),
         in display order. on_frame : called with the number of frames done (progress and
-        cancellation: raise from it to stop).
+        cancellation: raise from it to stop). keep_from : frames with a smaller `.index` are
+        tracked but left out of the result (and of on_frame's count): the warm-up of a part of
+        a take, so that the graph's tracking state has settled by its first kept frame.
     """
     lms, found, several, times, size = [], [], [], [], (0, 0)
+    skipped = 0
     with quiet_native_stderr(), create_face_mesh() as mesh:
         watch = _SecondFaceWatch()
         try:
@@ -164,12 +222,15 @@ def track_frames(frames: Iterable, on_frame: Callable[[int], None] | None = None
                 found.append(len(faces) == 1)
                 several.append(len(faces) > 1)
                 lms.append(landmarks_to_pixels(faces[0], size[1], size[0]) if faces else None)
-                watch.flag(n, frame.image, several)
+                watch.flag(n, frame.index, frame.image, several)
                 times.append(frame.time_s)
-                if on_frame is not None:
-                    on_frame(n + 1)
+                if keep_from is not None and frame.index < keep_from:
+                    skipped = n + 1
+                elif on_frame is not None:
+                    on_frame(n + 1 - skipped)
         finally:
             watch.close()
+    del lms[:skipped], found[:skipped], several[:skipped], times[:skipped]
     counts = np.where(several, 2, np.asarray(found, np.int8)).astype(np.int8) if lms else np.zeros(0, np.int8)
     nan = np.full((N_VERTICES, 3), np.nan, np.float32)
     stacked = np.stack([l if c == 1 else nan for l, c in zip(lms, counts)]) if lms else \

@@ -1,20 +1,24 @@
 """`lipsync prepare`: one or more takes of one speaker -> a prepared speaker directory.
 
 Owns the order of the work of Section 3.1 and its bookkeeping: stage 1 tracks every take
-(decode + MediaPipe + audio) into a shard; the reference frame, normalized space and
-reference atlas follow; stage 2 unrolls and lighting-normalizes every usable frame in
-chunks on worker processes; the last stage assembles the shards into the files of
-dataset.py and writes meta.json last. Shards live in SPEAKER_DIR/.work and are written
-atomically, so an interrupted run resumes where it stopped and never leaves a half-written
-file. Must not: contain the algorithms themselves (normalize.py, lighting.py, audio.py).
+(decode + MediaPipe) in parts, one shard each, on worker processes while this process loads
+the audio; the reference frame, normalized space and reference atlas follow; stage 2
+unrolls and lighting-normalizes every usable frame in chunks on the same workers; the last
+stage assembles the shards into the files of dataset.py and writes meta.json last. Parts
+and chunks are sized so that every worker has work, even on one short take. Shards live in
+SPEAKER_DIR/.work and are written atomically, so an interrupted run resumes where it
+stopped and never leaves a half-written file. Must not: contain the algorithms themselves
+(normalize.py, lighting.py, audio.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,14 +33,28 @@ from ..core.version import __version__
 from ..face import geometry
 from ..face.tracking import frame_ranges, track_frames
 from ..io import media
-from . import audio, dataset, normalize
+from . import audio, dataset
 from .lighting import LightingOptions
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm", ".m4v", ".wmv", ".flv"}
 WORK = ".work"
-TRACK_SHARD_VERSION = 1
-ATLAS_SHARD_VERSION = 1
-TRACK_TASKS_PER_WORKER = 25  # takes a tracking worker handles before it is replaced (see _Run.track)
+TRACK_SHARD_VERSION = 2     # 2: one shard per part of a take, audio no longer in it
+ATLAS_SHARD_VERSION = 2     # 2: atlases, lips and gains written into .work's shared arrays (SHARED_ARRAYS)
+# The per-frame arrays the atlas chunks write in place, each into its rows of one array of the
+# whole dataset in .work (a memory map), which becomes the dataset's file by a rename: no copy
+# of the atlases (1.5 GB for a 5-minute take) at assembly. (file, per-frame shape, dtype)
+SHARED_ARRAYS = tuple(dataset.ARRAYS[name] for name in ("atlas", "lips", "gain"))
+TRACK_TASKS_PER_WORKER = 25  # parts a tracking worker handles before it is replaced (see _Run.track)
+# Frames tracked before a part's first frame and dropped. MediaPipe's video mode carries its
+# face region from frame to frame: a graph started cold (on a detection) puts the landmarks of
+# its first frame 3.5-6.4 px away from those of a graph that has run since frame 0 (measured
+# on clip_ted_f_10s.mp4), 10 frames later 0.05-0.3 px. The difference never dies out, as
+# between any two graphs started on different frames: further on it stays within 0.2 px on
+# the TED clip and 1.1 px on the synthetic demo (mean 0.03 px; tests/engine/test_prepare.py),
+# where starting a graph on frame 1 instead of 0 gives up to 1.24 px. 10 frames also cover
+# DETECT_EVERY (5): the second-face detector looks at the same frames of the take.
+TRACK_WARMUP = 10
+SEEK_MARGIN_S = 1.0         # seek this far before a part's first frame (the decoder goes back to a keyframe)
 SPECTROGRAM_BLOCK = 512  # frames of spectrograms computed and written at a time (25 MB)
 
 
@@ -44,8 +62,8 @@ SPECTROGRAM_BLOCK = 512  # frames of spectrograms computed and written at a time
 class PrepareOptions:
     lighting: LightingOptions = field(default_factory=LightingOptions)  # Section 3.1.2 settings
     workers: int = 2                 # worker processes for tracking and atlases (1 = this process)
-    chunk_frames: int = 250          # fewest frames per atlas job (a take is spread over the workers)
-    max_chunk_frames: int = 1000     # most frames per atlas job: what an interrupted run may redo
+    chunk_frames: int = 32           # fewest frames per tracking part or atlas chunk (the work is spread over the workers)
+    max_chunk_frames: int = 1000     # most frames per part or chunk: what an interrupted run may redo
     min_usable_fraction: float = 0.5  # refuse a take where fewer frames than this hold one face
     reference: tuple[int, int] | None = None  # force the reference frame: (take, frame number)
     pose_smoothing_s: float = 0.06   # Gaussian sigma (seconds) of per-frame pose smoothing, 0 = off
@@ -116,8 +134,8 @@ class Take:
     path: Path                          # the video
     info: media.MediaInfo               # its probe
     fingerprint: str                    # of the file (path, size, mtime): a changed file is tracked again
-    shard: Path                         # .work/track_K.npz, the tracking result on disk
-    track: dict | None = None           # that shard's arrays: landmarks, face_count, times, audio, ...
+    parts: list = field(default_factory=list)  # its TrackJobs, in frame order (.work/track_K_S.npz)
+    track: dict | None = None           # landmarks, face_count, times, size (the parts joined), audio, audio_offset
     usable: np.ndarray | None = None    # (U,) frame numbers with one usable face
     excluded: str = ""                  # why the other frames were left out (for the report)
     cuts: np.ndarray | None = None      # (U,) bool: usable frames that start a new shot
@@ -127,11 +145,18 @@ class Take:
 
 @dataclass(frozen=True)
 class TrackJob:
-    """Worker payload: track one take and load its audio into one shard."""
+    """Worker payload: track frames start .. stop - 1 of one take into one shard."""
 
     path: str           # the video
     out: str            # the shard (.npz) to write
     fingerprint: str    # stored in the shard, so that a resumed run can trust it
+    start: int = 0      # first frame of the part
+    stop: int | None = None  # frame after its last; None: to the end of the video
+    fps: float = 0.0    # the probe's frame rate, to seek near `start` (0: decode from the first frame)
+
+    def expected(self, frame_count: int) -> int:
+        """Frames this part should hold, by the probe's frame count (an estimate for the last part)."""
+        return max(0, (self.stop if self.stop is not None else max(frame_count, self.start)) - self.start)
 
 
 @dataclass(frozen=True)
@@ -140,7 +165,9 @@ class AtlasJob:
 
     take: int                   # index of the take
     path: str                   # its video
-    out: str                    # the chunk folder to write
+    out: str                    # the chunk folder to write (colour transforms, report samples, done marker)
+    shared: str                 # the folder of the SHARED_ARRAYS (.work)
+    row: int                    # the dataset row of the chunk's first frame in them
     fingerprint: str            # of the take, the reference and the frames: a stale chunk is redone
     frames: np.ndarray          # (n,) frame numbers, increasing
     start_s: float              # where decoding seeks to
@@ -155,35 +182,92 @@ class AtlasJob:
 # ---------------------------------------------------------------- stage 1: tracking
 
 def _track_job(job: TrackJob) -> None:
-    """Worker: decode + track one take, load its audio, write .work/track_K.npz."""
-    path, out = Path(job.path), Path(job.out)
+    """Worker: decode + track one part of a take (after TRACK_WARMUP frames of warm-up) into a shard."""
+    path = Path(job.path)
     progress = jobs.FrameReporter()
-    track = track_frames(media.iter_video_frames(path), on_frame=progress)
+    frames = _frames_between(path, max(0, job.start - TRACK_WARMUP), job.stop, job.fps)
+    track = track_frames(frames, on_frame=progress, keep_from=job.start)
     progress.finish(len(track.times_s))
-    if len(track.times_s) == 0:
-        raise InputError(f"{path.name}: the video has no frames")
-    sound = media.load_audio(path, sample_rate=audio.SAMPLE_RATE)
-    storage.save_npz(out, landmarks=track.landmarks, face_count=track.face_count,
-                     times=track.times_s, size=np.asarray(track.size), audio=sound.samples,
-                     audio_offset=np.float64(sound.start_offset_s), fingerprint=np.str_(job.fingerprint))
+    storage.save_npz(Path(job.out), landmarks=track.landmarks, face_count=track.face_count, times=track.times_s,
+                     size=np.asarray(track.size), fingerprint=np.str_(job.fingerprint))
 
 
-def _load_track(path: Path, fingerprint: str) -> dict | None:
+def _frames_between(path: Path, first: int, stop: int | None, fps: float):
+    """Decoded frames first .. stop - 1 of a video (to its end when stop is None), seeking near `first`."""
+    start_s = max(0.0, first / fps - SEEK_MARGIN_S) if first > 0 and fps > 0 else 0.0
+    frames = media.iter_video_frames(path, start_s=start_s)
+    try:
+        for n, frame in enumerate(frames):
+            if n == 0 and frame.index > first:  # the seek landed too late (frame times off the frame rate)
+                yield from _frames_between(path, first, stop, 0.0)
+                return
+            if stop is not None and frame.index >= stop:
+                return
+            if frame.index >= first:
+                yield frame
+    finally:
+        frames.close()
+
+
+def _load_shard(path: Path, fingerprint: str) -> dict | None:
     if not path.is_file():
         return None
     try:
         with np.load(path) as z:
             if str(z["fingerprint"]) != fingerprint:
                 return None
-            return {k: z[k] for k in z.files}
+            return {k: z[k] for k in z.files if k != "fingerprint"}
     except (OSError, ValueError, KeyError):
         return None
 
 
+def _join_parts(take: Take) -> dict:
+    """The shards of a take's parts as one track: landmarks, face_count, times, size."""
+    shards = [_load_shard(Path(j.out), j.fingerprint) for j in take.parts]
+    if any(s is None for s in shards):
+        raise RuntimeError(f"{take.path.name}: a tracking shard is missing after tracking")
+    have = 0
+    for job, shard in zip(take.parts, shards):
+        n = len(shard["face_count"])
+        if n and job.start != have:  # a part ended early (the video did) but a later one has frames
+            raise InputError(f"{take.path.name}: could only decode frames 0-{have - 1} and from {job.start} on "
+                             f"(file changed while it was read?)")
+        have += n
+    if have == 0:
+        raise InputError(f"{take.path.name}: the video has no frames")
+    sizes = [tuple(int(x) for x in s["size"]) for s in shards if len(s["face_count"])]
+    return {"landmarks": np.concatenate([s["landmarks"] for s in shards]),
+            "face_count": np.concatenate([s["face_count"] for s in shards]),
+            "times": np.concatenate([s["times"] for s in shards]), "size": np.asarray(sizes[0])}
+
+
+def _split(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges covering 0 .. n - 1 in ceil(n / size) near-equal parts."""
+    parts = max(1, -(-n // max(1, size)))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 # ---------------------------------------------------------------- stage 2: atlases
+
+def _warm_atlas_stage(reference: bool = False) -> None:
+    """Imports and caches of the atlas stage (normalize.py, scipy.sparse, the mesh topology;
+    0.1-0.2 s), and with `reference` those of finding the reference (scipy.ndimage, 0.1 s).
+    Workers run it while this process finds the reference, and this process before it hands
+    out the tracking jobs, so that neither waits for it later (normalize.py is imported only
+    where it is used)."""
+    from ..face.topology import load_topology
+    from . import normalize  # noqa: F401
+
+    load_topology()
+    if reference:
+        import scipy.ndimage  # noqa: F401  (normalize.smooth_poses)
+
 
 def _atlas_job(job: AtlasJob) -> None:
     """Worker: atlases of the usable frames job.frames of one take into a chunk directory."""
+    from . import normalize
+
     norm = job.norm
     builder = normalize.AtlasBuilder(norm, job.lighting)
     builder.reference = job.reference
@@ -191,10 +275,10 @@ def _atlas_job(job: AtlasJob) -> None:
     wanted = {int(f): i for i, f in enumerate(frames)}
     n = len(frames)
     box_r, box_c = norm.lip_box
+    rows = slice(job.row, job.row + n)
+    atlas, lips, gain = (np.load(Path(job.shared) / file, mmap_mode="r+")[rows] for file, _, _ in SHARED_ARRAYS)
     with storage.atomic_path(Path(job.out)) as tmp:
         tmp.mkdir()
-        atlas = np.lib.format.open_memmap(tmp / "atlas.npy", "w+", np.uint8, (n, 256, 256, 3))
-        gain = np.zeros((n, 64, 64), np.float16)
         color = np.zeros((n, 2, 3), np.float32)
         samples = {}
         seen = 0
@@ -206,6 +290,7 @@ def _atlas_job(job: AtlasJob) -> None:
                 continue
             fa = builder.frame(frame.image, job.landmarks[i], job.vertices[i])
             atlas[i], gain[i], color[i] = fa.normalized, fa.gain, fa.color
+            lips[i] = fa.normalized[box_r:box_r + geometry.LIP_SIZE, box_c:box_c + geometry.LIP_SIZE]
             if frame.index in job.sample_frames:
                 samples.update(_sample(f"{job.take}_{frame.index}", frame.image, fa))
             seen += 1
@@ -214,16 +299,16 @@ def _atlas_job(job: AtlasJob) -> None:
         if seen != n:
             raise InputError(f"{Path(job.path).name}: could only decode {seen} of {n} frames "
                              f"in frames {frames[0]}-{frames[-1]} on the second pass (file changed?)")
-        atlas.flush()
-        del atlas
-        np.save(tmp / "gain.npy", gain)
+        # the rows are in the shared arrays' pages now; no flush(): nothing in prepare syncs to disk
+        # (the done marker's rename makes the chunk count, as everywhere in storage.py), and a
+        # flush costs up to a second on a busy disk
+        del atlas, lips, gain
         np.save(tmp / "color.npy", color)
-        np.save(tmp / "lips.npy", np.load(tmp / "atlas.npy", mmap_mode="r")[:, box_r:box_r + 128, box_c:box_c + 128])
         np.savez(tmp / "samples.npz", **samples)
         (tmp / "done").write_text(job.fingerprint)
 
 
-def _sample(key: str, image: np.ndarray, fa: normalize.FrameAtlas) -> dict:
+def _sample(key: str, image: np.ndarray, fa) -> dict:
     """What the report shows of a frame: the frame (at most 480 px), both atlases, the gain."""
     f = min(1.0, 480.0 / max(image.shape[:2]))
     small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else image
@@ -265,25 +350,49 @@ class _Run:
             self.on_progress(Progress(name, min(state["done"], total), total, message))
         return units
 
-    def track(self) -> None:
+    def job_frames(self, total: int) -> int:
+        """Frames per tracking part or atlas chunk: the work spread evenly over the workers, so
+        that a single short take keeps every worker busy, but at least chunk_frames (each part
+        and chunk starts a decoder, and a part a MediaPipe graph and its warm-up) and at most
+        max_chunk_frames (what resuming may redo)."""
+        per_worker = -(-total // self.options.workers)
+        return int(np.clip(per_worker, self.options.chunk_frames, self.options.max_chunk_frames))
+
+    def track(self, pool: jobs.WorkerPool) -> None:
         t0 = time.perf_counter()
         infos = [media.probe(p) for p in self.videos]
         for info in infos:
             if not info.has_audio:
                 raise InputError(f"{info.path.name}: no audio track (prepare needs the speech of every take)")
-        pending, pending_frames = [], 0
+        counts = [max(1, info.frame_count) for info in infos]
+        size = self.job_frames(sum(counts))
+        pending = []
         for k, (p, info) in enumerate(zip(self.videos, infos)):
-            fp = _take_fingerprint(p)
-            shard = self.work / f"track_{k:04d}.npz"
-            self.takes.append(Take(p, info, fp, shard))
-            if _load_track(shard, fp) is None:
-                pending.append(TrackJob(str(p), str(shard), fp))
-                pending_frames += max(1, info.frame_count)
-        units = self.stage("track", pending_frames, f"{len(pending)} of {len(self.takes)} take(s)")
-        # a MediaPipe graph leaks ~6 MB when closed: workers are renewed every TRACK_TASKS_PER_WORKER takes
-        jobs.run_jobs(_track_job, pending, self.options.workers, units, self.cancel, TRACK_TASKS_PER_WORKER)
-        for t in self.takes:
-            t.track = _load_track(t.shard, t.fingerprint)
+            take = Take(p, info, _take_fingerprint(p))
+            bounds = _split(counts[k], size) if info.fps and info.fps > 0 else [(0, counts[k])]
+            for n, (start, stop) in enumerate(bounds):
+                stop = None if n == len(bounds) - 1 else stop  # the last part runs to the end of the video
+                job = TrackJob(str(p), str(self.work / f"track_{k:04d}_{start:06d}.npz"),
+                               _fingerprint(take.fingerprint, start, stop, TRACK_WARMUP, TRACK_SHARD_VERSION),
+                               start, stop, float(info.fps or 0.0))
+                take.parts.append(job)
+                if _load_shard(Path(job.out), job.fingerprint) is None:
+                    pending.append((job, counts[k]))
+            self.takes.append(take)
+        pending.sort(key=lambda jc: -jc[0].expected(jc[1]))  # longest first: the workers finish together
+        units = self.stage("track", sum(j.expected(c) for j, c in pending),
+                           f"{len(pending)} part(s) of {len(self.takes)} take(s)")
+        # before the jobs go out, while the workers still start: the next steps' modules, here (on
+        # a busy machine, and under `chrt -r`'s 100 ms time slices, this process's imports held
+        # back the hand-over of the first jobs by up to 0.13 s when they came after it)
+        _warm_atlas_stage(reference=True)
+        # a MediaPipe graph leaks ~6 MB when closed: workers are renewed every TRACK_TASKS_PER_WORKER parts
+        batch = pool.start(_track_job, [j for j, _ in pending], units, TRACK_TASKS_PER_WORKER)
+        sounds = [media.load_audio(t.path, sample_rate=audio.SAMPLE_RATE) for t in self.takes]  # meanwhile
+        batch.wait()
+        for t, sound in zip(self.takes, sounds):
+            t.track = _join_parts(t)
+            t.track["audio"], t.track["audio_offset"] = sound.samples, np.float64(sound.start_offset_s)
         self.timings["track_s"] = time.perf_counter() - t0
 
     def check_faces(self) -> list[str]:
@@ -308,6 +417,8 @@ class _Run:
         return lines
 
     def choose_reference(self) -> tuple[int, int]:
+        from . import normalize
+
         if self.options.reference is not None:
             k, f = self.options.reference
             if not (0 <= k < len(self.takes)) or f not in set(self.takes[k].usable.tolist()):
@@ -321,7 +432,9 @@ class _Run:
                 best = (float(scores[i]), k, int(t.usable[i]))
         return best[1], best[2]
 
-    def normalize_geometry(self, ref: tuple[int, int]) -> normalize.PoseNormalization:
+    def normalize_geometry(self, ref: tuple[int, int]):
+        from . import normalize
+
         k, f = ref
         norm = normalize.build_pose_normalization(self.takes[k].track["landmarks"][f])
         return self.normalize_takes(norm)
@@ -329,6 +442,8 @@ class _Run:
     def borrow_reference(self, speaker: Path):
         """Another speaker directory's normalized space (reference face, cylinder, lip box and
         normalized reference atlas), so that held-out takes line up with its training frames."""
+        from . import normalize
+
         meta = dataset.read_meta(speaker)
         box = meta["lip_box"]
         norm = normalize.PoseNormalization(np.load(speaker / dataset.REFERENCE_VERTICES).astype(np.float64),
@@ -343,7 +458,9 @@ class _Run:
                 shutil.copyfile(src, tmp)
         return (-1, -1), norm, builder
 
-    def normalize_takes(self, norm: normalize.PoseNormalization) -> normalize.PoseNormalization:
+    def normalize_takes(self, norm):
+        from . import normalize
+
         for t in self.takes:
             lms = t.track["landmarks"][t.usable]
             sigma_frames = self.options.pose_smoothing_s * (t.info.fps or 25.0)
@@ -354,6 +471,8 @@ class _Run:
         return norm
 
     def reference_atlas(self, ref, norm):
+        from . import normalize
+
         k, f = ref
         t = self.takes[k]
         image = _reference_image(t.path, f, self._seek_time(t, f))
@@ -364,12 +483,6 @@ class _Run:
         _write_png(normalized_file, normalize.to_uint8(normalized))
         return builder, image
 
-    def _chunk_size(self, frames: int) -> int:
-        """Frames per atlas job: a take spread evenly over the workers (each job seeks once),
-        between chunk_frames and max_chunk_frames so that resuming loses little."""
-        per_worker = -(-frames // self.options.workers)
-        return int(np.clip(per_worker, self.options.chunk_frames, self.options.max_chunk_frames))
-
     @staticmethod
     def _seek_time(take: Take, frame: int) -> float:
         """A time a little before `frame`, for seeking (the decoder goes back to a keyframe)."""
@@ -378,25 +491,49 @@ class _Run:
 
     def atlas_jobs(self, norm, builder, ref_key: str, sample_frames: dict) -> list[AtlasJob]:
         out = []
+        total = sum(len(t.usable) for t in self.takes)
+        size = self.job_frames(total)
+        row = 0
         for k, t in enumerate(self.takes):
             usable = t.usable
-            size = self._chunk_size(len(usable))
-            for c0 in range(0, len(usable), size):
-                sel = slice(c0, c0 + size)
+            for c0, c1 in _split(len(usable), size):
+                sel = slice(c0, c1)
                 frames = usable[sel]
                 fp = _fingerprint(t.fingerprint, ref_key, int(frames[0]), int(frames[-1]), len(frames),
-                                  ATLAS_SHARD_VERSION)
+                                  row + c0, total, ATLAS_SHARD_VERSION)
                 out.append(AtlasJob(
                     take=k, path=str(t.path), out=str(self.work / f"atlas_{k:04d}_{c0:06d}"),
+                    shared=str(self.work), row=row + c0,
                     fingerprint=fp, frames=frames, start_s=self._seek_time(t, int(frames[0])),
                     landmarks=t.track["landmarks"][frames], vertices=t.vertices[sel],
                     norm=norm, lighting=self.options.lighting, reference=builder.reference,
                     sample_frames=set(sample_frames.get(k, ())) & set(frames.tolist()),
                 ))
+            row += len(usable)
         return out
+
+    def shared_arrays(self, total: int) -> None:
+        """Make .work's SHARED_ARRAYS for `total` frames, unless an interrupted run left them so.
+
+        Made anew (and every chunk with them: their rows are gone), they are sparse files."""
+        for file, shape, dtype in SHARED_ARRAYS:
+            path = self.work / file
+            try:
+                a = np.load(path, mmap_mode="r")
+                ok = a.shape == (total, *shape) and a.dtype == np.dtype(dtype)
+                del a
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                for chunk in self.work.glob("atlas_*"):
+                    shutil.rmtree(chunk, ignore_errors=True)
+                with storage.atomic_path(path) as tmp:
+                    made = np.lib.format.open_memmap(tmp, "w+", np.dtype(dtype), (total, *shape))
+                    del made  # unmapped: the file stays, all zeros, its pages not yet on disk
 
     def atlases(self, atlas_jobs: list[AtlasJob], pool: jobs.WorkerPool) -> None:
         t0 = time.perf_counter()
+        self.shared_arrays(sum(len(t.usable) for t in self.takes))
         pending = [j for j in atlas_jobs if not _chunk_done(Path(j.out), j.fingerprint)]
         for j in pending:  # a stale chunk (other reference or options) is replaced
             shutil.rmtree(j.out, ignore_errors=True)
@@ -422,6 +559,8 @@ def _chunk_done(path: Path, fingerprint: str) -> bool:
 
 def _sample_frames(takes: list[Take], count: int = 6) -> dict[int, list[int]]:
     """Frames the report shows: evenly spread over the dataset plus the widest-open mouth."""
+    from . import normalize
+
     flat = [(k, int(f)) for k, t in enumerate(takes) for f in t.usable]
     picks = {flat[i] for i in np.linspace(0, len(flat) - 1, min(count, len(flat))).round().astype(int)}
     opens = np.concatenate([normalize.mouth_openness(t.vertices) for t in takes])
@@ -455,17 +594,50 @@ def _write_array(path: Path, parts, n: int, shape_tail, dtype) -> None:
             raise RuntimeError(f"{path.name}: assembled {written} frames, expected {n}")
 
 
-def _assemble(run: _Run, norm, atlas_jobs: list[AtlasJob]) -> None:
+def _gather_samples(atlas_jobs: list[AtlasJob]) -> dict:
+    """The report's arrays that the atlas chunks kept (frames, atlases, gains of the sample frames)."""
+    samples = {}
+    for j in atlas_jobs:
+        with np.load(Path(j.out) / "samples.npz") as z:
+            samples.update({k: z[k] for k in z.files})
+    return samples
+
+
+def _draw_sheets(run: _Run, norm, samples: dict) -> None:
+    """The report's sheets that need no assembled array (run on a thread while _assemble runs)."""
+    from .report import draw_sheets, sample_keys
+
+    landmarks, vertices = {}, {}
+    for k, f in sample_keys(samples):
+        t = run.takes[k]
+        landmarks[k, f] = t.track["landmarks"][f]
+        vertices[k, f] = t.vertices[int(np.searchsorted(t.usable, f))]
+    (run.out / "report").mkdir(exist_ok=True)
+    draw_sheets(run.out / "report", samples, landmarks, vertices, norm.reference_vertices,
+                (dataset.read_reference_atlas(run.out, normalized=False), dataset.read_reference_atlas(run.out)))
+
+
+def _draw_openness(run: _Run, envelope: np.ndarray) -> None:
+    from . import normalize
+    from .report import draw_openness
+
+    take_of_frame = np.concatenate([np.full(len(t.usable), k) for k, t in enumerate(run.takes)])
+    draw_openness(run.out / "report", normalize.mouth_openness(np.concatenate([t.vertices for t in run.takes])),
+                  envelope, take_of_frame)
+
+
+def _assemble(run: _Run, norm, atlas_jobs: list[AtlasJob], samples: dict) -> np.ndarray:
+    """Write the dataset's arrays; returns the report's audio envelope (N,)."""
+    from .report import spectrogram_envelope
+
     t0 = time.perf_counter()
     units = run.stage("assemble", 4)
     takes, out = run.takes, run.out
     chunks = [Path(j.out) for j in atlas_jobs]
     n = sum(len(t.usable) for t in takes)
-    for name, file in (("atlas", "atlas.npy"), ("lips", "lips.npy")):
-        shape = dataset.ARRAYS[name][1]
-        _write_array(out / dataset.ARRAYS[name][0], (np.load(c / file) for c in chunks), n, shape, np.uint8)
+    for file, _, _ in SHARED_ARRAYS:  # complete: every chunk wrote its rows
+        os.replace(run.work / file, out / file)
     units(1)
-    _write_array(out / "gain.npy", (np.load(c / "gain.npy") for c in chunks), n, (64, 64), np.float16)
     _write_array(out / "color_transform.npy", (np.load(c / "color.npy") for c in chunks), n, (2, 3), np.float32)
     _write_array(out / "vertices.npy", (t.vertices for t in takes), n, (468, 3), np.float32)
     _write_array(out / "landmarks.npy", (t.track["landmarks"][t.usable] for t in takes), n, (468, 3), np.float32)
@@ -473,23 +645,26 @@ def _assemble(run: _Run, norm, atlas_jobs: list[AtlasJob]) -> None:
     _write_array(out / "frame_index.npy", index, n, (2,), np.int32)
     _write_array(out / "frame_times.npy", (t.track["times"][t.usable] for t in takes), n, (), np.float64)
     units(1)
-    specs = (audio.spectrogram_frames(t.track["audio"], times[i:i + SPECTROGRAM_BLOCK],
-                                      float(t.track["audio_offset"]))
-             for t in takes for times in [t.track["times"][t.usable]]
-             for i in range(0, len(times), SPECTROGRAM_BLOCK))
-    _write_array(out / "spectrograms.npy", specs, n, (audio.N_FREQ, audio.N_COLUMNS, 2), np.float32)
+    envelope = []
+
+    def specs():
+        for t in takes:
+            times = t.track["times"][t.usable]
+            for i in range(0, len(times), SPECTROGRAM_BLOCK):
+                block = audio.spectrogram_frames(t.track["audio"], times[i:i + SPECTROGRAM_BLOCK],
+                                                 float(t.track["audio_offset"]))
+                envelope.append(spectrogram_envelope(block))
+                yield block
+    _write_array(out / "spectrograms.npy", specs(), n, (audio.N_FREQ, audio.N_COLUMNS, 2), np.float32)
     units(1)
     pose = [np.concatenate([t.pose[i] for t in takes]) for i in range(3)]
     storage.save_npz(out / dataset.POSES, scale=pose[0], rotation=pose[1], translation=pose[2])
     storage.save_npy(out / dataset.REFERENCE_VERTICES, norm.reference_vertices.astype(np.float32))
-    samples = {}
-    for c in chunks:
-        with np.load(c / "samples.npz") as z:
-            samples.update({k: z[k] for k in z.files})
     (out / "report").mkdir(exist_ok=True)
     storage.save_npz(out / "report" / "samples.npz", **samples)
     units(1)
     run.timings["assemble_s"] = time.perf_counter() - t0
+    return np.concatenate(envelope) if envelope else np.zeros(0, np.float32)
 
 
 def _cut_lines(takes: list[dict]) -> tuple[str, ...]:
@@ -592,9 +767,11 @@ def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: 
     run.work.mkdir(parents=True, exist_ok=True)
     storage.remove_stale_temporaries(out)
     storage.remove_stale_temporaries(run.work)
-    # the atlas workers start (and import) now, while this process tracks
+    # the workers start (and import) now, while this process probes the takes
     with jobs.WorkerPool(options.workers, cancel, warm=(__name__,)) as pool:
-        run.track()
+        run.track(pool)
+        pool.preload(_warm_atlas_stage)  # while this process finds the reference
+        t_ref = time.perf_counter()
         excluded = run.check_faces()
         if options.reference_speaker:
             ref, norm, builder = run.borrow_reference(Path(options.reference_speaker))
@@ -604,16 +781,28 @@ def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: 
             builder, _ = run.reference_atlas(ref, norm)
         ref_key = _fingerprint(ref, norm.cylinder.to_dict(), asdict(options.lighting))
         atlas_jobs = run.atlas_jobs(norm, builder, ref_key, _sample_frames(run.takes))
+        run.timings["reference_s"] = time.perf_counter() - t_ref
         run.atlases(atlas_jobs, pool)
+        pool.close(wait_for_exit=False)  # the workers exit while this process assembles
     cancel.check()
-    _assemble(run, norm, atlas_jobs)
+    samples = _gather_samples(atlas_jobs)
+    with ThreadPoolExecutor(1) as side:
+        # the report's sheets are drawn while this thread assembles (OpenCV and file writes release the GIL)
+        sheets = side.submit(_draw_sheets, run, norm, samples) if options.report else None
+        envelope = _assemble(run, norm, atlas_jobs, samples)
+        if sheets is not None:
+            units = run.stage("report", 2)
+            sheets.result()
+            units(1)
+            _draw_openness(run, envelope)
+            units(1)
     run.timings["total_s"] = time.perf_counter() - t0
     meta = _meta(run, norm, ref, fingerprint, excluded)
     storage.write_json(out / dataset.META, meta)
-    shutil.rmtree(run.work, ignore_errors=True)
     if options.report:
-        from .report import write_report
-        write_report(out, on_progress)
+        from .report import write_index
+        write_index(out)
+    shutil.rmtree(run.work, ignore_errors=True)
     frames = sum(len(t.usable) for t in run.takes)
     return PrepareResult(out, frames, len(run.takes), tuple(excluded), ref, False, time.perf_counter() - t0,
                          _cut_lines(meta["takes"]))
