@@ -614,7 +614,7 @@ def build_parser(parser_class: type = _Parser) -> argparse.ArgumentParser:
     st.add_argument("--lookahead", type=float, metavar="MS", help="future audio the model may hear, 0..120 ms "
                     "(default 120, the paper's centred window; 40 for a low-latency `lipsync live`)")
     st.add_argument("--mixed-precision", choices=("auto", "off", "bf16", "fp16"), default="auto",
-                    help="autocast dtype (default auto: bf16 on CUDA and on CPUs with bf16 in hardware, else fp32)")
+                    help="autocast dtype (default auto: bf16 on CUDA, fp32 on a CPU; bf16 on a CPU is faster but not reproducible)")
     st.set_defaults(func=_cmd_train)
 
     se = sub.add_parser("export", help="write a speaker's fitted coefficients for other tools")

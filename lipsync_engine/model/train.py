@@ -8,8 +8,8 @@ loop with a contiguous held-out tail, mixed precision where it helps, checkpoint
 that --resume continues exactly) and the loss curve. Must not: predict from new audio
 (inference is its own stage), score held-out data (evaluate.py) or touch Blender.
 
-Mixed precision: bf16 autocast by default ("auto") on CUDA and on CPUs with bf16 in hardware
-(autocast_dtype); benchmarks/bench_train.py measures it against fp32 (docs/benchmarks.md).
+Mixed precision: bf16 autocast by default ("auto") on CUDA, fp32 on a CPU (autocast_dtype);
+benchmarks/bench_train.py measures bf16 against fp32 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -61,8 +61,7 @@ class TrainOptions:
     blendshape_weight: float = 0.3   # alpha_2 of the loss (paper)
     device: str = "auto"             # auto (CUDA, then MPS, then CPU), cpu, cuda, mps
     seed: int = 0
-    mixed_precision: str = "auto"    # auto (bf16 autocast on CUDA and on CPUs with bf16 in hardware), off, bf16,
-                                     # fp16 (CUDA)
+    mixed_precision: str = "auto"    # auto (bf16 autocast on CUDA, fp32 on a CPU), off, bf16, fp16 (CUDA)
     in_memory: bool | None = None    # spectrograms + lips in RAM; None = auto (memory-mapped above 2 GiB)
     augment_gain_db: float = 0.0     # beyond the paper: random spectrogram gain of +-this many dB per frame
     augment_freq_mask: int = 0       # beyond the paper: zero a random band of up to this many frequency bins
@@ -132,24 +131,14 @@ def recipe_options(name: str, **overrides) -> TrainOptions:
     return TrainOptions(**{**RECIPES[name], **overrides})
 
 
-@functools.lru_cache(maxsize=1)
-def native_bf16_cpu() -> bool:
-    """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo);
-    elsewhere bf16 autocast is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a TrainOptions.mixed_precision on a device, or None for fp32.
 
-    "auto": bf16 on CUDA, and on a CPU with bf16 in hardware (1.2x the fp32 step here, held-out
-    figures within the run-to-run spread: docs/benchmarks.md); fp32 elsewhere."""
+    "auto": bf16 on CUDA, fp32 on a CPU. bf16 autocast on a CPU with bf16 in hardware trains 1.2x
+    faster here, but its convolution gradients differ from run to run (the same seed does not give
+    the same weights, so --resume would not continue exactly): it is opt-in (docs/benchmarks.md)."""
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" or (device.type == "cpu" and native_bf16_cpu()) else None
+        return torch.bfloat16 if device.type == "cuda" else None
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("mixed_precision fp16 needs a CUDA device; use bf16 or off")
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
