@@ -38,9 +38,11 @@ def test_ssim_map_is_the_textbook_ssim():
 
 
 def test_the_written_out_gradient_is_exact():
+    small, target = _pair(shape=(1, 2, 14, 16))           # gradcheck perturbs every input: keep it small
+    small.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: ssim(x, target), (small,))
     a, b = _pair()
     a.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: ssim(x, b), (a,))
     fast, = torch.autograd.grad(ssim(a, b), a)
     reference, = torch.autograd.grad(_textbook_ssim_map(a, b).mean(), a)
     assert float((fast - reference).abs().max() / reference.abs().max()) < 1e-10
