@@ -20,8 +20,8 @@ SPEAKER=${1:-}
 if [ -z "$SPEAKER" ]; then
   SPEAKER=$OUT/speaker
   if [ ! -f "$SPEAKER/meta.json" ]; then
-    "$PY" -m lipsync_engine.cli synth-video --duration 61 --fps 25 --overwrite "$OUT/synth61.mp4"
-    "$PY" -m lipsync_engine.cli prepare "$OUT/synth61.mp4" -o "$SPEAKER"
+    "$PY" -m lipsync_engine synth-video --duration 61 --fps 25 --overwrite "$OUT/synth61.mp4"
+    "$PY" -m lipsync_engine prepare "$OUT/synth61.mp4" -o "$SPEAKER"
   fi
 fi
 echo "# command: bash benchmarks/bench_gpu.sh $*  ($(date -u +%F))"

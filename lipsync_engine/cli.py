@@ -774,3 +774,7 @@ def run_command(args, reporter: Reporter, cancel: CancelToken) -> int:
         reporter.info("ERROR", msg) if args.json else print(f"error: {msg}", file=sys.stderr)
         code = EXIT_ENVIRONMENT if problem else EXIT_CRASH
     return code
+
+
+if __name__ == "__main__":      # python -m lipsync_engine.cli, as python -m lipsync_engine
+    sys.exit(main())
