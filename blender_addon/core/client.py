@@ -194,6 +194,36 @@ class JobOutcome:
         return self.status == "cancelled"
 
 
+def popen_engine(command: list[str], env: dict, cwd, stdin) -> subprocess.Popen:
+    """Start an engine process with its output piped as text lines, in a session (process group) of its
+    own, so that its workers end with it and Ctrl-C in Blender's terminal is the add-on's to relay.
+    OSError when the engine Python cannot run."""
+    popen = dict(stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd, text=True,
+                 encoding="utf-8", errors="replace", bufsize=1)
+    if os.name == "nt":
+        popen["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+    else:
+        popen["start_new_session"] = True
+    return subprocess.Popen(command, **popen)
+
+
+def start_readers(read_stdout, read_stderr, log_path: Path | None) -> tuple[list[threading.Thread], Path | None]:
+    """Start the two reader threads of an engine process; stderr is also written to log_path when it can
+    be opened. Returns (the threads, log_path or None when there is no log)."""
+    log = None
+    if log_path is not None:
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(log_path, "w", encoding="utf-8")
+        except OSError:
+            log_path = None
+    threads = [threading.Thread(target=read_stdout, daemon=True),
+               threading.Thread(target=read_stderr, args=(log,), daemon=True)]
+    for t in threads:
+        t.start()
+    return threads, log_path
+
+
 class EngineJob:
     """One engine subprocess. start(), then poll() from the UI thread (never blocks), or wait().
 
@@ -224,34 +254,14 @@ class EngineJob:
     # -- starting --------------------------------------------------------------------------
     def start(self) -> "EngineJob":
         self._last_activity = time.monotonic()
-        popen = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
-                     cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1)
-        if os.name == "nt":
-            popen["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            popen["start_new_session"] = True   # Ctrl-C in Blender's terminal is the add-on's to relay
         try:
-            self._proc = subprocess.Popen(self.command, **popen)
+            self._proc = popen_engine(self.command, self.env, self.cwd, subprocess.DEVNULL)
         except OSError as e:
             self.outcome = JobOutcome("missing", None, f"engine Python not found or not runnable: "
                                       f"{self.missing_hint} ({e.strerror or e}); {PREFERENCES_HINT}")
             return self
-        log = open(self.log_path, "w", encoding="utf-8") if self._open_log() else None
-        self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
-                         threading.Thread(target=self._read_stderr, args=(log,), daemon=True)]
-        for t in self._threads:
-            t.start()
+        self._threads, self.log_path = start_readers(self._read_stdout, self._read_stderr, self.log_path)
         return self
-
-    def _open_log(self) -> bool:
-        if self.log_path is None:
-            return False
-        try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            return True
-        except OSError:
-            self.log_path = None
-            return False
 
     def _read_stdout(self) -> None:
         for line in self._proc.stdout:

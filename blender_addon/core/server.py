@@ -27,7 +27,7 @@ import weakref
 from pathlib import Path
 
 from .client import (EXIT_CANCELLED, EXIT_GRACE_S, PREFERENCES_HINT, STDERR_TAIL_LINES, EngineJob, EngineSpec, JobOutcome,
-                     Message, ProtocolError, parse_line)
+                     Message, ProtocolError, parse_line, popen_engine, start_readers)
 
 SHUTDOWN_WAIT_S = 2.0          # seconds a server may take to end after its stdin closed
 _SERVERS: "weakref.WeakSet[EngineServer]" = weakref.WeakSet()
@@ -64,25 +64,10 @@ class EngineServer:
         """Start the process (OSError if the engine Python cannot run); nothing if it already runs."""
         if self._proc is not None:
             return self
-        popen = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
-                     cwd=self.spec.working_dir(), text=True, encoding="utf-8", errors="replace", bufsize=1)
-        if os.name == "nt":
-            popen["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            popen["start_new_session"] = True    # its workers die with it (killpg)
-        self._proc = subprocess.Popen(self.spec.command("serve"), **popen)
+        # in a session of its own: its workers die with it (killpg)
+        self._proc = popen_engine(self.spec.command("serve"), self.env, self.spec.working_dir(), subprocess.PIPE)
         self.pid = self._proc.pid
-        log = None
-        if self.log_path is not None:
-            try:
-                self.log_path.parent.mkdir(parents=True, exist_ok=True)
-                log = open(self.log_path, "w", encoding="utf-8")
-            except OSError:
-                self.log_path = None
-        self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
-                         threading.Thread(target=self._read_stderr, args=(log,), daemon=True)]
-        for t in self._readers:
-            t.start()
+        self._readers, self.log_path = start_readers(self._read_stdout, self._read_stderr, self.log_path)
         return self
 
     def _read_stdout(self) -> None:
