@@ -6,7 +6,9 @@ Layout of MODEL_DIR (format "lipsync3d-model", version 1):
                                     split, history (written last)
     model.safetensors               the network's weights ("model.*"), reference_vertices (468, 3),
                                     reference_lips (3, 128, 128) in [-1, 1]; no pickle
-    train_state.pt                  optimizer and RNG states for --resume (weights_only torch.save)
+    train_state.pt                  for --resume (weights_only torch.save): optimizer and RNG states,
+                                    and a copy of the epoch's weights and config, so that this one
+                                    file is a whole checkpoint (written first, the others after it)
     loss_curve.png                  the loss curve
     reference_atlas.png             copied from the speaker folder, so that a model folder is
     reference_atlas_normalized.png  self-contained (predicting needs no speaker folder)
@@ -19,6 +21,7 @@ reference face and atlases (dubbing workers, evaluation) stays light.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -93,14 +96,33 @@ def read_config(model_dir: Path | str) -> dict:
 
 def read_reference_vertices(model_dir: Path | str) -> np.ndarray:
     """(468, 3) float64 normalized reference face of MODEL_DIR, without torch."""
-    from safetensors.numpy import load_file
+    return _read_tensor(model_dir, "reference_vertices")
+
+
+def read_face_shape(model_dir: Path | str) -> np.ndarray | None:
+    """(468, 3) median face of the training frames (normalize.face_shape), None for a model made
+    before it was stored: what dubbing compares a target video's face with."""
+    from safetensors import safe_open
 
     root = Path(model_dir)
     try:
-        ref = load_file(str(root / WEIGHTS))["reference_vertices"]
-    except (OSError, KeyError, ValueError) as e:
+        with safe_open(str(root / WEIGHTS), "numpy") as f:
+            if "face_shape" not in f.keys():
+                return None
+    except Exception as e:
         raise EngineError(f"{root / WEIGHTS}: missing or unreadable model weights ({e})") from e
-    return np.asarray(ref, np.float64)
+    return _read_tensor(root, "face_shape")
+
+
+def _read_tensor(model_dir: Path | str, name: str) -> np.ndarray:
+    from safetensors import safe_open
+
+    root = Path(model_dir)
+    try:
+        with safe_open(str(root / WEIGHTS), "numpy") as f:
+            return np.asarray(f.get_tensor(name), np.float64)
+    except Exception as e:  # missing file or tensor, damaged file: safetensors raises its own types
+        raise EngineError(f"{root / WEIGHTS}: missing or unreadable model weights ({e})") from e
 
 
 def read_reference_atlas(model_dir: Path | str, normalized: bool = True) -> np.ndarray:
@@ -149,12 +171,36 @@ def save_checkpoint(out: Path, model, optimizer, config: dict, reference_vertice
     tensors["reference_lips"] = reference_lips.contiguous()
     for k, v in (extra or {}).items():
         tensors[k] = torch.as_tensor(v).float().contiguous()
-    with storage.atomic_path(out / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp))
+    epoch = str(int(config["epochs_done"]))
+    # The training state is the checkpoint of record: one file, one rename, so a run killed at
+    # any instant resumes from one whole epoch. The weights and config that predicting reads
+    # follow it, each stamped with its epoch (load_arrays / load_model refuse a mix).
     with storage.atomic_path(out / STATE) as tmp:
         torch.save({"optimizer": optimizer.state_dict(), "epochs_done": config["epochs_done"],
-                    "history": config["history"], **(rng or {})}, tmp)
+                    "history": config["history"], "weights": tensors, "config": json.dumps(config),
+                    **(rng or {})}, tmp)
+    with storage.atomic_path(out / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"epochs_done": epoch})
     storage.write_json(out / CONFIG, config)
+
+
+def _check_same_epoch(root: Path, metadata: dict | None, config: dict) -> None:
+    """Weights and config of one epoch, or an EngineError saying how to repair the folder."""
+    stamped = (metadata or {}).get("epochs_done")
+    if stamped is not None and "epochs_done" in config and int(stamped) != int(config["epochs_done"]):
+        raise EngineError(f"{root}: its weights are of epoch {stamped} and {CONFIG} of epoch "
+                          f"{config['epochs_done']} (training stopped while saving); resume the training "
+                          "to repair it")
+
+
+def _weights_metadata(path: Path) -> dict | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "numpy") as f:
+            return f.metadata()
+    except Exception:  # damaged: _load_weights says so
+        return None
 
 
 def _load_weights(path: Path, device: str | None) -> dict:
@@ -198,6 +244,7 @@ def load_arrays(model_dir: Path | str) -> tuple[dict, ModelDimensions, dict]:
     root = Path(model_dir)
     config, dims = _config_and_dims(root)
     tensors = _load_weights(root / WEIGHTS, None)
+    _check_same_epoch(root, _weights_metadata(root / WEIGHTS), config)
     _check_references(root, tensors)
     return config, dims, tensors
 
@@ -212,6 +259,7 @@ def load_model(model_dir: Path, device: str = "cpu") -> tuple:
     root = Path(model_dir)
     config, dims = _config_and_dims(root)
     tensors = _load_weights(root / WEIGHTS, device)
+    _check_same_epoch(root, _weights_metadata(root / WEIGHTS), config)
     model = LipSync3D(dims).to(device)
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

@@ -15,6 +15,7 @@ benchmarks/bench_train.py measures bf16 against fp32 (docs/benchmarks.md).
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 import uuid
@@ -32,7 +33,7 @@ from .checkpoint import (CURVE, MOUTH_BANK, copy_reference_files, config_header,
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from ..face.geometry import CylinderMap
 from ..face.topology import load_topology
-from ..prepare.normalize import mouth_openness
+from ..prepare.normalize import face_shape, mouth_openness
 from . import articulation
 from .losses import ssim
 from .network import LipSync3D, ModelDimensions, preset_dimensions
@@ -41,6 +42,7 @@ MEMMAP_ABOVE_BYTES = 2 * 1024 ** 3       # auto: spectrograms + lips larger than
 PRECISIONS = ("auto", "off", "bf16", "fp16")
 COSINE_FLOOR = 0.05                      # the cosine schedule ends at this fraction of the learning rate
 MIN_GAIN_FRAMES = 25                     # validation frames needed to fit the articulation gain
+MIN_TRAIN_FRAMES = 25                    # fewer training frames than this: refused (one second of video)
 CENTRE_FRAMES = 2000                     # training frames whose mean prediction centres the gain
 MIN_STOP_FRAMES = 50                     # validation frames needed to stop the geometry on them (2 s at 25 fps)
 PLOT_EVERY_S = 30.0                      # the loss curve is redrawn at most this often (and after the last epoch)
@@ -259,8 +261,9 @@ def _split(n: int, val_fraction: float, test_fraction: float = 0.0) -> tuple[tor
     test tail) follows the training frames; the test tail (test_fraction of all) is never read."""
     usable = n - int(round(n * test_fraction))
     n_val = int(round(usable * val_fraction))
-    if usable - n_val < 1:
-        raise DatasetError(f"too few frames to train on ({n})")
+    if usable - n_val < MIN_TRAIN_FRAMES:
+        raise DatasetError(f"too few frames to train on: {usable - n_val} of {n} are for training, at least "
+                           f"{MIN_TRAIN_FRAMES} are needed (about a second of video; a minute or more is recommended)")
     return torch.arange(usable - n_val), torch.arange(usable - n_val, usable)
 
 
@@ -449,6 +452,13 @@ def articulation_centre(model: LipSync3D, data: SpeakerTensors, rows: torch.Tens
     return {"mean_vertex_deltas": deltas.mean(0), "mean_blendshapes": bs.mean(0), "opening_direction": u}
 
 
+def _face_shape(data: SpeakerTensors, rows: torch.Tensor) -> np.ndarray:
+    """The median face of (at most CENTRE_FRAMES of) the training frames: dubbing compares a
+    target video's face with it (normalize.face_shape)."""
+    pick = rows[::max(1, len(rows) // CENTRE_FRAMES)]
+    return face_shape(data.reference_vertices.numpy()[None] + data.deltas[pick].numpy())
+
+
 def _save_mouth_bank(out: Path, data: SpeakerTensors, rows: torch.Tensor, size: int, cylinder) -> dict | None:
     """Build the mouth bank from the training frames (once: it does not depend on the weights)."""
     if size <= 0:
@@ -466,10 +476,22 @@ def _save_mouth_bank(out: Path, data: SpeakerTensors, rows: torch.Tensor, size: 
 
 
 def _resume(out: Path, model: LipSync3D, optimizer, gen: torch.Generator, device) -> tuple[int, list, dict]:
-    """Load MODEL_DIR's checkpoint into model, optimizer and RNGs; (epochs done, history, config)."""
-    trained, config, _ = load_model(out, str(device))
-    model.load_state_dict(trained.state_dict())
+    """Load MODEL_DIR's checkpoint into model, optimizer and RNGs; (epochs done, history, config).
+
+    Everything comes from train_state.pt, which save_checkpoint publishes first and whole: a run
+    killed while the weights or config.json were written resumes from the state's epoch all the
+    same. (A state from before it held weights is read with the weights and config beside it,
+    and only when they are of its epoch.)"""
     state = load_train_state(out, device)
+    if "weights" in state:
+        weights, config = state["weights"], json.loads(state["config"])
+        model.load_state_dict({k[6:]: v for k, v in weights.items() if k.startswith("model.")})
+    else:
+        trained, config, _ = load_model(out, str(device))
+        if int(config.get("epochs_done", -1)) != int(state["epochs_done"]):
+            raise EngineError(f"{out}: cannot resume exactly, its training state is of epoch {state['epochs_done']} "
+                              f"and its model of epoch {config.get('epochs_done')}; train it again from the start")
+        model.load_state_dict(trained.state_dict())
     optimizer.load_state_dict(state["optimizer"])
     stop = {k: state[k] for k in ("best", "best_loss", "since", "stopped") if k in state}
     config["_early_stop"] = {k: (float(v) if k == "best_loss" else int(v) if k == "since" else bool(v)
@@ -513,7 +535,10 @@ def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bo
     gen = torch.Generator().manual_seed(options.seed)
     device = pick_device(options.device)
     data = SpeakerTensors(speaker_dir, options.in_memory, options.lookahead_ms)
-    train_idx, val_idx = _split(len(data), options.val_fraction, options.test_fraction)
+    try:
+        train_idx, val_idx = _split(len(data), options.val_fraction, options.test_fraction)
+    except DatasetError as e:
+        raise DatasetError(f"{speaker_dir}: {e}") from None
     model_id = uuid.uuid4().hex[:12]
     resuming = resume and holds_model(out)
     if resuming:
@@ -562,6 +587,7 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
 
     bank = _save_mouth_bank(out, data, train_idx, options.mouth_bank, CylinderMap.from_dict(data.meta["cylinder"]))
     stop, plotted = r.stop, time.perf_counter()
+    face_shape = _face_shape(data, train_idx)
     for epoch in range(r.start, options.epochs):
         _set_learning_rate(r.optimizer, options, epoch)
         _freeze_geometry(r.model, options, epoch, bool(stop.get("stopped")))
@@ -587,7 +613,8 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
                          len(train_idx), len(val_idx), art)
         config["mouth_bank"] = bank
         save_checkpoint(out, r.model, r.optimizer, config, data.reference_vertices, data.reference_lips,
-                        {"generator": r.gen.get_state(), "torch": torch.get_rng_state(), **stop}, centre)
+                        {"generator": r.gen.get_state(), "torch": torch.get_rng_state(), **stop},
+                        {**centre, "face_shape": face_shape})
         if epoch + 1 == options.epochs or time.perf_counter() - plotted >= PLOT_EVERY_S:
             _plot(out / CURVE, history)         # 0.3 s a drawing: at most every PLOT_EVERY_S, and at the end
             plotted = time.perf_counter()
