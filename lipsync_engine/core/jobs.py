@@ -14,9 +14,10 @@ import os
 import queue
 import signal
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence
 
-from .errors import Cancelled
+from .errors import Cancelled, EnvironmentProblem
 from .progress import CancelToken
 
 _state: dict = {"report": lambda n: None, "cancelled": lambda: False}
@@ -110,6 +111,9 @@ class Batch:
         errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
         real = [e for e in errors if not isinstance(e, Cancelled)]
         if real:
+            if isinstance(real[0], BrokenProcessPool):  # a worker killed by a signal (the system's OOM killer...)
+                raise EnvironmentProblem("a worker process was killed by the system (out of memory?); finished "
+                                         "work is kept and a re-run resumes from it") from real[0]
             raise real[0]
         if errors or pool.cancel.is_set:
             raise Cancelled("cancelled; finished work is kept and a re-run resumes from it")

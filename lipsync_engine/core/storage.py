@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import EngineError
+from .errors import EngineError, EnvironmentProblem
 
 
 def temp_path_for(path: Path) -> Path:
@@ -87,3 +87,76 @@ def remove_stale_temporaries(folder: Path) -> None:
     """Delete temporaries left by a killed run (names start with '.' and hold '.tmp-')."""
     for p in Path(folder).glob(".*.tmp-*"):
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Refuse to start writing `needed` bytes into `folder` (or its nearest existing parent)
+    when the disk has less free: an EnvironmentProblem naming the folder and both sizes."""
+    where = Path(folder)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if needed > free:
+        raise EnvironmentProblem(f"{folder}: {what} needs about {_megabytes(needed)} of free disk space, "
+                                 f"{_megabytes(free)} left on that disk")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{max(n, 0) / 1e6:.0f} MB"
+
+
+def open_memmap_allocated(path: Path, dtype, shape: tuple) -> np.memmap:
+    """A new .npy memory map whose blocks are allocated on disk now.
+
+    Writing into the pages of a sparse memory-mapped file on a full disk kills the writer with
+    SIGBUS; allocating every block first turns a full disk into an OSError (ENOSPC) here."""
+    path = Path(path)
+    array = np.lib.format.open_memmap(path, "w+", np.dtype(dtype), tuple(shape))
+    if hasattr(os, "posix_fallocate"):  # Linux; elsewhere the file stays sparse
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as e:
+            del array
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        finally:
+            os.close(fd)
+    return array
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clear_leftovers(path: Path) -> None:
+    """What a killed run left beside the output `path`: its temporary (`.NAME.tmp-PID`) is
+    deleted; a previous result it had moved aside (`.NAME.old-PID`) goes back to `path` if
+    the run died before the new one took its place, else is deleted. Only leftovers of
+    processes that are gone are touched (another run may be writing its own)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for kind in ("tmp", "old"):
+        for p in path.parent.glob(f".{glob_escape(path.name)}.{kind}-*"):
+            pid = p.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            if kind == "old" and not path.exists():
+                os.replace(p, path)
+            elif p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    """`name` with the glob characters in it matched literally."""
+    import glob
+
+    return glob.escape(name)

@@ -79,6 +79,7 @@ class PredictResult:
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
     """Refuse to write over a prediction (unless overwrite) or into a folder holding anything else."""
+    storage.clear_leftovers(out)  # of a run killed before it could clean up (first: it may restore OUT)
     if not out.exists():
         return
     if not out.is_dir():
