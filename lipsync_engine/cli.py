@@ -126,6 +126,7 @@ def _in_range(kind, low=None, high=None, low_open=False, what=""):
 
 
 POSITIVE_FPS = _in_range(float, 0, 1000, low_open=True)
+SILENCE_DB = _in_range(float, -200, 0, what=" (dB below the file's peak)")
 WORKERS = _in_range(int, 1, 256)
 MAX_SYNTH_SECONDS = 3600.0
 
@@ -228,13 +229,15 @@ def _cmd_prepare(args, reporter: Reporter, cancel: CancelToken) -> None:
         options = replace(options, reference=(int(take), int(frame)))
     result = prepare_speaker(args.videos, args.output, options, reporter, cancel, overwrite=args.overwrite)
     reporter.close()
-    for line in result.excluded:
+    for line in (*result.excluded, *result.warnings):
         reporter.info("WARN", line)
     for line in result.cuts:
         reporter.info("STATUS", line)
     what = "already prepared" if result.skipped else f"prepared in {result.seconds:.1f} s"
-    reporter.info("RESULT", f"{result.path}: {result.frames} frames from {result.takes} take(s), {what}; "
-                  f"report: {result.path / 'report' / 'index.html'}", path=str(result.path), frames=result.frames)
+    report = result.path / "report" / "index.html"
+    where = f"; report: {report}" if options.report and report.is_file() else ""
+    reporter.info("RESULT", f"{result.path}: {result.frames} frames from {result.takes} take(s), {what}{where}",
+                  path=str(result.path), frames=result.frames)
 
 
 def _cmd_fit(args, reporter: Reporter, cancel: CancelToken) -> None:
@@ -470,6 +473,8 @@ def _cmd_dub(args, reporter: Reporter, cancel: CancelToken) -> None:
         articulation=args.articulation))
     r = dub_video(args.model, args.audio, args.video, args.output, options, reporter, cancel, overwrite=args.overwrite)
     reporter.close()
+    for line in r.warnings:
+        reporter.info("WARN", line)
     looped = f", video {'looped (pingpong)' if args.loop == 'pingpong' else 'held'} to the audio's length" \
         if r.looped else ""
     resumed = f", {r.resumed} segment(s) reused" if r.resumed else ""
@@ -650,7 +655,7 @@ def build_parser(parser_class: type = _Parser) -> argparse.ArgumentParser:
     sq.add_argument("--end", type=float, nargs="+", help="last second of the audio to use (one value, or one per "
                     "AUDIO)")
     sq.add_argument("--no-smoothing", action="store_true", help="no temporal smoothing of vertices/blendshapes")
-    sq.add_argument("--silence-db", type=float, default=-45.0,
+    sq.add_argument("--silence-db", type=SILENCE_DB, default=-45.0,
                     help="frames this many dB below the file's peak rest closed (default -45)")
     sq.add_argument("--no-atlas", action="store_true", help="geometry and blendshapes only (no lip atlases)")
     sq.add_argument("--no-preview", action="store_true", help="skip preview.mp4")
@@ -723,6 +728,8 @@ def build_parser(parser_class: type = _Parser) -> argparse.ArgumentParser:
                 action.type = POSITIVE_FPS
             elif action.dest == "workers":
                 action.type = WORKERS
+            elif action.dest == "silence_db":
+                action.type = SILENCE_DB
             elif action.type is float:        # nan and inf are never what a user meant
                 action.type = _finite
     return p

@@ -38,6 +38,7 @@ from ..core import jobs, storage
 from ..core.errors import EngineError, InputError, NoFaceError, OutputExists
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from ..io import media, videowriter
+from ..model import checkpoint
 from ..prepare import normalize
 from ..prepare.lighting import LightingOptions
 from .faceblend import FEATHER, FaceBlender, model_assets
@@ -90,6 +91,7 @@ class DubResult:
     looped: bool          # True when the audio outlasted the video (pingpong/hold was used)
     seconds: float        # wall time of this run
     resumed: int          # segments reused from an interrupted run
+    warnings: tuple[str, ...] = ()  # suspicious input (the target's face unlike the model's speaker)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -205,8 +207,8 @@ def _predict_streaming(model_dir: Path, audio: Path, plan: "_Plan", options: Dub
                            articulation=options.articulation)
     pp = plan_prediction(audio, popts)
     with storage.atomic_path(work / "pred_vertices.npy") as tv, storage.atomic_path(work / "pred_lips.npy") as tl:
-        verts = np.lib.format.open_memmap(tv, "w+", np.float32, (plan.n_out, 468, 3))
-        lips = np.lib.format.open_memmap(tl, "w+", np.uint8, (plan.n_out, 128, 128, 3))
+        verts = storage.open_memmap_allocated(tv, np.float32, (plan.n_out, 468, 3))
+        lips = storage.open_memmap_allocated(tl, np.uint8, (plan.n_out, 128, 128, 3))
         last = None
         for chunk in predictor.iter_chunks(pp, popts, on_progress, cancel):
             a, b = chunk.first, min(chunk.first + len(chunk.times), plan.n_out)
@@ -416,6 +418,7 @@ def _stage(on_progress, name: str, total: int, done: int = 0):
 
 
 def _check_paths(model_dir: Path, audio: Path, video: Path, out: Path, overwrite: bool) -> None:
+    storage.clear_leftovers(out)  # the temporary of a run killed while it wrote OUT
     if out.suffix.lower() not in (".mp4", ".m4v", ".mov"):
         raise InputError(f"{out.name}: the output must be an .mp4 (or .m4v/.mov) file")
     if out.exists() and not overwrite:
@@ -457,6 +460,7 @@ def dub_video(model_dir: Path | str, audio: Path | str, video: Path | str, outpu
         poses = _poses(track, assets["reference_vertices"], plan.first, plan.fps, options.pose_smoothing_s)
         if not poses["usable"].any():
             raise NoFaceError(f"{video.name}: no single face found in any of its {n_src} frames to dub")
+        warnings = _identity_warnings(model_dir, video, poses)
         _prediction(work, model_dir, audio, plan, options, predict_fn, on_progress, cancel)
         schedule = source_schedule(plan.n_out, n_src, options.loop)
         segments = _segment_jobs(work, model_dir, video, plan, schedule, track, poses, options)
@@ -469,4 +473,18 @@ def dub_video(model_dir: Path | str, audio: Path | str, video: Path | str, outpu
     on_progress(Progress("mux", 1, 1))
     shutil.rmtree(work, ignore_errors=True)
     return DubResult(out, plan.n_out, plan.fps, int(poses["usable"][schedule].sum()), plan.n_out > n_src,
-                     time.perf_counter() - t0, len(segments) - len(pending))
+                     time.perf_counter() - t0, len(segments) - len(pending), warnings)
+
+
+def _identity_warnings(model_dir: Path, video: Path, poses: dict) -> tuple[str, ...]:
+    """A line when the target's face is shaped unlike the speaker the model was trained on
+    (normalize.IDENTITY_LIMIT); nothing for a model made before it stored that shape."""
+    speaker = checkpoint.read_face_shape(model_dir)
+    if speaker is None:
+        return ()
+    d = normalize.shape_difference(normalize.face_shape(poses["target_vertices"][poses["usable"]]), speaker)
+    if d <= normalize.IDENTITY_LIMIT:
+        return ()
+    return (f"{video.name}: its face is shaped unlike the speaker the model was trained on ({d:.1%} apart; one "
+            f"person measures under {normalize.IDENTITY_LIMIT:.1%}): dubbing another person gives them the "
+            "speaker's mouth and teeth",)

@@ -46,6 +46,14 @@ EYE_OPEN_MIN = 0.2          # eyelid gap / eye width of an open eye
 # Both find exactly the anchor's 4 cuts, and none in GRID s1's 100 clips.
 CUT_SCALE, CUT_SHIFT = 0.04, 0.05
 CUT_MOTION, CUT_SPIKE = 8.0, 6.0
+# Another person: the median shape of a take's (or shot's) rigid upper face (face_shape) differs
+# from the reference take's by more than IDENTITY_LIMIT of its size (shape_difference). Measured
+# on prepared speakers of the shared clips: one person at most 1.95% (GRID s1's 100 clips) and
+# 0.8% (the anchor's 5 shots between jump cuts); two people 2.9-3.3% (GRID s4 against s1, MEAD
+# W040 against the TED speaker) and 6.8% (the TED speaker against the German anchor). A single
+# frame is too noisy to compare with (the anchor's own takes lie up to 3.4% from its reference
+# frame). A warning for a face of another shape, not face recognition.
+IDENTITY_LIMIT = 0.025
 
 
 def mouth_openness(points: np.ndarray) -> np.ndarray:
@@ -136,6 +144,26 @@ def detect_cuts(landmarks: np.ndarray, frame_numbers: np.ndarray | None = None) 
     neighbours = np.where(np.isfinite(neighbours), np.maximum(neighbours, typical), typical)
     cuts[1:] |= np.isfinite(step) & (step > CUT_MOTION * typical) & (step > CUT_SPIKE * neighbours)
     return cuts
+
+
+def face_shape(points: np.ndarray) -> np.ndarray:
+    """(F, 468, 3) points of one person (any pose; y up) -> (468, 3): their median shape after
+    aligning every frame's rigid upper face to the first frame's."""
+    ids = load_topology().pose_ids
+    pts = np.asarray(points, np.float64)
+    scale, rot, trans = geometry.umeyama_batch(pts[:, ids], np.broadcast_to(pts[0, ids], pts[:, ids].shape))
+    return np.median(scale[:, None, None] * np.einsum("fij,fnj->fni", rot, pts) + trans[:, None, :], axis=0)
+
+
+def shape_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """How far the rigid upper faces of two (468, 3) shapes differ: the RMS distance after a
+    similarity fit, over the RMS size (0.01 = 1%). Above IDENTITY_LIMIT: probably two people."""
+    ids = load_topology().pose_ids
+    a, b = np.asarray(a, np.float64)[ids], np.asarray(b, np.float64)[ids]
+    s = geometry.umeyama(a, b)
+    fitted = s.scale * a @ s.rotation.T + s.translation
+    size = ((b - b.mean(0)) ** 2).sum(1).mean()
+    return float(np.sqrt(((fitted - b) ** 2).sum(1).mean() / size))
 
 
 def normalize_vertices(landmarks: np.ndarray, reference_vertices: np.ndarray,

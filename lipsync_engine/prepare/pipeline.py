@@ -44,6 +44,10 @@ ATLAS_SHARD_VERSION = 2     # 2: atlases, lips and gains written into .work's sh
 # whole dataset in .work (a memory map), which becomes the dataset's file by a rename: no copy
 # of the atlases (1.5 GB for a 5-minute take) at assembly. (file, per-frame shape, dtype)
 SHARED_ARRAYS = tuple(dataset.ARRAYS[name] for name in ("atlas", "lips", "gain"))
+TRUNCATED_FRACTION = 0.98  # fewer decoded frames than this part of the header's count: a warning
+SHORT_SPEAKER_S = 5.0      # less usable video than this: a warning (too little to train on)
+IDENTITY_MIN_FRAMES = 10   # shots shorter than this are not compared with the reference face
+FREE_SPACE_MARGIN = 32 << 20  # bytes kept free beyond the dataset's arrays: report, meta, temporaries
 TRACK_TASKS_PER_WORKER = 25  # parts a tracking worker handles before it is replaced (see _Run.track)
 # Frames tracked before a part's first frame and dropped. MediaPipe's video mode carries its
 # face region from frame to frame: a graph started cold (on a detection) puts the landmarks of
@@ -92,6 +96,7 @@ class PrepareResult:
     skipped: bool                # True when the directory was already complete for these inputs
     seconds: float
     cuts: tuple[str, ...] = ()   # one line per take with jump cuts (an edited take)
+    warnings: tuple[str, ...] = ()  # suspicious input: a truncated file, another person, too little video
 
 
 def collect_videos(inputs: Sequence[Path | str]) -> list[Path]:
@@ -339,6 +344,9 @@ class _Run:
         self.cancel = cancel
         self.takes: list[Take] = []
         self.timings: dict[str, float] = {}
+        self.warnings: list[str] = []   # suspicious input, one line each (PrepareResult.warnings)
+        self.reference: tuple[int, int] = (-1, -1)  # (take, frame); take -1: another speaker's
+        self.borrowed_shape = None      # that speaker's face shape (reference_speaker)
 
     def stage(self, name: str, total: int, message: str = "", done: int = 0):
         """Start a progress stage; `done` counts units already finished by an earlier run."""
@@ -414,7 +422,40 @@ class _Run:
             t.usable, t.excluded = usable, "; ".join(parts)
             if parts:
                 lines.append(f"{name}: {len(counts) - len(usable)} frame(s) excluded: {t.excluded}")
+            announced = t.info.frame_count
+            if announced and n < TRUNCATED_FRACTION * announced - 1:
+                self.warnings.append(f"{name}: only {n} of the {announced} frames its header announces could be "
+                                     "decoded: the file is truncated or damaged; the rest is left out")
         return lines
+
+    def check_amount(self) -> None:
+        """Warn when the speaker is too short to train a model that generalizes."""
+        seconds = sum(len(t.usable) / (t.info.fps or 25.0) for t in self.takes)
+        if seconds < SHORT_SPEAKER_S:
+            self.warnings.append(f"only {seconds:.1f} s of usable video: too little to train a model that follows "
+                                 "new speech (a minute or more is recommended)")
+
+    def check_identity(self) -> None:
+        """Warn for a take, or a shot after a jump cut, whose face is shaped unlike the reference's."""
+        from . import normalize
+
+        k_ref = self.reference[0]
+        reference = (normalize.face_shape(self.takes[k_ref].vertices) if k_ref >= 0
+                     else self.borrowed_shape)   # another speaker's reference: its training frames' shape
+        if reference is None:
+            return
+        for t in self.takes:
+            starts = [0, *np.flatnonzero(t.cuts).tolist()]
+            for a, b in zip(starts, starts[1:] + [len(t.usable)]):
+                if b - a < IDENTITY_MIN_FRAMES:
+                    continue
+                d = normalize.shape_difference(normalize.face_shape(t.vertices[a:b]), reference)
+                if d > normalize.IDENTITY_LIMIT:
+                    where = f"from frame {int(t.usable[a])} on" if a else "in this take"
+                    self.warnings.append(
+                        f"{t.path.name}: the face {where} is shaped unlike the reference face ({d:.1%} apart; one "
+                        f"person measures under {normalize.IDENTITY_LIMIT:.1%}): another person? A speaker "
+                        "folder must hold one person only")
 
     def choose_reference(self) -> tuple[int, int]:
         from . import normalize
@@ -449,6 +490,8 @@ class _Run:
         norm = normalize.PoseNormalization(np.load(speaker / dataset.REFERENCE_VERTICES).astype(np.float64),
                                            geometry.CylinderMap.from_dict(meta["cylinder"]), (box["row"], box["col"]))
         self.normalize_takes(norm)
+        theirs = np.load(speaker / dataset.ARRAYS["vertices"][0], mmap_mode="r")
+        self.borrowed_shape = normalize.face_shape(theirs[::max(1, len(theirs) // 500)])
         builder = normalize.AtlasBuilder(norm, self.options.lighting)
         image = dataset.read_reference_atlas(speaker)
         valid = builder.raster(norm.reference_vertices).mask
@@ -516,20 +559,29 @@ class _Run:
         """Make .work's SHARED_ARRAYS for `total` frames, unless an interrupted run left them so.
 
         Made anew (and every chunk with them: their rows are gone), they are sparse files."""
+        missing = []
         for file, shape, dtype in SHARED_ARRAYS:
-            path = self.work / file
             try:
-                a = np.load(path, mmap_mode="r")
+                a = np.load(self.work / file, mmap_mode="r")
                 ok = a.shape == (total, *shape) and a.dtype == np.dtype(dtype)
                 del a
             except (OSError, ValueError):
                 ok = False
             if not ok:
-                for chunk in self.work.glob("atlas_*"):
-                    shutil.rmtree(chunk, ignore_errors=True)
-                with storage.atomic_path(path) as tmp:
-                    made = np.lib.format.open_memmap(tmp, "w+", np.dtype(dtype), (total, *shape))
-                    del made  # unmapped: the file stays, all zeros, its pages not yet on disk
+                missing.append((file, shape, dtype))
+        # the dataset's every array is written from here on: refuse now rather than half-way
+        shared = {file for file, _, _ in SHARED_ARRAYS} - {file for file, _, _ in missing}
+        needed = sum(total * int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                     for file, shape, dtype in dataset.ARRAYS.values() if file not in shared)
+        storage.check_free_space(self.out, int(needed * 1.02) + FREE_SPACE_MARGIN, f"preparing {total} frames")
+        for file, shape, dtype in missing:
+            for chunk in self.work.glob("atlas_*"):
+                shutil.rmtree(chunk, ignore_errors=True)
+            with storage.atomic_path(self.work / file) as tmp:
+                # allocated on disk now: the workers write through memory maps, where a full
+                # disk would be a SIGBUS instead of an error
+                made = storage.open_memmap_allocated(tmp, dtype, (total, *shape))
+                del made
 
     def atlases(self, atlas_jobs: list[AtlasJob], pool: jobs.WorkerPool) -> None:
         t0 = time.perf_counter()
@@ -718,26 +770,65 @@ def _result_options(options: PrepareOptions) -> dict:
     return d
 
 
-def _check_output_dir(out: Path, fingerprint: str, overwrite: bool) -> bool:
-    """True if `out` is already complete for these inputs; refuses to clobber anything else."""
+def _check_output_dir(out: Path, fingerprint: str, overwrite: bool) -> str:
+    """What to do with `out`: "done" (already complete for these inputs), "new" (write into it:
+    missing, empty, or our own interrupted run) or "replace" (a speaker from other inputs, with
+    overwrite: built beside it and swapped in at the end). Refuses to clobber anything else."""
     if not out.exists():
-        return False
+        return "new"
     if not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     meta_path = out / dataset.META
     if meta_path.is_file():
         meta = dataset.read_meta(out)
         if meta.get("fingerprint") == fingerprint:
-            return True
+            return "done"
         if not overwrite:
             raise OutputExists(f"{out}: already holds a prepared speaker made from other videos or options")
-        meta_path.unlink()
-        return False
+        return "replace"
     if (out / WORK).is_dir():  # our own interrupted run: resume it
-        return False
-    if any(out.iterdir()) and not overwrite:
+        return "new"
+    if any(out.iterdir()):  # overwrite replaces a prepared speaker, never a folder of other files
         raise InputError(f"{out}: folder is not empty and is not a speaker directory; choose an empty folder")
-    return False
+    return "new"
+
+
+def _staging_dir(out: Path) -> Path:
+    """Where a replacing run builds the new speaker: beside the old one, on the same file system."""
+    return out.with_name(f".{out.name}.prepare-new")
+
+
+def _retired_dir(out: Path) -> Path:
+    return out.with_name(f".{out.name}.prepare-old")
+
+
+def _finish_swap(out: Path) -> None:
+    """Complete or undo the swap of a replacing run that was killed half-way through it."""
+    old = _retired_dir(out)
+    if not old.is_dir():
+        return
+    if out.exists():  # the new speaker is in place: the old one only waited to be deleted
+        shutil.rmtree(old, ignore_errors=True)
+    else:             # killed between the two renames: the old speaker goes back
+        os.replace(old, out)
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace the speaker `out` by the complete one in `staging`: two renames, then the old is deleted."""
+    old = _retired_dir(out)
+    os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _discard_failed(folder: Path, existed: bool) -> None:
+    """After bad input: remove what the run wrote (a re-run cannot use it), and the folder
+    itself if the run made it."""
+    if not existed:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for p in folder.iterdir():
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: PrepareOptions = PrepareOptions(),
@@ -755,14 +846,39 @@ def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: 
     out = Path(out_dir)
     fps = [_take_fingerprint(p) for p in paths]
     fingerprint = _fingerprint(fps, _result_options(options), dataset.FORMAT_VERSION)
-    if _check_output_dir(out, fingerprint, overwrite):
+    _finish_swap(out)
+    state = _check_output_dir(out, fingerprint, overwrite)
+    if state == "done":
+        shutil.rmtree(_staging_dir(out), ignore_errors=True)  # a replacing run given up for these inputs
         meta = dataset.read_meta(out)
-        ref = (meta["reference"]["take"], meta["reference"]["frame"])
         if options.report and not (out / "report" / "index.html").is_file():
             from .report import write_report
             write_report(out, on_progress)
-        return PrepareResult(out, meta["frames"], len(meta["takes"]), tuple(meta["excluded"]), ref, True,
-                             time.perf_counter() - t0, _cut_lines(meta["takes"]))
+        return PrepareResult(out, meta["frames"], len(meta["takes"]), tuple(meta["excluded"]), _meta_reference(meta),
+                             True, time.perf_counter() - t0, _cut_lines(meta["takes"]), tuple(meta.get("warnings", ())))
+    # a speaker made from other inputs stays whole until the new one is complete
+    folder = _staging_dir(out) if state == "replace" else out
+    existed = folder.exists()
+    try:
+        meta = _prepare_into(paths, folder, fingerprint, options, on_progress, cancel)
+    except InputError:
+        _discard_failed(folder, existed)  # bad input: nothing of this run is of use to a re-run
+        raise
+    if state == "replace":
+        _swap_in(folder, out)
+    return PrepareResult(out, meta["frames"], len(meta["takes"]), tuple(meta["excluded"]), _meta_reference(meta),
+                         False, time.perf_counter() - t0, _cut_lines(meta["takes"]), tuple(meta["warnings"]))
+
+
+def _meta_reference(meta: dict) -> tuple[int, int]:
+    return meta["reference"]["take"], meta["reference"]["frame"]
+
+
+def _prepare_into(paths: list[Path], out: Path, fingerprint: str, options: PrepareOptions,
+                  on_progress: ProgressCallback, cancel: CancelToken) -> dict:
+    """The whole run, into `out` (new, empty, or an interrupted run's folder that it resumes);
+    returns the meta.json it wrote last."""
+    t0 = time.perf_counter()
     run = _Run(paths, out, options, on_progress, cancel)
     run.work.mkdir(parents=True, exist_ok=True)
     storage.remove_stale_temporaries(out)
@@ -779,6 +895,9 @@ def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: 
             ref = run.choose_reference()
             norm = run.normalize_geometry(ref)
             builder, _ = run.reference_atlas(ref, norm)
+        run.reference = ref
+        run.check_identity()
+        run.check_amount()
         ref_key = _fingerprint(ref, norm.cylinder.to_dict(), asdict(options.lighting))
         atlas_jobs = run.atlas_jobs(norm, builder, ref_key, _sample_frames(run.takes))
         run.timings["reference_s"] = time.perf_counter() - t_ref
@@ -798,11 +917,10 @@ def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: 
             units(1)
     run.timings["total_s"] = time.perf_counter() - t0
     meta = _meta(run, norm, ref, fingerprint, excluded)
+    meta["warnings"] = run.warnings
     storage.write_json(out / dataset.META, meta)
     if options.report:
         from .report import write_index
         write_index(out)
     shutil.rmtree(run.work, ignore_errors=True)
-    frames = sum(len(t.usable) for t in run.takes)
-    return PrepareResult(out, frames, len(run.takes), tuple(excluded), ref, False, time.perf_counter() - t0,
-                         _cut_lines(meta["takes"]))
+    return meta
