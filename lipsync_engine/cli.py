@@ -20,7 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .core import protocol
-from .core.errors import Cancelled, EngineError, EnvironmentProblem, InputError, OutputExists, UsageError
+from .core.errors import (Cancelled, EngineError, EnvironmentProblem, InputError, NoAudioDevice, OutputExists,
+                          UsageError)
 from .core.progress import CancelToken, Progress
 from .core.protocol import EXIT_CANCELLED, EXIT_CRASH, EXIT_ENVIRONMENT, EXIT_ERROR, EXIT_OK, EXIT_USAGE  # noqa: F401
 from .core.version import __version__
@@ -189,6 +190,9 @@ _FLAG_HINTS = {
     ("dub", OutputExists): "choose another name or pass --overwrite",
     ("export", OutputExists): "choose another name or pass --overwrite",
     ("synth-video", OutputExists): "choose another name or pass --overwrite",
+    ("train", OutputExists): "pass --resume to continue it or choose another folder",
+    ("predict", OutputExists): "pass --overwrite to replace it",
+    ("live", NoAudioDevice): "or read a file with --input FILE",
 }
 
 

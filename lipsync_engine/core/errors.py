@@ -45,3 +45,10 @@ class UsageError(EngineError):
     at all; answered with ERROR and DONE (exit code 2, as the CLI's bad usage), the server goes on."""
 
     exit_code = 2
+
+
+class NoAudioDevice(EngineError):
+    """No microphone, or PortAudio missing (`lipsync live --input mic`): bad usage on this
+    machine (exit code 2)."""
+
+    exit_code = 2

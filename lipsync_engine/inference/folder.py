@@ -86,8 +86,7 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise InputError(f"{out}: exists and is not a folder")
     if (out / "result.json").exists():
         if not overwrite:
-            # the flag stays in this message: tests/engine/test_predict.py checks the library's words
-            raise OutputExists(f"{out}: already holds a prediction; pass --overwrite to replace it")
+            raise OutputExists(f"{out}: already holds a prediction")  # the CLI adds its flag
     elif any(out.iterdir()):
         raise EngineError(f"{out}: folder is not empty and holds no prediction; choose another output folder")
 

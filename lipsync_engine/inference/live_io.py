@@ -28,7 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..core.errors import EngineError
+from ..core.errors import EngineError, NoAudioDevice
 from ..io import media
 from ..prepare import audio
 from ..rig.names import ARKIT_NAMES
@@ -40,12 +40,6 @@ SINK_QUEUE = 4                # frames a sink may hold before it drops (a late c
 HIST_BIN_S = 0.0001           # latency histogram bin (0.1 ms)
 HIST_MAX_S = 5.0              # latencies above this land in the last bin
 VMC_VAL, VMC_APPLY = "/VMC/Ext/Blend/Val", "/VMC/Ext/Blend/Apply"
-
-
-class NoAudioDevice(EngineError):
-    """No microphone, or PortAudio missing: bad usage on this machine (exit code 2)."""
-
-    exit_code = 2
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -248,11 +242,11 @@ class MicSource:
             import sounddevice as sd
         except OSError as e:                      # sounddevice raises OSError when libportaudio is missing
             raise NoAudioDevice(f"microphone: PortAudio is not installed ({e}); install libportaudio2 "
-                                "(apt-get install libportaudio2) or use --input FILE") from None
+                                "(apt-get install libportaudio2)") from None   # the CLI adds: or --input FILE
         try:
             info = sd.query_devices(device, "input")
         except (ValueError, sd.PortAudioError) as e:
-            raise NoAudioDevice(f"microphone: no audio input device found ({e}); use --input FILE") from None
+            raise NoAudioDevice(f"microphone: no audio input device found ({e})") from None
         self.sd, self.rate = sd, int(info["default_samplerate"])
         self.channels = max(1, min(2, int(info["max_input_channels"])))
         self.device = device

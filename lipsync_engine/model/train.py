@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..core import storage
-from ..core.errors import DatasetError, EngineError, OutputExists
+from ..core.errors import DatasetError, EngineError, InputError, OutputExists
 from ..prepare import dataset
 from .checkpoint import (CURVE, MOUTH_BANK, copy_reference_files, config_header, holds_model, load_model,
                          load_train_state, pick_device, read_config, save_checkpoint)
@@ -524,13 +524,12 @@ class _RunState:
 def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bool, dims) -> _RunState:
     """Data, split, scale, model, optimizer and the state to start from (fresh or resumed)."""
     if (out / dataset.META).is_file() or out.resolve() == Path(speaker_dir).resolve():
-        raise OutputExists(f"{out}: a prepared speaker directory (it holds {dataset.META}); write the model to "
+        raise InputError(f"{out}: a prepared speaker directory (it holds {dataset.META}); write the model to "
                            "a folder of its own")
     if out.exists() and not out.is_dir():
-        raise OutputExists(f"{out}: a file, not a folder; the model is written to a folder")
+        raise InputError(f"{out}: a file, not a folder; the model is written to a folder")
     if holds_model(out) and not resume:
-        # the flag stays in this message: tests/engine/test_train.py checks the library's words
-        raise OutputExists(f"{out}: already holds a model; pass --resume to continue it or choose another folder")
+        raise OutputExists(f"{out}: already holds a model")  # the CLI and the add-on say how to go on
     torch.manual_seed(options.seed)
     gen = torch.Generator().manual_seed(options.seed)
     device = pick_device(options.device)

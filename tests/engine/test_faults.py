@@ -250,3 +250,19 @@ def test_predict_on_a_full_disk_exits_4_and_leaves_nothing(trained_demo, demo_vi
     assert str(out / "pred") in line
     assert snapshot(out) == {"keep.txt": b"the user's file\n"}
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_library_errors_name_no_flag_and_the_cli_adds_it():
+    from lipsync_engine.core.errors import OutputExists
+
+    assert cli.error_line("train", OutputExists("m: already holds a model")) == \
+        "m: already holds a model; pass --resume to continue it or choose another folder"
+    assert cli.error_line("predict", OutputExists("p: already holds a prediction")) == \
+        "p: already holds a prediction; pass --overwrite to replace it"
+    assert cli.error_line("serve", OutputExists("x: already exists")) == "x: already exists"
+    # the library's own messages: no command-line flag in any of them
+    import re
+
+    library = [p for p in (ROOT / "lipsync_engine").rglob("*.py") if p.name not in ("cli.py", "live_cli.py")]
+    raised = [m for p in library for m in re.findall(r"raise \w+\((f?\"[^\n]*)", p.read_text(encoding="utf-8"))]
+    assert raised and not [m for m in raised if re.search(r"pass --|use --|--resume|--overwrite", m)]

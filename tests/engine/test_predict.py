@@ -197,7 +197,7 @@ def test_existing_result_is_refused_then_overwritten_and_cancel_leaves_nothing(m
     opts, fast = PredictOptions(fps=25.0, end_s=1.0, atlas=False), OutputOptions(preview=False)
     predict_to_folder(model, voice[0], out, opts, fast)
     assert "atlas_dir" not in json.loads((out / "result.json").read_text())["files"]
-    with pytest.raises(EngineError, match="already holds a prediction; pass --overwrite"):
+    with pytest.raises(EngineError, match="already holds a prediction$"):
         predict_to_folder(model, voice[0], out, opts, fast)
     predict_to_folder(model, voice[0], out, PredictOptions(fps=50.0, end_s=1.0, atlas=False),
                       OutputOptions(preview=False, overwrite=True))
