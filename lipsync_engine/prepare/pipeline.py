@@ -558,7 +558,8 @@ class _Run:
     def shared_arrays(self, total: int) -> None:
         """Make .work's SHARED_ARRAYS for `total` frames, unless an interrupted run left them so.
 
-        Made anew (and every chunk with them: their rows are gone), they are sparse files."""
+        Made anew (and every chunk with them: their rows are gone), their blocks are allocated on
+        disk at once, after a check that the whole dataset fits (storage.check_free_space)."""
         missing = []
         for file, shape, dtype in SHARED_ARRAYS:
             try:
