@@ -38,6 +38,8 @@ def add_live_parsers(sub, live_func, say_func) -> None:
                     help="frames this many dB below the loudest so far rest closed (default -45; -inf = off)")
     sl.add_argument("--atlas", action="store_true", help="predict the lip atlas too (recorded with --record)")
     sl.add_argument("--vertices", action="store_true", help="vertices in the FRAME messages too")
+    sl.add_argument("--lips", action="store_true", help="the lip atlas crop in the FRAME messages too (base64 PNG, "
+                    "\"lips_png\"; implies --atlas)")
     sl.add_argument("--stats", action="store_true", help="print latency and processing percentiles at the end")
     sl.add_argument("--max-seconds", type=float, help="stop after this much audio")
     sl.add_argument("--no-preview", action="store_true", help="--record without preview.mp4")
@@ -70,10 +72,11 @@ def run_live_command(args, reporter, cancel) -> None:
 
     try:
         options = LiveOptions(PredictOptions(fps=args.fps, smoothing=not args.no_smoothing,
-                                             silence_db=args.silence_db, atlas=args.atlas, device=args.device),
+                                             silence_db=args.silence_db, atlas=args.atlas or args.lips,
+                                             device=args.device),
                               lookahead_ms=args.lookahead, vertices=args.vertices or args.record is not None)
         vmc = parse_host_port(args.vmc) if args.vmc else None
-        out_options = OutputOptions(atlas_images=args.atlas, preview=not args.no_preview, overwrite=args.overwrite)
+        out_options = OutputOptions(atlas_images=args.atlas or args.lips, preview=not args.no_preview, overwrite=args.overwrite)
     except ValueError as e:
         raise InputError(f"live: {e}") from e
     if args.record is not None:
@@ -89,7 +92,7 @@ def run_live_command(args, reporter, cancel) -> None:
     sinks = []
     lossless = args.as_fast_as_possible               # no clock to keep: every frame is delivered
     if args.json:
-        sinks.append(JsonSink(stats, timed=True, lossless=lossless))
+        sinks.append(JsonSink(stats, timed=True, lossless=lossless, lips=args.lips))
     if vmc is not None:
         sinks.append(VmcSink(stats, timed=not sinks, host=vmc[0], port=vmc[1], lossless=lossless))
     recording = LiveRecording() if args.record is not None else None

@@ -139,12 +139,14 @@ class Sink:
 
 
 class JsonSink(Sink):
-    """["FRAME", {"frame", "time", "silent", "blendshapes": [52], "vertices"?: [[x, y, z] x 468]}] lines."""
+    """["FRAME", {"frame", "time", "silent", "blendshapes": [52], "vertices"?: [[x, y, z] x 468],
+    "lips_png"?: base64 PNG of the (128, 128) RGB lip crop}] lines (lips: with lips=True, when the
+    stream predicts the atlas)."""
 
     name = "json"
 
-    def __init__(self, stats: LiveStats, timed: bool, lossless: bool = False, stream=None):
-        self.stream = stream or sys.stdout
+    def __init__(self, stats: LiveStats, timed: bool, lossless: bool = False, stream=None, lips: bool = False):
+        self.stream, self.lips = stream or sys.stdout, lips
         super().__init__(stats, timed, lossless)
 
     def send(self, frame: LiveFrame) -> None:
@@ -152,6 +154,8 @@ class JsonSink(Sink):
                    "blendshapes": [round(float(v), 5) for v in frame.blendshapes]}
         if frame.vertices is not None:
             payload["vertices"] = np.round(frame.vertices, 4).tolist()
+        if self.lips and frame.lips is not None:
+            payload["lips_png"] = encode_png(frame.lips)
         self.stream.write(json.dumps(["FRAME", payload], separators=(",", ":")) + "\n")
         self.stream.flush()
 
@@ -180,6 +184,19 @@ class VmcSink(Sink):
             bundle.add_content(m.build())
         bundle.add_content(OscMessageBuilder(VMC_APPLY).build())
         self.client.send(bundle.build())
+
+
+def encode_png(rgb: np.ndarray) -> str:
+    """An (H, W, 3) uint8 RGB image as base64 PNG text (lossless; about 1 ms for a lip crop)."""
+    import base64
+
+    import cv2
+
+    ok, data = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError("could not encode the lip crop")
+    return base64.b64encode(data.tobytes()).decode("ascii")
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

@@ -172,3 +172,25 @@ def test_lookahead_spectrograms_and_option(prepared_demo):
     assert window_shift_s(40) == pytest.approx(0.08)
     with pytest.raises(ValueError, match="lookahead_ms"):
         TrainOptions(lookahead_ms=200)
+
+
+def test_lips_stream_in_the_json_frames_as_lossless_png(trained_demo, speech_file):
+    """--lips: every FRAME carries the lip crop (base64 PNG), the very crop the stream predicted."""
+    import base64
+
+    import cv2
+
+    model = trained_demo[0]
+    r = engine("--json", "live", model, "--input", speech_file, "--as-fast-as-possible", "--lips")
+    assert r.returncode == 0, r.stderr
+    frames = frames_of(r.stdout)
+    got = np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(base64.b64decode(f["lips_png"]), np.uint8),
+                                              cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f in frames])
+    p = load_predictor(model, "cpu")
+    samples = media.load_audio(speech_file, 16000).samples
+    stream = LiveStream(p, LiveOptions(PredictOptions(atlas=True)), silence_peak(samples))
+    want = [f.lips for i in range(0, len(samples), 160) for f in stream.push(samples[i:i + 160])]
+    want = np.stack(want + [f.lips for f in stream.finish()])
+    assert got.shape == want.shape == (len(frames), 128, 128, 3)
+    assert np.array_equal(got, want)
+    assert got.std() > 5                                      # a picture, not a blank
