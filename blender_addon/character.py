@@ -374,7 +374,7 @@ def drive_character(obj, segments: list, options: mapping.DriveOptions, head=Non
         channels = {}
         for t in group:
             channels.update(_rest_channels(t, rest_of[t]))
-        anim.ensure_rest(h, channels)
+        anim.ensure_rest(h, channels, report.nla)
         anim.keep_user_action(h, report.nla)
     fps_scene = scene.render.fps / scene.render.fps_base
     for seg in sorted(segments, key=lambda s: s[1]):

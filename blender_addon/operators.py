@@ -475,7 +475,7 @@ class LIPSYNC3D_OT_drive_character(bpy.types.Operator):
         except (runner.UserError, results.ResultError, ValueError, OSError) as e:
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}
-        level = 'WARNING' if report.match.unmapped_keys else 'INFO'
+        level = 'WARNING' if report.match.unmapped_keys or report.nla.masked else 'INFO'
         self.report({level}, report.text())
         return {'FINISHED'}
 

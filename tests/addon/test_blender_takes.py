@@ -468,3 +468,92 @@ def test_an_armature_characters_lip_bone_moves_with_its_mouth_coefficient(scene,
     scene.frame_set(80 + 9)
     loc = arm.pose.bones["lipCorner.L"].location           # (Z holds the rest of the earlier take's row: 0.001)
     assert (loc[0], loc[1]) == pytest.approx((0.001 + 0.02 * smile[9], 0.0), abs=1e-6)
+
+
+def _user_track(key, name: str = "User track", value: float = 0.7):
+    """The animator's own NLA track: an action keying jawOpen to `value` from frame 1 to 300, held."""
+    action = bpy.data.actions.new(f"{name} action")
+    ad = key.animation_data or key.animation_data_create()
+    ad.action = action
+    fc = ensure_fcurve(action, key, 'key_blocks["jawOpen"].value')
+    for f in (1, 300):
+        fc.keyframe_points.insert(f, value)
+    ad.action = None
+    track = ad.nla_tracks.new()
+    track.name = name
+    strip = track.strips.new(name, 1, action)
+    strip.extrapolation, strip.blend_in = 'HOLD', 2.0
+    return track, action
+
+
+def test_a_users_older_nla_track_plays_between_takes_and_the_take_still_eases_to_rest(scene, blender, tmp_path):
+    character, mapping, anim = _mods(blender)
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=20, seed=13)
+    jaw = _coeff(tmp_path / "a", "jawOpen")
+    obj = make_character(["jawOpen", "Hat"])
+    key = obj.data.shape_keys
+    _, action = _user_track(key)
+    before = [tuple(k.co) for c in _fcurves(action) for k in c.keyframe_points]
+    report = character.drive_character(obj, [(results.read_prediction(tmp_path / "a"), 50, "L")],
+                                       mapping.DriveOptions(blinks=False), ease=3)
+    assert [t.name for t in key.animation_data.nla_tracks] == ["LipSync3D rest", "User track", "LipSync3D"]
+    assert report.nla.restacked == ["User track"] and "your NLA track 'User track' recreated" in report.text()
+    user = key.animation_data.nla_tracks["User track"].strips[0]
+    assert (user.name, user.action, user.frame_start, user.frame_end, user.extrapolation, user.blend_in) == \
+        ("User track", action, 1.0, 300.0, 'HOLD', 2.0)
+    assert [tuple(k.co) for c in _fcurves(action) for k in c.keyframe_points] == before      # never altered
+    last = 50 + 19
+    for f in (5, 30, 46, last + 4, last + 40):                # between takes: the user's track plays
+        assert _value_at(scene, obj, "jawOpen", f) == pytest.approx(0.7), f
+    for i in (0, 9, 19):                                      # inside the take: the take
+        assert _value_at(scene, obj, "jawOpen", 50 + i) == pytest.approx(jaw[i], abs=1e-5)
+    assert _value_at(scene, obj, "jawOpen", last + 1.5) == pytest.approx(jaw[19] / 2, abs=1e-5)    # easing to rest
+    assert _value_at(scene, obj, "jawOpen", last + 3) == pytest.approx(0.0, abs=1e-6)
+    assert _value_at(scene, obj, "Hat", 30) == key.key_blocks["Hat"].slider_max == 1.0    # not driven, not keyed
+    # a second line and the user's active action: takes stay on top, Kept goes below them, above the user's track
+    users = bpy.data.actions.new("Anna face")
+    key.animation_data.action = users
+    ensure_fcurve(users, key, 'key_blocks["Hat"].value').keyframe_points.insert(1, 0.4)
+    character.drive_character(obj, [(results.read_prediction(tmp_path / "a"), 150, "L2")],
+                              mapping.DriveOptions(blinks=False))
+    assert [t.name for t in key.animation_data.nla_tracks] == ["LipSync3D rest", "User track", "Kept: Anna face",
+                                                               "LipSync3D"]
+    assert _value_at(scene, obj, "jawOpen", 100) == pytest.approx(0.7) \
+        and _value_at(scene, obj, "Hat", 100) == pytest.approx(0.4)
+    assert _value_at(scene, obj, "jawOpen", 155) == pytest.approx(jaw[5], abs=1e-5)
+
+
+def test_a_rest_track_made_above_the_users_track_moves_below_it_and_an_uncopyable_track_is_reported(
+        scene, blender, tmp_path):
+    character, mapping, anim = _mods(blender)
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=20, seed=13)
+    obj = make_character(["jawOpen"])
+    key = obj.data.shape_keys
+    _user_track(key)
+    # what an older version of the add-on made: the rest track on top of the user's track
+    rest = bpy.data.actions.new("old rest")
+    key.animation_data.action = rest
+    ensure_fcurve(rest, key, 'key_blocks["jawOpen"].value').keyframe_points.insert(0, 0.0)
+    key.animation_data.action = None
+    track = key.animation_data.nla_tracks.new()
+    track.name = "LipSync3D rest"
+    track.strips.new("rest", 0, rest).extrapolation = 'HOLD'
+    assert _value_at(scene, obj, "jawOpen", 30) == 0.0                     # masked
+    report = character.drive_character(obj, [(results.read_prediction(tmp_path / "a"), 50, "L")],
+                                       mapping.DriveOptions(blinks=False))
+    assert [t.name for t in key.animation_data.nla_tracks] == ["LipSync3D rest", "User track", "LipSync3D"]
+    assert report.nla.restacked == ["User track"]
+    assert _value_at(scene, obj, "jawOpen", 30) == pytest.approx(0.7)      # plays again
+    # a track RNA cannot copy exactly (an F-modifier on its strip's influence) stays, and is reported
+    other = make_character(["jawOpen"])
+    okey = other.data.shape_keys
+    utrack, _ = _user_track(okey, "Noisy")
+    strip = utrack.strips[0]
+    strip.use_animated_influence = True
+    strip.fcurves.find("influence").modifiers.new('NOISE')
+    report = character.drive_character(other, [(results.read_prediction(tmp_path / "a"), 50, "L")],
+                                       mapping.DriveOptions(blinks=False))
+    assert [t.name for t in okey.animation_data.nla_tracks] == ["Noisy", "LipSync3D rest", "LipSync3D"]
+    assert report.nla.masked == ["Noisy"] and "could not go below your NLA track 'Noisy'" in report.text()
