@@ -56,6 +56,23 @@ def fcurve(action, id_data, data_path: str, index: int = 0, group: str = ""):
     return fc or action.fcurves.new(data_path, index=index, action_group=group)
 
 
+def action_fcurves(action, id_type: str = "OBJECT") -> list:
+    """The F-curves of `action` for a data-block of id_type: the channel bags of its first slot for
+    that type (4.4+: slotted actions; any slot when none is typed so), or the legacy Action.fcurves."""
+    if getattr(action, "slots", None) is None:
+        return list(action.fcurves)
+    slots = [s for s in action.slots if s.target_id_type == id_type] or \
+        [s for s in action.slots if s.target_id_type == 'UNSPECIFIED']
+    if not slots:
+        return []
+    out = []
+    for layer in action.layers:
+        for strip in layer.strips:
+            bag = strip.channelbag(slots[0]) if hasattr(strip, "channelbag") else None
+            out.extend(bag.fcurves if bag is not None else ())
+    return out
+
+
 def set_keys(fc, frames, values, interpolation: str = "LINEAR") -> None:
     """Replace fc's keyframes by (frames[i], values[i]) pairs, all at once."""
     n = len(frames)

@@ -17,7 +17,7 @@ from bpy.props import CollectionProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from . import character, importer, mapping_table, runner
-from .core import mapping, results
+from .core import results
 
 TINY_WIDTH = 1 / 32                # "Tiny" model size: channels as a fraction of the paper's
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -549,8 +549,10 @@ def table_rows(s) -> list:
 
 def set_table(s, obj, rows: list) -> list:
     """Write rows (mapping_table.Row) into the panel's table for obj; returns the sources that are not
-    ARKit coefficients (those rows get "none")."""
-    valid = {mapping_table.NONE, *mapping.ARKIT_NAMES}
+    ARKit coefficients or visemes (those rows get "none")."""
+    from .properties import SOURCES
+
+    valid = SOURCES
     s.mapping_rows.clear()
     bad = []
     for r in rows:
@@ -687,7 +689,8 @@ class LIPSYNC3D_OT_mapping_load(bpy.types.Operator, ImportHelper):
         used = sum(r.source != mapping_table.NONE for r in rows) - len(bad)
         self.report({'WARNING'} if bad else {'INFO'},
                     f"mapping loaded: {len(rows)} rows, {used} driven"
-                    + (f"; not ARKit coefficients, left as none: {', '.join(sorted(set(bad)))}" if bad else ""))
+                    + (f"; not ARKit coefficients or visemes, left as none: {', '.join(sorted(set(bad)))}"
+                       if bad else ""))
         return {'FINISHED'}
 
 

@@ -470,6 +470,106 @@ def test_an_armature_characters_lip_bone_moves_with_its_mouth_coefficient(scene,
     assert (loc[0], loc[1]) == pytest.approx((0.001 + 0.02 * smile[9], 0.0), abs=1e-6)
 
 
+# ---------------------------------------------------------------------------------------------
+# Issue 14's last items: viseme rows, Re-sync of imported heads, the rest track's order, pose assets
+# ---------------------------------------------------------------------------------------------
+
+VISEME_RUNS = [(10, {}), (10, {"jawOpen": 0.7}), (10, {"mouthClose": 0.3, "mouthPressLeft": 0.5,   # X, D (AI),
+                                                        "mouthPressRight": 0.5, "mouthRollLower": 0.2}),  # A (MBP),
+               (10, {})]                                                                               # X
+
+
+def _viseme_result(folder, seed: int = 12):
+    """A result whose coefficients are the Rhubarb prototypes of rest, AI, MBP, rest for 10 frames each;
+    returns the visemes of its frames as the add-on's Rhubarb preset classifies them."""
+    make_result(folder, frames=40, seed=seed)
+    path = folder / "blendshapes.json"
+    d = json.loads(path.read_text())
+    rows = [dict(proto) for n, proto in VISEME_RUNS for _ in range(n)]
+    d["frames"] = [[row.get(name, 0.0) for name in d["names"]] for row in rows]
+    path.write_text(json.dumps(d))
+    return d
+
+
+def _visemes(blender, folder) -> list:
+    character = sys.modules[blender.__name__ + ".character"]
+    preset = character.viseme_preset()
+    result = results.read_prediction(folder)
+    return [preset.outputs[r.index(1.0)] for r in preset.apply(character.arkit_rows(result))]
+
+
+def test_a_viseme_row_keys_its_shape_key_1_while_the_viseme_is_active_and_survives_save_and_load(
+        scene, blender, tmp_path):
+    character, mapping, _ = _mods(blender)
+    table = sys.modules[blender.__name__ + ".mapping_table"]
+    scene.render.fps = 25
+    _viseme_result(tmp_path / "a")
+    visemes = _visemes(blender, tmp_path / "a")
+    assert visemes[:10] == ["X"] * 10 and visemes[11:19] == ["D"] * 8 and visemes[21:29] == ["A"] * 8
+    jaw = _coeff(tmp_path / "a", "jawOpen")
+    obj = make_character(["MouthAI", "MouthMBP", "Jaw"])
+    rows = [table.Row("MouthAI", "viseme:D"), table.Row("MouthMBP", "viseme:A", 0.8, 0.1),
+            table.Row("Jaw", "jawOpen", 0.5)]
+    result = results.read_prediction(tmp_path / "a")
+    report = character.drive_character(obj, [(result, 5, "L")], mapping.DriveOptions(blinks=False),
+                                       targets=character.table_targets(obj, rows))
+    assert report.match.assignments == {"MouthAI": "viseme:D", "MouthMBP": "viseme:A", "Jaw": "jawOpen"}
+
+    def check(start):
+        for i in range(40):
+            assert _value_at(scene, obj, "MouthAI", start + i) == (1.0 if visemes[i] == "D" else 0.0), i
+            assert _value_at(scene, obj, "MouthMBP", start + i) == pytest.approx(
+                0.1 + (0.8 if visemes[i] == "A" else 0.0)), i
+            assert _value_at(scene, obj, "Jaw", start + i) == pytest.approx(0.5 * jaw[i], abs=1e-6), i
+        assert _value_at(scene, obj, "MouthAI", start + 15.5) == 1.0          # CONSTANT: no blend between keys
+        assert _value_at(scene, obj, "MouthAI", start + 10.5) == 1.0
+        assert _value_at(scene, obj, "MouthAI", start + 9.5) == 0.0
+        for f in (start - 4, start + 39 + 4, start + 80):                     # outside the take: rest
+            assert _value_at(scene, obj, "MouthAI", f) == 0.0
+            assert _value_at(scene, obj, "MouthMBP", f) == pytest.approx(0.1)
+
+    check(5)
+    take = _take(obj.data.shape_keys, "L")[0].action
+    interp = {c.data_path: {k.interpolation for k in c.keyframe_points} for c in _fcurves(take)}
+    assert interp == {'key_blocks["MouthAI"].value': {'CONSTANT'}, 'key_blocks["MouthMBP"].value': {'CONSTANT'},
+                      'key_blocks["Jaw"].value': {'LINEAR'}}
+    # save -> load: the preset JSON keeps the viseme rows, and the loaded table drives the same keys
+    path = table.save_preset(rows, tmp_path / "visemes.json")
+    doc = json.loads(path.read_text())
+    assert doc["viseme_preset"] == "rhubarb" and doc["viseme_outputs"] == {
+        "MouthAI": {"viseme": "D", "gain": 1.0, "bias": 0.0}, "MouthMBP": {"viseme": "A", "gain": 0.8, "bias": 0.1}}
+    assert doc["outputs"] == {"Jaw": {"weights": {"jawOpen": 0.5}, "bias": 0.0}}
+    loaded = table.load_rows(path, ["MouthAI", "MouthMBP", "Jaw"])
+    assert loaded == rows
+    character.drive_character(obj, [(result, 105, "L2")], mapping.DriveOptions(blinks=False),
+                              targets=character.table_targets(obj, loaded))
+    check(105)
+
+
+def test_the_panel_fills_a_viseme_table_from_the_rhubarb_preset_and_round_trips_it(scene, blender, tmp_path):
+    scene.render.fps = 25
+    _viseme_result(tmp_path / "a")
+    visemes = _visemes(blender, tmp_path / "a")
+    obj = make_character(["MBP", "AI", "etc", "rest", "Hat"])
+    s = scene.lipsync3d
+    s.character, s.blinks, s.preset = obj, False, "rhubarb"
+    assert bpy.ops.lipsync3d.mapping_fill() == {'FINISHED'}             # a mouth-swap preset fills a table now
+    assert {r.name: r.source for r in s.mapping_rows} == {"MBP": "viseme:A", "AI": "viseme:D", "etc": "viseme:B",
+                                                          "rest": "viseme:X", "Hat": "none"}
+    s.mapping_rows["Hat"].source = "viseme:D"                           # a hand-set viseme row
+    path = tmp_path / "chart.json"
+    assert bpy.ops.lipsync3d.mapping_save(filepath=str(path)) == {'FINISHED'}
+    assert bpy.ops.lipsync3d.mapping_clear() == {'FINISHED'}
+    assert bpy.ops.lipsync3d.mapping_load(filepath=str(path)) == {'FINISHED'}
+    assert {r.name: r.source for r in s.mapping_rows} == {"MBP": "viseme:A", "AI": "viseme:D", "etc": "viseme:B",
+                                                          "rest": "viseme:X", "Hat": "viseme:D"}
+    _drive_selected(scene, tmp_path / "a", 1, "L")
+    for i in range(40):
+        assert _value_at(scene, obj, "Hat", 1 + i) == (1.0 if visemes[i] == "D" else 0.0), i
+        assert _value_at(scene, obj, "rest", 1 + i) == (1.0 if visemes[i] == "X" else 0.0), i
+    assert _value_at(scene, obj, "rest", 70) == 1.0 and _value_at(scene, obj, "AI", 70) == 0.0     # at rest
+
+
 def _user_track(key, name: str = "User track", value: float = 0.7):
     """The animator's own NLA track: an action keying jawOpen to `value` from frame 1 to 300, held."""
     action = bpy.data.actions.new(f"{name} action")
@@ -557,3 +657,61 @@ def test_a_rest_track_made_above_the_users_track_moves_below_it_and_an_uncopyabl
                                        mapping.DriveOptions(blinks=False))
     assert [t.name for t in okey.animation_data.nla_tracks] == ["Noisy", "LipSync3D rest", "LipSync3D"]
     assert report.nla.masked == ["Noisy"] and "could not go below your NLA track 'Noisy'" in report.text()
+
+
+def _pose_asset(arm, name: str, angle: float):
+    action = bpy.data.actions.new(name)
+    arm.animation_data_create().action = action
+    fc = action.fcurve_ensure_for_datablock(arm, 'pose.bones["jaw"].rotation_euler', index=0)
+    fc.keyframe_points.insert(1, angle)
+    arm.animation_data.action = None
+    action.asset_mark()
+    return action
+
+
+def test_pose_assets_as_visemes_of_an_armature(scene, blender, tmp_path):
+    character, mapping, _ = _mods(blender)
+    table = sys.modules[blender.__name__ + ".mapping_table"]
+    scene.render.fps = 25
+    _viseme_result(tmp_path / "a")
+    visemes = _visemes(blender, tmp_path / "a")
+    jaw = _coeff(tmp_path / "a", "jawOpen")
+    arm = _armature(scene)
+    _pose_asset(arm, "MBP", 0.0)
+    _pose_asset(arm, "AI", 0.3)
+    bpy.data.actions.new("not an asset")
+    assert [a.name for a in character.pose_assets(arm)] == ["AI", "MBP"]
+    s = scene.lipsync3d
+    s.character, s.blinks = arm, False
+    assert bpy.ops.lipsync3d.mapping_fill() == {'FINISHED'}
+    assert {r.name: r.source for r in s.mapping_rows} == {      # the poses take the jaw: its own row is none
+        "jaw: rotation X": "none", "pose asset: AI": "viseme:D", "pose asset: MBP": "viseme:A"}
+    _drive_selected(scene, tmp_path / "a", 5, "L")
+    for i in range(40):
+        scene.frame_set(5 + i)
+        assert arm.pose.bones["jaw"].rotation_euler[0] == pytest.approx(0.3 if visemes[i] == "D" else 0.0,
+                                                                         abs=1e-6), i
+    for f in (1, 5 + 39 + 3, 90):
+        scene.frame_set(f)
+        assert arm.pose.bones["jaw"].rotation_euler[0] == pytest.approx(0.0, abs=1e-6)
+    # save -> load the table, then drive the AI pose by a coefficient instead: blended by jawOpen
+    path = tmp_path / "rig.json"
+    assert bpy.ops.lipsync3d.mapping_save(filepath=str(path)) == {'FINISHED'}
+    assert json.loads(path.read_text())["viseme_outputs"]["pose asset: AI"] == {"viseme": "D", "gain": 1.0,
+                                                                                 "bias": 0.0}
+    assert bpy.ops.lipsync3d.mapping_clear() == {'FINISHED'}
+    assert bpy.ops.lipsync3d.mapping_load(filepath=str(path)) == {'FINISHED'}
+    assert s.mapping_rows["pose asset: AI"].source == "viseme:D"
+    s.mapping_rows["pose asset: AI"].source, s.mapping_rows["pose asset: AI"].gain = "jawOpen", 0.5
+    _drive_selected(scene, tmp_path / "a", 100, "L2")
+    for i in (5, 15, 25):
+        scene.frame_set(100 + i)
+        assert arm.pose.bones["jaw"].rotation_euler[0] == pytest.approx(0.3 * 0.5 * jaw[i], abs=1e-6), i
+    # two poses on the same bone add up, each by its weight, on top of the rest pose
+    rows = [table.Row("pose asset: AI", "jawOpen"), table.Row("pose asset: Wide", "jawOpen", 0.5)]
+    _pose_asset(arm, "Wide", -0.2)
+    character.drive_character(arm, [(results.read_prediction(tmp_path / "a"), 200, "L3")],
+                              mapping.DriveOptions(blinks=False), targets=character.table_targets(arm, rows))
+    scene.frame_set(215)
+    assert arm.pose.bones["jaw"].rotation_euler[0] == pytest.approx((0.3 - 0.5 * 0.2) * jaw[15], abs=1e-6)
+
