@@ -73,6 +73,17 @@ def action_fcurves(action, id_type: str = "OBJECT") -> list:
     return out
 
 
+def shift_keys(fc, delta: float) -> None:
+    """Move every keyframe of fc (and its handles) by delta frames, all at once."""
+    n = len(fc.keyframe_points)
+    for prop in ("co", "handle_left", "handle_right"):
+        co = [0.0] * (2 * n)
+        fc.keyframe_points.foreach_get(prop, co)
+        co[0::2] = [x + delta for x in co[0::2]]
+        fc.keyframe_points.foreach_set(prop, co)
+    fc.update()
+
+
 def set_keys(fc, frames, values, interpolation: str = "LINEAR") -> None:
     """Replace fc's keyframes by (frames[i], values[i]) pairs, all at once."""
     n = len(frames)

@@ -362,8 +362,7 @@ class LIPSYNC3D_OT_predict(runner.EngineJobOperator, bpy.types.Operator):
                     reused += 1                      # the head of this prediction is already in the scene
                     continue
                 obj = importer.import_head(context, result, start, s.animation,
-                                           sound_file=src.path if src.from_file else "")
-                obj["lipsync3d_line"] = src.name
+                                           sound_file=src.path if src.from_file else "", line=src.name)
                 if len(segments) > 1:
                     _show_only_during(obj, start, start + result.frames - 1)
         texts = [f"predicted {sum(r.frames for r, _, _ in segments)} frames"]
@@ -441,7 +440,8 @@ class LIPSYNC3D_OT_import_head(bpy.types.Operator):
     def execute(self, context):
         try:
             result, item = _selected_result(context)
-            obj = importer.import_head(context, result, item.frame_start, settings(context).animation)
+            obj = importer.import_head(context, result, item.frame_start, settings(context).animation,
+                                       line=item.strip)
         except (runner.UserError, results.ResultError, ValueError, OSError) as e:
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}
@@ -481,8 +481,8 @@ class LIPSYNC3D_OT_drive_character(bpy.types.Operator):
 
 
 class LIPSYNC3D_OT_resync(bpy.types.Operator):
-    """Move every LipSync3D take to where its sound strip now starts (after strips were moved in the
-    Video Sequencer)"""
+    """Move every LipSync3D take, and every imported head, to where its sound strip now starts (after
+    strips were moved in the Video Sequencer)"""
 
     bl_idname = "lipsync3d.resync"
     bl_label = "Re-sync Takes"
@@ -502,7 +502,15 @@ class LIPSYNC3D_OT_resync(bpy.types.Operator):
         for id_data in [*context.scene.objects, *(h for h in holders if h is not None)]:
             if id_data.animation_data is not None:
                 anim.resync(id_data, starts, report)
-        self.report({'INFO'}, report.text() or "every take already sits at its sound strip")
+        for obj in context.scene.objects:          # imported heads: shape keys / Mesh Cache, atlas sequence
+            line = obj.get(anim.LINE)
+            if obj.get("lipsync3d_result") and line in starts:
+                moved = importer.move_head(obj, starts[line])
+                if moved:
+                    report.moved.append(moved)
+        text = report.text() or "every take and head already sits at its sound strip"
+        context.window_manager.lipsync3d_job.last_report = text
+        self.report({'INFO'}, text)
         return {'FINISHED'}
 
 

@@ -570,6 +570,48 @@ def test_the_panel_fills_a_viseme_table_from_the_rhubarb_preset_and_round_trips_
     assert _value_at(scene, obj, "rest", 70) == 1.0 and _value_at(scene, obj, "AI", 70) == 0.0     # at rest
 
 
+@pytest.mark.parametrize("animation", ["SHAPE_KEYS", "MESH_CACHE"])
+def test_resync_moves_an_imported_head_with_its_sound_strip(scene, blender, tmp_path, animation):
+    import wave
+
+    from blender_helpers import emission_render_setup, evaluated_coords, new_sound_strip, texture_as_emission
+    from handmade import atlas_colour
+
+    importer = sys.modules[blender.__name__ + ".importer"]
+    operators = sys.modules[blender.__name__ + ".operators"]
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=6)
+    with wave.open(str(tmp_path / "a.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(b"\0\0" * 4000)
+    strip = new_sound_strip(scene.sequence_editor_create(), "Line A", str(tmp_path / "a.wav"), 1, 1)
+    obj = importer.import_head(bpy.context, results.read_prediction(tmp_path / "a"), 1, animation, line="Line A")
+    operators._show_only_during(obj, 1, 6)                    # as a batch head: visible on its frames only
+    texture_as_emission(obj)
+    render = emission_render_setup(scene, obj)
+    before = {}
+    for k in (0, 2, 5):
+        scene.frame_set(1 + k)
+        before[k] = evaluated_coords(obj)
+    colours = {k: render(1 + k, tmp_path / f"b{k}.png")[20:28, 20:28].reshape(-1, 3).mean(0) for k in (0, 5)}
+    strip.frame_start = 41                                     # the editor moves the line 40 frames later
+    assert bpy.ops.lipsync3d.resync() == {'FINISHED'}
+    assert f"head '{obj.name}' 1 -> 41" in bpy.context.window_manager.lipsync3d_job.last_report
+    for k in (0, 2, 5):
+        scene.frame_set(41 + k)
+        np.testing.assert_allclose(evaluated_coords(obj), before[k], atol=1e-6)
+    for k in (0, 5):
+        after = render(41 + k, tmp_path / f"a{k}.png")[20:28, 20:28].reshape(-1, 3).mean(0)
+        np.testing.assert_allclose(after, colours[k], atol=1) and np.testing.assert_allclose(after, atlas_colour(k),
+                                                                                               atol=3)
+    tex = next(n for n in obj.active_material.node_tree.nodes if n.bl_idname == "ShaderNodeTexImage")
+    assert tex.image_user.frame_start == 41 and obj["lipsync3d_frame_start"] == 41
+    for f, hidden in ((40, True), (41, False), (46, False), (47, True)):
+        scene.frame_set(f)
+        assert obj.hide_render == hidden, f
+    assert bpy.ops.lipsync3d.resync() == {'FINISHED'}          # nothing left to move
+    assert "already sits" in bpy.context.window_manager.lipsync3d_job.last_report
+
+
 def _user_track(key, name: str = "User track", value: float = 0.7):
     """The animator's own NLA track: an action keying jawOpen to `value` from frame 1 to 300, held."""
     action = bpy.data.actions.new(f"{name} action")
@@ -714,4 +756,3 @@ def test_pose_assets_as_visemes_of_an_armature(scene, blender, tmp_path):
                               mapping.DriveOptions(blinks=False), targets=character.table_targets(arm, rows))
     scene.frame_set(215)
     assert arm.pose.bones["jaw"].rotation_euler[0] == pytest.approx((0.3 - 0.5 * 0.2) * jaw[15], abs=1e-6)
-
