@@ -148,7 +148,7 @@ class TakeReport:
                          f"'{REST_TRACK}' (same strips, actions and settings), so that it plays between takes")
         if self.masked:
             parts.append(f"'{REST_TRACK}' could not go below your NLA track " + ", ".join(f"'{n}'" for n in self.masked)
-                         + " (meta, transition or sound strips, or strip modifiers, cannot be recreated): it hides "
+                         + " (meta, transition or sound strips, or F-modifiers, are not recreated): it hides "
                            "that track's values of the keys LipSync3D drives between takes")
         return "; ".join(parts)
 

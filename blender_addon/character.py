@@ -3,8 +3,9 @@
 Owns: reading the predicted ARKit coefficients (blendshapes_json of result.json), choosing
 the preset, the character's targets (shape keys matched by mapping.py, or an armature's
 bones: jawOpen turns the jaw bone, mouth coefficients move lip bones named like them; or the
-mapping table's rows), and for each line (a sound strip) a NEW action named
-after it, pushed as an NLA strip at the line's frame (anim.push_take): values resampled from
+mapping table's rows, whose sources may be visemes (the Rhubarb preset's, keyed CONSTANT) and
+whose channels may be pose assets blended in by weight), and for each line (a sound strip) a
+NEW action named after it, pushed as an NLA strip at the line's frame (anim.push_take): values resampled from
 the result's fps to the scene's (sub-frame keys), clipped to each key's slider range, eased
 to the rest pose over `ease` frames before and after. Procedural blinks and head motion go
 into strips of their own that ADD on top (the head on the object's delta rotation, or on a

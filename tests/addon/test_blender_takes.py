@@ -541,6 +541,10 @@ def test_a_viseme_row_keys_its_shape_key_1_while_the_viseme_is_active_and_surviv
     assert doc["outputs"] == {"Jaw": {"weights": {"jawOpen": 0.5}, "bias": 0.0}}
     loaded = table.load_rows(path, ["MouthAI", "MouthMBP", "Jaw"])
     assert loaded == rows
+    preset = mapping.load_preset(path, (character.presets_folder(),))     # the file as a preset of the Mapping menu
+    column = preset.outputs.index("MouthAI")
+    assert [r[column] for r in preset.apply(character.arkit_rows(result))] == [float(v == "D") for v in visemes]
+    assert preset.stepwise("MouthAI") and not preset.stepwise("Jaw")
     character.drive_character(obj, [(result, 105, "L2")], mapping.DriveOptions(blinks=False),
                               targets=character.table_targets(obj, loaded))
     check(105)
@@ -688,7 +692,7 @@ def test_a_rest_track_made_above_the_users_track_moves_below_it_and_an_uncopyabl
     assert [t.name for t in key.animation_data.nla_tracks] == ["LipSync3D rest", "User track", "LipSync3D"]
     assert report.nla.restacked == ["User track"]
     assert _value_at(scene, obj, "jawOpen", 30) == pytest.approx(0.7)      # plays again
-    # a track RNA cannot copy exactly (an F-modifier on its strip's influence) stays, and is reported
+    # a track the add-on does not recreate (an F-modifier on its strip's influence) stays, and is reported
     other = make_character(["jawOpen"])
     okey = other.data.shape_keys
     utrack, _ = _user_track(okey, "Noisy")
