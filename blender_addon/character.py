@@ -3,8 +3,9 @@
 Owns: reading the predicted ARKit coefficients (blendshapes_json of result.json), choosing
 the preset, the character's targets (shape keys matched by mapping.py, or an armature's
 bones: jawOpen turns the jaw bone, mouth coefficients move lip bones named like them; or the
-mapping table's rows), and for each line (a sound strip) a NEW action named
-after it, pushed as an NLA strip at the line's frame (anim.push_take): values resampled from
+mapping table's rows, whose sources may be visemes (the Rhubarb preset's, keyed CONSTANT) and
+whose channels may be pose assets blended in by weight), and for each line (a sound strip) a
+NEW action named after it, pushed as an NLA strip at the line's frame (anim.push_take): values resampled from
 the result's fps to the scene's (sub-frame keys), clipped to each key's slider range, eased
 to the rest pose over `ease` frames before and after. Procedural blinks and head motion go
 into strips of their own that ADD on top (the head on the object's delta rotation, or on a
@@ -48,6 +49,7 @@ class Target:
     rotation: str = ""
     index: int = 0
     holder: object = None   # the ID keyed instead of the character's (a driver's input property), else None
+    pose: tuple = ()        # a pose asset's ((data_path, index, pose value, rest value), ...): value is its weight
 
 
 @dataclass
@@ -125,13 +127,11 @@ def shape_key_targets(obj, options: mapping.DriveOptions, table: list | None = N
         raise ValueError(f"{obj.name}: has no shape keys to drive")
     names = [kb.name for kb in key.key_blocks[1:]]       # the first is the basis
     if table is not None:
-        preset = dict(mapping.list_presets(presets_folder()))["arkit"]    # sources are ARKit coefficients
-        arkit = {mapping.normalize_name(n): n for n in mapping.ARKIT_NAMES}
-        column = {mapping.normalize_name(n): c for c, n in zip(preset.outputs, mapping.ARKIT_NAMES)}
+        preset = table_preset()         # sources are ARKit coefficients and the visemes
         rows = [r for r in table if r.source != mapping_table.NONE and r.key in key.key_blocks]
-        targets = [Target(r.key, f'key_blocks["{_esc(r.key)}"].value', column[mapping.normalize_name(r.source)],
+        targets = [Target(r.key, f'key_blocks["{_esc(r.key)}"].value', table_column(preset, r.source),
                           r.gain, r.offset, key.key_blocks[r.key].slider_min, key.key_blocks[r.key].slider_max)
-                   for r in rows if mapping.normalize_name(r.source) in arkit]
+                   for r in rows if table_column(preset, r.source)]
         match = mapping.Match({t.name: t.source for t in targets},
                               tuple(n for n in names if n not in {t.name for t in targets}), (), ())
         return preset, match, targets
@@ -144,6 +144,79 @@ def shape_key_targets(obj, options: mapping.DriveOptions, table: list | None = N
     targets = [Target(k, f'key_blocks["{_esc(k)}"].value', ch, lo=key.key_blocks[k].slider_min,
                       hi=key.key_blocks[k].slider_max) for k, ch in match.assignments.items()]
     return preset, match, targets
+
+
+def table_preset() -> mapping.Preset:
+    """The preset behind a mapping table: the ARKit preset (one output per coefficient) plus one output
+    per viseme of the Rhubarb preset, "viseme:A" ... "viseme:X", 1 on the frames the Rhubarb
+    classifier (mapping.Preset.apply of that preset, as the mouth-swap preset path uses) gives that
+    shape, else 0."""
+    presets = dict(mapping.list_presets(presets_folder()))
+    arkit, visemes = presets["arkit"], presets.get(mapping.VISEME_PRESET)
+    if visemes is None or visemes.kind != "classify":
+        return arkit
+    return mapping.with_visemes(arkit, visemes, [(mapping_table.viseme_source(v), v, 1.0, 0.0)
+                                                 for v in visemes.outputs])
+
+
+def table_column(preset: mapping.Preset, source: str) -> str:
+    """The output of table_preset() that a row's source reads ("" when there is none)."""
+    if mapping_table.viseme_shape(source):
+        return source if source in preset.outputs else ""
+    column = {mapping.normalize_name(n): c for c, n in zip(preset.outputs, mapping.ARKIT_NAMES)}
+    return column.get(mapping.normalize_name(source), "")
+
+
+def viseme_preset() -> mapping.Preset:
+    """The classify preset of the visemes (Rhubarb), with its Preston Blair names as aliases."""
+    return _with_aliases(mapping.VISEME_PRESET,
+                         mapping.load_preset(presets_folder() / f"{mapping.VISEME_PRESET}.json"))
+
+
+# A pose asset (Blender 4.x/5.0's pose library: an action marked as an asset, one pose) blends its bone
+# transforms in with a row's value as weight: channel = rest + weight * (pose value - rest).
+POSE_REST = {"location": (0.0, 0.0, 0.0), "rotation_euler": (0.0, 0.0, 0.0),
+             "rotation_quaternion": (1.0, 0.0, 0.0, 0.0), "rotation_axis_angle": (0.0, 0.0, 1.0, 0.0),
+             "scale": (1.0, 1.0, 1.0)}
+_BONE_PATH = re.compile(r'^pose\.bones\["((?:[^"\\]|\\.)*)"\]\.(\w+)$')
+
+
+def _pose_bone(data_path: str) -> tuple:
+    """'pose.bones["jaw"].location' -> ("jaw", "location"); ("", "") for other paths."""
+    m = _BONE_PATH.match(data_path)
+    return (re.sub(r"\\(.)", r"\1", m.group(1)), m.group(2)) if m else ("", "")
+
+
+def pose_channels(arm, action) -> tuple:
+    """((data_path, index, pose value, rest value), ...): the bone transforms (location, rotation,
+    scale) of `action` on arm's bones, evaluated at the action's first frame (a pose asset holds one
+    pose); channels of other bones or other properties are left out."""
+    frame = action.frame_range[0]
+    out = []
+    for fc in anim.action_fcurves(action, 'OBJECT'):
+        bone, prop = _pose_bone(fc.data_path)
+        if prop not in POSE_REST or fc.mute:
+            continue
+        if arm.pose.bones.get(bone) is None or fc.array_index >= len(POSE_REST[prop]):
+            continue
+        out.append((fc.data_path, fc.array_index, float(fc.evaluate(frame)), POSE_REST[prop][fc.array_index]))
+    return tuple(sorted(out))
+
+
+def pose_assets(arm) -> list:
+    """The actions of the blend file marked as assets that pose arm's bones (the pose library)."""
+    return sorted((a for a in bpy.data.actions if a.asset_data is not None and pose_channels(arm, a)),
+                  key=lambda a: a.name)
+
+
+def pose_target(arm, key: str, source: str, gain: float = 1.0, offset: float = 0.0):
+    """The Target of a pose row ("pose asset: AI"): the pose action AI blended in with weight
+    offset + gain * source; None when there is no such action posing arm's bones."""
+    action = bpy.data.actions.get(mapping_table.pose_action_name(key))
+    channels = pose_channels(arm, action) if action is not None and arm.type == 'ARMATURE' else ()
+    if not channels:
+        return None
+    return Target(key, "", source, gain, offset, lo=-1e6, hi=1e6, pose=channels)
 
 
 def driven_keys(holder, targets: list) -> list:
@@ -277,13 +350,32 @@ def table_rows(obj, options: mapping.DriveOptions) -> list:
     """Fill from Character: the mapping table (mapping_table.Row) that automatic matching gives,
     one row per shape key (or per bone channel of an armature)."""
     if obj.type == 'ARMATURE':
-        return [mapping_table.Row(t.name, t.source, t.gain, t.offset) for t in armature_targets(obj)[2]]
+        return armature_rows(obj)
     preset, match, _ = shape_key_targets(obj, options)
-    if preset.kind == "classify":
-        raise ValueError(f"the {preset.name} preset swaps mouth shapes (visemes); the table maps ARKit "
-                         "coefficients: choose a linear preset, or drive without a table")
     names = [kb.name for kb in obj.data.shape_keys.key_blocks[1:]]
-    return mapping_table.rows_from_preset(names, preset, match)
+    return mapping_table.rows_from_preset(names, preset, match)     # a mouth-swap preset: viseme rows
+
+
+def armature_rows(arm) -> list:
+    """An armature's table: its jaw and lip bone channels, then one row per pose asset posing its bones,
+    with the viseme or coefficient its name gives (MBP, AI, ..., jawOpen; none if nothing). A bone
+    that a pose row with a source poses is left to the poses: its own channel rows get none."""
+    try:
+        bones = [mapping_table.Row(t.name, t.source, t.gain, t.offset) for t in armature_targets(arm)[2]]
+    except ValueError:
+        bones = []
+    poses = pose_assets(arm)
+    if not bones and not poses:
+        raise ValueError(f"{arm.name}: no jaw bone, no lip bones named like mouth coefficients and no pose "
+                         "assets (actions marked as assets posing its bones)")
+    visemes = viseme_preset()
+    guess = mapping_table.guess_sources([a.name for a in poses], visemes, visemes.aliases)
+    rows = [mapping_table.Row(mapping_table.pose_key(a.name), guess.get(a.name, mapping_table.NONE)) for a in poses]
+    posed = {_pose_bone(c[0])[0] for a, r in zip(poses, rows) if r.source != mapping_table.NONE
+             for c in pose_channels(arm, a)}
+    bones = [dataclasses.replace(r, source=mapping_table.NONE) if r.key.rpartition(": ")[0] in posed else r
+             for r in bones]
+    return bones + rows
 
 
 def table_channels(obj, preset_file=None) -> list:
@@ -291,10 +383,14 @@ def table_channels(obj, preset_file=None) -> list:
     channels plus every bone channel a preset file names."""
     if obj.type != 'ARMATURE':
         return [kb.name for kb in obj.data.shape_keys.key_blocks[1:]] if obj.data.shape_keys else []
-    names = [t.name for t in armature_targets(obj)[2]]
+    try:
+        names = [t.name for t in armature_targets(obj)[2]]
+    except ValueError:
+        names = []
+    names += [mapping_table.pose_key(a.name) for a in pose_assets(obj)]
     if preset_file is not None:
-        names += [n for n in mapping.load_preset(preset_file).outputs
-                  if n not in names and bone_target(obj, n, "jawOpen") is not None]
+        names += [n for n in mapping.load_preset(preset_file, (presets_folder(),)).outputs if n not in names
+                  and (bone_target(obj, n, "jawOpen") or pose_target(obj, n, "jawOpen")) is not None]
     return names
 
 
@@ -302,10 +398,9 @@ def table_targets(obj, rows: list) -> tuple:
     """(preset, match, targets) from the mapping table's rows (mapping_table.Row)."""
     if obj.type != 'ARMATURE':
         return shape_key_targets(obj, mapping.DriveOptions(), table=rows)
-    preset = dict(mapping.list_presets(presets_folder()))["arkit"]
-    arkit = {mapping.normalize_name(n): c for c, n in zip(preset.outputs, mapping.ARKIT_NAMES)}
-    targets = [bone_target(obj, r.key, arkit.get(mapping.normalize_name(r.source), ""), r.gain, r.offset)
-               for r in rows if r.source != mapping_table.NONE]
+    preset = table_preset()
+    targets = [(pose_target if mapping_table.pose_action_name(r.key) else bone_target)(
+        obj, r.key, table_column(preset, r.source), r.gain, r.offset) for r in rows if r.source != mapping_table.NONE]
     targets = [t for t in targets if t is not None and t.source]
     used = {t.source for t in targets}
     match = mapping.Match({t.name: t.source for t in targets},
@@ -325,8 +420,23 @@ def _channels(target: Target, series: list) -> list:
     return [(target.data_path, axis, series)]
 
 
-def _rest_channels(target: Target, value: float) -> dict:
-    return {(p, i): v[0] for p, i, v in _channels(target, [value])}
+def _channel_series(targets: list, series_of: dict, preset: mapping.Preset) -> dict:
+    """{(data_path, index): [values, stepwise]} keyed for `targets` whose values are series_of[t]: a
+    channel target's own values; a pose target adds weight * (pose - rest) to each channel it poses
+    (to the rest value, or to a channel target's values on the same channel). stepwise: keyed
+    CONSTANT (every source of the channel is a viseme or a mouth-swap shape)."""
+    out = {}
+    for t in targets:
+        if not t.pose:
+            for path, index, vals in _channels(t, series_of[t]):
+                out[(path, index)] = [list(vals), preset.stepwise(t.source)]
+    for t in targets:
+        weights = series_of[t]
+        for path, index, value, rest in t.pose:
+            cur = out.setdefault((path, index), [[rest] * len(weights), True])
+            cur[0] = [a + w * (value - rest) for a, w in zip(cur[0], weights)]
+            cur[1] = cur[1] and preset.stepwise(t.source)
+    return out
 
 
 def drive_character(obj, segments: list, options: mapping.DriveOptions, head=None, bone: str = "",
@@ -366,21 +476,18 @@ def drive_character(obj, segments: list, options: mapping.DriveOptions, head=Non
     for t in rows:
         groups.setdefault(t.holder if t.holder is not None else holder, []).append(t)
     groups = groups or {holder: []}
-    interpolation = 'CONSTANT' if preset.kind == "classify" else 'LINEAR'    # mouth swaps snap
     zeros = [0.0] * len(mapping.ARKIT_NAMES)
     rest = [v * options.strength for v in preset.apply([zeros])[0]]
     rest_of = {t: min(max(t.offset + t.gain * rest[column[t.source]], t.lo), t.hi) for t in rows}
     for h, group in groups.items():
-        channels = {}
-        for t in group:
-            channels.update(_rest_channels(t, rest_of[t]))
-        anim.ensure_rest(h, channels)
+        channels = _channel_series(group, {t: [rest_of[t]] for t in group}, preset)
+        anim.ensure_rest(h, {k: v[0][0] for k, v in channels.items()}, report.nla)
         anim.keep_user_action(h, report.nla)
     fps_scene = scene.render.fps / scene.render.fps_base
     for seg in sorted(segments, key=lambda s: s[1]):
         result, start = seg[0], seg[1]
         line = (seg[2] if len(seg) > 2 else "") or take or Path(result.audio).stem or result.path.name
-        channels = [(t.data_path, t.index, t.source, t.gain, t.offset, getattr(t.holder, "name", ""))
+        channels = [(t.data_path, t.index, t.source, t.gain, t.offset, getattr(t.holder, "name", ""), t.pose)
                     for t in rows]
         signature = f"{result.path}|{start}|{fps_scene:.6f}|{options}|{preset.name}|{ease}|{channels}"
         if all(anim.live_take(h, line, "lips", signature) is not None for h in groups):
@@ -399,14 +506,14 @@ def drive_character(obj, segments: list, options: mapping.DriveOptions, head=Non
             name = f"LipSync3D {line}" if h == holder else f"LipSync3D {line} ({h.name})"
             action = anim.begin_action(h, name, str(result.path), line, "lips", signature)
             action[anim.CORE] = [float(frames[0]), float(frames[-1])]
+            series_of = {}
             for t in group:
                 j = column[t.source]
                 series = [min(max(t.offset + t.gain * r[j], t.lo), t.hi) for r in values]
-                if ease > 0:
-                    series = [rest_of[t]] + series + [rest_of[t]]
-                for path, index, vals in _channels(t, series):
-                    anim.set_keys(anim.take_fcurve(action, h, path, index, group="LipSync3D"), keys, vals,
-                                  interpolation)
+                series_of[t] = [rest_of[t]] + series + [rest_of[t]] if ease > 0 else series
+            for (path, index), (vals, stepwise) in _channel_series(group, series_of, preset).items():
+                anim.set_keys(anim.take_fcurve(action, h, path, index, group="LipSync3D"), keys, vals,
+                              'CONSTANT' if stepwise else 'LINEAR')     # mouth swaps (visemes) snap
             anim.push_take(h, action)
             report.takes.append(action.name)
             if h == holder or not report.action:
@@ -424,19 +531,29 @@ def _blinks(holder, rows, column, arkit, values, preset, options, fps, keys, eas
             report) -> None:
     """Procedural blinks as an ADD strip: (preset output with blinks) - (without), zero at the ends."""
     blinked = [[v * options.strength for v in r] for r in preset.apply(mapping.add_blinks(arkit, fps, options.seed))]
-    delta = {}
+    delta = {}                          # (data_path, index): the blinks' addition
     for t in rows:
         j = column[t.source]
         d = [t.gain * (b[j] - v[j]) for b, v in zip(blinked, values)]
-        if any(abs(x) > 1e-9 for x in d) and not t.rotation:
-            delta[t] = ([0.0] if ease > 0 else []) + d + ([0.0] if ease > 0 else [])
+        if not any(abs(x) > 1e-9 for x in d) or t.rotation:
+            continue
+        d = ([0.0] if ease > 0 else []) + d + ([0.0] if ease > 0 else [])
+        # a pose (a blink pose asset) adds weight * (pose - rest) to its channels; not to quaternions,
+        # which an ADD strip cannot add to
+        parts = [(p, i, v - r) for p, i, v, r in t.pose
+                 if not p.endswith(("rotation_quaternion", "rotation_axis_angle"))] if t.pose \
+            else [(t.data_path, t.index, 1.0)]
+        for path, index, scale in parts:
+            cur = delta.setdefault((path, index), [0.0] * len(d))
+            delta[(path, index)] = [a + scale * x for a, x in zip(cur, d)]
     anim.retire_line(holder, line, "blinks", replace, report.nla)
+    delta = {k: v for k, v in delta.items() if any(abs(x) > 1e-9 for x in v)}
     if not delta:
         return
     action = anim.begin_action(holder, f"LipSync3D blinks {line}", line, line, "blinks", signature)
     action[anim.CORE] = [float(keys[0] + ease), float(keys[-1] - ease)]
-    for t, series in delta.items():
-        anim.set_keys(anim.take_fcurve(action, holder, t.data_path, t.index, group="LipSync3D blinks"), keys, series)
+    for (path, index), series in delta.items():
+        anim.set_keys(anim.take_fcurve(action, holder, path, index, group="LipSync3D blinks"), keys, series)
     anim.push_take(holder, action, additive='ADD')
 
 

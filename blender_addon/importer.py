@@ -32,11 +32,13 @@ COLLECTION = "LipSync3D"
 
 
 def import_head(context, result: results.PredictionResult, frame_start: int, animation: str = 'SHAPE_KEYS',
-                name: str = "", sound_file: str = "") -> bpy.types.Object:
+                name: str = "", sound_file: str = "", line: str = "") -> bpy.types.Object:
     """Create the animated, textured head of `result` in context.scene; returns the object.
 
     animation : 'SHAPE_KEYS' or 'MESH_CACHE'. sound_file : add a sound strip of this file at
-    frame_start (when the audio did not come from a strip already in place).
+    frame_start (when the audio did not come from a strip already in place). line : the sound
+    strip the head belongs to (Re-sync Takes moves the head with it; the added strip when
+    sound_file is given).
     """
     scene = context.scene
     step = scene.render.fps / scene.render.fps_base / result.fps      # scene frames per result frame
@@ -57,10 +59,42 @@ def import_head(context, result: results.PredictionResult, frame_start: int, ani
                                     "fps for them)")
     cylinder = _cylinder(result)
     mesh.materials.append(head_material(name, result, frame_start, cylinder))
+    if line:
+        obj[anim.LINE] = line
     if sound_file:
-        add_sound_strip(scene, sound_file, frame_start, name)
+        obj[anim.LINE] = add_sound_strip(scene, sound_file, frame_start, name).name
     _extend_frame_range(scene, frame_start, int(result.frames * step + 0.999))
     return obj
+
+
+def move_head(obj, frame_start: int) -> str:
+    """Move an imported head so that prediction frame 0 shows at scene frame frame_start again (its
+    sound strip was moved): the per-frame shape keys' keys (or the Mesh Cache's start), the atlas image
+    sequence's start and the visibility keys of a batch head move by the same number of frames.
+    Returns "'name' a -> b", or "" when it is already there."""
+    old = int(obj.get("lipsync3d_frame_start", frame_start))
+    delta = int(frame_start) - old
+    if not delta:
+        return ""
+    key = obj.data.shape_keys if obj.type == 'MESH' else None
+    action = key.animation_data.action if key is not None and key.animation_data is not None else None
+    if action is not None and action.get(anim.TAG):         # the head's own "<name> frames" action
+        for fc in anim.action_fcurves(action, 'KEY'):
+            anim.shift_keys(fc, delta)
+    for mod in obj.modifiers:
+        if mod.type == 'MESH_CACHE':        # it shows sample frame * frame_scale - frame_start
+            mod.frame_start += delta * mod.frame_scale
+    for mat in (obj.data.materials if obj.type == 'MESH' else ()):
+        for node in (mat.node_tree.nodes if mat is not None and mat.node_tree is not None else ()):
+            if node.bl_idname == "ShaderNodeTexImage" and node.image is not None and node.image.source == 'SEQUENCE':
+                node.image_user.frame_start += delta
+    ad = obj.animation_data
+    if ad is not None and ad.action is not None:             # a batch head's visibility keys
+        for fc in anim.action_fcurves(ad.action, 'OBJECT'):
+            if fc.data_path in ("hide_viewport", "hide_render"):
+                anim.shift_keys(fc, delta)
+    obj["lipsync3d_frame_start"] = int(frame_start)
+    return f"head '{obj.name}' {old} -> {int(frame_start)}"
 
 
 def _collection(scene):

@@ -17,7 +17,7 @@ from bpy.props import CollectionProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from . import character, importer, mapping_table, runner
-from .core import mapping, results
+from .core import results
 
 TINY_WIDTH = 1 / 32                # "Tiny" model size: channels as a fraction of the paper's
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -362,8 +362,7 @@ class LIPSYNC3D_OT_predict(runner.EngineJobOperator, bpy.types.Operator):
                     reused += 1                      # the head of this prediction is already in the scene
                     continue
                 obj = importer.import_head(context, result, start, s.animation,
-                                           sound_file=src.path if src.from_file else "")
-                obj["lipsync3d_line"] = src.name
+                                           sound_file=src.path if src.from_file else "", line=src.name)
                 if len(segments) > 1:
                     _show_only_during(obj, start, start + result.frames - 1)
         texts = [f"predicted {sum(r.frames for r, _, _ in segments)} frames"]
@@ -441,7 +440,8 @@ class LIPSYNC3D_OT_import_head(bpy.types.Operator):
     def execute(self, context):
         try:
             result, item = _selected_result(context)
-            obj = importer.import_head(context, result, item.frame_start, settings(context).animation)
+            obj = importer.import_head(context, result, item.frame_start, settings(context).animation,
+                                       line=item.strip)
         except (runner.UserError, results.ResultError, ValueError, OSError) as e:
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}
@@ -475,14 +475,14 @@ class LIPSYNC3D_OT_drive_character(bpy.types.Operator):
         except (runner.UserError, results.ResultError, ValueError, OSError) as e:
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}
-        level = 'WARNING' if report.match.unmapped_keys else 'INFO'
+        level = 'WARNING' if report.match.unmapped_keys or report.nla.masked else 'INFO'
         self.report({level}, report.text())
         return {'FINISHED'}
 
 
 class LIPSYNC3D_OT_resync(bpy.types.Operator):
-    """Move every LipSync3D take to where its sound strip now starts (after strips were moved in the
-    Video Sequencer)"""
+    """Move every LipSync3D take, and every imported head, to where its sound strip now starts (after
+    strips were moved in the Video Sequencer)"""
 
     bl_idname = "lipsync3d.resync"
     bl_label = "Re-sync Takes"
@@ -502,7 +502,15 @@ class LIPSYNC3D_OT_resync(bpy.types.Operator):
         for id_data in [*context.scene.objects, *(h for h in holders if h is not None)]:
             if id_data.animation_data is not None:
                 anim.resync(id_data, starts, report)
-        self.report({'INFO'}, report.text() or "every take already sits at its sound strip")
+        for obj in context.scene.objects:          # imported heads: shape keys / Mesh Cache, atlas sequence
+            line = obj.get(anim.LINE)
+            if obj.get("lipsync3d_result") and line in starts:
+                moved = importer.move_head(obj, starts[line])
+                if moved:
+                    report.moved.append(moved)
+        text = report.text() or "every take and head already sits at its sound strip"
+        context.window_manager.lipsync3d_job.last_report = text
+        self.report({'INFO'}, text)
         return {'FINISHED'}
 
 
@@ -549,8 +557,10 @@ def table_rows(s) -> list:
 
 def set_table(s, obj, rows: list) -> list:
     """Write rows (mapping_table.Row) into the panel's table for obj; returns the sources that are not
-    ARKit coefficients (those rows get "none")."""
-    valid = {mapping_table.NONE, *mapping.ARKIT_NAMES}
+    ARKit coefficients or visemes (those rows get "none")."""
+    from .properties import SOURCES
+
+    valid = SOURCES
     s.mapping_rows.clear()
     bad = []
     for r in rows:
@@ -687,7 +697,8 @@ class LIPSYNC3D_OT_mapping_load(bpy.types.Operator, ImportHelper):
         used = sum(r.source != mapping_table.NONE for r in rows) - len(bad)
         self.report({'WARNING'} if bad else {'INFO'},
                     f"mapping loaded: {len(rows)} rows, {used} driven"
-                    + (f"; not ARKit coefficients, left as none: {', '.join(sorted(set(bad)))}" if bad else ""))
+                    + (f"; not ARKit coefficients or visemes, left as none: {', '.join(sorted(set(bad)))}"
+                       if bad else ""))
         return {'FINISHED'}
 
 

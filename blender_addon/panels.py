@@ -39,11 +39,13 @@ class LIPSYNC3D_UL_results(bpy.types.UIList):
 
 
 class LIPSYNC3D_UL_mapping(bpy.types.UIList):
-    """The mapping table: channel, source (ARKit coefficient or none), gain, offset."""
+    """The mapping table: channel, source (ARKit coefficient, viseme or none), gain, offset."""
 
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
         row = layout.row(align=True)
-        row.label(text=item.name, icon='SHAPEKEY_DATA' if ": " not in item.name else 'BONE_DATA')
+        icon = 'POSE_HLT' if item.name.startswith("pose asset: ") else \
+            'SHAPEKEY_DATA' if ": " not in item.name else 'BONE_DATA'
+        row.label(text=item.name, icon=icon)
         row.prop(item, "source", text="")
         row.prop(item, "gain", text="")
         row.prop(item, "offset", text="")

@@ -10,6 +10,7 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
                        PointerProperty, StringProperty)
 
+from . import mapping_table
 from .core import client, mapping
 
 _PRESET_ITEMS: list = []    # Blender needs the enum items kept alive while they are shown
@@ -78,16 +79,29 @@ class LIPSYNC3D_PG_cast(bpy.types.PropertyGroup):
     character: PointerProperty(name="Character", type=bpy.types.Object, poll=lambda self, o: _is_character(self, o))
 
 
+def _viseme_items() -> list:
+    """The visemes a row may use: the Rhubarb preset's shapes ("viseme:D", labelled "D (AI)")."""
+    root = client.bundled_engine_dir()
+    if root is None:
+        return []
+    path = root / "blendshape_rigs" / "presets" / f"{mapping.VISEME_PRESET}.json"
+    return [(src, f"viseme {label}", f"1 on the frames whose mouth shape is {label} (the Rhubarb preset's "
+             "classification of the coefficients), else 0; keyed constant")
+            for src, label in mapping_table.viseme_items(path)]
+
+
 _SOURCE_ITEMS = [("none", "none", "Leave this channel alone")] + [(n, n, f"Driven by the ARKit coefficient {n}")
-                                                                   for n in mapping.ARKIT_NAMES]
+                                                                   for n in mapping.ARKIT_NAMES] + _viseme_items()
+SOURCES = frozenset(i[0] for i in _SOURCE_ITEMS)     # what a table row's source may be
 
 
 class LIPSYNC3D_PG_map_row(bpy.types.PropertyGroup):
-    """A row of the mapping table: the channel (name: a shape key, or "bone: rotation X") and what
-    drives it: value = offset + gain * source (mapping_table.Row)."""
+    """A row of the mapping table: the channel (name: a shape key, "bone: rotation X", or a pose asset
+    "pose asset: AI") and what drives it: value = offset + gain * source (mapping_table.Row); a pose
+    asset is blended in with the value as weight."""
 
     source: EnumProperty(name="Source", items=_SOURCE_ITEMS, default="none",
-                         description="The ARKit coefficient that drives this channel (none: left alone)")
+                         description="The ARKit coefficient or viseme that drives this channel (none: left alone)")
     gain: FloatProperty(name="Gain", default=1.0, soft_min=-2.0, soft_max=2.0, precision=3)
     offset: FloatProperty(name="Offset", default=0.0, soft_min=-1.0, soft_max=1.0, precision=3)
 

@@ -10,6 +10,7 @@ Must not: import bpy (character.py writes the keyframes) or numpy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -48,14 +49,24 @@ class Preset:
     features: tuple = ()            # classify: (arkit index, weight) pairs
     prototypes: tuple = ()          # classify: per output, the feature values
     smoothing_frames: int = 1       # classify: window of the distance averaging
+    visemes: "Preset | None" = None  # linear/rename: a classify preset whose shapes feed viseme_outputs
+    viseme_outputs: tuple = ()      # (output, shape index in visemes.outputs, gain, bias), after the others
 
     def apply(self, frames: list) -> list:
         """(F, 52) ARKit values (lists) -> (F, len(outputs)) channel values."""
         if self.kind == "classify":
             return self._classify(frames)
         lo, hi = self.clip
-        return [[min(max(b + sum(w * row[k] for k, w in ws.items()), lo), hi)
-                 for ws, b in zip(self.weights, self.bias)] for row in frames]
+        out = [[min(max(b + sum(w * row[k] for k, w in ws.items()), lo), hi)
+                for ws, b in zip(self.weights, self.bias)] for row in frames]
+        if self.viseme_outputs:     # bias + gain x (1 while the frame's viseme is that shape, else 0)
+            for row, hot in zip(out, self.visemes.apply(frames)):
+                row.extend(min(max(b + g * hot[s], lo), hi) for _, s, g, b in self.viseme_outputs)
+        return out
+
+    def stepwise(self, output: str) -> bool:
+        """Whether `output` swaps from frame to frame (a viseme: keyed CONSTANT) instead of blending."""
+        return self.kind == "classify" or any(o == output for o, _, _, _ in self.viseme_outputs)
 
     def _classify(self, frames: list) -> list:
         dist = [[sum(w * (row[k] - proto[i]) ** 2 for i, (k, w) in enumerate(self.features))
@@ -69,17 +80,53 @@ class Preset:
         return out
 
 
-def load_preset(path: Path | str) -> Preset:
-    """Read one blendshape_rigs/presets/*.json; ValueError naming the file and the problem."""
+def load_preset(path: Path | str, folders: tuple = ()) -> Preset:
+    """Read one blendshape_rigs/presets/*.json; ValueError naming the file and the problem.
+
+    A linear preset may also hold "viseme_outputs" {output: {"viseme": shape, "gain": g, "bias": b}}:
+    outputs driven by the visemes of the classify preset named by "viseme_preset" (default
+    "rhubarb"), looked up next to the file, then in `folders`.
+    """
     path = Path(path)
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         if d.get("format") != PRESET_FORMAT:
             raise ValueError(f"not a blendshape preset (format {d.get('format')!r})")
         build = {"rename": _rename, "linear": _linear, "classify": _classify}[d["kind"]]
-        return build(path.stem, d)
+        preset = build(path.stem, d)
+        if d.get("viseme_outputs") and preset.kind != "classify":
+            preset = _with_viseme_outputs(preset, d, path, folders)
+        return preset
     except (OSError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+VISEME_PRESET = "rhubarb"           # the classify preset whose shapes are the visemes of tables and presets
+
+
+def _with_viseme_outputs(preset: Preset, d: dict, path: Path, folders: tuple) -> Preset:
+    name = str(d.get("viseme_preset", VISEME_PRESET))
+    found = next((f / f"{name}.json" for f in (path.parent, *folders) if (Path(f) / f"{name}.json").is_file()), None)
+    if found is None:
+        raise ValueError(f"viseme preset {name!r} not found next to the file")
+    visemes = load_preset(found)
+    if visemes.kind != "classify":
+        raise ValueError(f"viseme preset {name!r} is not a classify preset")
+    outs = []
+    for out, spec in d["viseme_outputs"].items():
+        shape = str(spec["viseme"])
+        if shape not in visemes.outputs:
+            raise ValueError(f"viseme output {out!r}: {shape!r} is not one of the shapes {list(visemes.outputs)}")
+        outs.append((out, shape, float(spec.get("gain", 1.0)), float(spec.get("bias", 0.0))))
+    return with_visemes(preset, visemes, outs)
+
+
+def with_visemes(preset: Preset, visemes: Preset, outputs: list) -> Preset:
+    """`preset` plus outputs [(name, shape, gain, bias)] = bias + gain x (1 while the frame's viseme of
+    the classify preset `visemes` is `shape`, else 0): the visemes are visemes.apply's, unchanged."""
+    extra = tuple((o, visemes.outputs.index(s), float(g), float(b)) for o, s, g, b in outputs)
+    return dataclasses.replace(preset, outputs=preset.outputs + tuple(o for o, _, _, _ in extra), visemes=visemes,
+                               viseme_outputs=preset.viseme_outputs + extra)
 
 
 def _rename(stem: str, d: dict) -> Preset:
@@ -116,7 +163,7 @@ def list_presets(folder: Path) -> list:
     out = []
     for p in sorted(Path(folder).glob("*.json")):
         try:
-            out.append((p.stem, load_preset(p)))
+            out.append((p.stem, load_preset(p, (Path(folder),))))
         except ValueError:
             continue
     return out

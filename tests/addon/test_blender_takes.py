@@ -468,3 +468,295 @@ def test_an_armature_characters_lip_bone_moves_with_its_mouth_coefficient(scene,
     scene.frame_set(80 + 9)
     loc = arm.pose.bones["lipCorner.L"].location           # (Z holds the rest of the earlier take's row: 0.001)
     assert (loc[0], loc[1]) == pytest.approx((0.001 + 0.02 * smile[9], 0.0), abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14's last items: viseme rows, Re-sync of imported heads, the rest track's order, pose assets
+# ---------------------------------------------------------------------------------------------
+
+VISEME_RUNS = [(10, {}), (10, {"jawOpen": 0.7}), (10, {"mouthClose": 0.3, "mouthPressLeft": 0.5,   # X, D (AI),
+                                                        "mouthPressRight": 0.5, "mouthRollLower": 0.2}),  # A (MBP),
+               (10, {})]                                                                               # X
+
+
+def _viseme_result(folder, seed: int = 12):
+    """A result whose coefficients are the Rhubarb prototypes of rest, AI, MBP, rest for 10 frames each;
+    returns the visemes of its frames as the add-on's Rhubarb preset classifies them."""
+    make_result(folder, frames=40, seed=seed)
+    path = folder / "blendshapes.json"
+    d = json.loads(path.read_text())
+    rows = [dict(proto) for n, proto in VISEME_RUNS for _ in range(n)]
+    d["frames"] = [[row.get(name, 0.0) for name in d["names"]] for row in rows]
+    path.write_text(json.dumps(d))
+    return d
+
+
+def _visemes(blender, folder) -> list:
+    character = sys.modules[blender.__name__ + ".character"]
+    preset = character.viseme_preset()
+    result = results.read_prediction(folder)
+    return [preset.outputs[r.index(1.0)] for r in preset.apply(character.arkit_rows(result))]
+
+
+def test_a_viseme_row_keys_its_shape_key_1_while_the_viseme_is_active_and_survives_save_and_load(
+        scene, blender, tmp_path):
+    character, mapping, _ = _mods(blender)
+    table = sys.modules[blender.__name__ + ".mapping_table"]
+    scene.render.fps = 25
+    _viseme_result(tmp_path / "a")
+    visemes = _visemes(blender, tmp_path / "a")
+    assert visemes[:10] == ["X"] * 10 and visemes[11:19] == ["D"] * 8 and visemes[21:29] == ["A"] * 8
+    jaw = _coeff(tmp_path / "a", "jawOpen")
+    obj = make_character(["MouthAI", "MouthMBP", "Jaw"])
+    rows = [table.Row("MouthAI", "viseme:D"), table.Row("MouthMBP", "viseme:A", 0.8, 0.1),
+            table.Row("Jaw", "jawOpen", 0.5)]
+    result = results.read_prediction(tmp_path / "a")
+    report = character.drive_character(obj, [(result, 5, "L")], mapping.DriveOptions(blinks=False),
+                                       targets=character.table_targets(obj, rows))
+    assert report.match.assignments == {"MouthAI": "viseme:D", "MouthMBP": "viseme:A", "Jaw": "jawOpen"}
+
+    def check(start):
+        for i in range(40):
+            assert _value_at(scene, obj, "MouthAI", start + i) == (1.0 if visemes[i] == "D" else 0.0), i
+            assert _value_at(scene, obj, "MouthMBP", start + i) == pytest.approx(
+                0.1 + (0.8 if visemes[i] == "A" else 0.0)), i
+            assert _value_at(scene, obj, "Jaw", start + i) == pytest.approx(0.5 * jaw[i], abs=1e-6), i
+        assert _value_at(scene, obj, "MouthAI", start + 15.5) == 1.0          # CONSTANT: no blend between keys
+        assert _value_at(scene, obj, "MouthAI", start + 10.5) == 1.0
+        assert _value_at(scene, obj, "MouthAI", start + 9.5) == 0.0
+        for f in (start - 4, start + 39 + 4, start + 80):                     # outside the take: rest
+            assert _value_at(scene, obj, "MouthAI", f) == 0.0
+            assert _value_at(scene, obj, "MouthMBP", f) == pytest.approx(0.1)
+
+    check(5)
+    take = _take(obj.data.shape_keys, "L")[0].action
+    interp = {c.data_path: {k.interpolation for k in c.keyframe_points} for c in _fcurves(take)}
+    assert interp == {'key_blocks["MouthAI"].value': {'CONSTANT'}, 'key_blocks["MouthMBP"].value': {'CONSTANT'},
+                      'key_blocks["Jaw"].value': {'LINEAR'}}
+    # save -> load: the preset JSON keeps the viseme rows, and the loaded table drives the same keys
+    path = table.save_preset(rows, tmp_path / "visemes.json")
+    doc = json.loads(path.read_text())
+    assert doc["viseme_preset"] == "rhubarb" and doc["viseme_outputs"] == {
+        "MouthAI": {"viseme": "D", "gain": 1.0, "bias": 0.0}, "MouthMBP": {"viseme": "A", "gain": 0.8, "bias": 0.1}}
+    assert doc["outputs"] == {"Jaw": {"weights": {"jawOpen": 0.5}, "bias": 0.0}}
+    loaded = table.load_rows(path, ["MouthAI", "MouthMBP", "Jaw"])
+    assert loaded == rows
+    preset = mapping.load_preset(path, (character.presets_folder(),))     # the file as a preset of the Mapping menu
+    column = preset.outputs.index("MouthAI")
+    assert [r[column] for r in preset.apply(character.arkit_rows(result))] == [float(v == "D") for v in visemes]
+    assert preset.stepwise("MouthAI") and not preset.stepwise("Jaw")
+    character.drive_character(obj, [(result, 105, "L2")], mapping.DriveOptions(blinks=False),
+                              targets=character.table_targets(obj, loaded))
+    check(105)
+
+
+def test_the_panel_fills_a_viseme_table_from_the_rhubarb_preset_and_round_trips_it(scene, blender, tmp_path):
+    scene.render.fps = 25
+    _viseme_result(tmp_path / "a")
+    visemes = _visemes(blender, tmp_path / "a")
+    obj = make_character(["MBP", "AI", "etc", "rest", "Hat"])
+    s = scene.lipsync3d
+    s.character, s.blinks, s.preset = obj, False, "rhubarb"
+    assert bpy.ops.lipsync3d.mapping_fill() == {'FINISHED'}             # a mouth-swap preset fills a table now
+    assert {r.name: r.source for r in s.mapping_rows} == {"MBP": "viseme:A", "AI": "viseme:D", "etc": "viseme:B",
+                                                          "rest": "viseme:X", "Hat": "none"}
+    s.mapping_rows["Hat"].source = "viseme:D"                           # a hand-set viseme row
+    path = tmp_path / "chart.json"
+    assert bpy.ops.lipsync3d.mapping_save(filepath=str(path)) == {'FINISHED'}
+    assert bpy.ops.lipsync3d.mapping_clear() == {'FINISHED'}
+    assert bpy.ops.lipsync3d.mapping_load(filepath=str(path)) == {'FINISHED'}
+    assert {r.name: r.source for r in s.mapping_rows} == {"MBP": "viseme:A", "AI": "viseme:D", "etc": "viseme:B",
+                                                          "rest": "viseme:X", "Hat": "viseme:D"}
+    _drive_selected(scene, tmp_path / "a", 1, "L")
+    for i in range(40):
+        assert _value_at(scene, obj, "Hat", 1 + i) == (1.0 if visemes[i] == "D" else 0.0), i
+        assert _value_at(scene, obj, "rest", 1 + i) == (1.0 if visemes[i] == "X" else 0.0), i
+    assert _value_at(scene, obj, "rest", 70) == 1.0 and _value_at(scene, obj, "AI", 70) == 0.0     # at rest
+
+
+@pytest.mark.parametrize("animation", ["SHAPE_KEYS", "MESH_CACHE"])
+def test_resync_moves_an_imported_head_with_its_sound_strip(scene, blender, tmp_path, animation):
+    import wave
+
+    from blender_helpers import emission_render_setup, evaluated_coords, new_sound_strip, texture_as_emission
+    from handmade import atlas_colour
+
+    importer = sys.modules[blender.__name__ + ".importer"]
+    operators = sys.modules[blender.__name__ + ".operators"]
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=6)
+    with wave.open(str(tmp_path / "a.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(b"\0\0" * 4000)
+    strip = new_sound_strip(scene.sequence_editor_create(), "Line A", str(tmp_path / "a.wav"), 1, 1)
+    obj = importer.import_head(bpy.context, results.read_prediction(tmp_path / "a"), 1, animation, line="Line A")
+    operators._show_only_during(obj, 1, 6)                    # as a batch head: visible on its frames only
+    texture_as_emission(obj)
+    render = emission_render_setup(scene, obj)
+    before = {}
+    for k in (0, 2, 5):
+        scene.frame_set(1 + k)
+        before[k] = evaluated_coords(obj)
+    colours = {k: render(1 + k, tmp_path / f"b{k}.png")[20:28, 20:28].reshape(-1, 3).mean(0) for k in (0, 5)}
+    strip.frame_start = 41                                     # the editor moves the line 40 frames later
+    assert bpy.ops.lipsync3d.resync() == {'FINISHED'}
+    assert f"head '{obj.name}' 1 -> 41" in bpy.context.window_manager.lipsync3d_job.last_report
+    for k in (0, 2, 5):
+        scene.frame_set(41 + k)
+        np.testing.assert_allclose(evaluated_coords(obj), before[k], atol=1e-6)
+    for k in (0, 5):
+        after = render(41 + k, tmp_path / f"a{k}.png")[20:28, 20:28].reshape(-1, 3).mean(0)
+        np.testing.assert_allclose(after, colours[k], atol=1) and np.testing.assert_allclose(after, atlas_colour(k),
+                                                                                               atol=3)
+    tex = next(n for n in obj.active_material.node_tree.nodes if n.bl_idname == "ShaderNodeTexImage")
+    assert tex.image_user.frame_start == 41 and obj["lipsync3d_frame_start"] == 41
+    for f, hidden in ((40, True), (41, False), (46, False), (47, True)):
+        scene.frame_set(f)
+        assert obj.hide_render == hidden, f
+    assert bpy.ops.lipsync3d.resync() == {'FINISHED'}          # nothing left to move
+    assert "already sits" in bpy.context.window_manager.lipsync3d_job.last_report
+
+
+def _user_track(key, name: str = "User track", value: float = 0.7):
+    """The animator's own NLA track: an action keying jawOpen to `value` from frame 1 to 300, held."""
+    action = bpy.data.actions.new(f"{name} action")
+    ad = key.animation_data or key.animation_data_create()
+    ad.action = action
+    fc = ensure_fcurve(action, key, 'key_blocks["jawOpen"].value')
+    for f in (1, 300):
+        fc.keyframe_points.insert(f, value)
+    ad.action = None
+    track = ad.nla_tracks.new()
+    track.name = name
+    strip = track.strips.new(name, 1, action)
+    strip.extrapolation, strip.blend_in = 'HOLD', 2.0
+    return track, action
+
+
+def test_a_users_older_nla_track_plays_between_takes_and_the_take_still_eases_to_rest(scene, blender, tmp_path):
+    character, mapping, anim = _mods(blender)
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=20, seed=13)
+    jaw = _coeff(tmp_path / "a", "jawOpen")
+    obj = make_character(["jawOpen", "Hat"])
+    key = obj.data.shape_keys
+    _, action = _user_track(key)
+    before = [tuple(k.co) for c in _fcurves(action) for k in c.keyframe_points]
+    report = character.drive_character(obj, [(results.read_prediction(tmp_path / "a"), 50, "L")],
+                                       mapping.DriveOptions(blinks=False), ease=3)
+    assert [t.name for t in key.animation_data.nla_tracks] == ["LipSync3D rest", "User track", "LipSync3D"]
+    assert report.nla.restacked == ["User track"] and "your NLA track 'User track' recreated" in report.text()
+    user = key.animation_data.nla_tracks["User track"].strips[0]
+    assert (user.name, user.action, user.frame_start, user.frame_end, user.extrapolation, user.blend_in) == \
+        ("User track", action, 1.0, 300.0, 'HOLD', 2.0)
+    assert [tuple(k.co) for c in _fcurves(action) for k in c.keyframe_points] == before      # never altered
+    last = 50 + 19
+    for f in (5, 30, 46, last + 4, last + 40):                # between takes: the user's track plays
+        assert _value_at(scene, obj, "jawOpen", f) == pytest.approx(0.7), f
+    for i in (0, 9, 19):                                      # inside the take: the take
+        assert _value_at(scene, obj, "jawOpen", 50 + i) == pytest.approx(jaw[i], abs=1e-5)
+    assert _value_at(scene, obj, "jawOpen", last + 1.5) == pytest.approx(jaw[19] / 2, abs=1e-5)    # easing to rest
+    assert _value_at(scene, obj, "jawOpen", last + 3) == pytest.approx(0.0, abs=1e-6)
+    assert _value_at(scene, obj, "Hat", 30) == key.key_blocks["Hat"].slider_max == 1.0    # not driven, not keyed
+    # a second line and the user's active action: takes stay on top, Kept goes below them, above the user's track
+    users = bpy.data.actions.new("Anna face")
+    key.animation_data.action = users
+    ensure_fcurve(users, key, 'key_blocks["Hat"].value').keyframe_points.insert(1, 0.4)
+    character.drive_character(obj, [(results.read_prediction(tmp_path / "a"), 150, "L2")],
+                              mapping.DriveOptions(blinks=False))
+    assert [t.name for t in key.animation_data.nla_tracks] == ["LipSync3D rest", "User track", "Kept: Anna face",
+                                                               "LipSync3D"]
+    assert _value_at(scene, obj, "jawOpen", 100) == pytest.approx(0.7) \
+        and _value_at(scene, obj, "Hat", 100) == pytest.approx(0.4)
+    assert _value_at(scene, obj, "jawOpen", 155) == pytest.approx(jaw[5], abs=1e-5)
+
+
+def test_a_rest_track_made_above_the_users_track_moves_below_it_and_an_uncopyable_track_is_reported(
+        scene, blender, tmp_path):
+    character, mapping, anim = _mods(blender)
+    scene.render.fps = 25
+    make_result(tmp_path / "a", frames=20, seed=13)
+    obj = make_character(["jawOpen"])
+    key = obj.data.shape_keys
+    _user_track(key)
+    # what an older version of the add-on made: the rest track on top of the user's track
+    rest = bpy.data.actions.new("old rest")
+    key.animation_data.action = rest
+    ensure_fcurve(rest, key, 'key_blocks["jawOpen"].value').keyframe_points.insert(0, 0.0)
+    key.animation_data.action = None
+    track = key.animation_data.nla_tracks.new()
+    track.name = "LipSync3D rest"
+    track.strips.new("rest", 0, rest).extrapolation = 'HOLD'
+    assert _value_at(scene, obj, "jawOpen", 30) == 0.0                     # masked
+    report = character.drive_character(obj, [(results.read_prediction(tmp_path / "a"), 50, "L")],
+                                       mapping.DriveOptions(blinks=False))
+    assert [t.name for t in key.animation_data.nla_tracks] == ["LipSync3D rest", "User track", "LipSync3D"]
+    assert report.nla.restacked == ["User track"]
+    assert _value_at(scene, obj, "jawOpen", 30) == pytest.approx(0.7)      # plays again
+    # a track the add-on does not recreate (an F-modifier on its strip's influence) stays, and is reported
+    other = make_character(["jawOpen"])
+    okey = other.data.shape_keys
+    utrack, _ = _user_track(okey, "Noisy")
+    strip = utrack.strips[0]
+    strip.use_animated_influence = True
+    strip.fcurves.find("influence").modifiers.new('NOISE')
+    report = character.drive_character(other, [(results.read_prediction(tmp_path / "a"), 50, "L")],
+                                       mapping.DriveOptions(blinks=False))
+    assert [t.name for t in okey.animation_data.nla_tracks] == ["Noisy", "LipSync3D rest", "LipSync3D"]
+    assert report.nla.masked == ["Noisy"] and "could not go below your NLA track 'Noisy'" in report.text()
+
+
+def _pose_asset(arm, name: str, angle: float):
+    action = bpy.data.actions.new(name)
+    arm.animation_data_create().action = action
+    fc = action.fcurve_ensure_for_datablock(arm, 'pose.bones["jaw"].rotation_euler', index=0)
+    fc.keyframe_points.insert(1, angle)
+    arm.animation_data.action = None
+    action.asset_mark()
+    return action
+
+
+def test_pose_assets_as_visemes_of_an_armature(scene, blender, tmp_path):
+    character, mapping, _ = _mods(blender)
+    table = sys.modules[blender.__name__ + ".mapping_table"]
+    scene.render.fps = 25
+    _viseme_result(tmp_path / "a")
+    visemes = _visemes(blender, tmp_path / "a")
+    jaw = _coeff(tmp_path / "a", "jawOpen")
+    arm = _armature(scene)
+    _pose_asset(arm, "MBP", 0.0)
+    _pose_asset(arm, "AI", 0.3)
+    bpy.data.actions.new("not an asset")
+    assert [a.name for a in character.pose_assets(arm)] == ["AI", "MBP"]
+    s = scene.lipsync3d
+    s.character, s.blinks = arm, False
+    assert bpy.ops.lipsync3d.mapping_fill() == {'FINISHED'}
+    assert {r.name: r.source for r in s.mapping_rows} == {      # the poses take the jaw: its own row is none
+        "jaw: rotation X": "none", "pose asset: AI": "viseme:D", "pose asset: MBP": "viseme:A"}
+    _drive_selected(scene, tmp_path / "a", 5, "L")
+    for i in range(40):
+        scene.frame_set(5 + i)
+        assert arm.pose.bones["jaw"].rotation_euler[0] == pytest.approx(0.3 if visemes[i] == "D" else 0.0,
+                                                                         abs=1e-6), i
+    for f in (1, 5 + 39 + 3, 90):
+        scene.frame_set(f)
+        assert arm.pose.bones["jaw"].rotation_euler[0] == pytest.approx(0.0, abs=1e-6)
+    # save -> load the table, then drive the AI pose by a coefficient instead: blended by jawOpen
+    path = tmp_path / "rig.json"
+    assert bpy.ops.lipsync3d.mapping_save(filepath=str(path)) == {'FINISHED'}
+    assert json.loads(path.read_text())["viseme_outputs"]["pose asset: AI"] == {"viseme": "D", "gain": 1.0,
+                                                                                 "bias": 0.0}
+    assert bpy.ops.lipsync3d.mapping_clear() == {'FINISHED'}
+    assert bpy.ops.lipsync3d.mapping_load(filepath=str(path)) == {'FINISHED'}
+    assert s.mapping_rows["pose asset: AI"].source == "viseme:D"
+    s.mapping_rows["pose asset: AI"].source, s.mapping_rows["pose asset: AI"].gain = "jawOpen", 0.5
+    _drive_selected(scene, tmp_path / "a", 100, "L2")
+    for i in (5, 15, 25):
+        scene.frame_set(100 + i)
+        assert arm.pose.bones["jaw"].rotation_euler[0] == pytest.approx(0.3 * 0.5 * jaw[i], abs=1e-6), i
+    # two poses on the same bone add up, each by its weight, on top of the rest pose
+    rows = [table.Row("pose asset: AI", "jawOpen"), table.Row("pose asset: Wide", "jawOpen", 0.5)]
+    _pose_asset(arm, "Wide", -0.2)
+    character.drive_character(arm, [(results.read_prediction(tmp_path / "a"), 200, "L3")],
+                              mapping.DriveOptions(blinks=False), targets=character.table_targets(arm, rows))
+    scene.frame_set(215)
+    assert arm.pose.bones["jaw"].rotation_euler[0] == pytest.approx((0.3 - 0.5 * 0.2) * jaw[15], abs=1e-6)
