@@ -101,3 +101,26 @@ def test_numpy_audio_path_equals_the_torch_network(dims):
     with pytest.raises(ValueError, match=r"model\.audio\.convs\.\d+\.weight is \(.*\), the network in the config needs"):
         AudioHeads.from_tensors({f"model.{k}": v.numpy() for k, v in model.state_dict().items()},
                                 ModelDimensions().scaled(1 / 16))
+
+
+@pytest.mark.parametrize("window, kept", [(1, 3), (3, 11)])
+def test_geometry_stop_rule_keeps_the_best_epoch_of_the_averaged_validation_correlation(window, kept):
+    """A one-epoch spike of the validation correlation (epoch 3) stops the geometry early when
+    each epoch is judged alone; averaged over 3 epochs, the rule waits for the sustained rise and
+    keeps epoch 11. The kept weights are those of that epoch."""
+    from lipsync_engine.model.network import LipSync3D
+    from lipsync_engine.model.train import TrainOptions, _early_stop
+
+    model = LipSync3D(TINY)
+    options = TrainOptions(geometry_patience=5, geometry_stop_window=window)
+    r = [0.50, 0.60, 0.80, 0.55, 0.60, 0.62, 0.66, 0.70, 0.72, 0.74, 0.73, 0.72, 0.71, 0.70, 0.69, 0.68]
+    stop: dict = {}
+    bias = next(model.geometry.parameters())
+    for epoch, value in enumerate(r):
+        with torch.no_grad():
+            bias.fill_(epoch + 1)               # the weights say which epoch they are
+        _early_stop(model, options, stop, value, n_val=200, epoch=epoch)
+        if stop.get("stopped"):
+            break
+    assert stop.get("stopped")
+    assert float(next(model.geometry.parameters()).flatten()[0]) == kept
