@@ -1,7 +1,8 @@
 """From per-frame ARKit-52 coefficients to a character's shape-key values, with the stdlib only.
 
 Owns: the presets of blendshape_rigs/presets/*.json (rename, linear, classify) applied in
-plain Python, temporal smoothing, strength, procedural eye blinks and a subtle head motion
+plain Python (interop.read_preset reads and checks the files, for the engine too), temporal
+smoothing, strength, procedural eye blinks and a subtle head motion
 (the paper combines the predicted mouth with other blendshapes for lively animation,
 Section 3.3). The ARKit names and name matching (case and separators ignored,
 side suffixes, prefix words) are interop.py's, shared with the engine.
@@ -11,14 +12,14 @@ Must not: import bpy (character.py writes the keyframes) or numpy.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# the names, their matching and the preset format are the engine's, shared (interop.py)
-from .interop import (ARKIT_NAMES, PRESET_FORMAT, RHUBARB_EXTENDED, NameMatch, arkit_index,  # noqa: F401
+# the names, their matching and the preset files are the engine's, shared (interop.py)
+from . import interop
+from .interop import (ARKIT_NAMES, PRESET_FORMAT, VISEME_PRESET, NameMatch, PresetSpec,  # noqa: F401
                       match_names, normalize_name, side_key)
 
 BLINK_CLOSE_S, BLINK_HOLD_S, BLINK_OPEN_S = 0.07, 0.03, 0.13   # eyelid timing of a spontaneous blink
@@ -52,6 +53,16 @@ class Preset:
     visemes: "Preset | None" = None  # linear/rename: a classify preset whose shapes feed viseme_outputs
     viseme_outputs: tuple = ()      # (output, shape index in visemes.outputs, gain, bias), after the others
 
+    @classmethod
+    def from_spec(cls, spec: PresetSpec) -> "Preset":
+        """The plain-Python form of a preset read and checked by interop.read_preset (the engine's
+        rig/names.py makes its numpy form from the same PresetSpec); load_preset links viseme outputs."""
+        if spec.kind == "classify":
+            return cls(spec.name, spec.kind, spec.description, spec.outputs, features=spec.features,
+                       prototypes=spec.prototypes, smoothing_frames=spec.smoothing_frames)
+        return cls(spec.name, spec.kind, spec.description, spec.outputs, tuple(dict(r) for r in spec.rows),
+                   spec.bias, spec.clip, dict(spec.aliases))
+
     def apply(self, frames: list) -> list:
         """(F, 52) ARKit values (lists) -> (F, len(outputs)) channel values."""
         if self.kind == "classify":
@@ -81,44 +92,34 @@ class Preset:
 
 
 def load_preset(path: Path | str, folders: tuple = ()) -> Preset:
-    """Read one blendshape_rigs/presets/*.json; ValueError naming the file and the problem.
+    """Read one blendshape_rigs/presets/*.json (interop.read_preset); ValueError naming the file and the problem.
 
     A linear preset may also hold "viseme_outputs" {output: {"viseme": shape, "gain": g, "bias": b}}:
     outputs driven by the visemes of the classify preset named by "viseme_preset" (default
     "rhubarb"), looked up next to the file, then in `folders`.
     """
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-        if d.get("format") != PRESET_FORMAT:
-            raise ValueError(f"not a blendshape preset (format {d.get('format')!r})")
-        build = {"rename": _rename, "linear": _linear, "classify": _classify}[d["kind"]]
-        preset = build(path.stem, d)
-        if d.get("viseme_outputs") and preset.kind != "classify":
-            preset = _with_viseme_outputs(preset, d, path, folders)
+    spec = interop.read_preset(path)
+    preset = Preset.from_spec(spec)
+    if not spec.viseme_outputs:
         return preset
-    except (OSError, KeyError, TypeError, ValueError) as e:
+    try:
+        return _with_viseme_outputs(preset, spec, Path(path), folders)
+    except (OSError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
 
 
-VISEME_PRESET = "rhubarb"           # the classify preset whose shapes are the visemes of tables and presets
-
-
-def _with_viseme_outputs(preset: Preset, d: dict, path: Path, folders: tuple) -> Preset:
-    name = str(d.get("viseme_preset", VISEME_PRESET))
+def _with_viseme_outputs(preset: Preset, spec: PresetSpec, path: Path, folders: tuple) -> Preset:
+    name = spec.viseme_preset
     found = next((f / f"{name}.json" for f in (path.parent, *folders) if (Path(f) / f"{name}.json").is_file()), None)
     if found is None:
         raise ValueError(f"viseme preset {name!r} not found next to the file")
     visemes = load_preset(found)
     if visemes.kind != "classify":
         raise ValueError(f"viseme preset {name!r} is not a classify preset")
-    outs = []
-    for out, spec in d["viseme_outputs"].items():
-        shape = str(spec["viseme"])
+    for out, shape, _, _ in spec.viseme_outputs:
         if shape not in visemes.outputs:
             raise ValueError(f"viseme output {out!r}: {shape!r} is not one of the shapes {list(visemes.outputs)}")
-        outs.append((out, shape, float(spec.get("gain", 1.0)), float(spec.get("bias", 0.0))))
-    return with_visemes(preset, visemes, outs)
+    return with_visemes(preset, visemes, spec.viseme_outputs)
 
 
 def with_visemes(preset: Preset, visemes: Preset, outputs: list) -> Preset:
@@ -129,41 +130,12 @@ def with_visemes(preset: Preset, visemes: Preset, outputs: list) -> Preset:
                                viseme_outputs=preset.viseme_outputs + extra)
 
 
-def _rename(stem: str, d: dict) -> Preset:
-    outputs, weights = [], []
-    for arkit, targets in d["names"].items():
-        for t in [targets] if isinstance(targets, str) else (targets or []):
-            outputs.append(t)
-            weights.append({arkit_index(arkit): 1.0})
-    return Preset(stem, "rename", d.get("description", ""), tuple(outputs), tuple(weights),
-                  (0.0,) * len(outputs), aliases=dict(d.get("aliases", {})))
-
-
-def _linear(stem: str, d: dict) -> Preset:
-    outs = d["outputs"]
-    weights = tuple({arkit_index(k): float(w) for k, w in spec.get("weights", {}).items()} for spec in outs.values())
-    bias = tuple(float(spec.get("bias", 0.0)) for spec in outs.values())
-    lo, hi = (float(x) for x in d.get("clip", (0.0, 1.0)))
-    return Preset(stem, "linear", d.get("description", ""), tuple(outs), weights, bias, (lo, hi),
-                  dict(d.get("aliases", {})))
-
-
-def _classify(stem: str, d: dict) -> Preset:
-    extended = set(d.get("extended_shapes", RHUBARB_EXTENDED))
-    shapes = {s: v for s, v in d["shapes"].items() if s not in RHUBARB_EXTENDED or s in extended}
-    feats = tuple(d["features"].items())
-    features = tuple((arkit_index(k), float(w)) for k, w in feats)
-    protos = tuple(tuple(float(v["prototype"].get(k, 0.0)) for k, _ in feats) for v in shapes.values())
-    return Preset(stem, "classify", d.get("description", ""), tuple(shapes), features=features, prototypes=protos,
-                  smoothing_frames=int(d.get("smoothing_frames", 1)))
-
-
 def list_presets(folder: Path) -> list:
     """(name, Preset) of every preset file in `folder`, sorted by name; unreadable ones skipped."""
     out = []
-    for p in sorted(Path(folder).glob("*.json")):
+    for name in interop.list_presets(folder):
         try:
-            out.append((p.stem, load_preset(p, (Path(folder),))))
+            out.append((name, load_preset(Path(folder) / f"{name}.json", (Path(folder),))))
         except ValueError:
             continue
     return out
@@ -178,14 +150,7 @@ Match = NameMatch    # the add-on's name for interop's match result
 
 def best_preset(shape_keys, presets: list) -> str:
     """The name of the (name, Preset) pair matching most of shape_keys (ties: the first listed)."""
-    if not presets:
-        raise ValueError("no presets to choose from")
-    keys = list(shape_keys)
-
-    def score(item) -> int:
-        _, p = item
-        return len(match_names(keys, p.outputs, aliases=p.aliases).assignments)
-    return max(presets, key=score)[0]
+    return interop.best_preset(shape_keys, [(n, p.outputs, p.aliases) for n, p in presets])
 
 
 # ---------------------------------------------------------------------------------------------

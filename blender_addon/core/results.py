@@ -16,7 +16,6 @@ one unit is one normalized unit (about a centimetre), so the add-on scales objec
 
 from __future__ import annotations
 
-import json
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,18 +44,6 @@ def engine_to_blender(x: float, y: float, z: float) -> tuple[float, float, float
 def blender_to_engine(x: float, y: float, z: float) -> tuple[float, float, float]:
     """Inverse of engine_to_blender. Example: ``blender_to_engine(1, -3, 2) == (1, 2, 3)``."""
     return x, z, -y
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ResultError(f"{path}: {what} not found") from None
-    except (OSError, ValueError) as e:
-        raise ResultError(f"{path}: unreadable {what} ({e})") from None
-    if not isinstance(data, dict):
-        raise ResultError(f"{path}: a {what} must be a JSON object")
-    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,7 +85,7 @@ def read_prediction(folder: Path | str) -> PredictionResult:
     folder = Path(folder)
     if folder.name == "result.json":
         folder = folder.parent
-    m = _read_json(folder / "result.json", "prediction manifest (result.json)")
+    m = interop.read_json(folder / "result.json", "prediction manifest (result.json)", ResultError)
     if m.get("format") != PREDICTION_FORMAT:
         raise ResultError(f"{folder / 'result.json'}: not a LipSync3D prediction (format {m.get('format')!r})")
     if int(m.get("format_version", 0)) > PREDICTION_VERSION:
@@ -118,7 +105,7 @@ def read_prediction(folder: Path | str) -> PredictionResult:
 def read_model_config(model_dir: Path | str) -> dict:
     """A trained model's config.json (format "lipsync3d-model"): cylinder, fps, dims, epochs, ..."""
     path = Path(model_dir) / "config.json"
-    c = _read_json(path, "model config")
+    c = interop.read_json(path, "model config", ResultError)
     if c.get("format") != MODEL_FORMAT:
         raise ResultError(f"{path}: not a LipSync3D model (format {c.get('format')!r})")
     return c
@@ -182,7 +169,7 @@ class CoefficientTrack:
 
 def read_coefficients(path: Path | str) -> CoefficientTrack:
     """{"names", "fps", "frames"} of exports.write_coefficients_json."""
-    d = _read_json(Path(path), "blendshape animation")
+    d = interop.read_json(Path(path), "blendshape animation", ResultError)
     try:
         names, fps, frames = tuple(d["names"]), float(d["fps"]), d["frames"]
         if any(len(f) != len(names) for f in frames):

@@ -2,9 +2,11 @@
 
 Owns: the 52 ARKit blendshape names (Apple's grouped order, the engine's canonical order),
 the Live Link Face columns, name matching (case and separators ignored, plus side suffixes
-and prefix words), the blendshape preset and shape-key mapping format names, the stdout
-message protocol (message kinds, version, exit codes, one line <-> one message), and the
-readers of the PC2 point cache and the OBJ head the engine writes.
+and prefix words), the blendshape preset files (read and checked into a PresetSpec, which
+rig/names.py applies with numpy and the add-on's mapping.py in plain Python; listing them,
+choosing the best by name), the shape-key mapping format name, the stdout message protocol
+(message kinds, version, exit codes, one line <-> one message), and the readers of JSON
+objects, the PC2 point cache and the OBJ head the engine writes.
 
 Shared, not copied: this is lipsync_engine/core/interop.py; the add-on's
 blender_addon/core/interop.py is a symlink to it in git, which build_addon.py turns into a
@@ -197,6 +199,144 @@ def match_names(shape_keys, channels, explicit: dict | None = None, aliases: dic
 
 def _lookup(name: str, exact: dict, sided: dict):
     return exact.get(normalize_name(name)) or sided.get(side_key(name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Blendshape presets (blendshape_rigs/presets/*.json): read and checked here, once; applied by
+# rig/names.py (numpy) and the add-on's core/mapping.py (plain Python)
+# ---------------------------------------------------------------------------------------------
+
+VISEME_PRESET = "rhubarb"   # the classify preset of a file's "viseme_outputs" when it names no "viseme_preset"
+
+
+@dataclass(frozen=True)
+class PresetSpec:
+    """A checked preset file as plain tuples; ARKit names are indices into ARKIT_NAMES.
+
+    outputs : the channel names; kind "classify": the shapes in use (A-F and the enabled G, H, X).
+    rename/linear: output j = clip(bias[j] + sum of w * arkit[k] over (k, w) in rows[j]) (a rename
+    row is one (k, 1.0)); aliases ((other name, output), ...); unused_arkit: the ARKit names a rename
+    preset maps to null. classify: features ((k, weight), ...), prototypes (per shape, a value per
+    feature), rest (the shape of silence), smoothing_frames (odd), display_names ((shape, name), ...).
+    viseme_outputs ((output, shape, gain, bias), ...), rename/linear only: bias + gain x (1 while the
+    frame's shape under the classify preset `viseme_preset` is `shape`, else 0), after the outputs.
+    """
+
+    name: str
+    kind: str
+    description: str
+    outputs: tuple
+    rows: tuple = ()
+    bias: tuple = ()
+    clip: tuple = (0.0, 1.0)
+    aliases: tuple = ()
+    unused_arkit: tuple = ()
+    features: tuple = ()
+    prototypes: tuple = ()
+    rest: str = ""
+    smoothing_frames: int = 1
+    display_names: tuple = ()
+    viseme_preset: str = ""
+    viseme_outputs: tuple = ()
+
+
+def read_json(path: Path | str, what: str, error: type[Exception] = ValueError) -> dict:
+    """The JSON object in a file; `error` naming the file and `what` it should be otherwise."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except (OSError, ValueError) as e:
+        raise error(f"{path}: unreadable {what} ({e})") from e
+    if not isinstance(data, dict):
+        raise error(f"{path}: a {what} must be a JSON object")
+    return data
+
+
+def read_preset(path: Path | str, error: type[Exception] = ValueError) -> PresetSpec:
+    """Read and check one preset file; `error` naming the file and the rule it breaks (an unknown
+    ARKit name, a target name used twice, a missing field, ...)."""
+    data = read_json(path, "blendshape preset", error)
+    kind = data.get("kind")
+    if data.get("format") != PRESET_FORMAT or kind not in PRESET_KINDS:
+        raise error(f"{path}: not a blendshape preset (needs \"format\": \"{PRESET_FORMAT}\" and a "
+                    f"\"kind\" in {PRESET_KINDS})")
+    try:
+        fields = {"rename": _rename_fields, "linear": _linear_fields, "classify": _classify_fields}[kind](data)
+        if kind != "classify" and data.get("viseme_outputs"):
+            fields["viseme_preset"] = str(data.get("viseme_preset", VISEME_PRESET))
+            fields["viseme_outputs"] = tuple((out, str(v["viseme"]), float(v.get("gain", 1.0)),
+                                              float(v.get("bias", 0.0))) for out, v in data["viseme_outputs"].items())
+        return PresetSpec(Path(path).stem, kind, data["description"], **fields)
+    except (KeyError, TypeError, ValueError) as e:
+        raise error(f"{path}: {e}") from e
+
+
+def _rename_fields(data: dict) -> dict:
+    table = data["names"]
+    unknown = [k for k in table if normalize_name(k) not in _ARKIT_KEYS]
+    if unknown or len(table) != len(ARKIT_NAMES):
+        raise ValueError(f"\"names\" must have one entry for each of the 52 ARKit names (unknown: {unknown})")
+    outputs, rows = [], []
+    for arkit, targets in table.items():
+        for target in [targets] if isinstance(targets, str) else (targets or []):
+            if target in outputs:
+                raise ValueError(f"target name {target!r} is used twice")
+            outputs.append(target)
+            rows.append(((arkit_index(arkit), 1.0),))
+    return {"outputs": tuple(outputs), "rows": tuple(rows), "bias": (0.0,) * len(outputs),
+            "aliases": tuple(dict(data.get("aliases", {})).items()),
+            "unused_arkit": tuple(k for k, t in table.items() if not t)}
+
+
+def _linear_fields(data: dict) -> dict:
+    outs, rows, bias = data["outputs"], [], []
+    for name, spec in outs.items():
+        bias.append(float(spec.get("bias", 0.0)))
+        rows.append({arkit_index(k): float(w) for k, w in spec.get("weights", {}).items()})
+        if not rows[-1] and bias[-1] == 0.0:    # listed weights of 0 are the user's (a table row of gain 0)
+            raise ValueError(f"output {name!r} has no weights and no bias: it would always be 0")
+    aliases = dict(data.get("aliases", {}))
+    bad = [a for a, target in aliases.items() if target not in outs]
+    if bad:
+        raise ValueError(f"aliases {bad} point to names that are not outputs")
+    lo, hi = (float(x) for x in data.get("clip", (0.0, 1.0)))
+    return {"outputs": tuple(outs), "rows": tuple(tuple(r.items()) for r in rows), "bias": tuple(bias),
+            "clip": (lo, hi), "aliases": tuple(aliases.items())}
+
+
+def _classify_fields(data: dict) -> dict:
+    feats = data["features"]
+    weights = [float(w) for w in feats.values()]
+    features = tuple(zip([arkit_index(f) for f in feats], weights))
+    extended = set(data.get("extended_shapes", RHUBARB_EXTENDED))
+    shapes = {s: v for s, v in data["shapes"].items() if s not in RHUBARB_EXTENDED or s in extended}
+    for s, v in shapes.items():
+        extra = set(v["prototype"]) - set(feats)
+        if extra:
+            raise ValueError(f"shape {s!r}: prototype names {sorted(extra)} are not in \"features\"")
+    if data["rest"] not in shapes:
+        raise ValueError(f"\"rest\" {data['rest']!r} is not one of the shapes in use {sorted(shapes)}")
+    window = int(data.get("smoothing_frames", 1))
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"\"smoothing_frames\" must be an odd number >= 1, got {window}")
+    return {"outputs": tuple(shapes), "features": features, "rest": data["rest"], "smoothing_frames": window,
+            "prototypes": tuple(tuple(float(v["prototype"].get(f, 0.0)) for f in feats) for v in shapes.values()),
+            "display_names": tuple((s, v["display_name"]) for s, v in shapes.items() if "display_name" in v)}
+
+
+def list_presets(folder: Path | str) -> list:
+    """The names (file stems) of the preset files in `folder`, sorted; not read."""
+    return sorted(p.stem for p in Path(folder).glob("*.json"))
+
+
+def best_preset(shape_keys, presets, error: type[Exception] = ValueError) -> str:
+    """The name of the (name, channels, aliases) whose channels match_names gives the most of
+    `shape_keys` (ties: the first listed); `error` when there are none."""
+    presets, keys = list(presets), list(shape_keys)
+    if not presets:
+        raise error("no presets found")
+    return max(presets, key=lambda p: len(match_names(keys, p[1], aliases=p[2]).assignments))[0]
 
 
 # ---------------------------------------------------------------------------------------------

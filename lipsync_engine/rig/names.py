@@ -1,8 +1,9 @@
 """Blendshape names: the ARKit set, matching a character's shape-key names, and the presets.
 
 The 52 ARKit names (Apple's grouped order, the engine's canonical order), the Live Link Face
-column order, name normalization and matching live in core/interop.py, shared with the
-Blender add-on, and are importable from here. Owns: explicit user mapping files, and the
+column order, name normalization and matching, and the reading and checking of the preset
+files (interop.read_preset) live in core/interop.py, shared with the Blender add-on, and are
+importable from here. Owns: explicit user mapping files, and the numpy form of the
 user-editable presets of blendshape_rigs/presets/*.json that turn per-frame ARKit
 coefficients into another rig's channels:
 
@@ -17,23 +18,22 @@ silently: every name that cannot be matched is reported in a NameMatch.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from ..core import interop
 from ..core.errors import InputError
 from ..core.filters import moving_average
 from ..io.exports import reorder_to_arkit  # noqa: F401  (public here too)
 # the names, the formats and name matching are shared with the Blender add-on (stdlib only)
 from ..core.interop import (ARKIT_NAMES, LIVELINK_COLUMNS, LIVELINK_HEADER, LIVELINK_POSE,  # noqa: F401
                             LIVELINK_SHAPES, LIVELINK_VALUE_COUNT, MAPPING_FORMAT, PRESET_FORMAT, PRESET_KINDS,
-                            RHUBARB_EXTENDED, NameMatch, arkit_index, match_names, normalize_name)
+                            RHUBARB_EXTENDED, NameMatch, PresetSpec, arkit_index, match_names, normalize_name)
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "blendshape_rigs" / "presets"
-_ARKIT_KEYS = {normalize_name(n): i for i, n in enumerate(ARKIT_NAMES)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,19 +115,7 @@ def _check_arkit(coefficients) -> np.ndarray:
 
 def list_presets(folder: Path = PRESETS_DIR) -> list[str]:
     """Names of the presets shipped in blendshape_rigs/presets (file stems)."""
-    return sorted(p.stem for p in Path(folder).glob("*.json"))
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: {what} not found") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: unreadable {what} ({e})") from e
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: a {what} must be a JSON object")
-    return data
+    return interop.list_presets(folder)
 
 
 def load_preset(name_or_path: str | Path) -> LinearPreset | ClassifierPreset:
@@ -141,81 +129,31 @@ def load_preset(name_or_path: str | Path) -> LinearPreset | ClassifierPreset:
     try:
         stamp = path.stat().st_mtime_ns
     except OSError:
-        stamp = None                    # _read_json reports the missing file
+        stamp = None                    # read_preset reports the missing file
     return _load_preset_file(path, stamp)
 
 
 @lru_cache(maxsize=32)
 def _load_preset_file(path: Path, stamp: int | None):
-    """Parse one preset file; cached per (path, modification time), so user edits are seen."""
-    data = _read_json(path, "blendshape preset")
-    kind = data.get("kind")
-    if data.get("format") != PRESET_FORMAT or kind not in PRESET_KINDS:
-        raise InputError(f"{path}: not a blendshape preset (needs \"format\": \"{PRESET_FORMAT}\" and a "
-                         f"\"kind\" in {PRESET_KINDS})")
-    try:
-        build = {"rename": _rename_preset, "linear": _linear_preset, "classify": _classify_preset}[kind]
-        return build(path.stem, data)
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"{path}: {e}") from e
+    """Read one preset file; cached per (path, modification time), so user edits are seen."""
+    return from_spec(interop.read_preset(path, InputError))
 
 
-def _rename_preset(stem: str, data: dict) -> LinearPreset:
-    table = data["names"]
-    unknown = [k for k in table if normalize_name(k) not in _ARKIT_KEYS]
-    if unknown or len(table) != len(ARKIT_NAMES):
-        raise ValueError(f"\"names\" must have one entry for each of the 52 ARKit names (unknown: {unknown})")
-    outputs, rows = [], []
-    for arkit, targets in table.items():
-        for target in [targets] if isinstance(targets, str) else (targets or []):
-            if target in outputs:
-                raise ValueError(f"target name {target!r} is used twice")
-            outputs.append(target)
-            rows.append(arkit_index(arkit))
-    matrix = np.zeros((len(outputs), len(ARKIT_NAMES)))
-    matrix[np.arange(len(outputs)), rows] = 1.0
-    unused = tuple(k for k, t in table.items() if not t)
-    return LinearPreset(stem, data["description"], "rename", tuple(outputs), matrix, np.zeros(len(outputs)),
-                        aliases=dict(data.get("aliases", {})), unused_arkit=unused)
-
-
-def _linear_preset(stem: str, data: dict) -> LinearPreset:
-    outs = data["outputs"]
-    matrix, bias = np.zeros((len(outs), len(ARKIT_NAMES))), np.zeros(len(outs))
-    for i, (name, spec) in enumerate(outs.items()):
-        bias[i] = float(spec.get("bias", 0.0))
-        for arkit, w in spec.get("weights", {}).items():
-            matrix[i, arkit_index(arkit)] = float(w)
-        if not matrix[i].any() and bias[i] == 0.0:
-            raise ValueError(f"output {name!r} has no weights and no bias: it would always be 0")
-    aliases = dict(data.get("aliases", {}))
-    bad = [a for a, target in aliases.items() if target not in outs]
-    if bad:
-        raise ValueError(f"aliases {bad} point to names that are not outputs")
-    lo, hi = (float(x) for x in data.get("clip", (0.0, 1.0)))
-    return LinearPreset(stem, data["description"], "linear", tuple(outs), matrix, bias, (lo, hi), aliases)
-
-
-def _classify_preset(stem: str, data: dict) -> ClassifierPreset:
-    feats = data["features"]
-    features, weights = tuple(feats), np.array([float(w) for w in feats.values()])
-    for f in features:
-        arkit_index(f)
-    extended = set(data.get("extended_shapes", RHUBARB_EXTENDED))
-    spec = {s: v for s, v in data["shapes"].items() if s not in RHUBARB_EXTENDED or s in extended}
-    for s, v in spec.items():
-        extra = set(v["prototype"]) - set(features)
-        if extra:
-            raise ValueError(f"shape {s!r}: prototype names {sorted(extra)} are not in \"features\"")
-    if data["rest"] not in spec:
-        raise ValueError(f"\"rest\" {data['rest']!r} is not one of the shapes in use {sorted(spec)}")
-    window = int(data.get("smoothing_frames", 1))
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"\"smoothing_frames\" must be an odd number >= 1, got {window}")
-    protos = np.array([[float(v["prototype"].get(f, 0.0)) for f in features] for v in spec.values()])
-    display = {s: v["display_name"] for s, v in spec.items() if "display_name" in v}
-    return ClassifierPreset(stem, data["description"], tuple(spec), features, weights, protos, data["rest"],
-                            window, display)
+def from_spec(spec: PresetSpec) -> LinearPreset | ClassifierPreset:
+    """The numpy form of a preset read and checked by interop.read_preset (the add-on's mapping.py
+    applies the same PresetSpec in plain Python). Its viseme_outputs are the add-on's: not applied here."""
+    if spec.kind == "classify":
+        prototypes = np.array(spec.prototypes, np.float64).reshape(len(spec.outputs), len(spec.features))
+        features = tuple(ARKIT_NAMES[k] for k, _ in spec.features)
+        return ClassifierPreset(spec.name, spec.description, spec.outputs, features,
+                                np.array([w for _, w in spec.features], np.float64), prototypes, spec.rest,
+                                spec.smoothing_frames, dict(spec.display_names))
+    matrix = np.zeros((len(spec.outputs), len(ARKIT_NAMES)))
+    for i, row in enumerate(spec.rows):
+        for k, w in row:
+            matrix[i, k] = w
+    return LinearPreset(spec.name, spec.description, spec.kind, spec.outputs, matrix, np.array(spec.bias, np.float64),
+                        spec.clip, dict(spec.aliases), spec.unused_arkit)
 
 
 def convert_coefficients(coefficients: np.ndarray, names, preset) -> tuple[tuple, np.ndarray]:
@@ -241,7 +179,7 @@ def load_mapping_file(path: Path) -> dict:
     The file is the user's: keys are the character's shape-key names, values the channel
     names of the preset in use (any case/separators), null to leave a key alone on purpose.
     """
-    data = _read_json(Path(path), "shape-key mapping file")
+    data = interop.read_json(Path(path), "shape-key mapping file", InputError)
     mapping = data.get("mapping")
     if data.get("format") != MAPPING_FORMAT or not isinstance(mapping, dict):
         raise InputError(f"{path}: not a shape-key mapping file (needs \"format\": \"{MAPPING_FORMAT}\" and a "
@@ -253,14 +191,11 @@ def load_mapping_file(path: Path) -> dict:
 
 
 def best_preset(shape_keys, presets=None) -> str:
-    """The preset (name) whose channel names match the most of `shape_keys` (ties: first listed)."""
+    """The preset (name) whose channels match_names matches to the most of `shape_keys` (ties: first
+    listed): interop.best_preset, as the add-on's Auto preset."""
     names = list(presets) if presets is not None else list_presets()
     if not names:
         raise InputError(f"{PRESETS_DIR}: no presets found")
-    keys = [normalize_name(k) for k in shape_keys]
-
-    def score(preset_name: str) -> int:
-        known = {normalize_name(n) for n in load_preset(preset_name).names}
-        return sum(k in known for k in keys)
-
-    return max(names, key=score)
+    loaded = [(n, load_preset(n)) for n in names]
+    return interop.best_preset(shape_keys, [(n, p.outputs, p.aliases) if isinstance(p, LinearPreset)
+                                            else (n, p.shapes, {}) for n, p in loaded])

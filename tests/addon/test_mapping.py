@@ -5,6 +5,7 @@ rule that the add-on imports only bpy and the standard library."""
 from __future__ import annotations
 
 import ast
+import json
 import math
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 
 from blender_addon.core import client, engine_env, mapping, results
+from lipsync_engine.core import interop
+from lipsync_engine.core.errors import InputError
 from lipsync_engine.rig import names
 from lipsync_engine.io import pointcache
 
@@ -51,6 +54,62 @@ def test_every_preset_gives_the_engines_numbers(preset, rng):
     else:
         assert ours.outputs == theirs.outputs and ours.aliases == theirs.aliases
         np.testing.assert_allclose(got, theirs.apply(coeffs), atol=1e-12)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESETS.glob("*.json")))
+def test_one_parser_both_sides_apply_the_same_preset_spec(preset, rng):
+    """interop.read_preset is the one parser of a preset file: the engine's numpy form and the add-on's
+    plain-Python form of the same PresetSpec give the same channels, and both loaders are these forms."""
+    assert Path(mapping.interop.__file__).resolve() == Path(interop.__file__).resolve()    # one file
+    spec = interop.read_preset(PRESETS / f"{preset}.json")
+    engine, addon = names.from_spec(spec), mapping.Preset.from_spec(spec)
+    coeffs = rng.uniform(0, 1, (5, 52))
+    got = np.asarray(addon.apply(coeffs.tolist()))
+    if spec.kind == "classify":
+        assert engine.shapes == spec.outputs
+        want = (engine.classify(coeffs)[:, None] == np.asarray(spec.outputs)[None]).astype(float)   # one-hot
+    else:
+        assert engine.outputs == spec.outputs and engine.aliases == addon.aliases == dict(spec.aliases)
+        want = engine.apply(coeffs)
+    assert addon.outputs == spec.outputs
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(mapping.load_preset(PRESETS / f"{preset}.json").apply(coeffs.tolist())),
+                                  got)
+    loaded = names.load_preset(preset)
+    np.testing.assert_array_equal(loaded.classify(coeffs) if spec.kind == "classify" else loaded.apply(coeffs),
+                                  engine.classify(coeffs) if spec.kind == "classify" else want)
+
+
+def preset_doc(**fields) -> dict:
+    return {"format": interop.PRESET_FORMAT, "description": "x", **fields}
+
+
+@pytest.mark.parametrize("doc, message", [
+    ([1, 2], "a blendshape preset must be a JSON object"),
+    ({"kind": "linear", "outputs": {}}, "not a blendshape preset"),
+    (preset_doc(kind="linear", outputs={"Open": {"weights": {"jawOpenn": 1.0}}}), "'jawOpenn' is not one of the 52"),
+    (preset_doc(kind="linear", outputs={"Open": {}}), "has no weights and no bias"),
+    (preset_doc(kind="classify", features={"jawOpen": 1}, shapes={"A": {"prototype": {}}}, rest="X"),
+     "\"rest\" 'X' is not one of the shapes"),
+])
+def test_a_broken_preset_reads_the_same_on_both_sides(tmp_path, doc, message):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError) as engine:
+        names.load_preset(path)
+    with pytest.raises(ValueError) as addon:
+        mapping.load_preset(path)
+    assert str(engine.value).replace(str(path.resolve()), "P") == str(addon.value).replace(str(path), "P")
+    assert message in str(addon.value) and str(addon.value).startswith(str(path))
+
+
+def test_a_saved_table_with_a_gain_0_row_loads_on_both_sides(tmp_path):
+    """A mapping-table row of gain 0 and offset 0 lists its weight: it is the user's, not a broken output."""
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(preset_doc(kind="linear", clip=[-10.0, 10.0],
+                                          outputs={"Jaw": {"weights": {"jawOpen": 0.0}, "bias": 0.0}})))
+    assert names.load_preset(path).apply(np.ones((1, 52))).tolist() == [[0.0]]
+    assert mapping.load_preset(path).apply([[1.0] * 52]) == [[0.0]]
 
 
 def test_best_preset_picks_the_rig_the_names_come_from():
