@@ -270,6 +270,8 @@ def read_preset(path: Path | str, error: type[Exception] = ValueError) -> Preset
         return PresetSpec(Path(path).stem, kind, data["description"], **fields)
     except (KeyError, TypeError, ValueError) as e:
         raise error(f"{path}: {e}") from e
+    except AttributeError as e:      # an entry that should be an object is a number or a string
+        raise error(f"{path}: an entry is not a JSON object where one is expected ({e})") from e
 
 
 def _rename_fields(data: dict) -> dict:

@@ -181,3 +181,14 @@ def test_user_preset_file_loads(tmp_path):
                                 "outputs": {"MouthOpen": {"weights": {"Jaw Open": 2.0}}}}))
     p = load_preset(path)
     np.testing.assert_allclose(p.apply(arkit_vector(jawOpen=0.3)), [[0.6]])
+
+
+def test_a_preset_output_that_is_not_an_object_is_a_one_line_error(tmp_path):
+    from lipsync_engine.core.errors import EngineError
+    from lipsync_engine.rig.names import load_preset
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "lipsync3d-blendshape-preset", "kind": "linear", "description": "x", '
+                   '"outputs": {"A": 3}}')
+    with pytest.raises(EngineError, match=r"bad\.json: an entry is not a JSON object"):
+        load_preset(bad)
