@@ -123,4 +123,4 @@ def test_geometry_stop_rule_keeps_the_best_epoch_of_the_averaged_validation_corr
         if stop.get("stopped"):
             break
     assert stop.get("stopped")
-    assert float(next(model.geometry.parameters()).flatten()[0]) == kept
+    assert float(next(model.geometry.parameters()).detach().flatten()[0]) == kept
