@@ -758,12 +758,25 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def check_outputs(args) -> None:
+    """Every output the command line names (-o/--output, --record) is somewhere this process can
+    write: said at once, not after the work (exit code 4)."""
+    from .core import storage
+
+    for dest in ("output", "record"):
+        value = getattr(args, dest, None)
+        for path in value if isinstance(value, list) else [value]:
+            if isinstance(path, Path):
+                storage.check_writable(path)
+
+
 def run_command(args, reporter: Reporter, cancel: CancelToken) -> int:
     """Run a parsed command; every error becomes one line (an ERROR message with --json) and the exit
     code is returned (main, and each request of `lipsync serve`)."""
     code = EXIT_OK
     try:
         check_device(getattr(args, "device", None))
+        check_outputs(args)
         args.func(args, reporter, cancel)
     except (Cancelled, KeyboardInterrupt) as e:
         reporter.close()

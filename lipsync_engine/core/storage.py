@@ -7,6 +7,7 @@ Must not: know what the files mean.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -160,3 +161,24 @@ def glob_escape(name: str) -> str:
     import glob
 
     return glob.escape(name)
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, an output that cannot be written where it is asked for: its
+    folder (or the nearest one that exists) does not let this process create a file there (a
+    read-only disk, someone else's folder, /proc or /sys). An EnvironmentProblem naming the output.
+    A part of the path that is a file is left to the command's own check (an InputError)."""
+    path = Path(path)
+    where = path if path.is_dir() else path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        return
+    probe = where / f".lipsync-write-test-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as e:
+        why = "no file can be created in it" if e.errno == errno.ENOENT else (e.strerror or str(e)).lower()
+        raise EnvironmentProblem(f"{path}: cannot write there ({where}: {why})") from None
+    os.close(fd)
+    probe.unlink(missing_ok=True)

@@ -83,6 +83,11 @@ ROWS = [
     (["dub", "{t}/model", "--audio", "{t}/a.wav", "--video", "{t}/v.mp4", "-o", "{t}/o.mp4", "--workers", "0"],
      2, "--workers: must be >= 1"),
     (["demo", "-o", "{t}/demo", "--duration", "nan"], 2, "--duration: must be a finite"),
+    # outputs where nothing can be written (procfs, sysfs): refused before any work, exit code 4
+    (["prepare", "{t}/clip.mp4", "-o", "/proc/lipsync_speaker"], 4, "/proc/lipsync_speaker: cannot write there"),
+    (["train", "{t}/speaker", "-o", "/proc/lipsync_model"], 4, "/proc/lipsync_model: cannot write there"),
+    (["synth-video", "/sys/lipsync.mp4", "--duration", "0.2"], 4, "/sys/lipsync.mp4: cannot write there"),
+    (["predict", "{t}/model", "{t}/a.wav", "-o", "/proc/lipsync_p", "/proc/lipsync_q"], 4, "cannot write there"),
     # another command's folder
     (["train", "{t}/speaker", "-o", "{t}/speaker"], 1, "a prepared speaker directory (it holds meta.json)"),
     (["train", "{t}/speaker", "-o", "{t}/other_speaker"], 1, "other_speaker: a prepared speaker directory"),

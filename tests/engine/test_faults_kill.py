@@ -265,6 +265,32 @@ def test_prepare_on_a_full_disk_is_a_one_line_error_not_a_signal(demo_video, sma
     assert subprocess.run(["pgrep", "-f", str(small_disk)], capture_output=True).stdout == b""
 
 
+def test_a_read_only_disk_is_refused_before_any_work(demo_video, tmp_path):
+    """A real read-only file system (a tmpfs mounted ro; root only), else a folder without write
+    permission for a non-root user: exit code 4, one line naming the output, nothing written."""
+    video, _ = demo_video
+    where = tmp_path / "ro"
+    where.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        where.chmod(0o555)
+    try:
+        for args in (["prepare", video, "-o", where / "speaker"], ["synth-video", where / "clip.mp4", "--duration", "0.2"]):
+            proc = run(*args, check=False)
+            errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+            assert proc.returncode == 4 and len(errors) == 1, proc.stderr[-2000:]
+            assert "cannot write there" in errors[0] and str(where) in errors[0]
+            if mounted:
+                assert "read-only file system" in errors[0]
+        assert list(where.iterdir()) == []
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+        else:
+            where.chmod(0o755)
+
+
 def test_memory_mapped_arrays_are_allocated_up_front(tmp_path, small_disk, monkeypatch):
     """A memory map larger than the free space fails at once with ENOSPC naming the file (a
     sparse one would kill its writer with SIGBUS later, in the middle of the work)."""
