@@ -78,7 +78,10 @@ def read_versioned_json(path: Path, fmt: str, version: int, what: str, error=Non
         raise error(f"{path}: unreadable ({e})") from e
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise error(f"{path}: not a {what} (format {doc.get('format') if isinstance(doc, dict) else None!r})")
-    if int(doc.get("format_version", 0)) > version:
+    found = doc.get("format_version", 0)
+    if not isinstance(found, int) or isinstance(found, bool):
+        raise error(f"{path}: format_version must be a whole number, found {found!r}")
+    if found > version:
         raise error(f"{path}: format version {doc['format_version']} is newer than this engine reads "
                     f"({version}); update the engine")
     return doc

@@ -26,6 +26,7 @@ Must not: compute anything; it only names, validates and opens files.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,7 @@ class SpeakerDataset:
 
     @property
     def reference_vertices(self) -> np.ndarray:
-        return np.load(self.path / REFERENCE_VERTICES)
+        return load_array(self.path / REFERENCE_VERTICES)
 
     @property
     def cuts(self) -> dict[int, list[int]]:
@@ -107,14 +108,28 @@ class SpeakerDataset:
         f = self.path / BLENDSHAPES
         if not f.is_file():
             return None
-        coeffs = np.load(f, mmap_mode="r")
+        coeffs = load_array(f, mmap_mode="r")
         if len(coeffs) != len(self):
             raise DatasetError(f"{f}: {len(coeffs)} rows for {len(self)} frames; run `lipsync fit` again")
         return coeffs
 
     def poses(self) -> dict:
-        with np.load(self.path / POSES) as z:
-            return {k: z[k] for k in z.files}
+        try:
+            with np.load(self.path / POSES) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise DatasetError(f"{self.path / POSES}: damaged or truncated ({e})") from e
+
+
+def load_array(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """One .npy file of a speaker directory; DatasetError naming it when it is damaged or cut
+    short (a copy that did not finish), never numpy's own error."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise DatasetError(f"{path}: missing") from e
+        raise DatasetError(f"{path}: damaged or truncated ({e}); prepare the speaker again") from e
 
 
 def segment_breaks(frame_index: np.ndarray, cuts: dict[int, list[int]] | None = None) -> np.ndarray:
@@ -163,7 +178,7 @@ def open_speaker(path: Path) -> SpeakerDataset:
         f = path / file
         if not f.is_file():
             raise DatasetError(f"{path}: incomplete speaker directory, {file} is missing")
-        a = np.load(f, mmap_mode="r")
+        a = load_array(f, mmap_mode="r")
         if a.shape != (meta["frames"],) + shape or a.dtype != np.dtype(dtype):
             raise DatasetError(f"{f}: expected {(meta['frames'],) + shape} {dtype}, found {a.shape} {a.dtype}")
         arrays[name] = a

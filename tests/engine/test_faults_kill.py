@@ -429,3 +429,26 @@ def test_dubbing_another_person_is_warned_about(trained_demo, demo_video, tmp_pa
     assert "shaped unlike the speaker the model was trained on" in proc.stderr, proc.stderr[-2000:]
     proc = run("dub", model, "--audio", video, "--video", video, "-o", tmp_path / "same.mp4", "--audio-end", "2")
     assert "shaped unlike" not in proc.stderr
+
+
+def test_damaged_speaker_and_model_files_are_one_line_errors(trained_demo, tmp_path):
+    """A .npy cut short (a copy that did not finish) and a version written as text: one line each
+    naming the file, exit code 1, nothing changed."""
+    model, ds, _ = trained_demo
+    speaker = tmp_path / "speaker"
+    shutil.copytree(ds.path, speaker)
+    data = (speaker / "vertices.npy").read_bytes()
+    (speaker / "vertices.npy").write_bytes(data[: len(data) // 2])
+    before = digest(speaker)
+    proc = run("fit", speaker, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "vertices.npy: damaged or truncated" in proc.stderr
+    assert digest(speaker) == before
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["format_version"] = "2.0"
+    (copy / "config.json").write_text(json.dumps(config))
+    proc = run("predict", copy, tmp_path / "none.wav", "-o", tmp_path / "p", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "config.json: format_version must be a whole number, found '2.0'" in proc.stderr
