@@ -11,6 +11,11 @@ MediaPipe): worker processes import it before they pin their thread pools (core/
     train_speaker("speakers/anna", "models/anna", recipe_options("fast", epochs=60))
     pred = predict("models/anna", "line_042.wav")       # pred.vertices: (F, 468, 3)
 
+Every stage has one call shape: its inputs, its output (if any), the options (a frozen
+dataclass), `on_progress(Progress)` and a `CancelToken`; what decides how an existing output is
+treated (`overwrite`, `resume`) is keyword-only. Errors say what is wrong and name the file;
+the CLI adds which of its flags would help (cli.error_line).
+
 Options are frozen dataclasses that check themselves; a tiny network for tests:
 
 >>> from lipsync_engine import ModelDimensions, TrainOptions, recipe_options

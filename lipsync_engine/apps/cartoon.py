@@ -328,7 +328,7 @@ def _contours_doc(lines: list[Contour], view: FrontalCamera, frames: int, fps: f
 
 
 def cartoon_prediction(prediction_dir: Path | str, options: CartoonOptions = CartoonOptions(),
-                       on_progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
+                       on_progress: ProgressCallback = no_progress, cancel: CancelToken | None = None, *,
                        workers: int = 2) -> CartoonResult:
     """Add a cartoon pass to a prediction folder (result.json of `lipsync predict`).
 

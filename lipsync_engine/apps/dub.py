@@ -432,7 +432,7 @@ def _check_paths(model_dir: Path, audio: Path, video: Path, out: Path, overwrite
 
 def dub_video(model_dir: Path | str, audio: Path | str, video: Path | str, output: Path | str,
               options: DubOptions = DubOptions(), on_progress: ProgressCallback = no_progress,
-              cancel: CancelToken | None = None, overwrite: bool = False, predict_fn=None) -> DubResult:
+              cancel: CancelToken | None = None, *, overwrite: bool = False, predict_fn=None) -> DubResult:
     """Dub VIDEO (same speaker as the model) with AUDIO into OUTPUT (.mp4); see the module docstring.
 
     predict_fn : replaces the model's prediction (evaluation baselines): called as

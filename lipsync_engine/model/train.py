@@ -565,7 +565,7 @@ def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bo
 
 
 def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: TrainOptions = TrainOptions(),
-                  on_progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
+                  on_progress: ProgressCallback = no_progress, cancel: CancelToken | None = None, *,
                   resume: bool = False, dims: ModelDimensions | None = None) -> TrainResult:
     """Train a LipSync3D model on SPEAKER_DIR into MODEL_DIR, checkpointing every epoch.
 

@@ -833,7 +833,7 @@ def _discard_failed(folder: Path, existed: bool) -> None:
 
 
 def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: PrepareOptions = PrepareOptions(),
-                    on_progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
+                    on_progress: ProgressCallback = no_progress, cancel: CancelToken | None = None, *,
                     overwrite: bool = False) -> PrepareResult:
     """Prepare a speaker: track, pose- and lighting-normalize one or more takes (Section 3.1).
 

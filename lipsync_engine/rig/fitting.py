@@ -410,7 +410,7 @@ def _fit_meta(ds, rig: BlendshapeRig, result: FitResult, options: FitOptions, se
 
 
 def fit_speaker(speaker_dir: Path | str, options: FitOptions = FitOptions(),
-                on_progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
+                on_progress: ProgressCallback = no_progress, cancel: CancelToken | None = None, *,
                 rig_name: str = DEFAULT_RIG) -> FitSummary:
     """Fit the rig to every frame of a prepared speaker and store the coefficients there.
 
