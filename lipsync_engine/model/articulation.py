@@ -238,14 +238,15 @@ def apply_gain(deltas: np.ndarray, gain: float, centre: np.ndarray | None = None
     return deltas + (g - 1) * c[:, None, None] * u[None]
 
 
-def fit_gain(pred: np.ndarray, true: np.ndarray, breaks: np.ndarray) -> float:
+def fit_gain(pred: np.ndarray, true: np.ndarray, breaks: np.ndarray, true_breaks: np.ndarray | None = None) -> float:
     """The gain g that makes the pooled std of (N,) pred equal the truth's, clipped to GAIN_RANGE.
 
     pred, true : mouth openness, or the opening component (opening_component), of the predicted
     and the true frames; both are linear in the motion, so scaling the motion by g scales their
-    variation by g.
+    variation by g. true_breaks : given, `true` is another set of frames (M,) with these segment
+    starts: the speaker's own amplitude measured where it is known best (train.fit_articulation).
     """
-    p, t = pooled_std(pred, breaks), pooled_std(true, breaks)
+    p, t = pooled_std(pred, breaks), pooled_std(true, breaks if true_breaks is None else true_breaks)
     if not np.isfinite(p) or p < 1e-9 or not np.isfinite(t):
         return 1.0
     return float(np.clip(t / p, *GAIN_RANGE))

@@ -126,7 +126,7 @@ def test_held_out_demo_is_as_lively_as_the_speaker(held_out_model, tmp_path):
 
     model_dir, speaker = held_out_model
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["format_version"] == 2 and config["articulation"]["fitted_on"] == "validation tail"
+    assert config["format_version"] == 2 and config["articulation"]["fitted_on"].startswith("validation tail")
     assert config["split"]["test_frames"] > 0 and 50 <= config["mouth_bank"]["size"] <= 128
     r = evaluate_model(model_dir, speaker, tmp_path / "eval", EvaluateOptions(write_plots=False))
     m = r.metrics["model"]

@@ -1,0 +1,49 @@
+"""Which articulation gain holds on frames the model never saw? The speaker's amplitude from the
+validation tail alone (the rule before 2026-12-06) or from all training and validation frames.
+
+    .venv/bin/python benchmarks/articulation_gain_study.py MODEL SPEAKER [--inner-test]
+
+MODEL trained on SPEAKER (lipsync train). Prints the pooled std of the opening component
+(articulation.opening_component) of the model's geometry and of the truth on its training and
+validation frames, the gain each rule gives, and, with --inner-test, the amplitude ratio each
+gain gives on the model's test tail. Use --inner-test ONLY when that tail is an inner split
+(a speaker cut by benchmarks/inner_split.py), never on the reported held-out part.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lipsync_engine.model import articulation  # noqa: E402
+from lipsync_engine.model.checkpoint import load_model  # noqa: E402
+from lipsync_engine.model.train import SpeakerTensors, _geometry_outputs, _split  # noqa: E402
+
+print(f"# command: {' '.join(sys.argv)}")
+model_dir, speaker = Path(sys.argv[1]), Path(sys.argv[2])
+model, config, extra = load_model(model_dir)
+data = SpeakerTensors(speaker, None, config["options"].get("lookahead_ms", 120.0))
+o = config["options"]
+tr, va = _split(len(data), o["val_fraction"], o["test_fraction"])
+te = torch.arange(int(va[-1]) + 1, len(data))
+ref = data.reference_vertices.numpy()
+u, mean = extra["opening_direction"].numpy(), extra["mean_vertex_deltas"].numpy()
+def comp(rows):
+    d, _ = _geometry_outputs(model, data, rows, config["spectrogram_scale"], "cpu")
+    t = data.deltas[rows].numpy()
+    br = (data.previous[rows] < 0).numpy(); br[0] = True
+    return (articulation.opening_component(d, mean, u), articulation.opening_component(t, mean, u), br)
+inner = len(sys.argv) > 3 and sys.argv[3] == "--inner-test"
+P = {k: comp(r) for k, r in (("train", tr), ("val", va)) + ((("test", te),) if inner else ())}
+std = {k: (articulation.pooled_std(p, b), articulation.pooled_std(t, b)) for k, (p, t, b) in P.items()}
+for k, (sp, st) in std.items(): print(f"{k:5s} n={len(P[k][0]):4d} pred std {sp:.4f} true std {st:.4f} raw ratio {sp/st:.2f}")
+rules = {"val/val (before 2026-12-06)": std["val"][1] / std["val"][0],
+         "train+val true / val pred": articulation.pooled_std(np.r_[P["train"][1], P["val"][1]], np.r_[P["train"][2], P["val"][2]]) / std["val"][0],
+         "train true / val pred": std["train"][1] / std["val"][0]}
+for name, g in rules.items():
+    print(f"{name:30s} gain {g:.2f}" + (f" -> inner-test amplitude ratio {g * std['test'][0] / std['test'][1]:.2f}" if inner else ""))
