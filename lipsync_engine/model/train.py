@@ -76,8 +76,6 @@ class TrainOptions:
     geometry_patience: int = 5       # beyond the paper: when the validation tail's mouth-openness correlation has
                                      # not improved for this many epochs, the best geometry is restored and
                                      # frozen (0 = off); the articulation gain then fixes its amplitude
-    geometry_stop_window: int = 1    # epochs whose validation correlations are averaged before the stop rule
-                                     # compares them (1 = each epoch on its own)
     mouth_bank: int = 512            # real lip crops kept for the texture (articulation.MouthBank; 0 = none)
     lookahead_ms: float = 120.0      # future audio the window reaches (ms): 120 = the paper's centred window;
                                      # less shifts it into the past for `lipsync live` (lookahead.py)
@@ -95,8 +93,6 @@ class TrainOptions:
             raise ValueError(f"test_fraction must be in [0, 0.5), got {self.test_fraction}")
         if self.geometry_patience < 0 or self.mouth_bank < 0:
             raise ValueError("geometry_patience and mouth_bank must be >= 0")
-        if self.geometry_stop_window < 1:
-            raise ValueError(f"geometry_stop_window must be >= 1, got {self.geometry_stop_window}")
         if self.lip_weight < 0:
             raise ValueError(f"lip_weight must be >= 0, got {self.lip_weight}")
         if not 0.0 <= self.lookahead_ms <= 120.0:
@@ -394,9 +390,7 @@ def _early_stop(model: LipSync3D, options: TrainOptions, stop: dict, val_r: floa
     the articulation gain would have to blow up; the gain can fix amplitude, not timing."""
     if options.geometry_patience <= 0 or val_r is None or stop.get("stopped") or n_val < MIN_STOP_FRAMES:
         return
-    recent = (list(stop.get("recent", ())) + [float(val_r)])[-options.geometry_stop_window:]
-    stop["recent"] = recent
-    loss = -float(np.mean(recent))      # the correlation averaged over the last geometry_stop_window epochs
+    loss = -float(val_r)
     if loss < stop.get("best_loss", float("inf")):
         stop.update(best_loss=loss, best=_geometry_state(model), since=0)
         return
@@ -510,9 +504,8 @@ def _resume(out: Path, model: LipSync3D, optimizer, gen: torch.Generator, device
                               f"and its model of epoch {config.get('epochs_done')}; train it again from the start")
         model.load_state_dict(trained.state_dict())
     optimizer.load_state_dict(state["optimizer"])
-    stop = {k: state[k] for k in ("best", "best_loss", "since", "stopped", "recent") if k in state}
-    convert = {"best_loss": float, "since": int, "stopped": bool, "recent": lambda v: [float(x) for x in v],
-               "best": lambda v: {n: t.cpu() for n, t in v.items()}}
+    stop = {k: state[k] for k in ("best", "best_loss", "since", "stopped") if k in state}
+    convert = {"best_loss": float, "since": int, "stopped": bool, "best": lambda v: {n: t.cpu() for n, t in v.items()}}
     config["_early_stop"] = {k: convert[k](v) for k, v in stop.items()}
     if "generator" in state:
         gen.set_state(state["generator"].cpu())

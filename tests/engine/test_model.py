@@ -103,24 +103,23 @@ def test_numpy_audio_path_equals_the_torch_network(dims):
                                 ModelDimensions().scaled(1 / 16))
 
 
-@pytest.mark.parametrize("window, kept", [(1, 3), (3, 11)])
-def test_geometry_stop_rule_keeps_the_best_epoch_of_the_averaged_validation_correlation(window, kept):
-    """A one-epoch spike of the validation correlation (epoch 3) stops the geometry early when
-    each epoch is judged alone; averaged over 3 epochs, the rule waits for the sustained rise and
-    keeps epoch 11. The kept weights are those of that epoch."""
+
+def test_geometry_stop_rule_restores_the_best_epochs_weights():
+    """Patience 5, never before epoch 8: the best validation correlation (epoch 3, a spike) is
+    kept once 5 epochs have not beaten it, with that epoch's weights."""
     from lipsync_engine.model.network import LipSync3D
     from lipsync_engine.model.train import TrainOptions, _early_stop
 
     model = LipSync3D(TINY)
-    options = TrainOptions(geometry_patience=5, geometry_stop_window=window)
-    r = [0.50, 0.60, 0.80, 0.55, 0.60, 0.62, 0.66, 0.70, 0.72, 0.74, 0.73, 0.72, 0.71, 0.70, 0.69, 0.68]
+    options = TrainOptions(geometry_patience=5)
+    r = [0.50, 0.60, 0.80, 0.55, 0.60, 0.62, 0.66, 0.70, 0.72, 0.74]
     stop: dict = {}
-    bias = next(model.geometry.parameters())
+    weight = next(model.geometry.parameters())
     for epoch, value in enumerate(r):
         with torch.no_grad():
-            bias.fill_(epoch + 1)               # the weights say which epoch they are
+            weight.fill_(epoch + 1)               # the weights say which epoch they are
         _early_stop(model, options, stop, value, n_val=200, epoch=epoch)
         if stop.get("stopped"):
             break
-    assert stop.get("stopped")
-    assert float(next(model.geometry.parameters()).detach().flatten()[0]) == kept
+    assert stop.get("stopped") and epoch + 1 == 8
+    assert float(next(model.geometry.parameters()).detach().flatten()[0]) == 3
