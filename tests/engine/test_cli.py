@@ -85,13 +85,26 @@ def test_usage_errors_exit_2():
     assert "usage" in proc.stderr
 
 
-def test_out_of_range_options_give_one_line_error(tmp_path):
+def test_out_of_range_options_give_one_line_error(tmp_path, capsys):
     """Values argparse accepts but the options refuse: a one-line error naming the command, no traceback."""
-    assert_one_line_error(lipsync("train", tmp_path, "-o", tmp_path / "m", "--geometry-epochs", "-1"),
+    import signal
+    from types import SimpleNamespace
+
+    from lipsync_engine import cli
+
+    def inline(*args):      # cli.main in this process: the refusal comes before any input is read
+        handler = signal.getsignal(signal.SIGINT)
+        try:
+            code = cli.main([str(a) for a in args])
+        finally:
+            signal.signal(signal.SIGINT, handler)      # cli.main installs its own Ctrl-C handler
+        return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
+
+    assert_one_line_error(inline("train", tmp_path, "-o", tmp_path / "m", "--geometry-epochs", "-1"),
                           "train:", "geometry_epochs")
-    assert_one_line_error(lipsync("train", tmp_path, "-o", tmp_path / "m", "--val-fraction", "0.7"),
+    assert_one_line_error(inline("train", tmp_path, "-o", tmp_path / "m", "--val-fraction", "0.7"),
                           "train:", "val_fraction")
-    assert_one_line_error(lipsync("fit", tmp_path, "--smoothness", "-1"), "fit:", "smoothness")
+    assert_one_line_error(inline("fit", tmp_path, "--smoothness", "-1"), "fit:", "smoothness")
     assert not (tmp_path / "m").exists()
 
 

@@ -204,14 +204,13 @@ def test_json_usage_errors_send_error_and_done(argv, needle):
     assert messages[1][1]["exit_code"] == 2
 
 
-def test_synth_video_replaces_only_with_overwrite(tmp_path):
+def test_synth_video_replaces_only_with_overwrite(tmp_path, capsys):
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"the user's video")
-    proc = lipsync("synth-video", video, "--duration", "0.2")
-    assert_one_line(proc.returncode, proc.stderr, 1, "already exists")
+    assert_one_line(*lipsync_inline(["synth-video", video, "--duration", "0.2"], capsys), 1, "already exists")
     assert video.read_bytes() == b"the user's video"
-    proc = lipsync("synth-video", video, "--duration", "0.2", "--overwrite")
-    assert proc.returncode == 0, proc.stderr
+    code, err = lipsync_inline(["synth-video", video, "--duration", "0.2", "--overwrite"], capsys)
+    assert code == 0, err
     assert video.stat().st_size > 1000 and (tmp_path / "clip.truth.json").is_file()
 
 
