@@ -536,7 +536,7 @@ def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bo
     """Data, split, scale, model, optimizer and the state to start from (fresh or resumed)."""
     if (out / dataset.META).is_file() or out.resolve() == Path(speaker_dir).resolve():
         raise InputError(f"{out}: a prepared speaker directory (it holds {dataset.META}); write the model to "
-                           "a folder of its own")
+                         "a folder of its own")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: a file, not a folder; the model is written to a folder")
     if holds_model(out) and not resume:
