@@ -1,7 +1,8 @@
 # Two commands for a newcomer (see README.md):
 #   make demo   create .venv, install everything, run the engine on its built-in demo video
 #   make test   same .venv, run the whole test suite (what CI runs)
-#   make test-fast  the tier without MediaPipe tracking or training (-m "not slow"), under a minute
+#   make test-fast  the tier without MediaPipe tracking or training (-m "not slow"), on 2 worker
+#                   processes (pytest-xdist), under a minute
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -46,7 +47,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" -n 2 tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_prepare.py

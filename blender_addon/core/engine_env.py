@@ -19,7 +19,7 @@ from pathlib import Path
 from . import client
 
 ENGINE_PYTHON_VERSION = (3, 11)                      # the engine's pyproject.toml: requires-python ==3.11.*
-SKIPPED_REQUIREMENTS = ("bpy", "pytest", "iniconfig", "pluggy")   # test-only pins of requirements.lock
+SKIPPED_REQUIREMENTS = ("bpy", "pytest", "iniconfig", "pluggy", "pytest-xdist", "execnet")   # test-only pins
 VENV_NAME = "engine-venv"
 
 
