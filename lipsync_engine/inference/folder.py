@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -50,6 +51,7 @@ AXES = ("normalized speaker space: x to the viewer's right, y up, z towards the 
         "(vertices.npz, head.obj, head.pc2)")
 VISEME_PRESET = "visemes_oculus"
 COPY_BLOCK = 1 << 24          # bytes copied at a time from head.pc2 into vertices.npz
+PNG_THREADS = 2               # atlas images encoded at once (3 ms each on one core)
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,11 @@ class _FolderWriter:
         self.relight = relighting(read_reference_atlas(predictor.model_dir, normalized=False), self.base, options.relight,
                                   Path(predictor.config.get("speaker", "")))
         self.atlas_dir = tmp / FILES["atlas_dir"] if has_lips and options.atlas_images else None
+        self.png_pool = None
         if self.atlas_dir is not None:
             self.atlas_dir.mkdir()
+            # PNG encoding releases the GIL: the atlas images of a chunk are written on every core
+            self.png_pool = ThreadPoolExecutor(PNG_THREADS, thread_name_prefix="lipsync-png")
         self.static = self.relight(self.base) if self.relight else self.base
         self.pc2 = PC2Writer(tmp / FILES["pc2"], len(predictor.reference_vertices), plan.frames)
         self.mp4 = self.renderer = None
@@ -133,18 +138,25 @@ class _FolderWriter:
     def add(self, chunk: PredictionChunk, cancel: CancelToken, on_progress: ProgressCallback) -> None:
         self.pc2.write(chunk.vertices)
         self.blendshapes[chunk.first:chunk.first + len(chunk.times)] = chunk.blendshapes
+        pending = []
         for i in range(len(chunk.times)):
             atlas = self.static
             if chunk.lips is not None:
                 atlas = compose_atlas(self.base, chunk.lips[i], self.p.lip_box)
                 atlas = self.relight(atlas) if self.relight else atlas
-            if self.atlas_dir is not None:
-                write_png(self.atlas_dir / (FILES["atlas_pattern"] % (chunk.first + i)), atlas)
+            if self.png_pool is not None:
+                pending.append(self.png_pool.submit(
+                    write_png, self.atlas_dir / (FILES["atlas_pattern"] % (chunk.first + i)), atlas))
             if self.mp4 is not None:
                 self.mp4.add_frame(self.renderer.render(atlas, chunk.vertices[i]))
             if i % PROGRESS_EVERY == PROGRESS_EVERY - 1:
+                for f in pending:       # the chunk's images so far are on disk (and an error surfaces here)
+                    f.result()
+                pending.clear()
                 on_progress(Progress("predict", chunk.first + i + 1, self.plan.frames, self.plan.label))
                 cancel.check()
+        for f in pending:
+            f.result()
         if self.mp4 is not None:
             self._audio_until(chunk.first + len(chunk.times))
         on_progress(Progress("predict", chunk.first + len(chunk.times), self.plan.frames, self.plan.label))
@@ -157,12 +169,19 @@ class _FolderWriter:
             x = self.plan.samples[lo:hi]
             self.mp4.add_audio(np.pad(x, (0, hi - lo - len(x))))
 
+    def _close_pool(self) -> None:
+        if self.png_pool is not None:
+            self.png_pool.shutdown(wait=True, cancel_futures=True)
+            self.png_pool = None
+
     def abort(self) -> None:
+        self._close_pool()
         self.pc2.abort()
         if self.mp4 is not None:
             self.mp4.abort()
 
     def finish(self, manifest: dict) -> None:
+        self._close_pool()
         self.pc2.close()
         if self.mp4 is not None:
             self.mp4.close()
