@@ -44,7 +44,26 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 
 
-class TreeMemory:
+class _Watcher:
+    """A background thread that runs self._run() for the length of a `with` block."""
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+class TreeMemory(_Watcher):
     """Peak summed RSS and anonymous RSS (bytes) of this process and all its descendants.
 
     RSS also counts file pages a process has mapped (reclaimable page cache); the anonymous
@@ -55,8 +74,7 @@ class TreeMemory:
         self.peak = 0
         self.peak_anon = 0
         self.period = period_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     @staticmethod
     def _children() -> dict[int, int]:
@@ -98,14 +116,6 @@ class TreeMemory:
             self.peak = max(self.peak, sum(r for r, _ in sizes))
             self.peak_anon = max(self.peak_anon, sum(a for _, a in sizes))
             time.sleep(self.period)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def five_minute_take(out: Path) -> Path:
@@ -152,7 +162,7 @@ def run(name: str, inputs: list[Path], workers: int, tmp: Path) -> dict:
             "timings": timings}
 
 
-class OtherRealtime:
+class OtherRealtime(_Watcher):
     """Whether any real-time process (SCHED_RR or SCHED_FIFO, e.g. another `chrt -r` benchmark)
     outside this process tree was running while the block ran, sampled every 0.2 s from /proc.
     Run under `chrt -r 5` on a shared machine, a run that shared the cores with one is not
@@ -160,8 +170,7 @@ class OtherRealtime:
 
     def __init__(self):
         self.seen = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     @staticmethod
     def sample() -> bool:
@@ -188,14 +197,6 @@ class OtherRealtime:
         while not self._stop.is_set():
             self.seen = self.seen or self.sample()
             time.sleep(0.2)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 CLIPS = {"ted": SHARED / "clip_ted_f_10s.mp4", "grid-clip": SHARED / "grid" / "s1" / "bbal9a.mpg",
