@@ -8,6 +8,7 @@ Must not: know what the files mean.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import shutil
@@ -147,7 +148,7 @@ def clear_leftovers(path: Path) -> None:
     if not path.parent.is_dir():
         return
     for kind in ("tmp", "old"):
-        for p in path.parent.glob(f".{glob_escape(path.name)}.{kind}-*"):
+        for p in path.parent.glob(f".{glob.escape(path.name)}.{kind}-*"):
             pid = p.name.rsplit("-", 1)[-1]
             if not pid.isdigit() or _pid_alive(int(pid)):
                 continue
@@ -157,13 +158,6 @@ def clear_leftovers(path: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
-
-
-def glob_escape(name: str) -> str:
-    """`name` with the glob characters in it matched literally."""
-    import glob
-
-    return glob.escape(name)
 
 
 def check_writable(path: Path) -> None:
