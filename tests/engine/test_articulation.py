@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from lipsync_engine.model import articulation
 from lipsync_engine.model.articulation import (GAIN_RANGE, MouthBank, MouthRenderer, amplitude_ratio, apply_gain,
                                           fit_gain, mouth_window, opening_component, opening_direction, pooled_std,
                                           speed_ratio, teeth_fraction)
@@ -69,7 +70,7 @@ def test_gain_along_the_opening_direction_leaves_other_motion_alone(prepared_dem
     np.testing.assert_allclose(moved[1], centre + 0.03 * u, atol=1e-6)
 
 
-def test_mouth_bank_texture_opens_as_far_as_the_mesh(prepared_demo):
+def test_mouth_bank_texture_opens_as_far_as_the_mesh(prepared_demo, monkeypatch):
     """Crops from the bank, warped to a mesh, look like the recorded crop of that mesh (SSIM), and a
     wide-open mesh gives a crop whose mouth window is darker than a closed one's."""
     from lipsync_engine.apps.evaluate import ssim_per_frame
@@ -88,6 +89,9 @@ def test_mouth_bank_texture_opens_as_far_as_the_mesh(prepared_demo):
     # chunked rendering with a halo equals the whole sequence
     part = renderer.render(vertices[held][:40], rows=slice(10, 30))
     np.testing.assert_array_equal(part[3:17], renderer.render(vertices[held][:40])[13:27])
+    # the frames are warped on RENDER_THREADS threads: the same crops as on one
+    monkeypatch.setattr(articulation, "RENDER_THREADS", 1)
+    np.testing.assert_array_equal(renderer.render(vertices[held]), out)
 
     rest = np.asarray(ds.reference_vertices, np.float32)
     opened = mouth_openness(vertices)
