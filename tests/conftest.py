@@ -60,7 +60,9 @@ def trained_demo(prepared_demo, tmp_path_factory):
 
     Shared by prediction, Blender and dubbing tests; about a minute on 2 CPU cores. 60 epochs of the
     fast recipe: with 30 the dubbed video's re-tracked mouth followed new audio with r 0.25-0.79
-    across seeds, with 60 r 0.74-0.88 (the texture decoder needs the longer run).
+    across seeds, with 60 r 0.74-0.88 (the texture decoder needs the longer run). Without phone
+    features: the demo's synthetic voice speaks no language, and a model that hears the spectrogram
+    alone streams exactly as it predicts (tests/engine/test_live.py); test_phones.py trains its own.
     """
     from lipsync_engine.rig.fitting import fit_speaker
     from lipsync_engine.model.network import ModelDimensions
@@ -69,7 +71,7 @@ def trained_demo(prepared_demo, tmp_path_factory):
     ds, _, truth = prepared_demo
     fit_speaker(ds.path)  # blendshape targets, so the model's blendshape head is trained too
     out = tmp_path_factory.mktemp("model") / "demo model"
-    train_speaker(ds.path, out, recipe_options("fast", epochs=60, batch_size=16, seed=1),
+    train_speaker(ds.path, out, recipe_options("fast", epochs=60, batch_size=16, seed=1, phones=False),
                   dims=ModelDimensions().scaled(1 / 32))
     return out, ds, truth
 

@@ -51,6 +51,7 @@ from ..prepare.pipeline import PrepareOptions, prepare_speaker
 from ..rig.fitting import fit_speaker
 from ..rig.names import ARKIT_NAMES
 from ..prepare.lookahead import PAPER_LOOKAHEAD_MS, model_lookahead_ms, speaker_spectrograms
+from ..prepare.phones import speaker_phones
 
 FORMAT = "lipsync3d-evaluation"
 FORMAT_VERSION = 1
@@ -301,20 +302,23 @@ ENCODE_BATCH = 256           # frames per audio-encoder batch
 @torch.no_grad()
 def predict_autoregressive(model, spectrograms: np.ndarray, breaks: np.ndarray, spec_scale: float,
                            reference_lips: torch.Tensor, device: str = "cpu", cancel: CancelToken | None = None,
-                           tick=lambda n: None) -> dict:
+                           tick=lambda n: None, phones: np.ndarray | None = None) -> dict:
     """Run the model over frames in time order, feeding back its own lip crop
     (network.autoregressive_lips, the loop prediction uses).
 
     spectrograms : (N, 256, 24, 2); breaks : (N,) True at a segment start (zeros are fed there).
-    All segments advance together, one frame each per forward pass. Returns numpy
+    phones : (N, phone context) labels, for a model that reads them (prepare/phones.py). All segments advance together, one frame each per forward pass. Returns numpy
     {"vertex_deltas" (N, 468, 3), "lips" (N, 128, 128, 3) uint8, "blendshapes" (N, 52)}.
     """
     n = len(spectrograms)
     if n == 0:
         return {"vertex_deltas": np.zeros((0, 468, 3), np.float32),
                 "lips": np.zeros((0, LIP_SIZE, LIP_SIZE, 3), np.uint8), "blendshapes": np.zeros((0, 52), np.float32)}
+    def batch_phones(s: int):
+        return None if phones is None else torch.from_numpy(np.asarray(phones[s:s + ENCODE_BATCH], np.int64)).to(device)
     codes = torch.cat([model.audio(torch.from_numpy(np.asarray(spectrograms[s:s + ENCODE_BATCH], np.float32))
-                                   .to(device) * spec_scale) for s in range(0, n, ENCODE_BATCH)])    # (N, N_s)
+                                   .to(device) * spec_scale, batch_phones(s))
+                       for s in range(0, n, ENCODE_BATCH)])                                 # (N, N_s)
 
     def step(_k: int, rows: int) -> None:
         tick(rows)
@@ -328,12 +332,13 @@ def predict_autoregressive(model, spectrograms: np.ndarray, breaks: np.ndarray, 
 
 def model_prediction(model_dir: Path, spectrograms: np.ndarray, breaks: np.ndarray, device: str,
                      cancel=None, tick=lambda n: None, articulation: float | None = None,
-                     texture: str = "auto") -> MethodOutput:
+                     texture: str = "auto", phones: np.ndarray | None = None) -> MethodOutput:
     """The model's output as `lipsync predict` shapes it (articulation gain, mouth-bank texture),
-    without its temporal smoothing or silence handling."""
+    without its temporal smoothing or silence handling. phones : the frames' phone contexts, for
+    a model that reads them (phones.speaker_phones)."""
     model, config, extra = checkpoint.load_model(model_dir, device)
     out = predict_autoregressive(model, spectrograms, breaks, float(config["spectrogram_scale"]),
-                                 extra["reference_lips"], device, cancel, tick)
+                                 extra["reference_lips"], device, cancel, tick, phones)
     ref = extra["reference_vertices"].cpu().numpy()
     gain = float((config.get("articulation") or {}).get("gain", 1.0)) if articulation is None else articulation
     centre = {k: extra[k].float().cpu().numpy() for k in ("mean_vertex_deltas", "mean_blendshapes",
@@ -563,10 +568,13 @@ def _predict_all(model_dir: Path, train: _Frames, test: _Frames, options: Evalua
     """method name -> MethodOutput for the held-out frames."""
     spec = np.asarray(test.ds.spectrograms[test.rows])
     model_spec = spec
-    lookahead = model_lookahead_ms(json.loads((Path(model_dir) / "config.json").read_text()))
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    lookahead = model_lookahead_ms(config)
     if lookahead != PAPER_LOOKAHEAD_MS:        # a low-latency model hears its window shifted (lookahead.py)
         model_spec = speaker_spectrograms(test.ds.path, lookahead)[test.rows]
-    preds = {"model": model_prediction(model_dir, model_spec, test.breaks, options.device, cancel, tick),
+    phones = speaker_phones(test.ds.path, lookahead)[test.rows] if config["dims"].get("phone_context") else None
+    preds = {"model": model_prediction(model_dir, model_spec, test.breaks, options.device, cancel, tick,
+                                       phones=phones),
              "static": static_baseline(train, len(spec)), "envelope": envelope_baseline(train, spec),
              "retrieval": retrieval_baseline(train, spec, options.batch_frames)}
     tick(len(spec), "baselines")

@@ -117,6 +117,10 @@ class LiveStream:
         self.run_start: dict[int, int] = {}      # k -> first frame of k's quiet run
         self.need: dict[int, int] = {}           # k -> samples frame k waited for
         self.previous = None                     # the last shown lip crop (AR atlas), (1, 3, 128, 128)
+        self.phones = None                       # the stream's phone recogniser, for a model that reads phones
+        if predictor.reads_phones:
+            from ..prepare.phones import PhoneStream
+            self.phones = PhoneStream()
 
     # -- public
 
@@ -127,6 +131,8 @@ class LiveStream:
             raise RuntimeError("push after finish")
         self.buf = np.concatenate([self.buf, x])
         self.received += len(x)
+        if self.phones is not None:
+            self.phones.push(x)
         self._update_peak()
         ready = 0
         while self._frame_centre(self.computed + ready) + self.future <= self.received:
@@ -141,6 +147,8 @@ class LiveStream:
         """End of stream: compute and return the remaining frames (F = round(duration x fps) in all,
         audio past the end counting as zeros, as offline)."""
         self.ended = True
+        if self.phones is not None:
+            self.phones.finish()
         self._update_peak()
         total = frame_count(self.received / audio.SAMPLE_RATE, self.fps)
         self.total = total
@@ -198,7 +206,11 @@ class LiveStream:
         spec = audio.spectrogram_frames(x, times - self.shift, start_offset_s=off)
         levels = audio.envelope(x, times, start_offset_s=off)
         gain, centre = self.p.articulation(self.o.predict), self.p.centre
-        codes = self.p.audio_codes(spec)
+        phones = None
+        if self.phones is not None:   # the labels heard so far: the last few hundred ms are provisional
+            from ..prepare.phones import phone_context
+            phones = phone_context(self.phones.track, times - self.shift)
+        codes = self.p.audio_codes(spec, phones=phones)
         raw_deltas, raw_bs = self.p.raw_outputs(codes)
         bs = apply_gain_coefficients(raw_bs, gain, centre.get("mean_blendshapes"), ARKIT_NAMES) \
             if self.p.has_blendshapes else np.zeros((b - a, len(ARKIT_NAMES)), np.float32)

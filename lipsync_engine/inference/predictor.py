@@ -273,6 +273,8 @@ class Predictor:
         self.has_blendshapes = bool(self.config.get("has_blendshapes", True))
         self.gain = float((self.config.get("articulation") or {}).get("gain", 1.0))   # 1.0: format version 1
         self.has_bank = bool(self.config.get("mouth_bank"))
+        self.reads_phones = self.dims.phone_context > 0    # format 3: phone labels with the spectrograms
+        self._phones = None                                # its PhoneRecognizer, made on first use
         if self.device != "cpu":
             self.model                                  # noqa: B018  (a GPU: load the network now)
 
@@ -330,17 +332,33 @@ class Predictor:
 
     # -- the network
 
-    def audio_codes(self, spec: np.ndarray, numpy_path: bool = True) -> np.ndarray:
+    def phone_track(self, samples: np.ndarray, on_block=None) -> np.ndarray | None:
+        """The 10 ms phone track of 16 kHz samples (prepare/phones.py) for a model that reads
+        phones, else None; on_block(done, total) after each 30 s block. The recogniser is made
+        once per predictor (a server's many lines)."""
+        if not self.reads_phones:
+            return None
+        if self._phones is None:
+            from ..prepare.phones import PhoneRecognizer
+            self._phones = PhoneRecognizer()
+        return self._phones.track(samples, on_block)
+
+    def audio_codes(self, spec: np.ndarray, numpy_path: bool = True, phones: np.ndarray | None = None) -> np.ndarray:
         """(n, N_s) float32 audio codes of (n, 256, 24, 2) spectrograms (audio.spectrogram_frames),
-        scaled as in training; numpy_path False (or a GPU): the torch network."""
+        scaled as in training, with (n, phone context) labels for a model that reads phones;
+        numpy_path False (or a GPU): the torch network."""
+        if self.reads_phones and phones is None:
+            raise EngineError(f"{self.model_dir}: this model reads phone labels (phone_context) with its audio")
         if numpy_path and self.device == "cpu":
             with blas_threads(1):
-                return self.heads.codes(spec * np.float32(self.scale))
+                return self.heads.codes(spec * np.float32(self.scale), phones)
         import torch
 
         with torch.inference_mode(), _one_thread(self.device):
             x = torch.from_numpy(spec).to(self.device) * self.scale
-            codes = [self.model.audio(x[i:i + ENCODE_BATCH]) for i in range(0, len(x), ENCODE_BATCH)]
+            ph = None if phones is None else torch.from_numpy(np.asarray(phones, np.int64)).to(self.device)
+            codes = [self.model.audio(x[i:i + ENCODE_BATCH], None if ph is None else ph[i:i + ENCODE_BATCH])
+                     for i in range(0, len(x), ENCODE_BATCH)]
             return torch.cat(codes).float().cpu().numpy()
 
     def raw_outputs(self, codes: np.ndarray, numpy_path: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -379,11 +397,15 @@ class Predictor:
         smooth = self._halo(options)
         halo = smooth + (self.renderer.halo if bank else 0)   # the bank's blend weights look a few frames around
         numpy_path = self.uses_numpy(plan.frames)
+        def heard(done: int, total: int) -> None:          # long audio: the phones take a while
+            on_progress(Progress("phones", done, total, plan.label))
+            cancel.check()
+        track = self.phone_track(plan.samples, heard)     # None unless the model reads phones
         previous = None                                   # the shown lips of the last frame, (1, 3, 128, 128)
         for s in range(0, plan.frames, options.chunk_frames):
             e = min(plan.frames, s + options.chunk_frames)
             a, b = max(0, s - halo), min(plan.frames, e + halo)
-            codes = self._codes(plan, a, b, numpy_path)                                       # (b - a, N_s)
+            codes = self._codes(plan, a, b, numpy_path, track)                                # (b - a, N_s)
             deltas, bs = self._geometry(codes, options, smooth, plan.weight[a:b], numpy_path)  # all b - a rows
             lips = None
             if bank:
@@ -404,13 +426,19 @@ class Predictor:
         sigma = options.smoothing_sigma_s * options.fps
         return int(SMOOTHING_TRUNCATE * sigma + 0.5) if options.smoothing and sigma > 0 else 0
 
-    def _codes(self, plan: Plan, a: int, b: int, numpy_path: bool = True) -> np.ndarray:
-        """Audio codes of frames a..b-1: spectrograms of a slice of the samples, scaled as in training."""
+    def _codes(self, plan: Plan, a: int, b: int, numpy_path: bool = True, track: np.ndarray | None = None
+               ) -> np.ndarray:
+        """Audio codes of frames a..b-1: spectrograms of a slice of the samples, scaled as in training
+        (and the phone contexts of `track`, the whole file's phone track, for a model that reads them)."""
         t = plan.times[a:b] - self.window_shift_s
         lo = max(0, int(math.floor(t[0] * audio.SAMPLE_RATE)) - SPEC_MARGIN)
         hi = min(len(plan.samples), int(math.ceil(t[-1] * audio.SAMPLE_RATE)) + SPEC_MARGIN)
         spec = audio.spectrogram_frames(plan.samples[lo:hi], t, start_offset_s=lo / audio.SAMPLE_RATE)
-        return self.audio_codes(spec, numpy_path)
+        phones = None
+        if track is not None:
+            from ..prepare.phones import phone_context
+            phones = phone_context(track, t)
+        return self.audio_codes(spec, numpy_path, phones)
 
     def _geometry(self, codes: np.ndarray, options: PredictOptions, halo: int, weight: np.ndarray,
                   numpy_path: bool = True) -> tuple[np.ndarray, np.ndarray]:

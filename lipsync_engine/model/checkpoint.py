@@ -36,7 +36,8 @@ from ..face.geometry import ATLAS_SIZE
 from .dims import ModelDimensions
 
 MODEL_FORMAT = "lipsync3d-model"
-MODEL_FORMAT_VERSION = 2   # 2: articulation gain and centre, mouth bank, test split; version 1 models still load
+MODEL_FORMAT_VERSION = 3   # 2: articulation gain and centre, mouth bank, test split; 3: phone input
+                           # (dims.phone_context); version 1 and 2 models still load
 WEIGHTS, CONFIG, STATE, CURVE = "model.safetensors", "config.json", "train_state.pt", "loss_curve.png"
 MOUTH_BANK = "mouth_bank.npz"   # real lip crops of the training frames with their meshes (model/articulation.py)
 # copied from the speaker directory so that a model directory is self-contained (predict needs no speaker)

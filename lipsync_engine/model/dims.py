@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 N_FREQ, N_COLUMNS = 256, 24   # spectrogram frequencies x columns per frame (audio.py)
 N_VERTICES = 468
 N_BLENDSHAPES = 52
+N_PHONES, PHONE_CONTEXT = 42, 13   # prepare/phones.py: PHONES, CONTEXT_MS
 LEAKY_SLOPE = 0.2             # leaky ReLU slope of the audio encoder
 
 
@@ -28,12 +29,24 @@ class ModelDimensions:
     atlas_channels: tuple[int, ...] = (128, 256, 512, 1024, 2048)   # Table 5
     n_vertices: int = N_VERTICES
     n_blendshapes: int = N_BLENDSHAPES
+    phone_context: int = 0          # beyond the paper: phone labels per frame added into the audio code (0 = none)
+    n_phones: int = 0               # ... out of this many phones (prepare/phones.py)
 
     def __post_init__(self) -> None:
         if len(self.freq_channels) != 6 or len(self.time_channels) != 6:
             raise ValueError("the audio encoder has 6 frequency and 6 time convolutions")
         if len(self.texture_channels) != 5 or len(self.atlas_channels) != 5:
             raise ValueError("texture decoder and atlas encoder have 5 convolution stages (Tables 4, 5)")
+        if (self.phone_context > 0) != (self.n_phones > 0):
+            raise ValueError("phone_context and n_phones are both 0 (no phone input) or both positive")
+
+    @property
+    def phone_inputs(self) -> int:
+        """Width of the one-hot phone context (0: the model hears the spectrogram only)."""
+        return self.phone_context * self.n_phones
+
+    def with_phones(self) -> "ModelDimensions":
+        return replace(self, phone_context=PHONE_CONTEXT, n_phones=N_PHONES)
 
     def scaled(self, width: float) -> "ModelDimensions":
         """The same network with every convolution's channels multiplied by `width`."""

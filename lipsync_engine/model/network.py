@@ -46,12 +46,26 @@ class AudioEncoder(nn.Module):
         self.convs = nn.Sequential(*layers)
         freq, time = N_FREQ // 2 ** 6, 1  # 256 -> 4; 24 -> 12 -> 6 -> 3 -> 2 -> 1 -> 1
         self.fc = nn.Linear(c_in * freq * time, dims.audio_code)
+        self.n_phones = dims.n_phones
+        # beyond the paper: the phone labels around the frame (prepare/phones.py), one-hot, added
+        # into the code; starts at zero, so training begins from the paper's network
+        self.phones = nn.Linear(dims.phone_inputs, dims.audio_code) if dims.phone_inputs else None
+        if self.phones is not None:
+            nn.init.zeros_(self.phones.weight)
+            nn.init.zeros_(self.phones.bias)
 
-    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
+    def forward(self, spectrogram: torch.Tensor, phones: torch.Tensor | None = None) -> torch.Tensor:
+        """phones : (B, phone_context) integer labels, needed when the model reads phones."""
         if spectrogram.shape[1:] != (N_FREQ, N_COLUMNS, 2):
             raise ValueError(f"spectrogram must be (B, {N_FREQ}, {N_COLUMNS}, 2), got {tuple(spectrogram.shape)}")
         x = self.convs(spectrogram.permute(0, 3, 1, 2))  # (B, 2, F, T) -> (B, C, 4, 1)
-        return self.fc(x.flatten(1))
+        code = self.fc(x.flatten(1))
+        if self.phones is None:
+            return code
+        if phones is None:
+            raise ValueError("this model reads phone labels with its spectrograms (prepare/phones.py)")
+        onehot = nn.functional.one_hot(phones.long(), self.n_phones).to(code.dtype).flatten(1)
+        return code + self.phones(onehot)
 
 
 class GeometryDecoder(nn.Module):
@@ -134,12 +148,14 @@ class LipSync3D(nn.Module):
         self.blendshapes = nn.Linear(dims.audio_code, dims.n_blendshapes)
         self.atlas = AtlasEncoder(dims) if dims.atlas_code > 0 else None
 
-    def forward(self, spectrogram: torch.Tensor, previous_atlas: torch.Tensor | None = None) -> dict:
+    def forward(self, spectrogram: torch.Tensor, previous_atlas: torch.Tensor | None = None,
+                phones: torch.Tensor | None = None) -> dict:
         """Returns {"vertex_deltas" (B,468,3), "atlas_delta" (B,3,128,128), "blendshapes" (B,52)}.
 
         previous_atlas : (B, 3, 128, 128) in [-1, 1], or None for zeros (the first frame).
+        phones : (B, phone_context) phone labels (a model with dims.phone_context > 0).
         """
-        code = self.audio(spectrogram)                                   # (B, N_s)
+        code = self.audio(spectrogram, phones)                           # (B, N_s)
         if self.atlas is not None:
             if previous_atlas is None:
                 previous_atlas = spectrogram.new_zeros(len(code), 3, LIP_SIZE, LIP_SIZE)

@@ -60,6 +60,8 @@ class AudioHeads:
     geometry_hidden: Linear      # (N_s, H)
     geometry_out: Linear         # (H, 3 V)
     blend: Linear                # (N_s, 52)
+    phones: Linear | None = None  # (phone_context n_phones, N_s): the one-hot phone context, added to the code
+    n_phones: int = 0
 
     @classmethod
     def from_tensors(cls, tensors: dict, dims: ModelDimensions) -> "AudioHeads":
@@ -86,19 +88,27 @@ class AudioHeads:
         fc = get("audio.fc.weight", (dims.audio_code, c_in * freq))             # torch order c freq + f
         fc = fc.reshape(dims.audio_code, c_in, freq).transpose(2, 1, 0).reshape(freq * c_in, dims.audio_code)
         n_out = dims.n_vertices * 3
+        phones = _linear(get, "audio.phones", dims.phone_inputs, dims.audio_code) if dims.phone_inputs else None
         return cls(tuple(convs), Linear(np.ascontiguousarray(fc), get("audio.fc.bias", (dims.audio_code,))),
                    _linear(get, "geometry.hidden", dims.audio_code, dims.geometry_hidden),
                    _linear(get, "geometry.out", dims.geometry_hidden, n_out),
-                   _linear(get, "blendshapes", dims.audio_code, dims.n_blendshapes))
+                   _linear(get, "blendshapes", dims.audio_code, dims.n_blendshapes), phones, dims.n_phones)
 
-    def codes(self, spectrogram: np.ndarray) -> np.ndarray:
+    def codes(self, spectrogram: np.ndarray, phones: np.ndarray | None = None) -> np.ndarray:
         """(B, 256, 24, 2) float32 spectrograms (already x the model's spectrogram scale) -> (B, N_s)
-        float32 audio codes, BATCH frames at a time."""
+        float32 audio codes, BATCH frames at a time. phones : (B, phone_context) labels, for a
+        model that reads them (the sum of the one-hot rows of the phone weight, added)."""
         if spectrogram.shape[1:] != (N_FREQ, N_COLUMNS, 2):
             raise ValueError(f"spectrogram must be (B, {N_FREQ}, {N_COLUMNS}, 2), got {spectrogram.shape}")
         out = [self._encode(np.asarray(spectrogram[i:i + BATCH], np.float32))
                for i in range(0, len(spectrogram), BATCH)]
-        return np.concatenate(out) if out else np.zeros((0, self.fc.bias.shape[0]), np.float32)
+        codes = np.concatenate(out) if out else np.zeros((0, self.fc.bias.shape[0]), np.float32)
+        if self.phones is None:
+            return codes
+        if phones is None or len(phones) != len(codes):
+            raise ValueError("this model reads phone labels with its spectrograms, one row per frame")
+        rows = np.asarray(phones, np.int64) + self.n_phones * np.arange(phones.shape[1])   # one-hot columns
+        return codes + self.phones.weight[rows].sum(1) + self.phones.bias
 
     def _encode(self, x: np.ndarray) -> np.ndarray:
         for conv in self.convs:
@@ -149,7 +159,8 @@ def random_tensors(dims: ModelDimensions, seed: int = 0) -> dict:
     for name, n_in, n_out in (("audio.fc", c_in * freq, dims.audio_code),
                               ("geometry.hidden", dims.audio_code, dims.geometry_hidden),
                               ("geometry.out", dims.geometry_hidden, dims.n_vertices * 3),
-                              ("blendshapes", dims.audio_code, dims.n_blendshapes)):
+                              ("blendshapes", dims.audio_code, dims.n_blendshapes),
+                              *((("audio.phones", dims.phone_inputs, dims.audio_code),) if dims.phone_inputs else ())):
         out[f"model.{name}.weight"] = rng.normal(0, 0.3, (n_out, n_in)).astype(np.float32)
         out[f"model.{name}.bias"] = rng.normal(0, 0.1, n_out).astype(np.float32)
     return out

@@ -19,7 +19,7 @@ import json
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,8 @@ class TrainOptions:
     mouth_bank: int = 512            # real lip crops kept for the texture (articulation.MouthBank; 0 = none)
     lookahead_ms: float = 120.0      # future audio the window reaches (ms): 120 = the paper's centred window;
                                      # less shifts it into the past for `lipsync live` (lookahead.py)
+    phones: bool = True              # beyond the paper: the audio code also hears the phones PocketSphinx
+                                     # recognises around each frame (prepare/phones.py)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -122,7 +124,8 @@ class TrainResult:
 # epochs on a GPU).
 RECIPES = {
     "fast": {},
-    "paper": {"learning_rate": 1e-4, "geometry_weight": 3.0, "lip_weight": 0.0, "geometry_patience": 0},
+    "paper": {"learning_rate": 1e-4, "geometry_weight": 3.0, "lip_weight": 0.0, "geometry_patience": 0,
+              "phones": False},
 }
 
 
@@ -154,7 +157,8 @@ class SpeakerTensors:
     batch from the speaker directory's memory maps; lips stay uint8 until batched.
     """
 
-    def __init__(self, speaker_dir: Path, in_memory: bool | None = None, lookahead_ms: float = 120.0):
+    def __init__(self, speaker_dir: Path, in_memory: bool | None = None, lookahead_ms: float = 120.0,
+                 phones: bool = False):
         ds = dataset.open_speaker(speaker_dir)
         self.meta = ds.meta
         bulk = ds.spectrograms.nbytes + ds.lips.nbytes
@@ -174,6 +178,10 @@ class SpeakerTensors:
         self.previous = torch.from_numpy(np.where(ds.breaks, -1, prev))
         bs = ds.blendshapes()
         self.blendshapes = torch.from_numpy(np.array(bs, np.float32)) if bs is not None else None
+        self.phones = None                      # (N, phone context) uint8 labels (prepare/phones.py)
+        if phones:
+            from ..prepare.phones import speaker_phones
+            self.phones = torch.from_numpy(speaker_phones(speaker_dir, lookahead_ms))
 
     def __len__(self) -> int:
         return len(self.deltas)
@@ -190,6 +198,10 @@ class SpeakerTensors:
     def spec_at(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, 256, 24, 2) float32 spectrograms, unscaled."""
         return self._rows(self.spec, idx)
+
+    def phones_at(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """(B, phone context) int64 phone labels, or None for a model without phone input."""
+        return None if self.phones is None else self.phones[idx].long()
 
     def lips_at(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, 3, 128, 128) float in [-1, 1]; zeros where idx < 0."""
@@ -208,7 +220,7 @@ def _vertex_weights(lip_weight: float) -> torch.Tensor:
 
 def _losses(model, batch: dict, data: SpeakerTensors, options: TrainOptions, device, amp=None) -> dict:
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        out = model(batch["spec"], batch["prev"])
+        out = model(batch["spec"], batch["prev"], batch["phones"])
     out = {k: v.float() for k, v in out.items()}  # the losses in fp32
     pred = (data.reference_lips.to(device) + out["atlas_delta"]).clamp(-1, 1)
     tex = 1 - ssim((pred + 1) / 2, (batch["lips"] + 1) / 2)
@@ -230,7 +242,7 @@ def _batch(data: SpeakerTensors, idx: torch.Tensor, spec_scale: float, options, 
         spec = _augment(spec, options, gen)
     b = {"spec": spec, "prev": data.lips_at(prev).contiguous(memory_format=_memory_format(device)),
          "lips": data.lips_at(idx),
-         "deltas": data.deltas[idx],
+         "deltas": data.deltas[idx], "phones": data.phones_at(idx),
          "blendshapes": data.blendshapes[idx] if data.blendshapes is not None else None}
     return {k: (v.to(device) if v is not None else None) for k, v in b.items()}
 
@@ -445,7 +457,9 @@ def _geometry_outputs(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor
     model.eval()
     deltas, bs = [], []
     for s in range(0, len(rows), 256):
-        code = model.audio(data.spec_at(rows[s:s + 256]).to(device) * spec_scale)
+        phones = data.phones_at(rows[s:s + 256])
+        code = model.audio(data.spec_at(rows[s:s + 256]).to(device) * spec_scale,
+                           None if phones is None else phones.to(device))
         deltas.append(model.geometry(code).float().cpu())
         bs.append(model.blendshapes(code).float().cpu())
     model.train(was_training)
@@ -544,16 +558,18 @@ def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bo
     torch.manual_seed(options.seed)
     gen = torch.Generator().manual_seed(options.seed)
     device = pick_device(options.device)
-    data = SpeakerTensors(speaker_dir, options.in_memory, options.lookahead_ms)
+    resuming = resume and holds_model(out)
+    if resuming:
+        dims = ModelDimensions.from_dict(read_config(out)["dims"])
+    else:
+        dims = dims or preset_dimensions(options.preset)
+        dims = dims.with_phones() if options.phones else replace(dims, phone_context=0, n_phones=0)
+    data = SpeakerTensors(speaker_dir, options.in_memory, options.lookahead_ms, dims.phone_context > 0)
     try:
         train_idx, val_idx = _split(len(data), options.val_fraction, options.test_fraction)
     except DatasetError as e:
         raise DatasetError(f"{speaker_dir}: {e}") from None
     model_id = uuid.uuid4().hex[:12]
-    resuming = resume and holds_model(out)
-    if resuming:
-        dims = ModelDimensions.from_dict(read_config(out)["dims"])
-    dims = dims or preset_dimensions(options.preset)
     model = LipSync3D(dims).to(device, memory_format=_memory_format(device))
     model.geometry.init_from_pca(data.deltas[train_idx])
     optimizer = _optimizer(model, options)

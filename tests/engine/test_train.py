@@ -14,6 +14,7 @@ from lipsync_engine.core.progress import CancelToken
 from lipsync_engine.model.checkpoint import load_model
 from lipsync_engine.model.losses import ssim
 from lipsync_engine.model.train import RECIPES, TrainOptions, recipe_options, train_speaker
+from lipsync_engine.prepare.phones import speaker_phones
 
 pytestmark = pytest.mark.slow
 TINY = ModelDimensions().scaled(1 / 32)
@@ -37,11 +38,12 @@ def test_training_learns_mouth_motion_from_audio(prepared_demo, tmp_path):
     assert len(hist) == 12 and hist[-1]["train"] < 0.9 * hist[0]["train"], hist
     assert (tmp_path / "model" / "loss_curve.png").stat().st_size > 5000
     model, config, extra = load_model(tmp_path / "model")
-    assert ModelDimensions.from_dict(config["dims"]) == TINY and extra["reference_lips"].shape == (3, 128, 128)
+    assert ModelDimensions.from_dict(config["dims"]) == TINY.with_phones() and extra["reference_lips"].shape == (3, 128, 128)
     spec = torch.from_numpy(np.array(ds.spectrograms[:4])) * config["spectrogram_scale"]
+    heard = torch.from_numpy(speaker_phones(ds.path)).long()          # the default recipe hears phones
     with torch.no_grad():
-        out = model(spec)
-        every = model(torch.from_numpy(np.array(ds.spectrograms)) * config["spectrogram_scale"])
+        out = model(spec, phones=heard[:4])
+        every = model(torch.from_numpy(np.array(ds.spectrograms)) * config["spectrogram_scale"], phones=heard)
     assert out["vertex_deltas"].shape == (4, 468, 3) and torch.isfinite(out["atlas_delta"]).all()
     predicted = mouth_openness(every["vertex_deltas"].numpy() + extra["reference_vertices"].numpy())
     assert np.corrcoef(predicted, mouth_openness(np.asarray(ds.vertices)))[0, 1] > 0.7
@@ -208,7 +210,7 @@ def test_recipes():
     paper = recipe_options("paper", epochs=500)
     assert (paper.learning_rate, paper.geometry_weight, paper.lip_weight, paper.blendshape_weight) == (1e-4, 3.0, 0.0, 0.3)
     assert paper == TrainOptions(epochs=500, learning_rate=1e-4, geometry_weight=3.0, lip_weight=0.0,
-                                 geometry_patience=0)
+                                 geometry_patience=0, phones=False)     # as published: the spectrogram alone
     assert recipe_options("fast") == TrainOptions()              # one default: Python, the CLI and the add-on
     fast = recipe_options("fast", learning_rate=5e-4)
     assert (fast.learning_rate, fast.geometry_weight, fast.lip_weight) == (5e-4, 30.0, 10.0)
