@@ -126,6 +126,8 @@ class LIPSYNC3D_OT_train(runner.EngineJobOperator, bpy.types.Operator):
             extra = ["--resume"] if done is not None else model_args(s.quality)
             if s.shape_epochs:
                 extra += ["--geometry-epochs", s.shape_epochs]
+            if not s.phones and done is None:     # a resumed model keeps the network it was started with
+                extra += ["--no-phones"]
             jobs.append(spec.job("Train", "train", speaker, "-o", model, "--epochs", s.epochs, "--device",
                                  spec.device, *extra, log_path=runner.log_path(context, "train")))
         self._model = model

@@ -107,6 +107,7 @@ class LIPSYNC3D_PT_speaker(_Panel, bpy.types.Panel):
         col.prop(s, "quality")
         col.prop(s, "epochs")
         col.prop(s, "shape_epochs")
+        col.prop(s, "phones")
         col.operator("lipsync3d.train", icon='PLAY')
         layout.label(text="Trained models")
         row = layout.row()

@@ -126,6 +126,11 @@ class LIPSYNC3D_PG_settings(bpy.types.PropertyGroup):
         description="After this many epochs only the lip texture keeps learning; the mouth shapes stop "
                     "(0 = they learn every epoch). On a minute of video 12 of 30 measured best: the shapes "
                     "over-fit first")
+    phones: BoolProperty(
+        name="Phones", default=True,
+        description="The network also hears the (English) phones PocketSphinx recognises around each frame: "
+                    "on a minute of video the mouth follows new speech markedly better. For another language, "
+                    "try a model without and compare")
     models: CollectionProperty(type=LIPSYNC3D_PG_model)
     model_index: IntProperty(name="Model")
     # dialogue

@@ -42,6 +42,11 @@ def test_train_runs_prepare_fit_train_with_the_right_command_lines(fake_engine, 
     assert bpy.ops.lipsync3d.train() == {'FINISHED'}
     last = json.loads(log.read_text().splitlines()[-1])
     assert last[1] == "train" and last[-2:] == ["--geometry-epochs", "2"]
+    # Phones off: the spectrogram-only network (lipsync train --no-phones)
+    scene.lipsync3d.speaker_name, scene.lipsync3d.shape_epochs, scene.lipsync3d.phones = "cleo", 0, False
+    assert bpy.ops.lipsync3d.train() == {'FINISHED'}
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert last[1] == "train" and last[-1] == "--no-phones" and "--geometry-epochs" not in last
 
 
 def test_engine_error_is_shown_in_the_ui(fake_engine, scene, tmp_path):
