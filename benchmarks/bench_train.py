@@ -11,6 +11,9 @@ Usage:
       bars are met; training time excludes the evaluations. Writes MODEL_DIR/bench_quality.json.
   .venv/bin/python benchmarks/bench_train.py epoch SPEAKER_DIR --preset paper --device cuda
       time per epoch of a preset on a device (the GPU figure of docs/benchmarks.md).
+  .venv/bin/python benchmarks/bench_train.py compile [--preset cpu] [--batch 32] [--repeats 10]
+      one training step as train.py runs it on a CPU (channels-last, fused Adam, the SSIM loss), eager
+      against torch.compile (inductor): the first compiled step's time and the median step of each;
   .venv/bin/python benchmarks/bench_train.py throughput SPEAKER_DIR [--epochs 3] [--precision auto off bf16]
       [--profile]
       `lipsync train`'s default recipe end to end (data, steps, held-out tail, checkpoints), frames
@@ -83,6 +86,37 @@ def steps(args) -> None:
               f"fp32 {med['fp32'] * 1e3:7.0f} ms/step ({1 / med['fp32']:5.2f} steps/s)  "
               f"bf16 autocast {med['bf16'] * 1e3:7.0f} ms/step ({1 / med['bf16']:5.2f} steps/s)  "
               f"bf16/fp32 {med['bf16'] / med['fp32']:.2f}  [{_load()}]", flush=True)
+
+
+def compiled(args) -> None:
+    """Eager against torch.compile (inductor) for one training step of a preset on the CPU."""
+    from lipsync_engine.model.network import preset_dimensions
+
+    g = torch.Generator().manual_seed(0)
+    spec = torch.randn(args.batch, 256, 24, 2, generator=g)
+    prev = (torch.rand(args.batch, 3, 128, 128, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    lips, deltas = torch.rand(args.batch, 3, 128, 128, generator=g) * 2 - 1, torch.randn(args.batch, 468, 3, generator=g)
+    for mode in ("eager", "inductor"):
+        torch.manual_seed(0)
+        model = LipSync3D(preset_dimensions(args.preset)).to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), 1e-3, fused=True)
+        run = torch.compile(model) if mode == "inductor" else model
+
+        def step() -> float:
+            t0 = time.perf_counter()
+            out = run(spec, prev)
+            loss = 1 - ssim((out["atlas_delta"].clamp(-1, 1) + 1) / 2, (lips + 1) / 2) \
+                + 30 * (out["vertex_deltas"] - 0.1 * deltas).square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return time.perf_counter() - t0
+        first = step()
+        for _ in range(3):
+            step()
+        times = sorted(step() for _ in range(args.repeats))
+        print(f"{mode:<9} preset {args.preset}, batch {args.batch}: first step {first:6.1f} s, median step "
+              f"{times[len(times) // 2] * 1e3:6.0f} ms (min {times[0] * 1e3:.0f})  [{_load()}]", flush=True)
 
 
 def _meets(metrics: dict, beats: dict) -> dict:
@@ -223,6 +257,10 @@ def main() -> None:
     s.add_argument("--batch", type=int, default=32)
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--device", default="cpu")
+    c = sub.add_parser("compile")
+    c.add_argument("--preset", default="cpu")
+    c.add_argument("--batch", type=int, default=32)
+    c.add_argument("--repeats", type=int, default=10)
     q = sub.add_parser("quality")
     q.add_argument("speaker")
     q.add_argument("model")
@@ -264,7 +302,7 @@ def main() -> None:
     print(f"# command: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
     print(f"# machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {_load()}", flush=True)
-    {"steps": steps, "quality": quality, "epoch": epoch, "throughput": throughput}[args.what](args)
+    {"steps": steps, "quality": quality, "epoch": epoch, "throughput": throughput, "compile": compiled}[args.what](args)
 
 
 if __name__ == "__main__":
