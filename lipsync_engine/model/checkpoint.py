@@ -1,6 +1,7 @@
 """The model folder (`lipsync train`'s output): its format, writing it, reading it, and the device.
 
-Layout of MODEL_DIR (format "lipsync3d-model", version 1):
+Layout of MODEL_DIR (format "lipsync3d-model", version 3; version 2 added the articulation gain and
+mouth bank, version 3 the phone input, whose weights are "model.audio.phones.*"):
 
     config.json                     format, dims, options, spectrogram scale, fps, lip box, cylinder,
                                     split, history (written last)
