@@ -186,6 +186,31 @@ def save_checkpoint(out: Path, model, optimizer, config: dict, reference_vertice
     storage.write_json(out / CONFIG, config)
 
 
+def republish_state(model_dir: Path) -> bool:
+    """Write the weights and config.json of the training state's epoch again when they are missing
+    or of another epoch (a run killed between its files, in its last epoch too, where no further
+    epoch would write them). True when it wrote them."""
+    import torch
+    from safetensors.torch import save_file
+
+    out = Path(model_dir)
+    state = torch.load(out / STATE, weights_only=True, map_location="cpu")
+    if "weights" not in state or "config" not in state:
+        return False
+    epoch = int(state["epochs_done"])
+    try:
+        on_disk = int(json.loads((out / CONFIG).read_text(encoding="utf-8")).get("epochs_done", -1))
+    except (OSError, ValueError):
+        on_disk = None
+    stamped = (_weights_metadata(out / WEIGHTS) or {}).get("epochs_done") if (out / WEIGHTS).is_file() else None
+    if on_disk == epoch and stamped is not None and int(stamped) == epoch:
+        return False
+    with storage.atomic_path(out / WEIGHTS) as tmp:
+        save_file(state["weights"], str(tmp), metadata={"epochs_done": str(epoch)})
+    storage.write_json(out / CONFIG, json.loads(state["config"]))
+    return True
+
+
 def _check_same_epoch(root: Path, metadata: dict | None, config: dict) -> None:
     """Weights and config of one epoch, or an EngineError saying how to repair the folder."""
     stamped = (metadata or {}).get("epochs_done")

@@ -29,7 +29,7 @@ from ..core import storage
 from ..core.errors import DatasetError, EngineError, InputError, OutputExists
 from ..prepare import dataset
 from .checkpoint import (CURVE, MOUTH_BANK, copy_reference_files, config_header, holds_model, load_model,
-                         load_train_state, pick_device, read_config, save_checkpoint)
+                         load_train_state, pick_device, read_config, republish_state, save_checkpoint)
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from ..face.geometry import CylinderMap
 from ..face.topology import load_topology
@@ -597,6 +597,8 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
     cancel = cancel or CancelToken()
     out, speaker_dir = Path(model_dir), Path(speaker_dir)
     r = _prepare_run(speaker_dir, out, options, resume, dims)
+    if r.start:                 # resumed: the state's epoch may lack its weights or config (killed between them)
+        republish_state(out)
     data, train_idx, val_idx, history = r.data, r.train_idx, r.val_idx, r.history
     amp = autocast_dtype(options.mixed_precision, r.device)
     out.mkdir(parents=True, exist_ok=True)

@@ -114,9 +114,11 @@ def test_train_killed_at_random_instants_then_resume_equals_an_uninterrupted_run
     assert hidden_leftovers(out) == []
 
 
-def test_a_checkpoint_cut_between_its_files_resumes_from_the_whole_epoch(prepared_demo, tmp_path, monkeypatch):
-    """Killed after the training state and the weights of epoch 3 are written but before its
-    config.json: predicting says how to repair it, and --resume equals an uninterrupted run."""
+@pytest.mark.parametrize("cut", [3, 4])
+def test_a_checkpoint_cut_between_its_files_resumes_from_the_whole_epoch(prepared_demo, tmp_path, monkeypatch, cut):
+    """Killed after the training state and the weights of an epoch are written but before its
+    config.json: predicting says how to repair it, and --resume equals an uninterrupted run, also
+    when the cut epoch was the last (then --resume only writes that epoch's files again)."""
     from lipsync_engine.model import checkpoint
     from lipsync_engine.model.checkpoint import load_model
     from lipsync_engine.model.network import ModelDimensions
@@ -131,16 +133,17 @@ def test_a_checkpoint_cut_between_its_files_resumes_from_the_whole_epoch(prepare
     class Killed(BaseException):
         pass
 
-    def dies_at_epoch_3(path, data):
-        if Path(path).name == checkpoint.CONFIG and data.get("epochs_done") == 3:
+    def dies_at_the_cut(path, data):
+        if Path(path).name == checkpoint.CONFIG and data.get("epochs_done") == cut:
             raise Killed
         return real(path, data)
 
-    monkeypatch.setattr(checkpoint.storage, "write_json", dies_at_epoch_3)
+    monkeypatch.setattr(checkpoint.storage, "write_json", dies_at_the_cut)
     with pytest.raises(Killed):
         train_speaker(ds.path, out, opts, dims=tiny)
     monkeypatch.setattr(checkpoint.storage, "write_json", real)
-    with pytest.raises(EngineError, match="weights are of epoch 3 and config.json of epoch 2.*resume the training"):
+    with pytest.raises(EngineError, match=f"weights are of epoch {cut} and config.json of epoch {cut - 1}.*resume the "
+                                          "training"):
         load_model(out)
     result = train_speaker(ds.path, out, opts, resume=True)
     a = json.loads((tmp_path / "straight" / "config.json").read_text())["history"]
