@@ -1,6 +1,7 @@
 """Low-latency models: the spectrogram window shifted into the past (`lipsync train --lookahead`).
 
-Owns: what a model's lookahead means and the spectrograms of a speaker with a shifted window.
+Owns: what a model's lookahead means, the spectrograms of a speaker with a shifted window, and
+reading a prepared speaker's takes' audio again (take_audio; phones.py uses it too).
 The paper's stack (audio.py) spans 240 ms centred on the frame, so a frame needs 120 ms of
 future audio. A model trained with lookahead L ms hears the same 240 ms stack centred
 120 - L ms before the frame (columns t - 240 + L .. t + L ms), so it needs only L ms of future
@@ -32,6 +33,23 @@ def model_lookahead_ms(config: dict) -> float:
     return float((config.get("options") or {}).get("lookahead_ms", PAPER_LOOKAHEAD_MS))
 
 
+def take_audio(ds: dataset.SpeakerDataset, purpose: str):
+    """Yield (rows, media.AudioTrack at audio.SAMPLE_RATE) for each take of a prepared speaker that
+    has frames, decoded from its source video; DatasetError naming the take when it cannot be read
+    ("SPEAKER: <purpose> the source videos' audio, and take k cannot be read: ...")."""
+    index = np.asarray(ds.frame_index)
+    for k, take in enumerate(ds.meta["takes"]):
+        rows = np.flatnonzero(index[:, 0] == k)
+        if not len(rows):
+            continue
+        try:
+            sound = media.load_audio(Path(take["path"]), audio.SAMPLE_RATE)
+        except InputError as e:
+            raise DatasetError(f"{ds.path}: {purpose} the source videos' audio, and take {k} cannot be read: "
+                               f"{e}") from e
+        yield rows, sound
+
+
 def speaker_spectrograms(speaker_dir: Path | str, lookahead_ms: float) -> np.ndarray:
     """(N, 256, 24, 2) float32 spectrograms of a prepared speaker's frames with the window shifted
     for lookahead_ms, recomputed from its source videos' audio exactly as prepare.py computes
@@ -40,16 +58,9 @@ def speaker_spectrograms(speaker_dir: Path | str, lookahead_ms: float) -> np.nda
     if float(lookahead_ms) == PAPER_LOOKAHEAD_MS:
         return np.asarray(ds.spectrograms, np.float32)
     shift = window_shift_s(lookahead_ms)
-    index, times = np.asarray(ds.frame_index), np.asarray(ds.frame_times, np.float64)
+    times = np.asarray(ds.frame_times, np.float64)
     out = np.empty((len(ds), audio.N_FREQ, audio.N_COLUMNS, 2), np.float32)
-    for k, take in enumerate(ds.meta["takes"]):
-        rows = np.flatnonzero(index[:, 0] == k)
-        if not len(rows):
-            continue
-        try:
-            sound = media.load_audio(Path(take["path"]), audio.SAMPLE_RATE)
-        except InputError as e:
-            raise DatasetError(f"{ds.path}: a lookahead other than {PAPER_LOOKAHEAD_MS:g} ms recomputes the "
-                               f"spectrograms from the source videos, and take {k} cannot be read: {e}") from e
+    purpose = f"a lookahead other than {PAPER_LOOKAHEAD_MS:g} ms recomputes the spectrograms from"
+    for rows, sound in take_audio(ds, purpose):
         out[rows] = audio.spectrogram_frames(sound.samples, times[rows] - shift, sound.start_offset_s)
     return out

@@ -13,8 +13,8 @@ the context is the phone label at t + o for o in CONTEXT_MS (-120 .. +120 ms in 
 the span of the spectrogram window), as PHONES indices; the network turns them into one-hot
 vectors. Times outside the audio read as silence.
 
-Must not: decode files other than a prepared speaker's takes (through media.py, as
-lookahead.py does), resample (callers pass audio.SAMPLE_RATE audio), or import torch or bpy.
+Must not: decode files (a prepared speaker's takes come through lookahead.take_audio), resample
+(callers pass audio.SAMPLE_RATE audio), or import torch or bpy.
 """
 
 from __future__ import annotations
@@ -145,26 +145,14 @@ def speaker_phones(speaker_dir, lookahead_ms: float = 120.0) -> np.ndarray:
     """(N, len(CONTEXT_MS)) uint8 phone contexts of a prepared speaker's frames, recognised from
     its source videos' audio (the window centred where the spectrogram's is: lookahead.py).
     DatasetError naming the take when a source video is gone."""
-    from pathlib import Path
-
-    from ..core.errors import DatasetError, InputError
-    from ..io import media
     from . import dataset
-    from .lookahead import window_shift_s
+    from .lookahead import take_audio, window_shift_s
 
     ds = dataset.open_speaker(speaker_dir)
-    index, times = np.asarray(ds.frame_index), np.asarray(ds.frame_times, np.float64)
+    times = np.asarray(ds.frame_times, np.float64)
     shift = window_shift_s(lookahead_ms)
     out = np.zeros((len(ds), len(CONTEXT_MS)), np.uint8)
     recognizer = PhoneRecognizer()
-    for k, take in enumerate(ds.meta["takes"]):
-        rows = np.flatnonzero(index[:, 0] == k)
-        if not len(rows):
-            continue
-        try:
-            sound = media.load_audio(Path(take["path"]), audio.SAMPLE_RATE)
-        except InputError as e:
-            raise DatasetError(f"{ds.path}: the phone features are recognised from the source videos' audio, "
-                               f"and take {k} cannot be read: {e}") from e
+    for rows, sound in take_audio(ds, "the phone features are recognised from"):
         out[rows] = phone_context(recognizer.track(sound.samples), times[rows] - shift, sound.start_offset_s)
     return out

@@ -195,3 +195,21 @@ def test_no_phones_flag_and_format_2_models_still_predict(prepared_demo, trained
     new = load_predictor(trained_demo[0], "cpu").predict(ds.meta["takes"][0]["path"], PredictOptions(atlas=False))
     got = before.predict(ds.meta["takes"][0]["path"], PredictOptions(atlas=False))
     np.testing.assert_array_equal(got.vertices, new.vertices)
+
+
+@pytest.mark.slow
+def test_a_speaker_whose_videos_are_gone_is_one_clear_error(prepared_demo, tmp_path):
+    """Phones are recognised from the takes' audio: a moved source video is named, with what to do."""
+    import shutil
+
+    from lipsync_engine.core.errors import DatasetError
+
+    speaker = shutil.copytree(prepared_demo[0].path, tmp_path / "speaker")
+    meta = json.loads((speaker / "meta.json").read_text())
+    meta["takes"][0]["path"] = str(tmp_path / "moved.mp4")
+    (speaker / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=r"phone features are recognised from the source videos' audio, "
+                                           r"and take 0 cannot be read: .*moved\.mp4"):
+        phones.speaker_phones(speaker)
+    heard = phones.speaker_phones(prepared_demo[0].path)
+    assert heard.shape == (len(prepared_demo[0]), len(phones.CONTEXT_MS)) and heard.max() < len(phones.PHONES)
