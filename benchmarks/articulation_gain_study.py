@@ -27,7 +27,8 @@ from lipsync_engine.model.train import SpeakerTensors, _geometry_outputs, _split
 print(f"# command: {' '.join(sys.argv)}")
 model_dir, speaker = Path(sys.argv[1]), Path(sys.argv[2])
 model, config, extra = load_model(model_dir)
-data = SpeakerTensors(speaker, None, config["options"].get("lookahead_ms", 120.0))
+data = SpeakerTensors(speaker, None, config["options"].get("lookahead_ms", 120.0),
+                      config["dims"].get("phone_context", 0) > 0)    # a model that hears phones (format 3)
 o = config["options"]
 tr, va = _split(len(data), o["val_fraction"], o["test_fraction"])
 te = torch.arange(int(va[-1]) + 1, len(data))
