@@ -34,7 +34,7 @@ BLOCK_MARGIN_S = 1.0                       # ... each with this much audio eithe
 
 
 def _decoder():
-    """A PocketSphinx phone recogniser (allphone search; the beams Rhubarb uses). 0.2 s to make."""
+    """A PocketSphinx phone recogniser (all-phone search, wide beams of 1e-20). 0.2 s to make."""
     from pocketsphinx import Decoder, get_model_path
 
     return Decoder(hmm=get_model_path("en-us/en-us"), allphone=get_model_path("en-us/en-us-phone.lm.bin"),
