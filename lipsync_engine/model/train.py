@@ -158,7 +158,7 @@ class SpeakerTensors:
     """
 
     def __init__(self, speaker_dir: Path, in_memory: bool | None = None, lookahead_ms: float = 120.0,
-                 phones: bool = False):
+                 phones: bool = False, on_take=None):
         ds = dataset.open_speaker(speaker_dir)
         self.meta = ds.meta
         bulk = ds.spectrograms.nbytes + ds.lips.nbytes
@@ -181,7 +181,7 @@ class SpeakerTensors:
         self.phones = None                      # (N, phone context) uint8 labels (prepare/phones.py)
         if phones:
             from ..prepare.phones import speaker_phones
-            self.phones = torch.from_numpy(speaker_phones(speaker_dir, lookahead_ms))
+            self.phones = torch.from_numpy(speaker_phones(speaker_dir, lookahead_ms, on_take))
 
     def __len__(self) -> int:
         return len(self.deltas)
@@ -546,8 +546,10 @@ class _RunState:
     stop: dict = field(default_factory=dict)        # the geometry's early stop (_early_stop)
 
 
-def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bool, dims) -> _RunState:
-    """Data, split, scale, model, optimizer and the state to start from (fresh or resumed)."""
+def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bool, dims,
+                 on_take=None) -> _RunState:
+    """Data, split, scale, model, optimizer and the state to start from (fresh or resumed);
+    on_take(done, total) while the takes' phones are recognised."""
     if (out / dataset.META).is_file() or out.resolve() == Path(speaker_dir).resolve():
         raise InputError(f"{out}: a prepared speaker directory (it holds {dataset.META}); write the model to "
                          "a folder of its own")
@@ -564,7 +566,7 @@ def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bo
     else:
         dims = dims or preset_dimensions(options.preset)
         dims = dims.with_phones() if options.phones else replace(dims, phone_context=0, n_phones=0)
-    data = SpeakerTensors(speaker_dir, options.in_memory, options.lookahead_ms, dims.phone_context > 0)
+    data = SpeakerTensors(speaker_dir, options.in_memory, options.lookahead_ms, dims.phone_context > 0, on_take)
     try:
         train_idx, val_idx = _split(len(data), options.val_fraction, options.test_fraction)
     except DatasetError as e:
@@ -596,7 +598,11 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
     t0 = time.perf_counter()
     cancel = cancel or CancelToken()
     out, speaker_dir = Path(model_dir), Path(speaker_dir)
-    r = _prepare_run(speaker_dir, out, options, resume, dims)
+
+    def heard(done: int, total: int) -> None:     # the phones of every take, before the first epoch
+        on_progress(Progress("phones", done, total, "recognising the phones of the takes"))
+        cancel.check()
+    r = _prepare_run(speaker_dir, out, options, resume, dims, heard)
     if r.start:                 # resumed: the state's epoch may lack its weights or config (killed between them)
         republish_state(out)
     data, train_idx, val_idx, history = r.data, r.train_idx, r.val_idx, r.history

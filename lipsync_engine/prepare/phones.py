@@ -141,10 +141,11 @@ class PhoneStream:
         self.track = track
 
 
-def speaker_phones(speaker_dir, lookahead_ms: float = 120.0) -> np.ndarray:
+def speaker_phones(speaker_dir, lookahead_ms: float = 120.0, on_take=None) -> np.ndarray:
     """(N, len(CONTEXT_MS)) uint8 phone contexts of a prepared speaker's frames, recognised from
     its source videos' audio (the window centred where the spectrogram's is: lookahead.py).
-    DatasetError naming the take when a source video is gone."""
+    DatasetError naming the take when a source video is gone. on_take(done, total) after each
+    take (progress; it may raise to cancel)."""
     from . import dataset
     from .lookahead import take_audio, window_shift_s
 
@@ -153,6 +154,9 @@ def speaker_phones(speaker_dir, lookahead_ms: float = 120.0) -> np.ndarray:
     shift = window_shift_s(lookahead_ms)
     out = np.zeros((len(ds), len(CONTEXT_MS)), np.uint8)
     recognizer = PhoneRecognizer()
-    for rows, sound in take_audio(ds, "the phone features are recognised from"):
+    total = len(np.unique(np.asarray(ds.frame_index)[:, 0]))      # the takes with frames (take_audio's)
+    for k, (rows, sound) in enumerate(take_audio(ds, "the phone features are recognised from")):
         out[rows] = phone_context(recognizer.track(sound.samples), times[rows] - shift, sound.start_offset_s)
+        if on_take is not None:
+            on_take(k + 1, total)
     return out

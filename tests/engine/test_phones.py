@@ -211,5 +211,7 @@ def test_a_speaker_whose_videos_are_gone_is_one_clear_error(prepared_demo, tmp_p
     with pytest.raises(DatasetError, match=r"phone features are recognised from the source videos' audio, "
                                            r"and take 0 cannot be read: .*moved\.mp4"):
         phones.speaker_phones(speaker)
-    heard = phones.speaker_phones(prepared_demo[0].path)
+    seen = []
+    heard = phones.speaker_phones(prepared_demo[0].path, on_take=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 1)]                                           # progress: one take of one
     assert heard.shape == (len(prepared_demo[0]), len(phones.CONTEXT_MS)) and heard.max() < len(phones.PHONES)
