@@ -31,6 +31,7 @@ CONTEXT_MS = tuple(range(-120, 121, 20))   # label offsets around the frame time
 TRACK_RATE = 100                           # labels per second (PocketSphinx's 10 ms frames)
 BLOCK_S = 30.0                             # long audio is recognised in blocks of this many seconds
 BLOCK_MARGIN_S = 1.0                       # ... each with this much audio either side, whose labels are dropped
+UTTERANCE_S = 20.0                         # a stream's recogniser closes its utterance this often (PhoneStream)
 
 
 def _decoder():
@@ -105,13 +106,18 @@ class PhoneStream:
 
     The labels of the last few hundred milliseconds are the recogniser's current best guess and
     may differ from what it would say with the whole line (predict): live and predict agree
-    closely, not exactly, for a model that reads phones."""
+    closely, not exactly, for a model that reads phones. The recogniser closes its utterance
+    every UTTERANCE_S seconds and opens the next: the labels before are final, and reading the
+    open utterance's segmentation after each block stays as cheap an hour in as at the start."""
 
     def __init__(self):
         self._d = _decoder()
         self._d.start_utt()
-        self.track = np.zeros(0, np.uint8)
-        self.received = 0
+        self._labels = np.zeros(1024, np.uint8)   # grows by doubling; track is its first steps
+        self.track = self._labels[:0]
+        self.received = 0                          # samples pushed
+        self._fed = 0                              # 10 ms steps given to the recogniser
+        self._start = 0                            # the step where the open utterance began
         self._pending = np.zeros(0, np.float32)
         self.ended = False
 
@@ -121,8 +127,14 @@ class PhoneStream:
         whole = len(x) // hop * hop
         if whole:
             self._d.process_raw(_pcm(x[:whole]))
+            self._fed += whole // hop
         self._pending = x[whole:]
         self.received += len(samples)
+        if self._fed - self._start >= UTTERANCE_S * TRACK_RATE:
+            self._d.end_utt()
+            self._update()                         # the closed utterance's labels, final
+            self._d.start_utt()
+            self._start = self._fed
         self._update()
 
     def finish(self) -> None:
@@ -135,10 +147,14 @@ class PhoneStream:
         self._update()
 
     def _update(self) -> None:
-        hop = audio.SAMPLE_RATE // TRACK_RATE
-        track = np.zeros(-(-self.received // hop), np.uint8)
-        _fill(track, self._d.seg())
-        self.track = track
+        """Write the open utterance's current segmentation over its steps."""
+        n = -(-self.received // (audio.SAMPLE_RATE // TRACK_RATE))
+        if n > len(self._labels):
+            self._labels = np.concatenate([self._labels, np.zeros(max(n, 2 * len(self._labels)) - len(self._labels),
+                                                                  np.uint8)])
+        self._labels[self._start:n] = 0
+        _fill(self._labels[:n], self._d.seg(), self._start, self._start)
+        self.track = self._labels[:n]
 
 
 def speaker_phones(speaker_dir, lookahead_ms: float = 120.0, on_take=None) -> np.ndarray:

@@ -78,6 +78,26 @@ def test_stream_hears_what_the_whole_line_hears(speech):
     assert np.mean(partial[later] == whole[later]) > 0.5
 
 
+def test_a_long_stream_closes_its_utterances_and_keeps_their_labels(speech, monkeypatch):
+    """Every UTTERANCE_S the stream's recogniser starts a new utterance (reading the segmentation
+    stays cheap however long the stream): the labels before it never change again, and the track
+    still hears what the whole line hears."""
+    monkeypatch.setattr(phones, "UTTERANCE_S", 2.0)
+    x = np.concatenate([speech] * 3)
+    stream = phones.PhoneStream()
+    snapshots = []
+    for i in range(0, len(x), 800):
+        stream.push(x[i:i + 800])
+        snapshots.append((stream._start, stream.track.copy()))
+    stream.finish()
+    assert stream._start >= 4 * 200                                 # several utterances were closed
+    for start, track in snapshots:
+        np.testing.assert_array_equal(stream.track[:start], track[:start])   # closed: final
+    whole = phones.phone_track(x)
+    later = slice(len(speech) // 160, None)
+    assert len(stream.track) == len(whole) and np.mean(stream.track[later] == whole[later]) > 0.4
+
+
 def test_network_reads_phones_in_torch_and_numpy_alike():
     import torch
 
