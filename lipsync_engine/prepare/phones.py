@@ -72,6 +72,10 @@ class PhoneRecognizer:
         out = np.zeros(-(-len(x) // hop), np.uint8)
         if self._d is None:
             self._d = _decoder()
+        # the decoder's feature state (its running cepstral mean) carries over from the audio it
+        # heard before: reset, a signal gets the same labels whatever came before it (a server's
+        # earlier lines, a speaker's earlier takes), as from a new decoder; 0.1 ms
+        self._d.reinit_feat()
         block, margin = int(BLOCK_S * TRACK_RATE), int(BLOCK_MARGIN_S * TRACK_RATE)
         for s in range(0, len(out), block):
             a, b = max(0, s - margin), min(len(out), s + block + margin)
@@ -157,11 +161,12 @@ class PhoneStream:
         self.track = self._labels[:n]
 
 
-def speaker_phones(speaker_dir, lookahead_ms: float = 120.0, on_take=None) -> np.ndarray:
+def speaker_phones(speaker_dir, lookahead_ms: float = 120.0, on_take=None, rows=None) -> np.ndarray:
     """(N, len(CONTEXT_MS)) uint8 phone contexts of a prepared speaker's frames, recognised from
     its source videos' audio (the window centred where the spectrogram's is: lookahead.py).
     DatasetError naming the take when a source video is gone. on_take(done, total) after each
-    take (progress; it may raise to cancel)."""
+    take (progress; it may raise to cancel). rows: only the takes of these frames are recognised
+    (the other rows stay silence), e.g. a held-out tail."""
     from . import dataset
     from .lookahead import take_audio, window_shift_s
 
@@ -170,9 +175,12 @@ def speaker_phones(speaker_dir, lookahead_ms: float = 120.0, on_take=None) -> np
     shift = window_shift_s(lookahead_ms)
     out = np.zeros((len(ds), len(CONTEXT_MS)), np.uint8)
     recognizer = PhoneRecognizer()
-    total = len(np.unique(np.asarray(ds.frame_index)[:, 0]))      # the takes with frames (take_audio's)
-    for k, (rows, sound) in enumerate(take_audio(ds, "the phone features are recognised from")):
-        out[rows] = phone_context(recognizer.track(sound.samples), times[rows] - shift, sound.start_offset_s)
+    index = np.asarray(ds.frame_index)[:, 0]
+    takes = set(np.unique(index if rows is None else index[np.asarray(rows)]).tolist())   # with frames
+    total = len(takes)
+    for k, (take_rows, sound) in enumerate(take_audio(ds, "the phone features are recognised from", takes)):
+        out[take_rows] = phone_context(recognizer.track(sound.samples), times[take_rows] - shift,
+                                       sound.start_offset_s)
         if on_take is not None:
             on_take(k + 1, total)
     return out
