@@ -572,7 +572,8 @@ def _predict_all(model_dir: Path, train: _Frames, test: _Frames, options: Evalua
     lookahead = model_lookahead_ms(config)
     if lookahead != PAPER_LOOKAHEAD_MS:        # a low-latency model hears its window shifted (lookahead.py)
         model_spec = speaker_spectrograms(test.ds.path, lookahead)[test.rows]
-    phones = speaker_phones(test.ds.path, lookahead)[test.rows] if config["dims"].get("phone_context") else None
+    phones = speaker_phones(test.ds.path, lookahead, rows=test.rows)[test.rows] \
+        if config["dims"].get("phone_context") else None     # only the held-out takes are recognised
     preds = {"model": model_prediction(model_dir, model_spec, test.breaks, options.device, cancel, tick,
                                        phones=phones),
              "static": static_baseline(train, len(spec)), "envelope": envelope_baseline(train, spec),

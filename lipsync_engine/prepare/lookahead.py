@@ -33,14 +33,15 @@ def model_lookahead_ms(config: dict) -> float:
     return float((config.get("options") or {}).get("lookahead_ms", PAPER_LOOKAHEAD_MS))
 
 
-def take_audio(ds: dataset.SpeakerDataset, purpose: str):
+def take_audio(ds: dataset.SpeakerDataset, purpose: str, takes=None):
     """Yield (rows, media.AudioTrack at audio.SAMPLE_RATE) for each take of a prepared speaker that
-    has frames, decoded from its source video; DatasetError naming the take when it cannot be read
-    ("SPEAKER: <purpose> the source videos' audio, and take k cannot be read: ...")."""
+    has frames (of `takes` only, a set of take numbers, when given), decoded from its source video;
+    DatasetError naming the take when it cannot be read ("SPEAKER: <purpose> the source videos'
+    audio, and take k cannot be read: ...")."""
     index = np.asarray(ds.frame_index)
     for k, take in enumerate(ds.meta["takes"]):
         rows = np.flatnonzero(index[:, 0] == k)
-        if not len(rows):
+        if not len(rows) or (takes is not None and k not in takes):
             continue
         try:
             sound = media.load_audio(Path(take["path"]), audio.SAMPLE_RATE)
