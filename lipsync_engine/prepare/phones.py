@@ -36,7 +36,13 @@ UTTERANCE_S = 20.0                         # a stream's recogniser closes its ut
 
 def _decoder():
     """A PocketSphinx phone recogniser (all-phone search, wide beams of 1e-20). 0.2 s to make."""
-    from pocketsphinx import Decoder, get_model_path
+    try:
+        from pocketsphinx import Decoder, get_model_path
+    except ImportError as e:
+        from ..core.errors import EnvironmentProblem
+
+        raise EnvironmentProblem(f"the phone recogniser is not installed ({e}); install the engine's pinned "
+                                 "requirements (requirements.lock), or train a model without phones") from e
 
     return Decoder(hmm=get_model_path("en-us/en-us"), allphone=get_model_path("en-us/en-us-phone.lm.bin"),
                    lm=None, beam=1e-20, pbeam=1e-20, lw=2.0, loglevel="FATAL")

@@ -244,3 +244,13 @@ def test_a_speaker_whose_videos_are_gone_is_one_clear_error(prepared_demo, tmp_p
     heard = phones.speaker_phones(prepared_demo[0].path, on_take=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 1)]                                           # progress: one take of one
     assert heard.shape == (len(prepared_demo[0]), len(phones.CONTEXT_MS)) and heard.max() < len(phones.PHONES)
+
+
+def test_a_missing_recogniser_is_one_line_about_the_machine(monkeypatch):
+    import sys
+
+    from lipsync_engine.core.errors import EnvironmentProblem
+
+    monkeypatch.setitem(sys.modules, "pocketsphinx", None)          # import pocketsphinx -> ImportError
+    with pytest.raises(EnvironmentProblem, match="phone recogniser is not installed.*requirements.lock"):
+        phones.phone_track(np.zeros(1600, np.float32))
