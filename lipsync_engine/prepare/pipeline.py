@@ -851,6 +851,7 @@ def prepare_speaker(videos: Sequence[Path | str], out_dir: Path | str, options: 
     state = _check_output_dir(out, fingerprint, overwrite)
     if state == "done":
         shutil.rmtree(_staging_dir(out), ignore_errors=True)  # a replacing run given up for these inputs
+        shutil.rmtree(out / WORK, ignore_errors=True)  # killed after its meta.json, before clearing its scratch
         meta = dataset.read_meta(out)
         if options.report and not (out / "report" / "index.html").is_file():
             from .report import write_report
