@@ -150,9 +150,9 @@ def ssim_sums(a: np.ndarray, b: np.ndarray, device: str = "cpu", batch: int = 12
     """((N,) sums of the SSIM map (losses.ssim_map) over channels and positions, positions x channels per frame)."""
 
     out, count = [], 0
-    for s in range(0, len(a), batch):
-        x = torch.from_numpy(np.ascontiguousarray(a[s:s + batch])).to(device).permute(0, 3, 1, 2).float() / 255
-        y = torch.from_numpy(np.ascontiguousarray(b[s:s + batch])).to(device).permute(0, 3, 1, 2).float() / 255
+    for s in range(0, len(a), batch):  # copies: the arrays may be read-only maps
+        x = torch.from_numpy(np.array(a[s:s + batch])).to(device).permute(0, 3, 1, 2).float() / 255
+        y = torch.from_numpy(np.array(b[s:s + batch])).to(device).permute(0, 3, 1, 2).float() / 255
         m = ssim_map(x, y)
         out.append(m.double().sum((1, 2, 3)).cpu().numpy())
         count = m[0].numel()
