@@ -1,12 +1,13 @@
 """Which articulation gain holds on frames the model never saw? The speaker's amplitude from the
-validation tail alone (the rule before 2026-12-06) or from all training and validation frames.
+validation tail alone (the rule before 2026-12-06) or from all training and validation frames;
+matched on the opening component (before 2026-12-07) or on the lip gap itself.
 
     .venv/bin/python benchmarks/articulation_gain_study.py MODEL SPEAKER [--inner-test]
 
 MODEL trained on SPEAKER (lipsync train). Prints the pooled std of the opening component
 (articulation.opening_component) of the model's geometry and of the truth on its training and
 validation frames, the gain each rule gives, and, with --inner-test, the amplitude ratio each
-gain gives on the model's test tail. Use --inner-test ONLY when that tail is an inner split
+gain gives on the model's test tail (of the opening component, and of the lip gap). Use --inner-test ONLY when that tail is an inner split
 (a speaker cut by benchmarks/inner_split.py), never on the reported held-out part.
 """
 
@@ -48,3 +49,36 @@ rules = {"val/val (before 2026-12-06)": std["val"][1] / std["val"][0],
          "train true / val pred": std["train"][1] / std["val"][0]}
 for name, g in rules.items():
     print(f"{name:30s} gain {g:.2f}" + (f" -> inner-test amplitude ratio {g * std['test'][0] / std['test'][1]:.2f}" if inner else ""))
+
+# The lip gap (mouth openness, what the amplitude ratio measures) under each gain: the model's
+# deltas with the gain applied along the opening direction, as predict applies it; and the rule
+# train.fit_articulation uses since 2026-12-07 (articulation.fit_gain_to_lip_gap).
+from lipsync_engine.prepare.normalize import mouth_openness  # noqa: E402
+
+
+def outputs(rows):
+    d, _ = _geometry_outputs(model, data, rows, config["spectrogram_scale"], "cpu")
+    br = (data.previous[rows] < 0).numpy(); br[0] = True
+    return d, br
+
+
+def gap_std(rows, gain: float) -> tuple[float, float]:
+    d, br = outputs(rows)
+    p = mouth_openness(ref + articulation.apply_gain(d, gain, mean, u))
+    return articulation.pooled_std(p, br), articulation.pooled_std(mouth_openness(ref + data.deltas[rows].numpy()), br)
+
+
+speaker_rows = torch.cat([tr, va])
+br_s = (data.previous[speaker_rows] < 0).numpy(); br_s[0] = True
+speaker_gap = articulation.pooled_std(mouth_openness(ref + data.deltas[speaker_rows].numpy()), br_s)
+for name, rows in (("lip gap: train+val true / val pred", va), ("lip gap: train+val / train+val", speaker_rows)):
+    d, br = outputs(rows)
+    rules[name] = articulation.fit_gain_to_lip_gap(d, ref, mean, u, br, speaker_gap)
+    print(f"{name:30s} gain {rules[name]:.2f}")
+if inner:
+    for name, g in rules.items():
+        p, t = gap_std(te, g)
+        print(f"  {name:36s} gain {g:.2f} -> inner-test lip-gap amplitude ratio {p / t:.2f}")
+    for k, r in (("train", tr), ("val", va), ("test", te)):
+        p, t = gap_std(r, 1.0)
+        print(f"  raw lip-gap ratio on {k}: {p / t:.2f}")

@@ -255,6 +255,35 @@ def fit_gain(pred: np.ndarray, true: np.ndarray, breaks: np.ndarray, true_breaks
     return float(np.clip(t / p, *GAIN_RANGE))
 
 
+def fit_gain_to_lip_gap(deltas: np.ndarray, rest: np.ndarray, centre: np.ndarray, direction: np.ndarray,
+                        breaks: np.ndarray, target_std: float, iterations: int = 40) -> float:
+    """The gain (clipped to GAIN_RANGE) at which the mouth openness (the inner-lip gap that the
+    amplitude ratio measures) of (N, 468, 3) predicted `deltas`, with the gain applied as predict
+    applies it (apply_gain along `direction` about `centre`), has the pooled std `target_std`.
+
+    The gain scales the motion along the opening direction, but the lip gap is not that motion
+    alone: other predicted motion (lip rounding, the jaw's share of the face height) changes it
+    too, so the gain that matches the opening component leaves the lip gap short (on the anchor's
+    inner split 0.61-0.70 of the speaker's; docs/evaluation.md). The openness grows monotonically
+    with the gain, so the gain is found by bisection. 1.0 when the prediction does not move."""
+    rest = np.asarray(rest, np.float32)
+
+    def spread(g: float) -> float:
+        return pooled_std(mouth_openness(rest + apply_gain(deltas, g, centre, direction)), breaks)
+
+    if not np.isfinite(target_std) or not spread(1.0) > 1e-9:
+        return 1.0
+    lo, hi = GAIN_RANGE
+    if spread(hi) <= target_std:
+        return float(hi)
+    if spread(lo) >= target_std:
+        return float(lo)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if spread(mid) < target_std else (lo, mid)
+    return float((lo + hi) / 2)
+
+
 # ----------------------------------------------------------------------------- mouth bank
 
 def _lip_ids() -> np.ndarray:

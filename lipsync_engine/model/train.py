@@ -420,13 +420,16 @@ def fit_articulation(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor,
     """The articulation gain: how much to scale the model's motion on speech it did not train on.
 
     The gain scales the predicted motion along the opening direction, about the model's mean
-    prediction (`centre`, from articulation_centre), so that it varies as much as the speaker's
-    (articulation.fit_gain): the model's variation measured on `rows` (the validation tail,
-    frames it did not train on), the speaker's on `speaker_rows` (the training and validation
-    frames; default `rows`). A tail of a few seconds says little about how much the speaker
-    moves: on the anchor's inner split (docs/evaluation.md, "The articulation gain") the tail's
-    own amplitude put the unseen frames' amplitude ratio at 0.64-0.67, the whole speaker's at
-    1.00-1.04. 1.0 without enough frames. Also returns the tail's openness r.
+    prediction (`centre`, from articulation_centre), so that the predicted mouth opening (the
+    inner-lip gap, articulation.fit_gain_to_lip_gap) varies as much as the speaker's: the
+    model's measured on `rows` (the validation tail, frames it did not train on), the speaker's
+    on `speaker_rows` (the training and validation frames; default `rows`). A tail of a few
+    seconds says little about how much the speaker moves: on the anchor's inner split
+    (docs/evaluation.md, "The articulation gain") the tail's own amplitude put the unseen frames'
+    amplitude ratio at 0.64-0.67, the whole speaker's at 1.00-1.04. Until 2026-12-07 the gain
+    matched the opening component instead of the lip gap, which left the lip gap of the phone
+    models at 0.61-0.70 of the speaker's on that split ("Phone features"). 1.0 without enough
+    frames. Also returns the tail's openness r.
     """
     if len(rows) < MIN_GAIN_FRAMES or centre is None:
         return {"gain": 1.0, "fitted_on": None}
@@ -440,10 +443,10 @@ def fit_articulation(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor,
     speaker_rows = rows if speaker_rows is None else speaker_rows
     speaker_breaks = (data.previous[speaker_rows] < 0).numpy()
     speaker_breaks[0] = True
-    gain = articulation.fit_gain(articulation.opening_component(deltas, mean, u),
-                                 articulation.opening_component(data.deltas[speaker_rows].numpy(), mean, u), breaks,
-                                 speaker_breaks)
-    return {"gain": gain, "fitted_on": "validation tail (the model), training and validation frames (the speaker)",
+    speaker_std = articulation.pooled_std(mouth_openness(ref + data.deltas[speaker_rows].numpy()), speaker_breaks)
+    gain = articulation.fit_gain_to_lip_gap(deltas, ref, mean, u, breaks, speaker_std)
+    return {"gain": gain, "fitted_on": "lip gap: validation tail (the model), training and validation frames "
+                                       "(the speaker)",
             "frames": int(len(rows)), "speaker_frames": int(len(speaker_rows)),
             "raw_amplitude_ratio": articulation.amplitude_ratio(pred, true, breaks),
             "openness_r": float(np.corrcoef(pred, true)[0, 1]) if pred.std() > 0 and true.std() > 0 else 0.0}

@@ -10,8 +10,9 @@ import pytest
 
 from lipsync_engine.model import articulation
 from lipsync_engine.model.articulation import (GAIN_RANGE, MouthBank, MouthRenderer, amplitude_ratio, apply_gain,
-                                          fit_gain, mouth_window, opening_component, opening_direction, pooled_std,
+                                          fit_gain, fit_gain_to_lip_gap, mouth_window, opening_component, opening_direction, pooled_std,
                                           speed_ratio, teeth_fraction)
+from lipsync_engine.face.topology import LOWER_LIP_INNER, UPPER_LIP_INNER
 from lipsync_engine.prepare.normalize import mouth_openness
 
 
@@ -68,6 +69,38 @@ def test_gain_along_the_opening_direction_leaves_other_motion_alone(prepared_dem
     moved = apply_gain(np.stack([centre + other, centre + 0.01 * u]), 3.0, centre, u)
     np.testing.assert_allclose(moved[0], centre + other, atol=1e-5)
     np.testing.assert_allclose(moved[1], centre + 0.03 * u, atol=1e-6)
+
+
+def test_gain_fitted_to_the_lip_gap_restores_the_speakers_mouth_opening(prepared_demo):
+    """Motion shrunk to 40% about its mean, plus a lip motion across the opening direction that keeps
+    the lips apart: matching the opening component alone leaves the lip gap short; the gain fitted
+    on the lip gap itself makes it vary as much as the speaker's."""
+    ds = prepared_demo[0]
+    rest = np.asarray(ds.reference_vertices, np.float32)
+    true = np.asarray(ds.vertices, np.float32) - rest
+    breaks = np.asarray(ds.breaks)
+    openness = mouth_openness(rest + true)
+    u = opening_direction(true, openness)
+    centre = true.mean(0)
+    shrunk = centre + 0.4 * (true - centre)
+    # the lower inner lip pulled towards the upper one as the mouth opens, across the opening
+    # direction: the lip gap then grows less than the opening component
+    pull = np.zeros((468, 3), np.float32)
+    pull[LOWER_LIP_INNER] = rest[UPPER_LIP_INNER] - rest[LOWER_LIP_INNER]
+    pull -= (pull.ravel() @ u.ravel()) * u
+    c = opening_component(shrunk, centre, u)
+    shrunk = shrunk + 0.5 * (c / c.std() * openness.std() / (openness.mean() + 1e-9))[:, None, None] * pull
+    target = pooled_std(openness, breaks)
+    g_component = fit_gain(opening_component(shrunk, centre, u), opening_component(true, centre, u), breaks)
+    g = fit_gain_to_lip_gap(shrunk, rest, centre, u, breaks, target)
+    assert amplitude_ratio(mouth_openness(rest + apply_gain(shrunk, g, centre, u)), openness, breaks) == \
+        pytest.approx(1.0, abs=0.005)
+    assert amplitude_ratio(mouth_openness(rest + apply_gain(shrunk, g_component, centre, u)), openness, breaks) < 0.8
+    assert g > g_component
+    # what does not move cannot be rescued; too little motion is clipped to the range
+    assert fit_gain_to_lip_gap(np.repeat(centre[None], len(true), 0), rest, centre, u, breaks, target) == 1.0
+    assert fit_gain_to_lip_gap(0.01 * true, rest, 0.01 * centre, u, breaks, target) == GAIN_RANGE[1]
+    assert fit_gain_to_lip_gap(shrunk, rest, centre, u, breaks, float("nan")) == 1.0
 
 
 def test_mouth_bank_texture_opens_as_far_as_the_mesh(prepared_demo, monkeypatch):
@@ -131,7 +164,7 @@ def test_held_out_demo_is_as_lively_as_the_speaker(held_out_model, tmp_path):
 
     model_dir, speaker = held_out_model
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["format_version"] == 3 and config["articulation"]["fitted_on"].startswith("validation tail")
+    assert config["format_version"] == 3 and config["articulation"]["fitted_on"].startswith("lip gap: validation tail")
     assert config["split"]["test_frames"] > 0 and 50 <= config["mouth_bank"]["size"] <= 128
     r = evaluate_model(model_dir, speaker, tmp_path / "eval", EvaluateOptions(write_plots=False))
     m = r.metrics["model"]
