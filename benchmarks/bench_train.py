@@ -11,7 +11,8 @@ Usage:
       bars are met; training time excludes the evaluations. Writes MODEL_DIR/bench_quality.json.
   .venv/bin/python benchmarks/bench_train.py epoch SPEAKER_DIR --preset paper --device cuda
       time per epoch of a preset on a device (the GPU figure of docs/benchmarks.md).
-  .venv/bin/python benchmarks/bench_train.py compile [--preset cpu] [--batch 32] [--repeats 10]
+  .venv/bin/python benchmarks/bench_train.py compile [--preset cpu] [--batch 32 ...] [--modes eager inductor]
+      [--repeats 10]
       one training step as train.py runs it on a CPU (channels-last, fused Adam, the SSIM loss), eager
       against torch.compile (inductor): the first compiled step's time and the median step of each;
   .venv/bin/python benchmarks/bench_train.py throughput SPEAKER_DIR [--epochs 3] [--precision auto off bf16]
@@ -89,14 +90,19 @@ def steps(args) -> None:
 
 
 def compiled(args) -> None:
-    """Eager against torch.compile (inductor) for one training step of a preset on the CPU."""
+    """Eager against torch.compile (inductor) for one training step of a preset on the CPU, per batch size."""
+    for batch in args.batch:
+        _compiled(args, batch)
+
+
+def _compiled(args, batch: int) -> None:
     from lipsync_engine.model.network import preset_dimensions
 
     g = torch.Generator().manual_seed(0)
-    spec = torch.randn(args.batch, 256, 24, 2, generator=g)
-    prev = (torch.rand(args.batch, 3, 128, 128, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last)
-    lips, deltas = torch.rand(args.batch, 3, 128, 128, generator=g) * 2 - 1, torch.randn(args.batch, 468, 3, generator=g)
-    for mode in ("eager", "inductor"):
+    spec = torch.randn(batch, 256, 24, 2, generator=g)
+    prev = (torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    lips, deltas = torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1, torch.randn(batch, 468, 3, generator=g)
+    for mode in args.modes:
         torch.manual_seed(0)
         model = LipSync3D(preset_dimensions(args.preset)).to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), 1e-3, fused=True)
@@ -115,8 +121,10 @@ def compiled(args) -> None:
         for _ in range(3):
             step()
         times = sorted(step() for _ in range(args.repeats))
-        print(f"{mode:<9} preset {args.preset}, batch {args.batch}: first step {first:6.1f} s, median step "
-              f"{times[len(times) // 2] * 1e3:6.0f} ms (min {times[0] * 1e3:.0f})  [{_load()}]", flush=True)
+        med = times[len(times) // 2]
+        print(f"{mode:<9} preset {args.preset}, batch {batch}: first step {first:6.1f} s, median step "
+              f"{med * 1e3:6.0f} ms (min {times[0] * 1e3:.0f}), {med * 1e3 / batch:.2f} ms a frame  [{_load()}]",
+              flush=True)
 
 
 def _meets(metrics: dict, beats: dict) -> dict:
@@ -259,7 +267,8 @@ def main() -> None:
     s.add_argument("--device", default="cpu")
     c = sub.add_parser("compile")
     c.add_argument("--preset", default="cpu")
-    c.add_argument("--batch", type=int, default=32)
+    c.add_argument("--batch", type=int, nargs="+", default=[32])
+    c.add_argument("--modes", nargs="+", choices=["eager", "inductor"], default=["eager", "inductor"])
     c.add_argument("--repeats", type=int, default=10)
     q = sub.add_parser("quality")
     q.add_argument("speaker")
