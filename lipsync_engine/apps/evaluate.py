@@ -315,8 +315,8 @@ def predict_autoregressive(model, spectrograms: np.ndarray, breaks: np.ndarray, 
         return {"vertex_deltas": np.zeros((0, 468, 3), np.float32),
                 "lips": np.zeros((0, LIP_SIZE, LIP_SIZE, 3), np.uint8), "blendshapes": np.zeros((0, 52), np.float32)}
     def batch_phones(s: int):
-        return None if phones is None else torch.from_numpy(np.asarray(phones[s:s + ENCODE_BATCH], np.int64)).to(device)
-    codes = torch.cat([model.audio(torch.from_numpy(np.asarray(spectrograms[s:s + ENCODE_BATCH], np.float32))
+        return None if phones is None else torch.from_numpy(np.array(phones[s:s + ENCODE_BATCH], np.int64)).to(device)
+    codes = torch.cat([model.audio(torch.from_numpy(np.array(spectrograms[s:s + ENCODE_BATCH], np.float32))
                                    .to(device) * spec_scale, batch_phones(s))
                        for s in range(0, n, ENCODE_BATCH)])                                 # (N, N_s)
 
