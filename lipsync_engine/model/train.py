@@ -416,14 +416,15 @@ def _early_stop(model: LipSync3D, options: TrainOptions, stop: dict, val_r: floa
 
 @torch.no_grad()
 def fit_articulation(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor, spec_scale: float,
-                     device, centre: dict | None, speaker_rows: torch.Tensor | None = None) -> dict:
+                     device, centre: dict | None, speaker: dict | None = None) -> dict:
     """The articulation gain: how much to scale the model's motion on speech it did not train on.
 
     The gain scales the predicted motion along the opening direction, about the model's mean
     prediction (`centre`, from articulation_centre), so that the predicted mouth opening (the
     inner-lip gap, articulation.fit_gain_to_lip_gap) varies as much as the speaker's: the
     model's measured on `rows` (the validation tail, frames it did not train on), the speaker's
-    on `speaker_rows` (the training and validation frames; default `rows`). A tail of a few
+    given by `speaker` (speaker_articulation of the training and validation frames, which does
+    not change from epoch to epoch; default: of `rows`). A tail of a few
     seconds says little about how much the speaker moves: on the anchor's inner split
     (docs/evaluation.md, "The articulation gain") the tail's own amplitude put the unseen frames'
     amplitude ratio at 0.64-0.67, the whole speaker's at 1.00-1.04. Until 2026-12-07 the gain
@@ -440,14 +441,11 @@ def fit_articulation(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor,
     true_deltas = data.deltas[rows].numpy()
     pred, true = mouth_openness(ref + deltas), mouth_openness(ref + true_deltas)
     u, mean = centre["opening_direction"], centre["mean_vertex_deltas"]
-    speaker_rows = rows if speaker_rows is None else speaker_rows
-    speaker_breaks = (data.previous[speaker_rows] < 0).numpy()
-    speaker_breaks[0] = True
-    speaker_std = articulation.pooled_std(mouth_openness(ref + data.deltas[speaker_rows].numpy()), speaker_breaks)
-    gain = articulation.fit_gain_to_lip_gap(deltas, ref, mean, u, breaks, speaker_std)
+    speaker = speaker_articulation(data, rows, rows) if speaker is None else speaker
+    gain = articulation.fit_gain_to_lip_gap(deltas, ref, mean, u, breaks, speaker["lip_gap_std"])
     return {"gain": gain, "fitted_on": "lip gap: validation tail (the model), training and validation frames "
                                        "(the speaker)",
-            "frames": int(len(rows)), "speaker_frames": int(len(speaker_rows)),
+            "frames": int(len(rows)), "speaker_frames": speaker["frames"],
             "raw_amplitude_ratio": articulation.amplitude_ratio(pred, true, breaks),
             "openness_r": float(np.corrcoef(pred, true)[0, 1]) if pred.std() > 0 and true.std() > 0 else 0.0}
 
@@ -469,15 +467,27 @@ def _geometry_outputs(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor
     return torch.cat(deltas).numpy(), torch.cat(bs).numpy()
 
 
+def speaker_articulation(data: SpeakerTensors, train_rows: torch.Tensor, seen_rows: torch.Tensor) -> dict:
+    """What the articulation gain needs of the speaker, which no epoch changes: the direction of
+    vertex motion that goes with opening (from at most CENTRE_FRAMES of the training frames) and
+    the pooled std of the lip gap over `seen_rows` (every frame a developer may see)."""
+    ref = data.reference_vertices.numpy()
+    true = data.deltas[train_rows[::max(1, len(train_rows) // CENTRE_FRAMES)]].numpy()
+    breaks = (data.previous[seen_rows] < 0).numpy()
+    breaks[0] = True
+    return {"opening_direction": articulation.opening_direction(true, mouth_openness(ref + true)),
+            "lip_gap_std": articulation.pooled_std(mouth_openness(ref + data.deltas[seen_rows].numpy()), breaks),
+            "frames": int(len(seen_rows))}
+
+
 def articulation_centre(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor, spec_scale: float,
-                        device) -> dict:
+                        device, speaker: dict) -> dict:
     """The mean of the model's own vertex deltas and coefficients over (at most CENTRE_FRAMES of) the
-    training frames: the articulation gain scales the motion about it (articulation.apply_gain)."""
-    step = max(1, len(rows) // CENTRE_FRAMES)
-    deltas, bs = _geometry_outputs(model, data, rows[::step], spec_scale, device)
-    true = data.deltas[rows[::step]].numpy()
-    u = articulation.opening_direction(true, mouth_openness(data.reference_vertices.numpy() + true))
-    return {"mean_vertex_deltas": deltas.mean(0), "mean_blendshapes": bs.mean(0), "opening_direction": u}
+    training frames: the articulation gain scales the motion about it (articulation.apply_gain),
+    along the speaker's opening direction (speaker_articulation)."""
+    deltas, bs = _geometry_outputs(model, data, rows[::max(1, len(rows) // CENTRE_FRAMES)], spec_scale, device)
+    return {"mean_vertex_deltas": deltas.mean(0), "mean_blendshapes": bs.mean(0),
+            "opening_direction": speaker["opening_direction"]}
 
 
 def _face_shape(data: SpeakerTensors, rows: torch.Tensor) -> np.ndarray:
@@ -625,7 +635,8 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
     bank = _save_mouth_bank(out, data, train_idx, options.mouth_bank, CylinderMap.from_dict(data.meta["cylinder"]))
     stop, plotted = r.stop, time.perf_counter()
     face_shape = _face_shape(data, train_idx)
-    seen = torch.cat([train_idx, val_idx])      # every frame a developer may look at: the speaker's amplitude
+    # every frame a developer may look at: the speaker's amplitude (fixed: computed once)
+    speaker = speaker_articulation(data, train_idx, torch.cat([train_idx, val_idx]))
     for epoch in range(r.start, options.epochs):
         _set_learning_rate(r.optimizer, options, epoch)
         _freeze_geometry(r.model, options, epoch, bool(stop.get("stopped")))
@@ -639,14 +650,14 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
         if not math.isfinite(tr["total"]):
             raise EngineError(f"training diverged at epoch {epoch + 1} (loss {tr['total']}); lower the learning rate")
         was_stopped = bool(stop.get("stopped"))
-        centre = articulation_centre(r.model, data, train_idx, r.spec_scale, r.device)
-        art = fit_articulation(r.model, data, val_idx, r.spec_scale, r.device, centre, seen)
+        centre = articulation_centre(r.model, data, train_idx, r.spec_scale, r.device, speaker)
+        art = fit_articulation(r.model, data, val_idx, r.spec_scale, r.device, centre, speaker)
         history[-1]["val_openness_r"] = art.get("openness_r")
         _early_stop(r.model, options, stop, art.get("openness_r"), len(val_idx), epoch)
         if stop.get("stopped") and not was_stopped:
             history[-1]["geometry_stopped"] = epoch + 1 - stop["since"]   # the epoch whose geometry is kept
-            centre = articulation_centre(r.model, data, train_idx, r.spec_scale, r.device)
-            art = fit_articulation(r.model, data, val_idx, r.spec_scale, r.device, centre, seen)
+            centre = articulation_centre(r.model, data, train_idx, r.spec_scale, r.device, speaker)
+            art = fit_articulation(r.model, data, val_idx, r.spec_scale, r.device, centre, speaker)
         config = _config(r.dims, options, data, r.spec_scale, epoch + 1, history, speaker_dir, r.model_id,
                          len(train_idx), len(val_idx), art)
         config["mouth_bank"] = bank

@@ -58,9 +58,12 @@ IDENTITY_LIMIT = 0.025
 
 def mouth_openness(points: np.ndarray) -> np.ndarray:
     """(..., 468, 3) landmarks -> (...,) inner-lip gap divided by face height (10 to 152)."""
-    p = np.asarray(points, np.float64)
-    gap = np.linalg.norm(p[..., UPPER_LIP_INNER, :] - p[..., LOWER_LIP_INNER, :], axis=-1)
-    return gap / np.linalg.norm(p[..., FOREHEAD_TOP, :] - p[..., CHIN, :], axis=-1)
+    p = np.asarray(points)
+
+    def at(i: int) -> np.ndarray:      # only the four landmarks it reads are converted (not the whole mesh)
+        return np.asarray(p[..., i, :], np.float64)
+    gap = np.linalg.norm(at(UPPER_LIP_INNER) - at(LOWER_LIP_INNER), axis=-1)
+    return gap / np.linalg.norm(at(FOREHEAD_TOP) - at(CHIN), axis=-1)
 
 
 def eye_openness(points: np.ndarray) -> np.ndarray:
