@@ -89,6 +89,15 @@ def steps(args) -> None:
               f"bf16/fp32 {med['bf16'] / med['fp32']:.2f}  [{_load()}]", flush=True)
 
 
+def _made_up_batch(batch: int) -> tuple:
+    """(spectrograms, previous atlases (channels-last, as train.py batches them), lips, vertex deltas) of
+    `batch` made-up frames, the same for every run."""
+    g = torch.Generator().manual_seed(0)
+    spec = torch.randn(batch, 256, 24, 2, generator=g)
+    prev = (torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    return spec, prev, torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1, torch.randn(batch, 468, 3, generator=g)
+
+
 def compiled(args) -> None:
     """Eager against torch.compile (inductor) for one training step of a preset on the CPU, per batch size."""
     for batch in args.batch:
@@ -98,10 +107,7 @@ def compiled(args) -> None:
 def _compiled(args, batch: int) -> None:
     from lipsync_engine.model.network import preset_dimensions
 
-    g = torch.Generator().manual_seed(0)
-    spec = torch.randn(batch, 256, 24, 2, generator=g)
-    prev = (torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last)
-    lips, deltas = torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1, torch.randn(batch, 468, 3, generator=g)
+    spec, prev, lips, deltas = _made_up_batch(batch)
     for mode in args.modes:
         torch.manual_seed(0)
         model = LipSync3D(preset_dimensions(args.preset)).to(memory_format=torch.channels_last)
@@ -231,10 +237,8 @@ def _profile_step(batch: int) -> None:
     from lipsync_engine.model.network import preset_dimensions
     from lipsync_engine.model.train import autocast_dtype
 
-    g = torch.Generator().manual_seed(0)
-    spec = torch.randn(batch, 256, 24, 2, generator=g)
-    prev = (torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last)
-    lips, deltas = torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1, torch.randn(batch, 468, 3, generator=g) * 0.1
+    spec, prev, lips, deltas = _made_up_batch(batch)
+    deltas = deltas * 0.1
     model = LipSync3D(preset_dimensions("cpu")).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     amp = autocast_dtype("auto", torch.device("cpu"))
