@@ -2,17 +2,22 @@
 validation tail alone (the rule before 2026-12-06) or from all training and validation frames;
 matched on the opening component (before 2026-12-07) or on the lip gap itself.
 
-    .venv/bin/python benchmarks/articulation_gain_study.py MODEL SPEAKER [--inner-test]
+    .venv/bin/python benchmarks/articulation_gain_study.py MODEL SPEAKER [--inner-test] [--copy-lip-gap DIR]
 
 MODEL trained on SPEAKER (lipsync train). Prints the pooled std of the opening component
 (articulation.opening_component) of the model's geometry and of the truth on its training and
 validation frames, the gain each rule gives, and, with --inner-test, the amplitude ratio each
 gain gives on the model's test tail (of the opening component, and of the lip gap). Use --inner-test ONLY when that tail is an inner split
 (a speaker cut by benchmarks/inner_split.py), never on the reported held-out part.
+--copy-lip-gap DIR writes a copy of MODEL whose stored gain is the lip-gap rule's (what
+`lipsync train` fits since 2026-12-07), to score with `lipsync evaluate DIR SPEAKER`: the weights
+are the same, so only the rule differs.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -40,7 +45,8 @@ def comp(rows):
     t = data.deltas[rows].numpy()
     br = (data.previous[rows] < 0).numpy(); br[0] = True
     return (articulation.opening_component(d, mean, u), articulation.opening_component(t, mean, u), br)
-inner = len(sys.argv) > 3 and sys.argv[3] == "--inner-test"
+inner = "--inner-test" in sys.argv[3:]
+copy_to = Path(sys.argv[sys.argv.index("--copy-lip-gap") + 1]) if "--copy-lip-gap" in sys.argv[3:] else None
 P = {k: comp(r) for k, r in (("train", tr), ("val", va)) + ((("test", te),) if inner else ())}
 std = {k: (articulation.pooled_std(p, b), articulation.pooled_std(t, b)) for k, (p, t, b) in P.items()}
 for k, (sp, st) in std.items(): print(f"{k:5s} n={len(P[k][0]):4d} pred std {sp:.4f} true std {st:.4f} raw ratio {sp/st:.2f}")
@@ -82,3 +88,9 @@ if inner:
     for k, r in (("train", tr), ("val", va), ("test", te)):
         p, t = gap_std(r, 1.0)
         print(f"  raw lip-gap ratio on {k}: {p / t:.2f}")
+if copy_to is not None:
+    shutil.copytree(model_dir, copy_to, ignore=shutil.ignore_patterns("evaluation", "train_state.pt"))
+    cfg = json.loads((copy_to / "config.json").read_text())
+    cfg["articulation"]["gain"] = rules["lip gap: train+val true / val pred"]
+    (copy_to / "config.json").write_text(json.dumps(cfg, indent=1))
+    print(f"wrote {copy_to} (gain {cfg['articulation']['gain']:.4f}); score it: lipsync evaluate {copy_to} {speaker}")
