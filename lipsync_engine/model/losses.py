@@ -36,10 +36,26 @@ def _stack(maps: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([m.permute(0, 2, 3, 1) for m in maps], -1).permute(0, 3, 1, 2)
 
 
+def _stacked(like: torch.Tensor, n: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """An empty (B, n*C, H, W) channels-last tensor shaped like (B, C, H, W) `like`, and its n parts."""
+    b, c, h, w = like.shape
+    stack = torch.empty((b, h, w, n * c), dtype=like.dtype, device=like.device).permute(0, 3, 1, 2)
+    return stack, stack.split(c, 1)
+
+
 def _moments(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Local means, second moments and cross moment of a and b (B, C, H, W), blurred in one pass."""
+    """Local means, second moments and cross moment of a and b (B, C, H, W), blurred in one pass.
+    Without autograd the products are written straight into the stack (no copies, no temporaries)."""
     c = a.shape[1]
-    return _blur(_stack([a, b, a * a, b * b, a * b])).split(c, 1)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return _blur(_stack([a, b, a * a, b * b, a * b])).split(c, 1)
+    stack, (m_a, m_b, m_aa, m_bb, m_ab) = _stacked(a, 5)
+    m_a.copy_(a)
+    m_b.copy_(b)
+    torch.mul(a, a, out=m_aa)
+    torch.mul(b, b, out=m_bb)
+    torch.mul(a, b, out=m_ab)
+    return _blur(stack).split(c, 1)
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -47,6 +63,26 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     mu_a, mu_b, aa, bb, ab = _moments(a, b)
     var_a, var_b, cov = aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
     return ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mu_a ** 2 + mu_b ** 2 + SSIM_C1) * (var_a + var_b + SSIM_C2))
+
+
+def _ssim_and_partials(a: torch.Tensor, b: torch.Tensor, partials: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The SSIM map of a and b and, with `partials`, dS/d(mu_a, e_aa, e_ab) stacked channels-last (for
+    _SSIMLoss.backward). In place where it can be: each step is a pass over B x C x (H-10) x (W-10) floats."""
+    mu_a, mu_b, e_aa, e_bb, e_ab = _moments(a, b)
+    a1 = torch.mul(mu_a, mu_b).mul_(2).add_(SSIM_C1)                  # 2 mu_a mu_b + C1
+    a2 = torch.rsub(a1, SSIM_C1 + SSIM_C2).add_(e_ab, alpha=2)        # 2 (e_ab - mu_a mu_b) + C2
+    b1 = torch.mul(mu_a, mu_a).addcmul_(mu_b, mu_b).add_(SSIM_C1)     # mu_a^2 + mu_b^2 + C1
+    b2 = torch.add(e_aa, e_bb).sub_(b1).add_(SSIM_C1 + SSIM_C2)       # var_a + var_b + C2
+    inv_b1, inv_b2 = torch.reciprocal(b1), torch.reciprocal(b2)
+    s = torch.mul(a1, a2).mul_(inv_b1).mul_(inv_b2)
+    if not partials:
+        return s, None
+    stack, (d_mu_a, d_e_aa, d_e_ab) = _stacked(s, 3)
+    torch.mul(a1, inv_b1, out=d_e_ab).mul_(inv_b2).mul_(2)                        # 2 a1 / (b1 b2)
+    torch.mul(s, inv_b2, out=d_e_aa).neg_()                                       # -s / b2
+    torch.sub(a2, a1, out=d_mu_a).mul_(mu_b).mul_(inv_b1).mul_(inv_b2)            # 2 mu_b (a2 - a1) / (b1 b2)
+    d_mu_a.add_(torch.sub(inv_b2, inv_b1).mul_(mu_a).mul_(s)).mul_(2)            # + 2 mu_a s (1/b2 - 1/b1)
+    return s, stack
 
 
 class _SSIMLoss(torch.autograd.Function):
@@ -57,16 +93,8 @@ class _SSIMLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        mu_a, mu_b, e_aa, e_bb, e_ab = _moments(a, b)
-        mu_ab, mu_aa, mu_bb = mu_a * mu_b, mu_a * mu_a, mu_b * mu_b
-        a1, a2 = 2 * mu_ab + SSIM_C1, 2 * (e_ab - mu_ab) + SSIM_C2
-        b1, b2 = mu_aa + mu_bb + SSIM_C1, (e_aa - mu_aa) + (e_bb - mu_bb) + SSIM_C2
-        inv = 1 / (b1 * b2)
-        s = a1 * a2 * inv
-        d_e_ab = 2 * a1 * inv
-        d_e_aa = -s / b2
-        d_mu_a = 2 * mu_b * (a2 - a1) * inv + 2 * mu_a * s * (1 / b2 - 1 / b1)
-        ctx.save_for_backward(a, b, _stack([d_mu_a, d_e_aa, d_e_ab]))
+        s, partials = _ssim_and_partials(a, b, partials=True)
+        ctx.save_for_backward(a, b, partials)
         ctx.count = s.numel()
         return s.mean()
 
@@ -74,7 +102,7 @@ class _SSIMLoss(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         a, b, partials = ctx.saved_tensors
         g_mu, g_aa, g_ab = _blur(partials * (grad / ctx.count), transpose=True).split(a.shape[1], 1)
-        return g_mu + 2 * a * g_aa + b * g_ab, None
+        return torch.addcmul(g_mu, a, g_aa, value=2).addcmul_(b, g_ab), None
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -82,4 +110,6 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     (the prediction; b, the target, takes no gradient)."""
     if b.requires_grad:
         return ssim_map(a, b).mean()
-    return _SSIMLoss.apply(a, b)
+    if torch.is_grad_enabled() and a.requires_grad:
+        return _SSIMLoss.apply(a, b)
+    return _ssim_and_partials(a, b, partials=False)[0].mean()     # no gradient wanted (held-out frames)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..core import storage
+from ..core.heap import keep_freed_memory
 from ..core.errors import DatasetError, EngineError, InputError, OutputExists
 from ..prepare import dataset
 from .checkpoint import (CURVE, MOUTH_BANK, copy_reference_files, config_header, holds_model, load_model,
@@ -609,6 +610,7 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
     Progress messages carry the running losses of the epoch ("epoch 3/30 loss ...").
     """
     t0 = time.perf_counter()
+    keep_freed_memory()         # a step's tensors reuse freed heap instead of fresh pages (core/heap.py)
     cancel = cancel or CancelToken()
     out, speaker_dir = Path(model_dir), Path(speaker_dir)
 

@@ -35,6 +35,12 @@ def test_ssim_map_is_the_textbook_ssim():
     assert abs(float(ssim(a, a)) - 1.0) < 1e-9            # identical images score 1
     a32, b32 = _pair(torch.float32, (4, 3, 128, 128))
     assert float((ssim_map(a32, b32) - _textbook_ssim_map(a32, b32)).abs().max()) < 1e-4
+    # the three ways ssim() computes its mean (autograd's, the written-out gradient's, no gradient) agree
+    textbook = float(_textbook_ssim_map(a, b).mean())
+    with torch.no_grad():
+        assert abs(float(ssim(a, b)) - textbook) < 1e-12
+    assert abs(float(ssim(a.clone().requires_grad_(True), b).detach()) - textbook) < 1e-12
+    assert abs(float(ssim(a, b.clone().requires_grad_(True)).detach()) - textbook) < 1e-12
 
 
 def test_the_written_out_gradient_is_exact():
