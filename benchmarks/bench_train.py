@@ -15,6 +15,9 @@ Usage:
       [--repeats 10]
       one training step as train.py runs it on a CPU (channels-last, fused Adam, the SSIM loss), eager
       against torch.compile (inductor): the first compiled step's time and the median step of each;
+  .venv/bin/python benchmarks/bench_train.py heap [--rounds 2] [--repeats 15]
+      the same eager step in fresh processes, alternately with glibc's default malloc settings and
+      with train.py's (core/heap.py: freed blocks kept in the heap instead of returned as mmaps);
   .venv/bin/python benchmarks/bench_train.py throughput SPEAKER_DIR [--epochs 3] [--precision auto off bf16]
       [--profile]
       `lipsync train`'s default recipe end to end (data, steps, held-out tail, checkpoints), frames
@@ -102,6 +105,18 @@ def compiled(args) -> None:
     """Eager against torch.compile (inductor) for one training step of a preset on the CPU, per batch size."""
     for batch in args.batch:
         _compiled(args, batch)
+
+
+def heap(args) -> None:
+    """One eager step in fresh processes, glibc's default heap against train.py's (core/heap.py)."""
+    import subprocess
+
+    for _ in range(args.rounds):
+        for kept in (False, True):
+            cmd = [sys.executable, __file__, "compile", "--modes", "eager", "--repeats", str(args.repeats)]
+            line = subprocess.run(cmd + (["--keep-freed-memory"] if kept else []), capture_output=True,
+                                  text=True, check=True).stdout.strip().splitlines()[-1]
+            print(f"{'kept heap' if kept else 'default'}: {line}", flush=True)
 
 
 def _compiled(args, batch: int) -> None:
@@ -274,6 +289,10 @@ def main() -> None:
     c.add_argument("--batch", type=int, nargs="+", default=[32])
     c.add_argument("--modes", nargs="+", choices=["eager", "inductor"], default=["eager", "inductor"])
     c.add_argument("--repeats", type=int, default=10)
+    c.add_argument("--keep-freed-memory", action="store_true", help="glibc's heap as train.py sets it")
+    h = sub.add_parser("heap")
+    h.add_argument("--rounds", type=int, default=2)
+    h.add_argument("--repeats", type=int, default=15)
     q = sub.add_parser("quality")
     q.add_argument("speaker")
     q.add_argument("model")
@@ -310,12 +329,16 @@ def main() -> None:
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--profile", action="store_true", help="also print the profiler's table of one step")
     args = ap.parse_args()
+    if getattr(args, "keep_freed_memory", False):
+        from lipsync_engine.core.heap import keep_freed_memory
+        keep_freed_memory()
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
     print(f"# command: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
     print(f"# machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {_load()}", flush=True)
-    {"steps": steps, "quality": quality, "epoch": epoch, "throughput": throughput, "compile": compiled}[args.what](args)
+    {"steps": steps, "quality": quality, "epoch": epoch, "throughput": throughput, "compile": compiled,
+     "heap": heap}[args.what](args)
 
 
 if __name__ == "__main__":
