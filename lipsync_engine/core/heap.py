@@ -3,8 +3,8 @@
 A training step allocates and frees the same few dozen tensors of 1-32 MB every step. glibc
 serves a block that large with its own mmap and hands it back to the kernel when freed, so
 every step pays the page faults (and the kernel's zeroing) of about a gigabyte of fresh
-pages: on this 2-core machine a cpu-preset step at batch 32 spent 230 ms with the defaults
-and 185 ms with the heap kept (benchmarks/bench_train.py heap, docs/benchmarks.md). The
+pages: on this 2-core machine a cpu-preset step at batch 32 takes 214-221 ms with glibc's
+defaults and 176-179 ms with the heap kept (benchmarks/bench_train.py heap, docs/benchmarks.md). The
 values computed are the same; only where the memory comes from changes. Peak memory is
 about the same (the blocks are reused instead of mapped again), but up to TRIM_THRESHOLD of
 freed memory stays with the process until it exits.

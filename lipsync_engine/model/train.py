@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from ..core import storage
-from ..core.heap import keep_freed_memory
 from ..core.errors import DatasetError, EngineError, InputError, OutputExists
+from ..core.heap import keep_freed_memory
 from ..prepare import dataset
 from .checkpoint import (CURVE, MOUTH_BANK, copy_reference_files, config_header, holds_model, load_model,
                          load_train_state, pick_device, read_config, republish_state, save_checkpoint)
@@ -608,6 +608,8 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
     resume : continue from MODEL_DIR's last checkpoint (after Ctrl-C or a crash) with the same
     step, losses and random state. Without it, an existing model directory is refused.
     Progress messages carry the running losses of the epoch ("epoch 3/30 loss ...").
+    On glibc it sets the process's malloc to keep freed memory (core/heap.py), for the rest of
+    the process.
     """
     t0 = time.perf_counter()
     keep_freed_memory()         # a step's tensors reuse freed heap instead of fresh pages (core/heap.py)
