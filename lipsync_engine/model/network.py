@@ -20,10 +20,12 @@ the articulation layers). Everything else is as published (Table 4, Table 5, Sec
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..face.geometry import LIP_SIZE
@@ -97,6 +99,67 @@ class GeometryDecoder(nn.Module):
         return (s[:k] ** 2).sum() / (s ** 2).sum().clamp_min(1e-12)
 
 
+@lru_cache(maxsize=8)
+def _phase_index(c_out: int, c_in: int, k: int) -> tuple[torch.Tensor, int]:
+    """Where each tap of the phase-space kernel comes from in a (c_out, c_in, k, k) kernel (its
+    flattened index; c_out * c_in * k * k, one past the end, for a zero tap), and its padding.
+
+    On the 2x-upsampled map U, output pixel (2m + a, 2n + b) reads U at (2m + a + dy, 2n + b + dx)
+    for |dy|, |dx| <= k // 2: the input phase ((a + dy) % 2, (b + dx) % 2) at phase-grid offset
+    ((a + dy) // 2, (b + dx) // 2). Channels are ordered as pixel_shuffle's: c * 4 + row phase * 2
+    + column phase."""
+    p = k // 2
+    pad = (p + 1) // 2
+    t = 2 * pad + 1
+    idx = torch.full((c_out, 2, 2, c_in, 2, 2, t, t), c_out * c_in * k * k, dtype=torch.long)
+    flat = torch.arange(c_out * c_in * k * k).view(c_out, c_in, k, k)
+    for a in range(2):
+        for b in range(2):
+            for dy in range(-p, p + 1):
+                for dx in range(-p, p + 1):
+                    ry, rx = a + dy, b + dx
+                    idx[:, a, b, :, ry % 2, rx % 2, ry // 2 + pad, rx // 2 + pad] = flat[:, :, dy + p, dx + p]
+    return idx.reshape(c_out * 4, c_in * 4, t, t), pad
+
+
+@lru_cache(maxsize=8)
+def _phase_stencil(channels: int, dtype: torch.dtype) -> torch.Tensor:
+    """(4 * channels, 1, 3, 3): bilinear 2x upsampling (align_corners=False) as four 3x3 stencils per
+    channel on the edge-replicated input, one per phase of the output: rows 2m take 0.25 x[m-1] +
+    0.75 x[m], rows 2m+1 take 0.75 x[m] + 0.25 x[m+1] (and so do columns)."""
+    rows = torch.tensor([[0.25, 0.75, 0.0], [0.0, 0.75, 0.25]], dtype=dtype)
+    return torch.einsum("ci,dj->cdij", rows, rows).reshape(4, 1, 3, 3).repeat(channels, 1, 1, 1)
+
+
+class UpsampledConv2d(nn.Conv2d):
+    """Bilinear 2x upsampling (align_corners=False) and then this convolution, as one layer.
+
+    On a CPU it runs in the upsampled map's 2x2 phase space: the four phases of the upsampled input
+    come from one fixed 3x3 stencil convolution of the input, the convolution becomes a 4 x c_in
+    -> 4 x c_out one at the input's size (its kernel gathered from this layer's weight), and
+    pixel_shuffle interleaves the output's phases. The same function and the same parameters (a
+    checkpoint's weight and bias as for nn.Conv2d), equal to float rounding: the texture decoder's
+    last layer (8 -> 3 channels, 5x5, at 128x128) ran forward and backward in 46 ms at batch 32
+    as upsampling and convolution, 36 ms this way (docs/benchmarks.md), since a convolution with
+    3 output channels at full size uses the CPU's vectors poorly. Elsewhere it upsamples and
+    convolves. Needs an odd kernel, stride 1 and zero padding of kernel // 2."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        if kernel_size % 2 != 1:
+            raise ValueError(f"UpsampledConv2d needs an odd kernel, got {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, 1, kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+        c_out, c_in, k, _ = self.weight.shape
+        index, pad = _phase_index(c_out, c_in, k)
+        kernel = torch.cat([self.weight.flatten(), self.weight.new_zeros(1)])[index]
+        phases = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), _phase_stencil(c_in, x.dtype), groups=c_in)
+        bias = None if self.bias is None else self.bias.repeat_interleave(4)
+        return F.pixel_shuffle(F.conv2d(phases, kernel, bias, padding=pad), 2)
+
+
 class TextureDecoder(nn.Module):
     """[audio code, atlas code] -> lip atlas delta (B, 3, 128, 128) in [-1, 1] (Table 4)."""
 
@@ -109,8 +172,8 @@ class TextureDecoder(nn.Module):
         for c_in, c_out in zip(ch[:-1], ch[1:]):
             blocks += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                        nn.Conv2d(c_in, c_out, 3, 1, 1), nn.ReLU()]
-        blocks += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                   nn.Conv2d(ch[-1], 3, 5, 1, 2), nn.Tanh()]
+        # the last upsampling and convolution as one layer (the Identity keeps the checkpoint's names)
+        blocks += [nn.Identity(), UpsampledConv2d(ch[-1], 3, 5), nn.Tanh()]
         self.convs = nn.Sequential(*blocks)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:

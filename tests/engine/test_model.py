@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lipsync_engine.model.network import (AtlasEncoder, GeometryDecoder, LipSync3D, ModelDimensions,
-                                  preset_dimensions)
+                                  UpsampledConv2d, preset_dimensions)
 
 TINY = ModelDimensions().scaled(1 / 32)
 
@@ -20,6 +20,38 @@ def test_forward_shapes_and_ranges():
     assert out["atlas_delta"].abs().max() <= 1.0
     first = model(spec)  # the first frame: an all-zeros previous atlas
     assert first["atlas_delta"].shape == (3, 3, 128, 128)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_upsampled_convolution_is_upsampling_then_convolution(kernel):
+    """The texture decoder's last layer, computed in phase space on a CPU, is bilinear 2x upsampling
+    (align_corners=False, edges included) followed by the convolution, values and gradients."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    layer = UpsampledConv2d(8, 3, kernel).double()
+    x = torch.randn(2, 8, 9, 12, dtype=torch.float64, requires_grad=True)   # odd and even sizes
+    ref = F.conv2d(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False), layer.weight,
+                   layer.bias, padding=kernel // 2)
+    out = layer(x)
+    assert out.shape == (2, 3, 18, 24)
+    assert float((out - ref).detach().abs().max()) < 1e-12
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (x, layer.weight, layer.bias), g),
+                    torch.autograd.grad(ref, (x, layer.weight, layer.bias), g)):
+        assert float((a - b).abs().max()) < 1e-10 * max(1.0, float(b.abs().max()))
+    # channels-last float32, as training runs it: the same to float rounding
+    layer32 = UpsampledConv2d(8, 3, kernel)
+    layer32.load_state_dict({k: v.float() for k, v in layer.state_dict().items()})
+    x32 = x.detach().float().contiguous(memory_format=torch.channels_last)
+    assert float((layer32(x32).double() - ref.detach()).abs().max()) < 1e-4
+
+
+def test_the_texture_decoder_keeps_its_checkpoint_names():
+    """The last upsampling and convolution became one layer; a checkpoint's names are unchanged."""
+    names = [k for k in LipSync3D(TINY).state_dict() if k.startswith("texture.convs.")]
+    depth = len(TINY.texture_channels) - 1
+    assert names[-2:] == [f"texture.convs.{3 * depth + 1}.weight", f"texture.convs.{3 * depth + 1}.bias"]
 
 
 def test_backward_reaches_every_parameter():
