@@ -44,7 +44,7 @@ def test_upsampled_convolution_is_upsampling_then_convolution(kernel):
     layer32 = UpsampledConv2d(8, 3, kernel)
     layer32.load_state_dict({k: v.float() for k, v in layer.state_dict().items()})
     x32 = x.detach().float().contiguous(memory_format=torch.channels_last)
-    assert float((layer32(x32).double() - ref.detach()).abs().max()) < 1e-4
+    assert float((layer32(x32).detach().double() - ref.detach()).abs().max()) < 1e-4
 
 
 def test_the_texture_decoder_keeps_its_checkpoint_names():
