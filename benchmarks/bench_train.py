@@ -18,6 +18,9 @@ Usage:
   .venv/bin/python benchmarks/bench_train.py heap [--rounds 2] [--repeats 15]
       the same eager step in fresh processes, alternately with glibc's default malloc settings and
       with train.py's (core/heap.py: freed blocks kept in the heap instead of returned as mmaps);
+  .venv/bin/python benchmarks/bench_train.py last-layer [--batch 32] [--repeats 15]
+      the texture decoder's last layer (bilinear 2x upsampling, then the 5x5 convolution to 3
+      channels) forward and backward: network.UpsampledConv2d against nn.Upsample + nn.Conv2d;
   .venv/bin/python benchmarks/bench_train.py throughput SPEAKER_DIR [--epochs 3] [--precision auto off bf16]
       [--profile]
       `lipsync train`'s default recipe end to end (data, steps, held-out tail, checkpoints), frames
@@ -117,6 +120,33 @@ def heap(args) -> None:
             line = subprocess.run(cmd + (["--keep-freed-memory"] if kept else []), capture_output=True,
                                   text=True, check=True).stdout.strip().splitlines()[-1]
             print(f"{'kept heap' if kept else 'default'}: {line}", flush=True)
+
+
+def last_layer(args) -> None:
+    """The texture decoder's last layer, forward and backward, both ways, alternately."""
+    from lipsync_engine.core.heap import keep_freed_memory
+    from lipsync_engine.model.network import UpsampledConv2d, preset_dimensions
+
+    keep_freed_memory()         # as train.py runs
+    c_in = preset_dimensions("cpu").texture_channels[-1]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, c_in, 64, 64, generator=g).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    grad = torch.randn(args.batch, 3, 128, 128, generator=g).contiguous(memory_format=torch.channels_last)
+    fused = UpsampledConv2d(c_in, 3, 5).to(memory_format=torch.channels_last)
+    plain = torch.nn.Sequential(torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                                torch.nn.Conv2d(c_in, 3, 5, 1, 2)).to(memory_format=torch.channels_last)
+    plain[1].load_state_dict(fused.state_dict())
+    times = {"upsample + conv2d": [], "UpsampledConv2d": []}
+    for _ in range(3 + args.repeats):
+        for name, layer in (("upsample + conv2d", plain), ("UpsampledConv2d", fused)):
+            t0 = time.perf_counter()
+            layer(x).backward(grad)
+            times[name].append(time.perf_counter() - t0)
+    for name, t in times.items():
+        t = sorted(t[3:])
+        print(f"{name:<18} batch {args.batch}, {c_in} -> 3 channels, 64 -> 128 px: forward and backward median "
+              f"{t[len(t) // 2] * 1e3:.1f} ms (min {t[0] * 1e3:.1f})  [{_load()}]", flush=True)
 
 
 def _compiled(args, batch: int) -> None:
@@ -290,6 +320,9 @@ def main() -> None:
     c.add_argument("--modes", nargs="+", choices=["eager", "inductor"], default=["eager", "inductor"])
     c.add_argument("--repeats", type=int, default=10)
     c.add_argument("--keep-freed-memory", action="store_true", help="glibc's heap as train.py sets it")
+    ll = sub.add_parser("last-layer")
+    ll.add_argument("--batch", type=int, default=32)
+    ll.add_argument("--repeats", type=int, default=15)
     h = sub.add_parser("heap")
     h.add_argument("--rounds", type=int, default=2)
     h.add_argument("--repeats", type=int, default=15)
@@ -338,7 +371,7 @@ def main() -> None:
     print(f"# machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {_load()}", flush=True)
     {"steps": steps, "quality": quality, "epoch": epoch, "throughput": throughput, "compile": compiled,
-     "heap": heap}[args.what](args)
+     "heap": heap, "last-layer": last_layer}[args.what](args)
 
 
 if __name__ == "__main__":

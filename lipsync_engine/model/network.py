@@ -139,9 +139,9 @@ class UpsampledConv2d(nn.Conv2d):
     -> 4 x c_out one at the input's size (its kernel gathered from this layer's weight), and
     pixel_shuffle interleaves the output's phases. The same function and the same parameters (a
     checkpoint's weight and bias as for nn.Conv2d), equal to float rounding: the texture decoder's
-    last layer (8 -> 3 channels, 5x5, at 128x128) ran forward and backward in 46 ms at batch 32
-    as upsampling and convolution, 36 ms this way (docs/benchmarks.md), since a convolution with
-    3 output channels at full size uses the CPU's vectors poorly. Elsewhere it upsamples and
+    last layer (8 -> 3 channels, 5x5, at 128x128) runs forward and backward in 49 ms at batch 32
+    as upsampling and convolution, 41 ms this way (benchmarks/bench_train.py last-layer), since a
+    convolution with 3 output channels at full size uses the CPU's vectors poorly. Elsewhere it upsamples and
     convolves. Needs an odd kernel, stride 1 and zero padding of kernel // 2."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
