@@ -141,8 +141,8 @@ class UpsampledConv2d(nn.Conv2d):
     checkpoint's weight and bias as for nn.Conv2d), equal to float rounding: the texture decoder's
     last layer (8 -> 3 channels, 5x5, at 128x128) runs forward and backward in 49 ms at batch 32
     as upsampling and convolution, 41 ms this way (benchmarks/bench_train.py last-layer), since a
-    convolution with 3 output channels at full size uses the CPU's vectors poorly. Elsewhere it upsamples and
-    convolves. Needs an odd kernel, stride 1 and zero padding of kernel // 2."""
+    convolution with 3 output channels at full size uses the CPU's vectors poorly. Elsewhere it
+    upsamples and convolves. Needs an odd kernel, stride 1 and zero padding of kernel // 2."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
         if kernel_size % 2 != 1:
