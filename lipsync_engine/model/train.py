@@ -378,14 +378,15 @@ def _set_learning_rate(optimizer, options: TrainOptions, epoch: int) -> None:
 GEOMETRY_PARTS = ("audio", "geometry", "blendshapes")   # what stops learning when the geometry is frozen
 
 
-def _freeze_geometry(model: LipSync3D, options: TrainOptions, epoch: int, stopped: bool = False) -> None:
+def _freeze_geometry(model: LipSync3D, options: TrainOptions, epoch: int, stopped: bool = False) -> bool:
     """From epoch options.geometry_epochs (0-based) on, or once the validation tail stopped the
     geometry (`stopped`), the shared audio encoder, the geometry decoder and the blendshape head get
     no gradients (Adam skips them), so only the texture keeps learning: on a short video the
-    vertices over-fit epochs before the lip texture stops improving."""
+    vertices over-fit epochs before the lip texture stops improving. Returns whether it is frozen."""
     frozen = stopped or 0 < options.geometry_epochs <= epoch
     for name in GEOMETRY_PARTS:
         getattr(model, name).requires_grad_(not frozen)
+    return frozen
 
 
 def _geometry_state(model: LipSync3D) -> dict:
@@ -641,9 +642,10 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
     face_shape = _face_shape(data, train_idx)
     # every frame a developer may look at: the speaker's amplitude (fixed: computed once)
     speaker = speaker_articulation(data, train_idx, torch.cat([train_idx, val_idx]))
+    fixed = None    # (centre, art) of a frozen geometry: later epochs train only the texture and keep them
     for epoch in range(r.start, options.epochs):
         _set_learning_rate(r.optimizer, options, epoch)
-        _freeze_geometry(r.model, options, epoch, bool(stop.get("stopped")))
+        frozen = _freeze_geometry(r.model, options, epoch, bool(stop.get("stopped")))
         tr = _epoch(r.model, r.optimizer, data, train_idx, r.spec_scale, options, r.gen, r.device,
                     True, tick, amp)
         va = _epoch(r.model, r.optimizer, data, val_idx, r.spec_scale, options, r.gen, r.device,
@@ -654,14 +656,18 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
         if not math.isfinite(tr["total"]):
             raise EngineError(f"training diverged at epoch {epoch + 1} (loss {tr['total']}); lower the learning rate")
         was_stopped = bool(stop.get("stopped"))
-        centre = articulation_centre(r.model, data, train_idx, r.spec_scale, r.device, speaker)
-        art = fit_articulation(r.model, data, val_idx, r.spec_scale, r.device, centre, speaker)
+        if frozen and fixed is not None:
+            centre, art = fixed
+        else:
+            centre = articulation_centre(r.model, data, train_idx, r.spec_scale, r.device, speaker)
+            art = fit_articulation(r.model, data, val_idx, r.spec_scale, r.device, centre, speaker)
         history[-1]["val_openness_r"] = art.get("openness_r")
         _early_stop(r.model, options, stop, art.get("openness_r"), len(val_idx), epoch)
         if stop.get("stopped") and not was_stopped:
             history[-1]["geometry_stopped"] = epoch + 1 - stop["since"]   # the epoch whose geometry is kept
             centre = articulation_centre(r.model, data, train_idx, r.spec_scale, r.device, speaker)
             art = fit_articulation(r.model, data, val_idx, r.spec_scale, r.device, centre, speaker)
+        fixed = (centre, art) if frozen else None
         config = _config(r.dims, options, data, r.spec_scale, epoch + 1, history, speaker_dir, r.model_id,
                          len(train_idx), len(val_idx), art)
         config["mouth_bank"] = bank
