@@ -39,6 +39,20 @@ def _openblas():
     return None
 
 
+def set_threads(count: int) -> None:
+    """numpy's BLAS uses `count` threads from now on (a forked worker process: one per core)."""
+    functions = _openblas()
+    if functions is not None:
+        with _LOCK:
+            functions[1](count)
+
+
+def server_threads() -> int:
+    """How many threads numpy's OpenBLAS runs besides the caller's (0 where none is found)."""
+    functions = _openblas()
+    return max(0, int(functions[0]()) - 1) if functions is not None else 0
+
+
 @contextmanager
 def blas_threads(count: int) -> Iterator[None]:
     """numpy's BLAS uses `count` threads inside the block; the earlier count is restored after."""

@@ -1,9 +1,9 @@
 """Run a list of independent jobs on worker processes with progress and cancellation.
 
-Owns: the process pool (spawn, so MediaPipe and OpenCV start clean in each worker), the
-progress queue from workers, and passing cancellation into them. Job functions call
-`report(n)` and `check_cancel()` from this module; they work the same in-process
-(workers=1), which the tests use. Must not: know what the jobs do.
+Owns: the process pool (forked where that is safe, so a worker starts with the modules this
+process imported; spawned elsewhere), the progress queue from workers, and passing
+cancellation into them. Job functions call `report(n)` and `check_cancel()` from this module;
+they work the same in-process (workers=1), which the tests use. Must not: know what the jobs do.
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
+import threading
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
+from . import blas
 from .errors import Cancelled, EnvironmentProblem
 from .progress import CancelToken
 
@@ -54,11 +58,53 @@ class FrameReporter:
         self.done = total
 
 
+def _fork_is_safe() -> bool:
+    """True on Linux when this process runs no thread but its main one and numpy's OpenBLAS
+    servers (OpenBLAS stops and restarts them around a fork), and has not imported torch.
+
+    A forked child gets only the forking thread: a lock another thread held stays held, and a
+    thread pool's bookkeeping names threads that are gone (OpenCV's pool, once used, hangs the
+    child's first cv2.setNumThreads). OpenCV's pool is emptied first by the caller
+    (_opencv_pool_emptied); a process that runs a Python thread, or still has threads of PyAV's
+    decoding or of torch, spawns.
+    """
+    if not sys.platform.startswith("linux") or "torch" in sys.modules or threading.active_count() != 1:
+        return False
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:  # OpenBLAS restarts its servers (stopped by an earlier fork) for a large product:
+        square = numpy.ones((256, 256))  # then every thread beyond them is another library's
+        square @ square
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:
+        return False
+    return threads <= 1 + blas.server_threads()
+
+
+@contextmanager
+def _opencv_pool_emptied() -> Iterator[None]:
+    """OpenCV's worker threads joined for the block (their count restored after; they restart
+    on OpenCV's next parallel call), when OpenCV is imported."""
+    cv2 = sys.modules.get("cv2")
+    if cv2 is None or not hasattr(cv2, "setNumThreads"):
+        yield
+        return
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
 def _worker_init(event, progress_queue, warm: tuple[str, ...]) -> None:
     # one worker per core: BLAS and OpenCV thread pools would only oversubscribe the cores
-    # (measured: 26 -> 19 ms per atlas frame with two workers on two cores). numpy is not
-    # imported yet at this point, so the variables still take effect.
+    # (measured: 26 -> 19 ms per atlas frame with two workers on two cores). A spawned worker
+    # has not imported numpy yet, so the variables still take effect; a forked one inherited
+    # numpy's BLAS, which is set to one thread directly.
     os.environ.update(SINGLE_THREAD_ENV)
+    if "numpy" in sys.modules:
+        blas.set_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
     _state["report"] = progress_queue.put
     _state["cancelled"] = event.is_set
@@ -131,7 +177,7 @@ class _Done:
 
 
 class WorkerPool:
-    """Spawned worker processes that run jobs with progress and cancellation.
+    """Worker processes (forked or spawned: `start_method`) that run jobs with progress and cancellation.
 
     Created early with `warm` module names, its workers start and import while the main
     process does other work (probing, reading back a stage), so a later stage starts at once;
@@ -141,16 +187,22 @@ class WorkerPool:
 
     def __init__(self, workers: int, cancel: CancelToken, warm: tuple[str, ...] = ()):
         self.workers, self.cancel, self.warm, self._pool = workers, cancel, tuple(warm), None
+        self.start_method = "inline"  # "fork" or "spawn" once workers start (workers > 1)
         if workers > 1:
             self._open()
 
     def _open(self) -> None:
-        ctx = mp.get_context("spawn")
-        self._event, self._queue = ctx.Event(), ctx.Queue()
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
-                                         initargs=(self._event, self._queue, self.warm))
-        for _ in range(self.workers):
-            self._pool.submit(_noop)
+        # forked workers start with the modules this process imported: about 0.3 s of start-up
+        # less per worker, a sixth of a 3 s clip's preparation (docs/benchmarks.md); spawned
+        # ones import afresh, where a fork is not safe (_fork_is_safe) or not offered
+        with _opencv_pool_emptied():
+            self.start_method = "fork" if _fork_is_safe() else "spawn"
+            ctx = mp.get_context(self.start_method)
+            self._event, self._queue = ctx.Event(), ctx.Queue()
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
+                                             initargs=(self._event, self._queue, self.warm))
+            for _ in range(self.workers):  # with "fork", every worker is forked now, in this thread
+                self._pool.submit(_noop)
 
     def __enter__(self) -> "WorkerPool":
         return self

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..core.filters import gaussian_smooth
 from ..face import geometry
 from ..face.geometry import ATLAS_SIZE, LIP_SIZE
 from . import lighting
@@ -199,8 +200,6 @@ def smooth_poses(scale, rot, trans, frame_numbers, sigma: float, cuts: np.ndarra
     Rotations are averaged element-wise and projected back onto SO(3) (SVD), which is
     exact enough for the sub-degree jitter this removes.
     """
-    from scipy.ndimage import gaussian_filter1d     # imported here: the predictor imports this module
-
     scale, rot, trans = scale.copy(), rot.copy(), trans.copy()
     starts = np.r_[False, np.diff(frame_numbers) != 1]
     if cuts is not None:
@@ -209,9 +208,9 @@ def smooth_poses(scale, rot, trans, frame_numbers, sigma: float, cuts: np.ndarra
     for run in np.split(np.arange(len(scale)), breaks):
         if len(run) < 2:
             continue
-        scale[run] = gaussian_filter1d(scale[run], sigma, mode="nearest")
-        trans[run] = gaussian_filter1d(trans[run], sigma, axis=0, mode="nearest")
-        u, _, vt = np.linalg.svd(gaussian_filter1d(rot[run], sigma, axis=0, mode="nearest"))
+        scale[run] = gaussian_smooth(scale[run], sigma)
+        trans[run] = gaussian_smooth(trans[run], sigma)
+        u, _, vt = np.linalg.svd(gaussian_smooth(rot[run], sigma))
         rot[run] = u @ vt
     return scale, rot, trans
 

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -255,18 +255,18 @@ def _split(n: int, size: int) -> list[tuple[int, int]]:
 
 # ---------------------------------------------------------------- stage 2: atlases
 
-def _warm_atlas_stage(reference: bool = False) -> None:
-    """Imports and caches of the atlas stage (normalize.py, scipy.sparse, the mesh topology;
-    0.1-0.2 s), and with `reference` those of finding the reference (scipy.ndimage, 0.1 s).
-    Workers run it while this process finds the reference, and this process before it hands
-    out the tracking jobs, so that neither waits for it later (normalize.py is imported only
-    where it is used)."""
+def _warm_atlas_stage() -> None:
+    """Imports and caches of the reference and atlas stages (normalize.py, scipy.sparse for the
+    rasters, the mesh topology; 0.07 s).
+    This process runs it before its workers start (forked ones inherit it), spawned workers
+    while this process finds the reference, so that none waits for it later (normalize.py is
+    imported only where it is used)."""
+    import scipy.sparse  # noqa: F401  (warp.Raster)
+
     from ..face.topology import load_topology
     from . import normalize  # noqa: F401
 
     load_topology()
-    if reference:
-        import scipy.ndimage  # noqa: F401  (normalize.smooth_poses)
 
 
 def _atlas_job(job: AtlasJob) -> None:
@@ -390,10 +390,6 @@ class _Run:
         pending.sort(key=lambda jc: -jc[0].expected(jc[1]))  # longest first: the workers finish together
         units = self.stage("track", sum(j.expected(c) for j, c in pending),
                            f"{len(pending)} part(s) of {len(self.takes)} take(s)")
-        # before the jobs go out, while the workers still start: the next steps' modules, here (on
-        # a busy machine, and under `chrt -r`'s 100 ms time slices, this process's imports held
-        # back the hand-over of the first jobs by up to 0.13 s when they came after it)
-        _warm_atlas_stage(reference=True)
         # a MediaPipe graph leaks ~6 MB when closed: workers are renewed every TRACK_TASKS_PER_WORKER parts
         batch = pool.start(_track_job, [j for j, _ in pending], units, TRACK_TASKS_PER_WORKER)
         sounds = [media.load_audio(t.path, sample_rate=audio.SAMPLE_RATE) for t in self.takes]  # meanwhile
@@ -656,18 +652,23 @@ def _gather_samples(atlas_jobs: list[AtlasJob]) -> dict:
     return samples
 
 
-def _draw_sheets(run: _Run, norm, samples: dict) -> None:
-    """The report's sheets that need no assembled array (run on a thread while _assemble runs)."""
+def _draw_sheets(run: _Run, norm, samples: dict, executor: ThreadPoolExecutor) -> Future:
+    """The report's sheets that need no assembled array, drawn on `executor` (two threads) while
+    _assemble runs; the returned future's result is the list of the sheets' futures."""
     from .report import draw_sheets, sample_keys
 
-    landmarks, vertices = {}, {}
-    for k, f in sample_keys(samples):
-        t = run.takes[k]
-        landmarks[k, f] = t.track["landmarks"][f]
-        vertices[k, f] = t.vertices[int(np.searchsorted(t.usable, f))]
-    (run.out / "report").mkdir(exist_ok=True)
-    draw_sheets(run.out / "report", samples, landmarks, vertices, norm.reference_vertices,
-                (dataset.read_reference_atlas(run.out, normalized=False), dataset.read_reference_atlas(run.out)))
+    def start() -> list[Future]:
+        landmarks, vertices = {}, {}
+        for k, f in sample_keys(samples):
+            t = run.takes[k]
+            landmarks[k, f] = t.track["landmarks"][f]
+            vertices[k, f] = t.vertices[int(np.searchsorted(t.usable, f))]
+        (run.out / "report").mkdir(exist_ok=True)
+        atlases = (dataset.read_reference_atlas(run.out, normalized=False), dataset.read_reference_atlas(run.out))
+        return draw_sheets(run.out / "report", samples, landmarks, vertices, norm.reference_vertices, atlases,
+                           executor)
+
+    return executor.submit(start)
 
 
 def _draw_openness(run: _Run, envelope: np.ndarray) -> None:
@@ -885,7 +886,8 @@ def _prepare_into(paths: list[Path], out: Path, fingerprint: str, options: Prepa
     run.work.mkdir(parents=True, exist_ok=True)
     storage.remove_stale_temporaries(out)
     storage.remove_stale_temporaries(run.work)
-    # the workers start (and import) now, while this process probes the takes
+    _warm_atlas_stage()  # 0.07 s: before the workers start, so that forked ones have it too
+    # the workers start now (spawned ones import meanwhile), while this process probes the takes
     with jobs.WorkerPool(options.workers, cancel, warm=(__name__,)) as pool:
         run.track(pool)
         pool.preload(_warm_atlas_stage)  # while this process finds the reference
@@ -907,13 +909,15 @@ def _prepare_into(paths: list[Path], out: Path, fingerprint: str, options: Prepa
         pool.close(wait_for_exit=False)  # the workers exit while this process assembles
     cancel.check()
     samples = _gather_samples(atlas_jobs)
-    with ThreadPoolExecutor(1) as side:
-        # the report's sheets are drawn while this thread assembles (OpenCV and file writes release the GIL)
-        sheets = side.submit(_draw_sheets, run, norm, samples) if options.report else None
+    with ThreadPoolExecutor(2) as side:
+        # the report's sheets are drawn on two threads while this one assembles (OpenCV and file
+        # writes release the GIL; the workers have finished, so both cores are free)
+        sheets = _draw_sheets(run, norm, samples, side) if options.report else None
         envelope = _assemble(run, norm, atlas_jobs, samples)
         if sheets is not None:
             units = run.stage("report", 2)
-            sheets.result()
+            for sheet in sheets.result():
+                sheet.result()
             units(1)
             _draw_openness(run, envelope)
             units(1)

@@ -1,5 +1,10 @@
 """End-to-end `prepare` on the synthetic talking face (real MediaPipe, real warping)."""
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
@@ -184,6 +189,48 @@ def test_two_workers_match_one_worker(prepared_demo, prepared_one_worker):
     assert np.abs(np.asarray(two.lips, np.float32) - np.asarray(one.lips, np.float32)).mean() < 1.5
     assert np.abs(np.asarray(two.gain, np.float32) - np.asarray(one.gain, np.float32)).mean() < 0.005
     assert np.abs(np.asarray(two.color_transform) - np.asarray(one.color_transform)).max() < 0.01
+
+
+FORK_SCRIPT = textwrap.dedent("""
+    import sys, threading
+    from pathlib import Path
+    import cv2, numpy as np
+    from lipsync_engine.core import jobs
+    from lipsync_engine.prepare.pipeline import PrepareOptions, prepare_speaker
+
+    video, out = Path(sys.argv[1]), Path(sys.argv[2])
+    started, opened = [], jobs.WorkerPool._open
+    def record(self):
+        opened(self)
+        started.append(self.start_method)
+    jobs.WorkerPool._open = record
+    cv2.GaussianBlur(np.zeros((1024, 1024), np.float32), (0, 0), 5)  # OpenCV's thread pool is running
+    options = PrepareOptions(workers=2, chunk_frames=60, report=False)
+    prepare_speaker([video], out / "forked", options)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()  # another thread runs: the workers are spawned
+    prepare_speaker([video], out / "spawned", options)
+    stop.set()
+    other.join()
+    import torch  # noqa: F401
+    print(" ".join(started), jobs._fork_is_safe())
+""")
+
+
+def test_forked_and_spawned_workers_prepare_the_same(demo_video, tmp_path):
+    """A fresh process forks its workers (they start with its imports: 0.3 s less each,
+    docs/benchmarks.md), OpenCV's thread pool emptied around the fork; a process that runs
+    another thread, or has imported torch, spawns them. Both make the same dataset, byte for byte."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", FORK_SCRIPT, str(demo_video[0]), str(tmp_path)], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["fork", "spawn", "False"]
+    forked, spawned = tmp_path / "forked", tmp_path / "spawned"
+    for name in ("landmarks.npy", "vertices.npy", "atlas.npy", "lips.npy", "gain.npy", "color_transform.npy"):
+        assert (forked / name).read_bytes() == (spawned / name).read_bytes(), name
+
 
 
 def test_interrupted_run_resumes_and_matches(demo_video, tmp_path):
