@@ -96,12 +96,13 @@ def steps(args) -> None:
 
 
 def _made_up_batch(batch: int) -> tuple:
-    """(spectrograms, previous atlases (channels-last, as train.py batches them), lips, vertex deltas) of
-    `batch` made-up frames, the same for every run."""
+    """(spectrograms, previous atlases, lips, vertex deltas) of `batch` made-up frames, the same for every
+    run; the atlases channels-last, as train.py batches them (its lips come from (B, H, W, 3) rows)."""
     g = torch.Generator().manual_seed(0)
     spec = torch.randn(batch, 256, 24, 2, generator=g)
     prev = (torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last)
-    return spec, prev, torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1, torch.randn(batch, 468, 3, generator=g)
+    lips = (torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    return spec, prev, lips, torch.randn(batch, 468, 3, generator=g)
 
 
 def compiled(args) -> None:
@@ -284,6 +285,7 @@ def _profile_step(batch: int) -> None:
 
     spec, prev, lips, deltas = _made_up_batch(batch)
     deltas = deltas * 0.1
+    reference = torch.rand(3, 128, 128) * 2 - 1     # train.py adds the speaker's reference lips to the delta
     model = LipSync3D(preset_dimensions("cpu")).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     amp = autocast_dtype("auto", torch.device("cpu"))
@@ -291,7 +293,7 @@ def _profile_step(batch: int) -> None:
     def step():
         with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
             out = model(spec, prev)
-        pred = out["atlas_delta"].float().clamp(-1, 1)
+        pred = (out["atlas_delta"].float() + reference).clamp(-1, 1)
         loss = 1 - ssim((pred + 1) / 2, (lips + 1) / 2) + 30 * (out["vertex_deltas"].float() - deltas).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -223,7 +223,8 @@ def _losses(model, batch: dict, data: SpeakerTensors, options: TrainOptions, dev
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         out = model(batch["spec"], batch["prev"], batch["phones"])
     out = {k: v.float() for k, v in out.items()}  # the losses in fp32
-    pred = (data.reference_lips.to(device) + out["atlas_delta"]).clamp(-1, 1)
+    # the delta first: the sum takes its layout (channels-last on a CPU), not the reference's (3, H, W)
+    pred = (out["atlas_delta"] + data.reference_lips.to(device)).clamp(-1, 1)
     tex = 1 - ssim((pred + 1) / 2, (batch["lips"] + 1) / 2)
     geo = (out["vertex_deltas"] - batch["deltas"]).square().sum(-1)
     geo = (geo * _vertex_weights(options.lip_weight).to(device)).mean() if options.lip_weight else geo.mean()

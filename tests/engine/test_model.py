@@ -40,6 +40,13 @@ def test_upsampled_convolution_is_upsampling_then_convolution(kernel):
     for a, b in zip(torch.autograd.grad(out, (x, layer.weight, layer.bias), g),
                     torch.autograd.grad(ref, (x, layer.weight, layer.bias), g)):
         assert float((a - b).abs().max()) < 1e-10 * max(1.0, float(b.abs().max()))
+    # a channels-last input (the phases interleaved by another path) gives the same, channels-last
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    out_cl = layer(x_cl)
+    assert out_cl.is_contiguous(memory_format=torch.channels_last) and not out_cl.is_contiguous()
+    assert float((out_cl - ref).detach().abs().max()) < 1e-12
+    grad_cl, grad = torch.autograd.grad(out_cl, x_cl, g)[0], torch.autograd.grad(layer(x), x, g)[0]
+    assert float((grad_cl - grad).abs().max()) < 1e-10 * float(grad.abs().max())
     # channels-last float32, as training runs it: the same to float rounding
     layer32 = UpsampledConv2d(8, 3, kernel)
     layer32.load_state_dict({k: v.float() for k, v in layer.state_dict().items()})
