@@ -1,10 +1,11 @@
-"""numpy's BLAS thread count, set for a block of code: one thread while predicting on a CPU.
+"""numpy's BLAS thread count: set for a block of code (one thread while predicting on a CPU),
+set for good (a forked worker process, core/jobs.py), and how many server threads it runs.
 
 numpy's OpenBLAS runs one thread per core. The audio encoder's matrix products are small:
 one thread is as fast as two on this 2-core machine when it is idle, and does not stall when
 other work holds the second core (as the predictor's one torch thread, docs/predict.md).
 threadpoolctl does this in general; this is the part the engine needs. Where numpy's
-BLAS is not an OpenBLAS found beside numpy, blas_threads does nothing.
+BLAS is not an OpenBLAS found beside numpy, these functions do nothing (and count none).
 Must not: import anything of the engine (it is core).
 """
 

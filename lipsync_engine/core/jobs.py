@@ -60,15 +60,19 @@ class FrameReporter:
 
 def _fork_is_safe() -> bool:
     """True on Linux when this process runs no thread but its main one and numpy's OpenBLAS
-    servers (OpenBLAS stops and restarts them around a fork), and has not imported torch.
+    servers (OpenBLAS stops and restarts them around a fork), and has imported neither torch
+    nor MediaPipe.
 
     A forked child gets only the forking thread: a lock another thread held stays held, and a
     thread pool's bookkeeping names threads that are gone (OpenCV's pool, once used, hangs the
     child's first cv2.setNumThreads). OpenCV's pool is emptied first by the caller
     (_opencv_pool_emptied); a process that runs a Python thread, or still has threads of PyAV's
-    decoding or of torch, spawns.
+    decoding, spawns. So does one that has imported torch (its OpenMP threads) or MediaPipe: a
+    child forked after MediaPipe tracked in its parent dies in its first graph (measured).
     """
-    if not sys.platform.startswith("linux") or "torch" in sys.modules or threading.active_count() != 1:
+    if not sys.platform.startswith("linux") or threading.active_count() != 1:
+        return False
+    if "torch" in sys.modules or "mediapipe" in sys.modules:
         return False
     numpy = sys.modules.get("numpy")
     if numpy is not None:  # OpenBLAS restarts its servers (stopped by an earlier fork) for a large product:

@@ -212,21 +212,28 @@ FORK_SCRIPT = textwrap.dedent("""
     other.start()  # another thread runs: the workers are spawned
     prepare_speaker([video], out / "spawned", options)
     stop.set()
-    other.join()
-    import torch  # noqa: F401
-    print(" ".join(started), jobs._fork_is_safe())
+    for thread in threading.enumerate():  # ours, and the pool's manager (its workers exit while prepare assembles)
+        if thread is not threading.main_thread():
+            thread.join()
+    with jobs._opencv_pool_emptied():
+        safe = [jobs._fork_is_safe()]
+    from lipsync_engine.face import tracking
+    tracking.track_image(np.zeros((64, 64, 3), np.uint8))  # MediaPipe ran here: a forked child would die in it
+    with jobs._opencv_pool_emptied():
+        safe.append(jobs._fork_is_safe())
+    print(" ".join(started), *safe)
 """)
 
 
 def test_forked_and_spawned_workers_prepare_the_same(demo_video, tmp_path):
     """A fresh process forks its workers (they start with its imports: 0.3 s less each,
     docs/benchmarks.md), OpenCV's thread pool emptied around the fork; a process that runs
-    another thread, or has imported torch, spawns them. Both make the same dataset, byte for byte."""
+    another thread, or has run MediaPipe, spawns them. Both make the same dataset, byte for byte."""
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", FORK_SCRIPT, str(demo_video[0]), str(tmp_path)], cwd=root,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["fork", "spawn", "False"]
+    assert done.stdout.split() == ["fork", "spawn", "True", "False"]
     forked, spawned = tmp_path / "forked", tmp_path / "spawned"
     for name in ("landmarks.npy", "vertices.npy", "atlas.npy", "lips.npy", "gain.npy", "color_transform.npy"):
         assert (forked / name).read_bytes() == (spawned / name).read_bytes(), name
