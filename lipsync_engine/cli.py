@@ -57,6 +57,7 @@ class Reporter:
             return
         from tqdm import tqdm
 
+        tqdm.monitor_interval = 0  # no monitor thread (it only tunes redraws): later worker pools may still fork
         if p.stage != self.stage:
             self.close()
             self.stage = p.stage

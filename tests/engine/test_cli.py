@@ -79,6 +79,23 @@ def test_json_protocol_messages_end_with_done(tmp_path):
     assert "no face" in next(m[1]["message"] for m in msgs if m[0] == "ERROR")
 
 
+def test_progress_bars_start_no_thread():
+    """The command line's progress bars start no thread of their own (tqdm's monitor), so a worker
+    pool opened after a bar can still be forked (core/jobs.py)."""
+    script = ("import threading\n"
+              "from lipsync_engine.cli import Reporter\n"
+              "from lipsync_engine.core.progress import Progress\n"
+              "r = Reporter(json_mode=False)\n"
+              "for done in (0, 5, 10):\n"
+              "    r(Progress('track', done, 10))\n"
+              "print(threading.active_count())\n"
+              "r.close()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert done.stdout.split() == ["1"]
+
+
 def test_usage_errors_exit_2():
     proc = lipsync("prepare")
     assert proc.returncode == 2
