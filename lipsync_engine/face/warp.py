@@ -115,11 +115,11 @@ class Raster:
 
     def maps(self, src_points: np.ndarray):
         """(map_x, map_y) float32 (H, W) for cv2.remap; -1 where uncovered."""
-        src = np.asarray(src_points, np.float32)
-        m = np.full((self.size[0] * self.size[1], 2), -1.0, np.float32)
-        m[self.pixels] = self._interp @ src
-        m = m.reshape(self.size + (2,))
-        return np.ascontiguousarray(m[..., 0]), np.ascontiguousarray(m[..., 1])
+        xy = self._interp @ np.asarray(src_points, np.float32)
+        maps = np.full((2, self.size[0] * self.size[1]), -1.0, np.float32)  # each map filled in place: no copies
+        maps[0, self.pixels] = xy[:, 0]
+        maps[1, self.pixels] = xy[:, 1]
+        return maps[0].reshape(self.size), maps[1].reshape(self.size)
 
     def interpolate(self, values: np.ndarray, fill: float = -1.0) -> np.ndarray:
         """(H, W, K) float32: per-vertex values (V, K) interpolated at each covered pixel; `fill` elsewhere.

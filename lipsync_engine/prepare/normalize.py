@@ -280,15 +280,16 @@ class AtlasBuilder:
         raster = self.raster(vertices)
         raw = self.unroll(image, landmarks, raster)
         ref_aligned = raster.warp(self.reference, self.ref_uv)  # R^n in this frame's texture coordinates
+        skin = raster.triangle_mask(self.skin)
         if self.options.register_skin:
-            raw = self._register_skin(raw, ref_aligned[..., :3], raster)
+            raw = self._register_skin(raw, ref_aligned[..., :3], raster, skin)
         valid = raster.mask & (ref_aligned[..., 3] > 0.999)
         if not self.options.normalize:  # the ablation of Section 3.1.2: the raw texture, unit gain
             res = lighting.LightingResult(raw.astype(np.float32) / 255.0, np.ones(raw.shape[:2], np.float32),
                                           valid.astype(np.float32), np.ones(3, np.float32), np.zeros(3, np.float32))
         else:
             res = lighting.normalize_frame(raw.astype(np.float32) / 255.0, ref_aligned[..., :3], valid, self.options,
-                                           skin_mask=raster.triangle_mask(self.skin))
+                                           skin_mask=skin)
         out = np.where(raster.mask[..., None], res.image, 0.0)
         small = ATLAS_SIZE // GAIN_DOWNSAMPLE
         gain = cv2.resize(res.gain.astype(np.float32), (small, small), interpolation=cv2.INTER_AREA)
@@ -296,7 +297,8 @@ class AtlasBuilder:
                           np.stack([res.a, res.b]).astype(np.float32), raster.mask)
 
 
-    def _register_skin(self, raw: np.ndarray, ref: np.ndarray, raster: Raster) -> np.ndarray:
+    def _register_skin(self, raw: np.ndarray, ref: np.ndarray, raster: Raster,
+                       skin: np.ndarray | None = None) -> np.ndarray:
         """Resample the frame's skin so its texture lands where the reference has it.
 
         MediaPipe's landmarks slide on the skin by 1-2 atlas pixels (docs/prepare.md), which
@@ -318,8 +320,9 @@ class AtlasBuilder:
         den = _smooth(valid) + 1e-4
         flow = self._flow.calc(_flow_image(ref, valid, den), _flow_image(raw.astype(np.float32) / 255.0, valid, den),
                                None)
-        skin = cv2.erode(raster.triangle_mask(self.skin).astype(np.uint8), np.ones((3, 3), np.uint8))
-        weight = cv2.GaussianBlur(skin.astype(np.float32), (0, 0), REGISTER_FEATHER / 2)
+        skin = raster.triangle_mask(self.skin) if skin is None else skin  # (H, W) bool: the skin triangles' pixels
+        inner = cv2.erode(skin.astype(np.uint8), np.ones((3, 3), np.uint8))
+        weight = cv2.GaussianBlur(inner.astype(np.float32), (0, 0), REGISTER_FEATHER / 2)
         mag = cv2.magnitude(flow[..., 0], flow[..., 1])
         flow *= (weight * np.minimum(1.0, REGISTER_MAX_PX / np.maximum(mag, 1e-6)))[..., None]
         gx, gy = _pixel_grid(h, w)
