@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 from . import blas
 from .errors import Cancelled, EnvironmentProblem
 from .progress import CancelToken
+from .threads import thread_count
 
 _state: dict = {"report": lambda n: None, "cancelled": lambda: False}
 SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -93,12 +94,8 @@ def _opencv_pool_emptied() -> Iterator[None]:
     if cv2 is None or not hasattr(cv2, "setNumThreads"):
         yield
         return
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
+    with thread_count(cv2.getNumThreads, cv2.setNumThreads, 1):
         yield
-    finally:
-        cv2.setNumThreads(before)
 
 
 def _worker_init(event, progress_queue, warm: tuple[str, ...]) -> None:

@@ -42,6 +42,7 @@ from ..core.blas import blas_threads
 from ..core.errors import EngineError, InputError
 from ..core.filters import distance_to_false, gaussian_smooth
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
+from ..core.threads import thread_count
 from ..face.geometry import CylinderMap
 from ..io import media
 from ..model.articulation import MouthBank, MouthRenderer, apply_gain, apply_gain_coefficients
@@ -496,12 +497,8 @@ def _one_thread(device: str):
         return
     import torch
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with thread_count(torch.get_num_threads, torch.set_num_threads, 1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class PredictorCache:

@@ -652,23 +652,24 @@ def _gather_samples(atlas_jobs: list[AtlasJob]) -> dict:
     return samples
 
 
-def _draw_sheets(run: _Run, norm, samples: dict, executor: ThreadPoolExecutor) -> Future:
-    """The report's sheets that need no assembled array, drawn on `executor` (two threads) while
-    _assemble runs; the returned future's result is the list of the sheets' futures."""
-    from .report import draw_sheets, sample_keys
+def _draw_sheets(run: _Run, norm, samples: dict, executor: ThreadPoolExecutor) -> list[Future]:
+    """The report's sheets that need no assembled array, drawn in two halves on `executor` (two
+    threads) while _assemble runs; the halves' futures."""
+    from .report import draw_frame_sheets, draw_mesh_sheets, sample_keys
 
-    def start() -> list[Future]:
-        landmarks, vertices = {}, {}
-        for k, f in sample_keys(samples):
-            t = run.takes[k]
-            landmarks[k, f] = t.track["landmarks"][f]
-            vertices[k, f] = t.vertices[int(np.searchsorted(t.usable, f))]
-        (run.out / "report").mkdir(exist_ok=True)
+    landmarks, vertices = {}, {}
+    for k, f in sample_keys(samples):
+        t = run.takes[k]
+        landmarks[k, f] = t.track["landmarks"][f]
+        vertices[k, f] = t.vertices[int(np.searchsorted(t.usable, f))]
+    out = run.out / "report"
+    out.mkdir(exist_ok=True)
+
+    def mesh_sheets() -> None:  # the reference atlases are read back on the thread, not here
         atlases = (dataset.read_reference_atlas(run.out, normalized=False), dataset.read_reference_atlas(run.out))
-        return draw_sheets(run.out / "report", samples, landmarks, vertices, norm.reference_vertices, atlases,
-                           executor)
+        draw_mesh_sheets(out, samples, vertices, norm.reference_vertices, atlases)
 
-    return executor.submit(start)
+    return [executor.submit(draw_frame_sheets, out, samples, landmarks), executor.submit(mesh_sheets)]
 
 
 def _draw_openness(run: _Run, envelope: np.ndarray) -> None:
@@ -916,7 +917,7 @@ def _prepare_into(paths: list[Path], out: Path, fingerprint: str, options: Prepa
         envelope = _assemble(run, norm, atlas_jobs, samples)
         if sheets is not None:
             units = run.stage("report", 2)
-            for sheet in sheets.result():
+            for sheet in sheets:
                 sheet.result()
             units(1)
             _draw_openness(run, envelope)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import json
-from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import cv2
@@ -210,29 +209,29 @@ def spectrogram_envelope(spectrograms: np.ndarray) -> np.ndarray:
 
 
 def draw_sheets(out: Path, samples: dict, landmarks: dict, vertices: dict, reference_vertices: np.ndarray,
-                reference_atlases: tuple[np.ndarray, np.ndarray], executor: Executor | None = None) -> list[Future]:
+                reference_atlases: tuple[np.ndarray, np.ndarray]) -> None:
     """tracking.png, normalized_meshes.png, atlases.png and reference.png into folder `out`.
 
     samples : the arrays of report/samples.npz; landmarks, vertices : {(take, frame): (468, 3)}
-    of the sample frames; reference_atlases : (R, R^n) uint8 RGB. Drawn here, or with
-    `executor` as two tasks of about equal cost on it, whose futures are returned (OpenCV's
-    drawing and PNG encoding release the GIL: two threads draw them in half the time).
+    of the sample frames; reference_atlases : (R, R^n) uint8 RGB.
     """
+    draw_frame_sheets(out, samples, landmarks)
+    draw_mesh_sheets(out, samples, vertices, reference_vertices, reference_atlases)
+
+
+def draw_frame_sheets(out: Path, samples: dict, landmarks: dict) -> None:
+    """tracking.png and atlases.png (draw_sheets' arguments): about half of draw_sheets' cost,
+    so that two threads draw the two halves (OpenCV's drawing and PNG encoding release the GIL)."""
     keys = sample_keys(samples)[:7]
+    _save(out / "tracking.png", _tracking_sheet(samples, keys, landmarks))
+    _save(out / "atlases.png", _atlas_sheet(samples, keys))
 
-    def frame_sheets() -> None:
-        _save(out / "tracking.png", _tracking_sheet(samples, keys, landmarks))
-        _save(out / "atlases.png", _atlas_sheet(samples, keys))
 
-    def mesh_sheets() -> None:
-        _save(out / "normalized_meshes.png", _mesh_sheet(vertices, reference_vertices, keys))
-        _save(out / "reference.png", _reference_sheet(*reference_atlases))
-
-    if executor is None:
-        frame_sheets()
-        mesh_sheets()
-        return []
-    return [executor.submit(frame_sheets), executor.submit(mesh_sheets)]
+def draw_mesh_sheets(out: Path, samples: dict, vertices: dict, reference_vertices: np.ndarray,
+                     reference_atlases: tuple[np.ndarray, np.ndarray]) -> None:
+    """normalized_meshes.png and reference.png (draw_sheets' arguments): the other half."""
+    _save(out / "normalized_meshes.png", _mesh_sheet(vertices, reference_vertices, sample_keys(samples)[:7]))
+    _save(out / "reference.png", _reference_sheet(*reference_atlases))
 
 
 def draw_openness(out: Path, openness: np.ndarray, envelope: np.ndarray, take_of_frame: np.ndarray) -> None:

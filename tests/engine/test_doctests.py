@@ -10,7 +10,7 @@ import sys
 import pytest
 
 MODULES = ("lipsync_engine", "lipsync_engine.core.interop", "lipsync_engine.core.filters",
-           "lipsync_engine.model.numpy_heads", "lipsync_engine.serve")
+           "lipsync_engine.core.threads", "lipsync_engine.model.numpy_heads", "lipsync_engine.serve")
 
 
 @pytest.mark.parametrize("name", MODULES)
