@@ -10,11 +10,13 @@ or forbidden folder, no CUDA; docs/errors.md). The only catch-all is here.
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import os
 import re
 import signal
 import sys
+import threading
 import traceback
 from dataclasses import replace
 from pathlib import Path
@@ -761,6 +763,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         protocol.emit("DONE", {"exit_code": code, "protocol": protocol.PROTOCOL_VERSION, **reporter.tag})
     return code
+
+
+def run() -> None:
+    """The `lipsync` program (`python -m lipsync_engine` too): main(), then an exit that skips the
+    interpreter's teardown. That teardown (a last garbage collection and every module freed, with
+    copy-on-write faults on pages the forked workers shared) took 45-60 ms after `lipsync prepare`
+    of a 3 s clip, 3% of the whole command (docs/benchmarks.md). Nothing is lost by skipping it:
+    the output streams are flushed and the atexit handlers run first, every file the engine writes
+    is closed by then (atomic writes), and where a thread other than this one is still running the
+    exit is the ordinary one, which waits for it."""
+    code = main()
+    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):   # a closed pipe: nothing left to say there
+            pass
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 def check_outputs(args) -> None:

@@ -68,6 +68,33 @@ def test_bad_input_gives_one_line_error_and_writes_nothing(tmp_path, case):
     assert not list(out.glob("*.npy")) if out.exists() else True
 
 
+def test_the_program_exits_with_the_code_after_its_output_and_atexit_handlers(tmp_path):
+    """`lipsync` (cli.run) skips the interpreter's teardown: its exit code, everything it wrote
+    to a pipe and the atexit handlers registered in it all survive; a thread still running is
+    waited for (the ordinary exit)."""
+    script = (
+        "import atexit, sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from lipsync_engine import cli\n"
+        "out = Path(sys.argv[1])\n"
+        "atexit.register(lambda: (out / 'atexit').write_text('ran'))\n"
+        "if sys.argv[2] == 'thread':\n"
+        "    threading.Thread(target=lambda: (time.sleep(0.5), (out / 'thread').write_text('done'))).start()\n"
+        "sys.argv = ['lipsync', '--json', 'prepare', str(out / 'missing.mp4'), '-o', str(out / 'speaker')]\n"
+        "cli.run()\n")
+    for case in ("alone", "thread"):
+        folder = tmp_path / case
+        folder.mkdir()
+        proc = subprocess.run([sys.executable, "-c", script, str(folder), case], capture_output=True, text=True,
+                              cwd=ROOT, timeout=120)
+        assert proc.returncode == 1, proc.stderr[-1000:]
+        msgs = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert msgs[-1] == ["DONE", {"exit_code": 1, "protocol": 1}]
+        assert "missing.mp4" in next(m[1]["message"] for m in msgs if m[0] == "ERROR")
+        assert (folder / "atexit").read_text() == "ran"
+        assert (folder / "thread").read_text() == "done" if case == "thread" else not (folder / "thread").exists()
+
+
 def test_json_protocol_messages_end_with_done(tmp_path):
     src = tmp_path / "silent.mp4"
     write_video(src)
