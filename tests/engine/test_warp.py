@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -76,3 +79,29 @@ def test_raster_shares_one_rasterization_between_sources(rng):
 def test_bad_shapes_raise():
     with pytest.raises(ValueError, match=r"\(4, 3\)"):
         warp.Raster(np.zeros((4, 3)), np.zeros((1, 3), int), (10, 10))
+
+
+def test_per_vertex_values_mix_at_each_pixel_without_scipy():
+    """Raster.interpolate reproduces any affine function of the vertices at each covered pixel
+    (here the pixel's own position and a constant), and warping imports no scipy.sparse (it
+    cost 47 ms of a short clip's preparation)."""
+    topo = load_topology()
+    cyl = reference_cylinder(topo.vertices, topo.right_eye, topo.left_eye, NOSE_TIP)
+    uv = cyl.project(topo.vertices)
+    raster = warp.Raster(uv, topo.triangles, (256, 256))
+    values = np.column_stack([uv, np.full(len(uv), 0.25), 3 * uv[:, 0] - 2 * uv[:, 1] + 7]).astype(np.float32)
+    out = raster.interpolate(values, fill=-5.0)
+    ys, xs = np.nonzero(raster.mask)
+    assert len(xs) > 30000
+    assert np.abs(out[ys, xs, 0] - xs).max() < 1e-3 and np.abs(out[ys, xs, 1] - ys).max() < 1e-3
+    assert np.abs(out[ys, xs, 2] - 0.25).max() < 1e-6
+    assert np.abs(out[ys, xs, 3] - (3 * xs - 2 * ys + 7)).max() < 1e-2
+    assert (out[~raster.mask] == -5.0).all()
+    map_x, map_y = raster.maps(uv)
+    assert np.array_equal(map_x[raster.mask], out[ys, xs, 0]) and np.array_equal(map_y[raster.mask], out[ys, xs, 1])
+    script = ("import sys, numpy as np; from lipsync_engine.face import warp; "
+              "r = warp.Raster(np.array([[0, 0], [9, 0], [0, 9]], float), np.array([[0, 1, 2]]), (10, 10)); "
+              "r.warp(np.zeros((10, 10, 3), np.uint8), np.array([[0, 0], [9, 0], [0, 9]], float)); "
+              "print('scipy.sparse' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False"], done.stderr[-1000:]
