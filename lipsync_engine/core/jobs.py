@@ -59,21 +59,34 @@ class FrameReporter:
         self.done = total
 
 
+_FORK_REFUSED: list[str] = []     # what has run in this process that a forked child cannot survive
+
+
+def refuse_fork(what: str) -> None:
+    """Say that `what` has run in this process and a forked child would not survive it: every
+    WorkerPool opened from now on spawns its workers. Called by the engine's wrapper of such a
+    library before its first use (tracking.py, before a MediaPipe graph is made)."""
+    if what not in _FORK_REFUSED:
+        _FORK_REFUSED.append(what)
+
+
 def _fork_is_safe() -> bool:
     """True on Linux when this process runs no thread but its main one and numpy's OpenBLAS
-    servers (OpenBLAS stops and restarts them around a fork), and has imported neither torch
-    nor MediaPipe.
+    servers (OpenBLAS stops and restarts them around a fork), has not imported torch, and has
+    not run anything that refused forking (refuse_fork).
 
     A forked child gets only the forking thread: a lock another thread held stays held, and a
     thread pool's bookkeeping names threads that are gone (OpenCV's pool, once used, hangs the
     child's first cv2.setNumThreads). OpenCV's pool is emptied first by the caller
     (_opencv_pool_emptied); a process that runs a Python thread, or still has threads of PyAV's
-    decoding, spawns. So does one that has imported torch (its OpenMP threads) or MediaPipe: a
-    child forked after MediaPipe tracked in its parent dies in its first graph (measured).
+    decoding, spawns. So does one that has imported torch (its OpenMP threads) or made a
+    MediaPipe graph: a child forked after MediaPipe tracked in its parent dies in its first
+    graph (measured). Importing MediaPipe alone is safe (no thread, no graph): prepare imports
+    it before its workers fork, so that each need not (docs/benchmarks.md).
     """
     if not sys.platform.startswith("linux") or threading.active_count() != 1:
         return False
-    if "torch" in sys.modules or "mediapipe" in sys.modules:
+    if "torch" in sys.modules or _FORK_REFUSED:
         return False
     numpy = sys.modules.get("numpy")
     if numpy is not None:  # OpenBLAS restarts its servers (stopped by an earlier fork) for a large product:

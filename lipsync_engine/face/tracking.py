@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ..core import jobs
 from .topology import N_VERTICES
 
 MAX_FACES = 1               # Face Mesh tracks one face; _SecondFaceWatch finds frames with several
@@ -152,8 +153,16 @@ def _solutions():
             importlib.import_module("mediapipe.python.solutions.face_detection"))
 
 
+def preload() -> None:
+    """Import MediaPipe's two solutions now (0.04 s), making no graph: a process that forks its
+    workers afterwards hands them the import (prepare does)."""
+    _solutions()
+
+
 def create_face_mesh(static_image_mode: bool = False):
-    """A fresh MediaPipe Face Mesh graph (use one per take, and close it)."""
+    """A fresh MediaPipe Face Mesh graph (use one per take, and close it). From the first one on,
+    this process's worker pools spawn: a child forked after a graph ran dies in its own."""
+    jobs.refuse_fork("a MediaPipe graph")
     face_mesh, _ = _solutions()
     with quiet_native_stderr():
         return face_mesh.FaceMesh(
@@ -178,6 +187,7 @@ class _SecondFaceWatch:
     """
 
     def __init__(self):
+        jobs.refuse_fork("a MediaPipe graph")
         _, face_detection = _solutions()
         self.detector = face_detection.FaceDetection(
             model_selection=0, min_detection_confidence=MIN_DETECTION_CONFIDENCE)
@@ -202,7 +212,8 @@ class _SecondFaceWatch:
 
 
 def track_frames(frames: Iterable, on_frame: Callable[[int], None] | None = None,
-                 keep_from: int | None = None) -> TakeTracking:
+                 keep_from: int | None = None,
+                 on_tracked: Callable[[object, np.ndarray | None], None] | None = None) -> TakeTracking:
     """Track every frame of one take with one MediaPipe Face Mesh graph in video mode.
 
     frames : iterable of objects with `.index`, `.time_s` and `.image` ((H, W, 3) uint8 RGB),
@@ -210,6 +221,9 @@ def track_frames(frames: Iterable, on_frame: Callable[[int], None] | None = None
         cancellation: raise from it to stop). keep_from : frames with a smaller `.index` are
         tracked but left out of the result (and of on_frame's count): the warm-up of a part of
         a take, so that the graph's tracking state has settled by its first kept frame.
+        on_tracked : called with each kept frame and its (468, 3) landmarks (None where the mesh
+        found no face, or several), as they are tracked; a frame flagged later by the
+        second-face detector has been passed with its landmarks all the same.
     """
     lms, found, several, times, size = [], [], [], [], (0, 0)
     skipped = 0
@@ -226,7 +240,10 @@ def track_frames(frames: Iterable, on_frame: Callable[[int], None] | None = None
                 times.append(frame.time_s)
                 if keep_from is not None and frame.index < keep_from:
                     skipped = n + 1
-                elif on_frame is not None:
+                    continue
+                if on_tracked is not None:
+                    on_tracked(frame, lms[-1] if found[-1] else None)
+                if on_frame is not None:
                     on_frame(n + 1 - skipped)
         finally:
             watch.close()

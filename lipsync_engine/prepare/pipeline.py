@@ -21,7 +21,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -31,6 +31,7 @@ from ..core.errors import InputError, NoFaceError, OutputExists
 from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from ..core.version import __version__
 from ..face import geometry
+from ..face import tracking
 from ..face.tracking import frame_ranges, track_frames
 from ..io import media
 from . import audio, dataset
@@ -186,15 +187,37 @@ class AtlasJob:
 
 # ---------------------------------------------------------------- stage 1: tracking
 
+class _ReferenceCandidate:
+    """The frame of a tracking part that would make the best reference so far (the lowest
+    normalize.reference_scores among frames with one face), kept with its image: when the main
+    process chooses that frame it need not seek and decode it again (31 ms of a 3 s clip's
+    preparation, with the second core idle). 0.1 ms a frame."""
+
+    def __init__(self):
+        from . import normalize
+
+        self._scores = normalize.reference_scores
+        self.score, self.frame, self.image = np.inf, -1, np.zeros((0, 0, 3), np.uint8)
+
+    def __call__(self, frame, landmarks: np.ndarray | None) -> None:
+        if landmarks is None:
+            return
+        score = float(self._scores(landmarks[None])[0])
+        if score < self.score:
+            self.score, self.frame, self.image = score, int(frame.index), frame.image
+
+
 def _track_job(job: TrackJob) -> None:
     """Worker: decode + track one part of a take (after TRACK_WARMUP frames of warm-up) into a shard."""
     path = Path(job.path)
     progress = jobs.FrameReporter()
     frames = _frames_between(path, max(0, job.start - TRACK_WARMUP), job.stop, job.fps)
-    track = track_frames(frames, on_frame=progress, keep_from=job.start)
+    candidate = _ReferenceCandidate()
+    track = track_frames(frames, on_frame=progress, keep_from=job.start, on_tracked=candidate)
     progress.finish(len(track.times_s))
     storage.save_npz(Path(job.out), landmarks=track.landmarks, face_count=track.face_count, times=track.times_s,
-                     size=np.asarray(track.size), fingerprint=np.str_(job.fingerprint))
+                     size=np.asarray(track.size), fingerprint=np.str_(job.fingerprint),
+                     candidate_frame=np.int64(candidate.frame), candidate_image=candidate.image)
 
 
 def _frames_between(path: Path, first: int, stop: int | None, fps: float):
@@ -241,9 +264,13 @@ def _join_parts(take: Take) -> dict:
     if have == 0:
         raise InputError(f"{take.path.name}: the video has no frames")
     sizes = [tuple(int(x) for x in s["size"]) for s in shards if len(s["face_count"])]
+    # each part's reference candidate (_ReferenceCandidate; absent from a shard an older run left)
+    candidates = {int(s["candidate_frame"]): s["candidate_image"] for s in shards
+                  if int(s.get("candidate_frame", -1)) >= 0}
     return {"landmarks": np.concatenate([s["landmarks"] for s in shards]),
             "face_count": np.concatenate([s["face_count"] for s in shards]),
-            "times": np.concatenate([s["times"] for s in shards]), "size": np.asarray(sizes[0])}
+            "times": np.concatenate([s["times"] for s in shards]), "size": np.asarray(sizes[0]),
+            "candidates": candidates}
 
 
 def _split(n: int, size: int) -> list[tuple[int, int]]:
@@ -256,13 +283,10 @@ def _split(n: int, size: int) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------- stage 2: atlases
 
 def _warm_atlas_stage() -> None:
-    """Imports and caches of the reference and atlas stages (normalize.py, scipy.sparse for the
-    rasters, the mesh topology; 0.07 s).
+    """Imports and caches of the reference and atlas stages (normalize.py, the mesh topology).
     This process runs it before its workers start (forked ones inherit it), spawned workers
     while this process finds the reference, so that none waits for it later (normalize.py is
     imported only where it is used)."""
-    import scipy.sparse  # noqa: F401  (warp.Raster)
-
     from ..face.topology import load_topology
     from . import normalize  # noqa: F401
 
@@ -514,13 +538,19 @@ class _Run:
 
         k, f = ref
         t = self.takes[k]
-        image = _reference_image(t.path, f, self._seek_time(t, f))
+        image = t.track["candidates"].get(f)   # the tracking worker kept it (_ReferenceCandidate)
+        if image is None:
+            image = _reference_image(t.path, f, self._seek_time(t, f))
+        for take in self.takes:
+            take.track["candidates"] = {}       # the other parts' frames are not needed
         builder = normalize.AtlasBuilder(norm, self.options.lighting)
         raw, normalized = builder.set_reference(image, t.track["landmarks"][f])
-        raw_file, normalized_file = dataset.reference_atlas_files(self.out)
-        _write_png(raw_file, normalize.to_uint8(raw))
-        _write_png(normalized_file, normalize.to_uint8(normalized))
-        return builder, image
+        files = dataset.reference_atlas_files(self.out)
+
+        def write() -> None:    # while the workers make the atlases (none of them reads the files)
+            for file, atlas in zip(files, (raw, normalized)):
+                _write_png(file, normalize.to_uint8(atlas))
+        return builder, write
 
     @staticmethod
     def _seek_time(take: Take, frame: int) -> float:
@@ -580,7 +610,10 @@ class _Run:
                 made = storage.open_memmap_allocated(tmp, dtype, (total, *shape))
                 del made
 
-    def atlases(self, atlas_jobs: list[AtlasJob], pool: jobs.WorkerPool) -> None:
+    def atlases(self, atlas_jobs: list[AtlasJob], pool: jobs.WorkerPool,
+                meanwhile: Sequence[Callable[[], None]] = ()) -> None:
+        """Make the atlases of atlas_jobs on the pool's workers; this process runs `meanwhile`
+        (the checks and writes nothing waits for) while they do."""
         t0 = time.perf_counter()
         self.shared_arrays(sum(len(t.usable) for t in self.takes))
         pending = [j for j in atlas_jobs if not _chunk_done(Path(j.out), j.fingerprint)]
@@ -589,7 +622,12 @@ class _Run:
         total = sum(len(j.frames) for j in atlas_jobs)
         units = self.stage("atlas", total, f"{len(atlas_jobs)} chunk(s)",
                            done=total - sum(len(j.frames) for j in pending))
-        pool.run(_atlas_job, pending, units)
+        batch = pool.start(_atlas_job, pending, units)
+        try:
+            for fn in meanwhile:
+                fn()
+        finally:
+            batch.wait()
         self.timings["atlas_s"] = time.perf_counter() - t0
 
 
@@ -887,26 +925,30 @@ def _prepare_into(paths: list[Path], out: Path, fingerprint: str, options: Prepa
     run.work.mkdir(parents=True, exist_ok=True)
     storage.remove_stale_temporaries(out)
     storage.remove_stale_temporaries(run.work)
-    _warm_atlas_stage()  # 0.07 s: before the workers start, so that forked ones have it too
+    # before the workers start, so that forked ones have them too: the atlas stage's imports and
+    # caches (0.02 s) and MediaPipe's (0.04 s; no graph yet, so forking stays safe)
+    _warm_atlas_stage()
+    tracking.preload()
     # the workers start now (spawned ones import meanwhile), while this process probes the takes
     with jobs.WorkerPool(options.workers, cancel, warm=(__name__,)) as pool:
         run.track(pool)
         pool.preload(_warm_atlas_stage)  # while this process finds the reference
         t_ref = time.perf_counter()
         excluded = run.check_faces()
+        meanwhile = [run.check_identity]   # run while the workers make the atlases
         if options.reference_speaker:
             ref, norm, builder = run.borrow_reference(Path(options.reference_speaker))
         else:
             ref = run.choose_reference()
             norm = run.normalize_geometry(ref)
-            builder, _ = run.reference_atlas(ref, norm)
+            builder, write_reference = run.reference_atlas(ref, norm)
+            meanwhile.append(write_reference)
         run.reference = ref
-        run.check_identity()
         run.check_amount()
         ref_key = _fingerprint(ref, norm.cylinder.to_dict(), asdict(options.lighting))
         atlas_jobs = run.atlas_jobs(norm, builder, ref_key, _sample_frames(run.takes))
         run.timings["reference_s"] = time.perf_counter() - t_ref
-        run.atlases(atlas_jobs, pool)
+        run.atlases(atlas_jobs, pool, meanwhile)
         pool.close(wait_for_exit=False)  # the workers exit while this process assembles
     cancel.check()
     samples = _gather_samples(atlas_jobs)

@@ -12,7 +12,9 @@ from skimage.metrics import structural_similarity
 from lipsync_engine.prepare import dataset, normalize
 from lipsync_engine.face import geometry
 from lipsync_engine.core.errors import Cancelled, EngineError
-from lipsync_engine.prepare.pipeline import PrepareOptions, _split, prepare_speaker
+from lipsync_engine.io import media
+from lipsync_engine.prepare.pipeline import (PrepareOptions, TrackJob, _reference_image, _split, _track_job,
+                                              prepare_speaker)
 from lipsync_engine.core.progress import CancelToken
 from lipsync_engine.face.topology import load_topology
 from lipsync_engine.face.warp import Raster
@@ -225,10 +227,28 @@ FORK_SCRIPT = textwrap.dedent("""
 """)
 
 
+def test_a_tracking_part_keeps_its_best_reference_frame_as_decoded(demo_video, tmp_path):
+    """A tracking part keeps the frame with the lowest reference score among its one-face frames,
+    with its image: the frame that seeking and decoding it alone gives, byte for byte (so the main
+    process uses it instead of decoding the chosen reference again)."""
+    video = demo_video[0]
+    fps = media.probe(video).fps
+    job = TrackJob(str(video), str(tmp_path / "part.npz"), "fingerprint", start=40, stop=100, fps=fps)
+    _track_job(job)         # in this process: progress and cancellation are no-ops outside a pool
+    with np.load(job.out) as z:
+        counts, frame, image = z["face_count"], int(z["candidate_frame"]), z["candidate_image"]
+        one = np.flatnonzero(counts == 1)
+        scores = normalize.reference_scores(z["landmarks"][one])
+    assert len(counts) == 60 and len(one) == 60
+    assert frame == 40 + one[np.argmin(scores)]
+    assert np.array_equal(image, _reference_image(video, frame, max(0.0, frame / fps - 1.0)))
+
+
 def test_forked_and_spawned_workers_prepare_the_same(demo_video, tmp_path):
-    """A fresh process forks its workers (they start with its imports: 0.3 s less each,
-    docs/benchmarks.md), OpenCV's thread pool emptied around the fork; a process that runs
-    another thread, or has run MediaPipe, spawns them. Both make the same dataset, byte for byte."""
+    """A fresh process forks its workers (they start with its imports, MediaPipe's included: 0.3 s
+    less each, docs/benchmarks.md), OpenCV's thread pool emptied around the fork; a process that
+    runs another thread, or has made a MediaPipe graph, spawns them. Both make the same dataset,
+    byte for byte."""
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", FORK_SCRIPT, str(demo_video[0]), str(tmp_path)], cwd=root,
                           capture_output=True, text=True, timeout=300)
