@@ -97,8 +97,8 @@ class Raster:
         self.pixels, self.lam, self.triangle = pix, lam, t
         self.corners = np.take(tris, t, axis=0)
         # Each covered pixel's source position is a fixed barycentric mix of 3 vertices, kept
-        # corner-major so that one mix is three gathers of contiguous rows (_mix): as fast as
-        # a sparse (pixels x V) product and equal to it bit for bit, without importing
+        # corner-major so that one mix is three gathers per value column (_mix): about as fast
+        # as a sparse (pixels x V) product and equal to it bit for bit, without importing
         # scipy.sparse (47 ms of a 3 s clip's preparation, before its workers start)
         self._corners_t = np.ascontiguousarray(self.corners.T)
         self._lam_t = np.ascontiguousarray(lam.T)
@@ -114,14 +114,20 @@ class Raster:
 
     def _mix(self, values: np.ndarray) -> np.ndarray:
         """(K, pixels) float32: per-vertex values (V, K) mixed at each covered pixel, as
-        ((l0 v0 + l1 v1) + l2 v2): the order of a sparse row product's sum."""
+        ((l0 v0 + l1 v1) + l2 v2): the order of a sparse row product's sum. One value column at
+        a time, with 1-D takes into reused buffers (0.28 ms for the 2 columns of a 256 x 256
+        raster; indexing the (K, V) array with a slice and an index array took 1.5 ms)."""
         columns = np.ascontiguousarray(np.asarray(values, np.float32).T)
-        out = columns[:, self._corners_t[0]]
-        out *= self._lam_t[0]
-        for j in (1, 2):
-            term = columns[:, self._corners_t[j]]
-            term *= self._lam_t[j]
-            out += term
+        corners, lam = self._corners_t, self._lam_t
+        out = np.empty((len(columns), corners.shape[1]), np.float32)
+        term = np.empty(corners.shape[1], np.float32)
+        for column, acc in zip(columns, out):
+            np.take(column, corners[0], out=acc)
+            acc *= lam[0]
+            for j in (1, 2):
+                np.take(column, corners[j], out=term)
+                term *= lam[j]
+                acc += term
         return out
 
     def maps(self, src_points: np.ndarray):
