@@ -273,10 +273,16 @@ def _join_parts(take: Take) -> dict:
             "candidates": candidates}
 
 
-def _split(n: int, size: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges covering 0 .. n - 1 in ceil(n / size) near-equal parts."""
+def _split(n: int, size: int, warmup: int = 0) -> list[tuple[int, int]]:
+    """[start, stop) ranges covering 0 .. n - 1 in ceil(n / size) parts of near-equal work, where
+    every part but the first also does `warmup` frames before its start (tracking's TRACK_WARMUP):
+    the first part is longer by that much, so that the workers finish together (on a 3 s clip
+    split in two, 10 frames of one worker's time). A part is at most size + warmup frames."""
     parts = max(1, -(-n // max(1, size)))
-    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    while parts > 1 and (n - warmup) / parts < 1:   # every part keeps a frame of its own
+        parts -= 1
+    work = (n + (parts - 1) * warmup) / parts       # frames each part tracks, warm-up included
+    bounds = [0, *(round(work + i * (work - warmup)) for i in range(parts - 1)), n]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
@@ -401,7 +407,7 @@ class _Run:
         pending = []
         for k, (p, info) in enumerate(zip(self.videos, infos)):
             take = Take(p, info, _take_fingerprint(p))
-            bounds = _split(counts[k], size) if info.fps and info.fps > 0 else [(0, counts[k])]
+            bounds = _split(counts[k], size, TRACK_WARMUP) if info.fps and info.fps > 0 else [(0, counts[k])]
             for n, (start, stop) in enumerate(bounds):
                 stop = None if n == len(bounds) - 1 else stop  # the last part runs to the end of the video
                 job = TrackJob(str(p), str(self.work / f"track_{k:04d}_{start:06d}.npz"),

@@ -158,32 +158,41 @@ def test_job_sizes_spread_a_short_take_over_the_workers():
     assert _split(302, 151) == [(0, 151), (151, 302)]
     assert _split(150, 40) == [(0, 38), (38, 75), (75, 112), (112, 150)]
     assert _split(10, 1000) == [(0, 10)]
-    for n, size in ((1, 1), (7, 3), (1530, 765), (7650, 1000)):
-        parts = _split(n, size)
+    # tracking parts after the first re-track 10 frames first: the first part is 10 frames longer
+    assert _split(75, 38, 10) == [(0, 42), (42, 75)]                    # 42 and 10 + 33 frames of work
+    assert _split(150, 40, 10) == [(0, 45), (45, 80), (80, 115), (115, 150)]
+    assert _split(7, 3, 10) == [(0, 7)]                                  # no part would keep a frame
+    for n, size, warmup in ((1, 1, 0), (7, 3, 0), (1530, 765, 0), (7650, 1000, 0), (1530, 765, 10),
+                            (7650, 1000, 10), (25, 3, 10)):
+        parts = _split(n, size, warmup)
         assert parts[0][0] == 0 and parts[-1][1] == n and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
-        assert max(b - a for a, b in parts) <= size
+        assert min(b - a for a, b in parts) >= 1 and max(b - a for a, b in parts) <= size + warmup
+        work = [b - a + (warmup if a else 0) for a, b in parts]
+        assert max(work) - min(work) <= 1
 
 
 def test_two_workers_match_one_worker(prepared_demo, prepared_one_worker):
-    """prepared_demo ran on 2 workers: its 150 frames were tracked in two parts, frames 0-74 and
-    75-149 (the second graph started 10 frames early, at frame 65, and dropped those), and
-    unrolled in two atlas chunks. One worker tracked them with one graph, in one chunk.
+    """prepared_demo ran on 2 workers: its 150 frames were tracked in two parts, frames 0-79 and
+    80-149 (the second graph started 10 frames early, at frame 70, and dropped those: 80 frames of
+    work each), and unrolled in two atlas chunks. One worker tracked them with one graph, in one
+    chunk.
 
     MediaPipe's video mode carries its face region from frame to frame, so a graph that starts
     elsewhere lands on slightly different landmarks, and the difference does not die out: one
     graph started on frame 1 instead of 0 differs from it by up to 1.24 px (mean 0.05 px) on the
-    frames after 10 (measured on this video). The split measured here: 0.08-0.15 px on frames
-    75-79 after the warm-up (4-6 px without it), up to 1.12 px further on (mean 0.03 px), against
-    a median frame-to-frame motion of 0.6 px; the atlases differ by 0.38 grey levels on average.
+    frames after 10 (measured on this video). The split measured here: 0.17-0.31 px on frames
+    80-84 after the warm-up (a part started cold there: 0.6-4.4 px), up to 0.52 px further on
+    (mean 0.02 px), against a median frame-to-frame motion of 2.2 px; the atlases differ by 0.33
+    grey levels on average.
     """
     two, one = prepared_demo[0], prepared_one_worker
     for name in ("frame_index", "frame_times", "spectrograms"):
         assert np.array_equal(np.asarray(getattr(two, name)), np.asarray(getattr(one, name))), name
     assert two.meta["reference"] == one.meta["reference"]
     lm2, lm1 = np.asarray(two.landmarks), np.asarray(one.landmarks)
-    assert np.array_equal(lm2[:75], lm1[:75])                     # the first part: the same graph, the same frames
+    assert np.array_equal(lm2[:80], lm1[:80])                     # the first part: the same graph, the same frames
     step = np.abs(lm2 - lm1)[..., :2].max(axis=(1, 2))           # per frame, the largest landmark difference (px)
-    assert step[75:80].max() < 0.5, step[75:80]                   # just after the boundary: warmed up
+    assert step[80:85].max() < 0.5, step[80:85]                   # just after the boundary: warmed up
     assert step.max() < 2.0 and np.abs(lm2 - lm1)[..., :2].mean() < 0.1
     dv = np.abs(np.asarray(two.vertices) - np.asarray(one.vertices))
     assert dv.max() < 0.15 and dv.mean() < 0.005                  # normalized space, ~cm
@@ -275,10 +284,11 @@ def test_interrupted_run_resumes_and_matches(demo_video, tmp_path):
                 token.set()
         return on_progress
 
-    # 77 frames done > 2 workers x 38 frames: a worker has finished a part (or chunk) and begun another
+    # tracking parts of 45, 35, 35, 35 frames (10 of warm-up before each but the first): 82 frames
+    # done > 45 + 35, so a worker has finished a part and begun another
     token = CancelToken()
     with pytest.raises(Cancelled):
-        prepare_speaker([video], out, opts, on_progress=stop_at("track", 77, token), cancel=token)
+        prepare_speaker([video], out, opts, on_progress=stop_at("track", 82, token), cancel=token)
     parts = sorted((out / ".work").glob("track_*.npz"))
     assert 1 <= len(parts) < 4
     kept = sum(len(np.load(p)["face_count"]) for p in parts)
