@@ -1,6 +1,7 @@
 """How the geometry's openness correlation moves epoch by epoch, on an inner split only.
 
     .venv/bin/python benchmarks/geometry_epoch_curve.py train SPEAKER MODEL [--no-phones] [--seed S]
+        [--phone-dropout P] [--test-fraction F]
     .venv/bin/python benchmarks/geometry_epoch_curve.py plot OUT.png LABEL=MODEL [LABEL=MODEL ...]
 
 train: the default recipe (`TrainOptions(test_fraction=0.1)`) with the geometry's stop turned off
@@ -43,7 +44,8 @@ def stop_choice(val_r: list[float], patience: int = 5, min_epochs: int = train.M
     return best
 
 
-def run(speaker: Path, model: Path, phones: bool, seed: int) -> None:
+def run(speaker: Path, model: Path, phones: bool, seed: int, phone_dropout: float = 0.0,
+        test_fraction: float = 0.1) -> None:
     curve = []
     fit = train.fit_articulation
 
@@ -62,8 +64,8 @@ def run(speaker: Path, model: Path, phones: bool, seed: int) -> None:
 
     train.fit_articulation = fit_and_measure
     t0 = time.perf_counter()
-    train.train_speaker(speaker, model, train.TrainOptions(test_fraction=0.1, geometry_patience=0, phones=phones,
-                                                           seed=seed))
+    train.train_speaker(speaker, model, train.TrainOptions(test_fraction=test_fraction, geometry_patience=0,
+                                                           phones=phones, seed=seed, phone_dropout=phone_dropout))
     (model / "curve.json").write_text(json.dumps(curve, indent=1))
     kept = stop_choice([c["val_r"] for c in curve])
     print(f"{time.perf_counter() - t0:.0f} s; the stop rule would keep epoch {kept}: test r {curve[kept - 1]['test_r']:.3f}"
@@ -96,8 +98,10 @@ def plot(out: Path, runs: list[str]) -> None:
 def main(argv: list[str]) -> int:
     print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     if len(argv) >= 3 and argv[0] == "train":
-        seed = int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
-        run(Path(argv[1]), Path(argv[2]), "--no-phones" not in argv, seed)
+        def option(name: str, default: float) -> float:
+            return float(argv[argv.index(name) + 1]) if name in argv else default
+        run(Path(argv[1]), Path(argv[2]), "--no-phones" not in argv, int(option("--seed", 0)),
+            option("--phone-dropout", 0.0), option("--test-fraction", 0.1))
     elif len(argv) >= 3 and argv[0] == "plot":
         plot(Path(argv[1]), argv[2:])
     else:

@@ -56,8 +56,11 @@ class AudioEncoder(nn.Module):
             nn.init.zeros_(self.phones.weight)
             nn.init.zeros_(self.phones.bias)
 
-    def forward(self, spectrogram: torch.Tensor, phones: torch.Tensor | None = None) -> torch.Tensor:
-        """phones : (B, phone_context) integer labels, needed when the model reads phones."""
+    def forward(self, spectrogram: torch.Tensor, phones: torch.Tensor | None = None,
+                phone_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """phones : (B, phone_context) integer labels, needed when the model reads phones.
+        phone_keep : (B,) 1 or 0 per frame, training only (TrainOptions.phone_dropout): 0 leaves
+        the phones out of that frame's code, which then comes from the spectrogram alone."""
         if spectrogram.shape[1:] != (N_FREQ, N_COLUMNS, 2):
             raise ValueError(f"spectrogram must be (B, {N_FREQ}, {N_COLUMNS}, 2), got {tuple(spectrogram.shape)}")
         x = self.convs(spectrogram.permute(0, 3, 1, 2))  # (B, 2, F, T) -> (B, C, 4, 1)
@@ -67,7 +70,10 @@ class AudioEncoder(nn.Module):
         if phones is None:
             raise ValueError("this model reads phone labels with its spectrograms (prepare/phones.py)")
         onehot = nn.functional.one_hot(phones.long(), self.n_phones).to(code.dtype).flatten(1)
-        return code + self.phones(onehot)
+        term = self.phones(onehot)
+        if phone_keep is not None:
+            term = term * phone_keep.to(term.dtype)[:, None]
+        return code + term
 
 
 class GeometryDecoder(nn.Module):
@@ -225,13 +231,14 @@ class LipSync3D(nn.Module):
         self.atlas = AtlasEncoder(dims) if dims.atlas_code > 0 else None
 
     def forward(self, spectrogram: torch.Tensor, previous_atlas: torch.Tensor | None = None,
-                phones: torch.Tensor | None = None) -> dict:
+                phones: torch.Tensor | None = None, phone_keep: torch.Tensor | None = None) -> dict:
         """Returns {"vertex_deltas" (B,468,3), "atlas_delta" (B,3,128,128), "blendshapes" (B,52)}.
 
         previous_atlas : (B, 3, 128, 128) in [-1, 1], or None for zeros (the first frame).
-        phones : (B, phone_context) phone labels (a model with dims.phone_context > 0).
+        phones : (B, phone_context) phone labels (a model with dims.phone_context > 0);
+        phone_keep : see AudioEncoder.forward (training only).
         """
-        code = self.audio(spectrogram, phones)                           # (B, N_s)
+        code = self.audio(spectrogram, phones, phone_keep)               # (B, N_s)
         if self.atlas is not None:
             if previous_atlas is None:
                 previous_atlas = spectrogram.new_zeros(len(code), 3, LIP_SIZE, LIP_SIZE)

@@ -82,6 +82,8 @@ class TrainOptions:
                                      # less shifts it into the past for `lipsync live` (lookahead.py)
     phones: bool = True              # beyond the paper: the audio code also hears the phones PocketSphinx
                                      # recognises around each frame (prepare/phones.py)
+    phone_dropout: float = 0.0       # beyond the paper: fraction of training frames whose code is made
+                                     # without their phones (the spectrogram alone learns too)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -100,6 +102,8 @@ class TrainOptions:
             raise ValueError(f"lip_weight must be >= 0, got {self.lip_weight}")
         if not 0.0 <= self.lookahead_ms <= 120.0:
             raise ValueError(f"lookahead_ms must be in [0, 120], got {self.lookahead_ms}")
+        if not 0.0 <= self.phone_dropout < 1.0:
+            raise ValueError(f"phone_dropout must be in [0, 1), got {self.phone_dropout}")
         if self.geometry_epochs < 0:
             raise ValueError(f"geometry_epochs must be >= 0, got {self.geometry_epochs}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -221,7 +225,7 @@ def _vertex_weights(lip_weight: float) -> torch.Tensor:
 
 def _losses(model, batch: dict, data: SpeakerTensors, options: TrainOptions, device, amp=None) -> dict:
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        out = model(batch["spec"], batch["prev"], batch["phones"])
+        out = model(batch["spec"], batch["prev"], batch["phones"], batch.get("phone_keep"))
     out = {k: v.float() for k, v in out.items()}  # the losses in fp32
     # the delta first: the sum takes its layout (channels-last on a CPU), not the reference's (3, H, W)
     pred = (out["atlas_delta"] + data.reference_lips.to(device)).clamp(-1, 1)
@@ -242,9 +246,13 @@ def _batch(data: SpeakerTensors, idx: torch.Tensor, spec_scale: float, options, 
     spec = data.spec_at(idx) * spec_scale
     if train:
         spec = _augment(spec, options, gen)
+    phones = data.phones_at(idx)
+    keep = None
+    if train and phones is not None and options.phone_dropout > 0:  # drawn only then: other runs keep their stream
+        keep = (torch.rand(len(idx), generator=gen) >= options.phone_dropout).float()
     b = {"spec": spec, "prev": data.lips_at(prev).contiguous(memory_format=_memory_format(device)),
          "lips": data.lips_at(idx),
-         "deltas": data.deltas[idx], "phones": data.phones_at(idx),
+         "deltas": data.deltas[idx], "phones": phones, "phone_keep": keep,
          "blendshapes": data.blendshapes[idx] if data.blendshapes is not None else None}
     return {k: (v.to(device) if v is not None else None) for k, v in b.items()}
 

@@ -162,3 +162,29 @@ def test_geometry_stop_rule_restores_the_best_epochs_weights():
             break
     assert stop.get("stopped") and epoch + 1 == 8
     assert float(next(model.geometry.parameters()).detach().flatten()[0]) == 3
+
+
+def test_phone_dropout_leaves_a_frames_phones_out_of_its_code():
+    """phone_keep (TrainOptions.phone_dropout, training only): 0 gives the spectrogram's code alone,
+    1 the code with the phones; frames of one batch are independent. The option is range-checked."""
+    from dataclasses import replace
+
+    from lipsync_engine.model.train import TrainOptions
+
+    dims = replace(TINY, phone_context=3, n_phones=40)
+    torch.manual_seed(5)
+    model = LipSync3D(dims)
+    torch.nn.init.normal_(model.audio.phones.weight)    # trained phones: a nonzero contribution
+    spec = torch.randn(4, 256, 24, 2)
+    phones = torch.randint(0, dims.n_phones, (4, 3))
+    with torch.no_grad():
+        with_phones = model.audio(spec, phones)
+        alone = model.audio.fc(model.audio.convs(spec.permute(0, 3, 1, 2)).flatten(1))
+        mixed = model.audio(spec, phones, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert (with_phones - alone).abs().min() > 0
+    torch.testing.assert_close(mixed[[0, 2]], with_phones[[0, 2]])
+    torch.testing.assert_close(mixed[[1, 3]], alone[[1, 3]])
+    assert TrainOptions(phone_dropout=0.5).phone_dropout == 0.5
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="phone_dropout"):
+            TrainOptions(phone_dropout=bad)
