@@ -31,15 +31,15 @@ from lipsync_engine.model import train  # noqa: E402
 from lipsync_engine.prepare.normalize import mouth_openness  # noqa: E402
 
 
-def stop_choice(val_r: list[float], patience: int = 5, min_epochs: int = train.MIN_STOP_EPOCHS) -> int:
-    """The epoch (1-based) whose geometry train._early_stop keeps, from the validation r per epoch."""
-    best, since = 0, 0
+def stop_choice(val_r: list[float], patience: int = 5) -> int:
+    """The epoch (1-based) whose geometry train._early_stop keeps, from the validation r per epoch
+    (the rule itself: train.stop_step)."""
+    stop, best = {}, 0
     for epoch, r in enumerate(val_r):
-        if not best or r > val_r[best - 1]:
-            best, since = epoch + 1, 0
-            continue
-        since += 1
-        if since >= patience and epoch + 1 >= min_epochs:
+        step = train.stop_step(stop, r, epoch, patience)
+        if step == "best":
+            best = epoch + 1
+        elif step == "stop":
             break
     return best
 

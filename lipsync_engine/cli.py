@@ -57,10 +57,10 @@ class Reporter:
             protocol.emit("PROGRESS", {"stage": p.stage, "done": p.done, "total": p.total, "message": p.message,
                                        **self.tag})
             return
-        from tqdm import tqdm
-
-        tqdm.monitor_interval = 0  # no monitor thread (it only tunes redraws): later worker pools may still fork
         if p.stage != self.stage:
+            from tqdm import tqdm
+
+            tqdm.monitor_interval = 0  # no monitor thread (it only tunes redraws): later worker pools may still fork
             self.close()
             self.stage = p.stage
             self.console = self.console or _console()

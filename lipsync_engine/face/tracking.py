@@ -153,6 +153,13 @@ def _solutions():
             importlib.import_module("mediapipe.python.solutions.face_detection"))
 
 
+def _graph_solutions():
+    """_solutions() for making a graph: from then on this process's worker pools spawn (a child
+    forked after a graph ran dies in its own)."""
+    jobs.refuse_fork("a MediaPipe graph")
+    return _solutions()
+
+
 def preload() -> None:
     """Import MediaPipe's two solutions now (0.04 s), making no graph: a process that forks its
     workers afterwards hands them the import (prepare does)."""
@@ -160,10 +167,8 @@ def preload() -> None:
 
 
 def create_face_mesh(static_image_mode: bool = False):
-    """A fresh MediaPipe Face Mesh graph (use one per take, and close it). From the first one on,
-    this process's worker pools spawn: a child forked after a graph ran dies in its own."""
-    jobs.refuse_fork("a MediaPipe graph")
-    face_mesh, _ = _solutions()
+    """A fresh MediaPipe Face Mesh graph (use one per take, and close it)."""
+    face_mesh, _ = _graph_solutions()
     with quiet_native_stderr():
         return face_mesh.FaceMesh(
             static_image_mode=static_image_mode, max_num_faces=MAX_FACES, refine_landmarks=False,
@@ -187,8 +192,7 @@ class _SecondFaceWatch:
     """
 
     def __init__(self):
-        jobs.refuse_fork("a MediaPipe graph")
-        _, face_detection = _solutions()
+        _, face_detection = _graph_solutions()
         self.detector = face_detection.FaceDetection(
             model_selection=0, min_detection_confidence=MIN_DETECTION_CONFIDENCE)
         self.last_look = -1

@@ -413,16 +413,27 @@ def _early_stop(model: LipSync3D, options: TrainOptions, stop: dict, val_r: floa
     the articulation gain would have to blow up; the gain can fix amplitude, not timing."""
     if options.geometry_patience <= 0 or val_r is None or stop.get("stopped") or n_val < MIN_STOP_FRAMES:
         return
-    loss = -float(val_r)
-    if loss < stop.get("best_loss", float("inf")):
-        stop.update(best_loss=loss, best=_geometry_state(model), since=0)
-        return
-    stop["since"] = stop.get("since", 0) + 1
-    if stop["since"] >= options.geometry_patience and epoch + 1 >= MIN_STOP_EPOCHS:
+    step = stop_step(stop, val_r, epoch, options.geometry_patience)
+    if step == "best":
+        stop["best"] = _geometry_state(model)
+    elif step == "stop":
         for name in GEOMETRY_PARTS:
             part = getattr(model, name)
             part.load_state_dict({k[len(name) + 1:]: v for k, v in stop["best"].items() if k.startswith(name + ".")})
         stop["stopped"] = True
+
+
+def stop_step(stop: dict, val_r: float, epoch: int, patience: int) -> str:
+    """The stop rule's bookkeeping after an epoch (0-based) with validation openness r `val_r`:
+    "best" (the best epoch so far: its geometry is kept), "stop" (patience epochs without a
+    better one, and at least MIN_STOP_EPOCHS in all: restore the best and freeze) or "go".
+    Updates stop's best_loss and since (_early_stop; benchmarks/geometry_epoch_curve.py replays it)."""
+    loss = -float(val_r)
+    if loss < stop.get("best_loss", float("inf")):
+        stop.update(best_loss=loss, since=0)
+        return "best"
+    stop["since"] = stop.get("since", 0) + 1
+    return "stop" if stop["since"] >= patience and epoch + 1 >= MIN_STOP_EPOCHS else "go"
 
 
 @torch.no_grad()

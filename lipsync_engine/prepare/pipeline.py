@@ -547,8 +547,6 @@ class _Run:
         image = t.track["candidates"].get(f)   # the tracking worker kept it (_ReferenceCandidate)
         if image is None:
             image = _reference_image(t.path, f, self._seek_time(t, f))
-        for take in self.takes:
-            take.track["candidates"] = {}       # the other parts' frames are not needed
         builder = normalize.AtlasBuilder(norm, self.options.lighting)
         raw, normalized = builder.set_reference(image, t.track["landmarks"][f])
         files = dataset.reference_atlas_files(self.out)
@@ -950,6 +948,8 @@ def _prepare_into(paths: list[Path], out: Path, fingerprint: str, options: Prepa
             builder, write_reference = run.reference_atlas(ref, norm)
             meanwhile.append(write_reference)
         run.reference = ref
+        for take in run.takes:
+            take.track["candidates"] = {}   # the reference is made: the parts' candidate images are not needed
         run.check_amount()
         ref_key = _fingerprint(ref, norm.cylinder.to_dict(), asdict(options.lighting))
         atlas_jobs = run.atlas_jobs(norm, builder, ref_key, _sample_frames(run.takes))
