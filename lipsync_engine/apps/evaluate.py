@@ -40,7 +40,7 @@ from ..face.topology import load_topology
 from ..inference.render import compose_atlas as compose
 from ..model import checkpoint
 from ..model.articulation import (MouthBank, MouthRenderer, apply_gain, apply_gain_coefficients,
-                                  articulation_metrics, atlas_openness, texture_metrics)
+                                  articulation_metrics, atlas_openness, bank_neighbours, texture_metrics)
 from ..model.losses import SSIM_WINDOW, ssim_map
 from ..model.network import autoregressive_lips
 from ..prepare import dataset
@@ -351,7 +351,7 @@ def model_prediction(model_dir: Path, spectrograms: np.ndarray, breaks: np.ndarr
     if config.get("mouth_bank") and texture != "network":
         with np.load(Path(model_dir) / checkpoint.MOUTH_BANK) as z:
             renderer = MouthRenderer(MouthBank.from_arrays(z), CylinderMap.from_dict(config["cylinder"]),
-                                     config["lip_box"])
+                                     config["lip_box"], neighbours=bank_neighbours(config["mouth_bank"]))
         lips = renderer.render(vertices, breaks)
     return MethodOutput(vertices, lips, bs)
 

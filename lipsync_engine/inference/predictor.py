@@ -45,7 +45,7 @@ from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from ..core.threads import thread_count
 from ..face.geometry import CylinderMap
 from ..io import media
-from ..model.articulation import MouthBank, MouthRenderer, apply_gain, apply_gain_coefficients
+from ..model.articulation import MouthBank, MouthRenderer, apply_gain, apply_gain_coefficients, bank_neighbours
 from ..model.checkpoint import MOUTH_BANK, WEIGHTS, check_reference_files, load_arrays, load_model, resolve_device
 from ..model.numpy_heads import AudioHeads
 from ..prepare import audio
@@ -312,7 +312,8 @@ class Predictor:
                 raise EngineError(f"{self.model_dir / MOUTH_BANK}: missing or damaged mouth bank ({e})") from e
             ref_lips = ((self.reference_lips_chw.transpose(1, 2, 0) + 1) * 127.5).round()
             self.reference_crop = ref_lips.clip(0, 255).astype(np.uint8)
-            self._renderer = MouthRenderer(bank, self.cylinder, self.lip_box)
+            self._renderer = MouthRenderer(bank, self.cylinder, self.lip_box,
+                                           neighbours=bank_neighbours(self.config.get("mouth_bank")))
         return self._renderer
 
     def articulation(self, options: PredictOptions) -> float:

@@ -32,7 +32,8 @@ from ..face.warp import Raster
 from ..prepare.normalize import mouth_openness
 
 BANK_SIZE = 512             # mouth crops kept in a model folder (k-means medoids of the lip shapes)
-BANK_NEIGHBOURS = 3         # crops blended per frame
+BANK_NEIGHBOURS = 3         # crops blended per frame (a model's config says how many: bank_neighbours)
+LEGACY_NEIGHBOURS = 3       # what a model saved before its config said (2026-12-07) blends
 BANK_TEMPORAL_SIGMA = 1.0   # frames: Gaussian smoothing of the blend weights over time
 WEIGHT_TRUNCATE = 3.0       # the smoothing kernel's radius in sigmas
 GAIN_RANGE = (0.5, 5.0)     # the fitted articulation gain is clipped to this
@@ -42,6 +43,8 @@ RENDER_MIN_FRAMES = 8       # fewer frames than this are warped on the calling t
 TEETH_MIN_FRACTION = 0.02   # of the mouth window: teeth-coloured pixels above this = teeth visible
 TEETH_BRIGHTER = 1.05       # teeth: brighter than the crop's median brightness by this factor ...
 TEETH_SATURATION = 0.80     # ... and at most this fraction of its median saturation
+TEETH_PICK_WEIGHT = 0.1     # a blended crop this heavy that shows teeth lends the mouth interior its pixels
+TEETH_BANK_SHARE = 0.5      # at most this share of the bank is kept for crops that show teeth
 RETRACK_SCALE = 2           # atlases are upscaled this much before MediaPipe tracks them again
 MOUTH_GROW_PX = (4, 6, 14)  # the rest face's inner-lip box grown left/right, up, down (crop pixels)
 
@@ -319,34 +322,63 @@ def _kmeans_medoids(features: np.ndarray, k: int, seed: int = 0, iterations: int
 class MouthBank:
     """Real lip crops of a speaker with the mesh that shaped each (see the module docstring).
 
-    crops (K, 128, 128, 3) uint8; vertices (K, 468, 3) float32 normalized; features (K, 80).
+    crops (K, 128, 128, 3) uint8; vertices (K, 468, 3) float32 normalized; features (K, 80);
+    teeth (K,) the fraction of each crop's mouth window that looks like teeth (teeth_fraction), or
+    None for a bank saved before it was kept (its renderer blends the mouth interior like the lips).
     """
 
     crops: np.ndarray
     vertices: np.ndarray
     features: np.ndarray
+    teeth: np.ndarray | None = None
 
     @classmethod
     def build(cls, lips: np.ndarray, vertices: np.ndarray, cylinder: CylinderMap, size: int = BANK_SIZE,
-              seed: int = 0) -> "MouthBank":
-        """The bank of at most `size` frames whose lip shapes cover the speaker's (k-means medoids)."""
+              seed: int = 0, window: tuple[slice, slice] | None = None) -> "MouthBank":
+        """The bank of at most `size` frames whose lip shapes cover the speaker's (k-means medoids).
+
+        With the mouth `window` (mouth_window), the frames that show teeth are kept first (up to
+        TEETH_BANK_SHARE of the bank; medoids of them if there are more) and the medoids of the
+        others fill the rest: teeth show in few frames, and medoids of all lip shapes mostly pick
+        frames without them (an inner split of the anchor, its frames rendered from their true
+        meshes: teeth where the recording shows them in 0.36 of the frames, 0.57 with the teeth
+        frames kept, 0.71 with MouthRenderer's teeth pick too; docs/evaluation.md).
+        """
         vertices = np.asarray(vertices, np.float32)
+        lips = np.asarray(lips)
         feats = lip_features(vertices, cylinder)
-        keep = _kmeans_medoids(feats, size, seed)
-        return cls(np.ascontiguousarray(np.asarray(lips)[keep]), vertices[keep], feats[keep])
+        if window is None:
+            keep = _kmeans_medoids(feats, size, seed)
+            return cls(np.ascontiguousarray(lips[keep]), vertices[keep], feats[keep])
+        teeth = teeth_fraction(lips, window)
+        shows = np.flatnonzero(teeth >= TEETH_MIN_FRACTION)
+        rest = np.flatnonzero(teeth < TEETH_MIN_FRACTION)
+        shows = shows[_kmeans_medoids(feats[shows], int(size * TEETH_BANK_SHARE), seed)] if len(shows) else shows
+        rest = rest[_kmeans_medoids(feats[rest], size - len(shows), seed)] if len(rest) else rest
+        keep = np.union1d(shows, rest)
+        return cls(np.ascontiguousarray(lips[keep]), vertices[keep], feats[keep], teeth[keep].astype(np.float32))
 
     def to_arrays(self) -> dict:
-        return {"crops": self.crops, "vertices": self.vertices, "features": self.features}
+        out = {"crops": self.crops, "vertices": self.vertices, "features": self.features}
+        return out if self.teeth is None else {**out, "teeth": self.teeth}
 
     @classmethod
     def from_arrays(cls, d) -> "MouthBank":
         crops = np.asarray(d["crops"], np.uint8)
         if crops.ndim != 4 or crops.shape[1:] != (LIP_SIZE, LIP_SIZE, 3):
             raise ValueError(f"mouth bank crops must be (K, {LIP_SIZE}, {LIP_SIZE}, 3), got {crops.shape}")
-        return cls(crops, np.asarray(d["vertices"], np.float32), np.asarray(d["features"], np.float32))
+        teeth = np.asarray(d["teeth"], np.float32) if "teeth" in d else None
+        if teeth is not None and teeth.shape != (len(crops),):
+            raise ValueError(f"mouth bank teeth must be ({len(crops)},), got {teeth.shape}")
+        return cls(crops, np.asarray(d["vertices"], np.float32), np.asarray(d["features"], np.float32), teeth)
 
     def __len__(self) -> int:
         return len(self.crops)
+
+
+def bank_neighbours(bank_config: dict | None) -> int:
+    """How many crops a model's renderer blends, from its config's "mouth_bank" entry."""
+    return int((bank_config or {}).get("neighbours", LEGACY_NEIGHBOURS))
 
 
 class MouthRenderer:
@@ -354,10 +386,15 @@ class MouthRenderer:
 
     neighbours : crops blended per frame; temporal_sigma : frames of Gaussian smoothing of the
     blend weights within a segment (0 = none), which keeps a change of crop from popping.
+    teeth_pick : when a blended crop (weight >= TEETH_PICK_WEIGHT) shows teeth, the mouth interior
+    (the inner-lip triangles, grown by a pixel) is that crop's alone, the one with the most teeth:
+    a blend of crops with and without teeth thins a row of teeth to a grey smear. Needs a bank
+    with teeth fractions (MouthBank.teeth).
     """
 
     def __init__(self, bank: MouthBank, cylinder: CylinderMap, lip_box: dict,
-                 neighbours: int = BANK_NEIGHBOURS, temporal_sigma: float = BANK_TEMPORAL_SIGMA):
+                 neighbours: int = BANK_NEIGHBOURS, temporal_sigma: float = BANK_TEMPORAL_SIGMA,
+                 teeth_pick: bool = True):
         self.bank, self.cylinder = bank, cylinder
         self.offset = np.array([lip_box["col"], lip_box["row"]], np.float32)
         self.neighbours = max(1, min(int(neighbours), len(bank)))
@@ -366,13 +403,18 @@ class MouthRenderer:
         topo = load_topology()
         ref_px = cylinder.project(bank.vertices.mean(0)) - self.offset
         near = (ref_px > -CROP_MARGIN).all(1) & (ref_px < LIP_SIZE + CROP_MARGIN).all(1)
-        self.triangles = topo.triangles[near[topo.triangles].all(1)]
+        kept = near[topo.triangles].all(1)
+        self.triangles = topo.triangles[kept]
+        interior = np.zeros(len(topo.triangles), bool)
+        interior[topo.mouth_triangles] = True
+        self.interior = interior[kept]                                        # per row of self.triangles
+        self.teeth = bank.teeth if teeth_pick and bank.teeth is not None else None
         self.bank_px = cylinder.project(bank.vertices) - self.offset           # (K, 468, 2)
         # typical distance between neighbouring shapes: the scale of the blend kernel
         f = bank.features.astype(np.float64)
         d = np.sqrt(np.maximum((f ** 2).sum(1)[:, None] - 2 * f @ f.T + (f ** 2).sum(1)[None], 0))
         np.fill_diagonal(d, np.inf)
-        self.scale = float(np.median(d.min(1))) if len(f) > 1 else 1.0
+        self.scale = max(float(np.median(d.min(1))), 1e-6) if len(f) > 1 else 1.0   # > 0: a bank of one shape
 
     def weights(self, vertices: np.ndarray, breaks: np.ndarray) -> np.ndarray:
         """(N, K) float32 blend weights of the bank crops (rows sum to 1, at most `neighbours` nonzero)."""
@@ -388,6 +430,19 @@ class MouthRenderer:
         rows = np.arange(len(w))[:, None]
         out[rows, top] = w[rows, top]
         return out / np.maximum(out.sum(1, keepdims=True), 1e-12)
+
+    def _teeth_source(self, weights: np.ndarray, ids: np.ndarray) -> int | None:
+        """The crop whose pixels fill the mouth interior (see teeth_pick), or None: blend it."""
+        if self.teeth is None:
+            return None
+        ids = ids[(weights[ids] >= TEETH_PICK_WEIGHT) & (self.teeth[ids] >= TEETH_MIN_FRACTION)]
+        return int(ids[np.argmax(self.teeth[ids])]) if len(ids) else None
+
+    def _interior(self, raster: Raster) -> np.ndarray:
+        """(128, 128) bool: the pixels of the inner-lip triangles, grown by one pixel."""
+        mask = np.zeros(LIP_SIZE * LIP_SIZE, np.uint8)
+        mask[raster.pixels[self.interior[raster.triangle]]] = 1
+        return cv2.dilate(mask.reshape(LIP_SIZE, LIP_SIZE), np.ones((3, 3), np.uint8)).astype(bool)
 
     def render(self, vertices: np.ndarray, breaks: np.ndarray | None = None, rows: slice | None = None,
                ) -> np.ndarray:
@@ -411,8 +466,15 @@ class MouthRenderer:
                 ids = np.flatnonzero(w[i])
                 raster = Raster(dst_px[k], self.triangles, (LIP_SIZE, LIP_SIZE))
                 acc = np.zeros((LIP_SIZE, LIP_SIZE, 3), np.float32)
+                pick = self._teeth_source(w[i], ids)
                 for j in ids:
-                    acc += w[i, j] * raster.warp(self.bank.crops[j], self.bank_px[j]).astype(np.float32)
+                    warped = raster.warp(self.bank.crops[j], self.bank_px[j])
+                    acc += w[i, j] * warped.astype(np.float32)
+                    if j == pick:
+                        teeth = warped
+                if pick is not None:
+                    inside = self._interior(raster)
+                    acc[inside] = teeth[inside]
                 base = self.bank.crops[ids[np.argmax(w[i, ids])]]
                 out[k] = np.where(raster.mask[..., None], np.clip(acc + 0.5, 0, 255), base).astype(np.uint8)
 

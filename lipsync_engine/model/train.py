@@ -527,12 +527,14 @@ def _save_mouth_bank(out: Path, data: SpeakerTensors, rows: torch.Tensor, size: 
         idx = rows.numpy()
         lips = np.asarray(data.lips[idx]) if data.in_memory else SpeakerTensors._rows(data.lips, rows).numpy()
         vertices = data.reference_vertices.numpy()[None] + data.deltas[rows].numpy()
-        bank = articulation.MouthBank.build(lips, vertices, cylinder, size)
+        window = articulation.mouth_window(data.reference_vertices.numpy(), cylinder, data.meta["lip_box"])
+        bank = articulation.MouthBank.build(lips, vertices, cylinder, size, window=window)
         with storage.atomic_path(out / MOUTH_BANK) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **bank.to_arrays())
-    with np.load(out / MOUTH_BANK) as z:
-        return {"file": MOUTH_BANK, "size": int(len(z["crops"]))}
+    with np.load(out / MOUTH_BANK) as z:     # a bank of an older run (resumed) keeps its blend
+        neighbours = articulation.BANK_NEIGHBOURS if "teeth" in z else articulation.LEGACY_NEIGHBOURS
+        return {"file": MOUTH_BANK, "size": int(len(z["crops"])), "neighbours": neighbours}
 
 
 def _resume(out: Path, model: LipSync3D, optimizer, gen: torch.Generator, device) -> tuple[int, list, dict]:

@@ -136,6 +136,56 @@ def test_mouth_bank_texture_opens_as_far_as_the_mesh(prepared_demo, monkeypatch)
     assert teeth_fraction(lips[:5], (rows, cols)).shape == (5,)
 
 
+def test_teeth_are_kept_in_the_bank_and_not_blended_away(prepared_demo):
+    """Frames that show teeth are kept in the bank before the lip-shape medoids, their teeth
+    fractions travel with the bank, and a blend in which one crop of three shows teeth draws that
+    crop's teeth whole in the mouth interior (a plain blend thins them below the teeth test);
+    a bank saved without teeth fractions (older models) blends as before, with 3 crops."""
+    import cv2
+
+    from lipsync_engine.face.topology import load_topology
+
+    ds = prepared_demo[0]
+    lips, vertices = np.asarray(ds.lips), np.asarray(ds.vertices, np.float32)
+    rest = np.asarray(ds.reference_vertices, np.float32)
+    cyl, box = ds.cylinder, ds.meta["lip_box"]
+    window = mouth_window(rest, cyl, box)
+    widest = vertices[int(np.argmax(mouth_openness(vertices)))]
+    opened = rest + 1.5 * (widest - rest)
+    px = cyl.project(opened[load_topology().lips_inner]) - np.array([box["col"], box["row"]], np.float32)
+    plain = lips[int(np.argmin(teeth_fraction(lips, window)))].copy()
+    toothy = plain.copy()
+    cv2.fillPoly(toothy, [np.round(px).astype(np.int32)], (250, 248, 240))
+    frac = teeth_fraction(np.stack([plain, toothy]), window)
+    assert frac[0] < articulation.TEETH_MIN_FRACTION <= frac[1], frac
+
+    # the bank: 4 toothy frames among 60 keep their place in a bank of 16
+    crops = lips[:60].copy()
+    crops[[5, 17, 33, 50]] = toothy
+    bank = MouthBank.build(crops, vertices[:60], cyl, size=16, window=window)
+    assert len(bank) == 16 and (bank.teeth > 0.5).sum() == 4, bank.teeth   # (the demo face: others near 0.02)
+    again = MouthBank.from_arrays(bank.to_arrays())
+    np.testing.assert_array_equal(again.teeth, bank.teeth)
+    legacy = MouthBank.from_arrays({k: v for k, v in bank.to_arrays().items() if k != "teeth"})
+    assert legacy.teeth is None and articulation.bank_neighbours({"size": 16}) == 3
+
+    # the render: three crops of one mouth shape whose features lie 0, 1 and 2 steps from the
+    # query's (weights 0.57, 0.35, 0.08); the second shows teeth
+    shapes = np.stack([opened] * 3)
+    feats = articulation.lip_features(shapes, cyl) + np.arange(3, dtype=np.float32)[:, None]
+    three = MouthBank(np.stack([plain, toothy, plain]), shapes, feats,
+                      teeth_fraction(np.stack([plain, toothy, plain]), window).astype(np.float32))
+    picked = MouthRenderer(three, cyl, box).render(opened[None])
+    blended = MouthRenderer(three, cyl, box, teeth_pick=False).render(opened[None])
+    assert MouthRenderer(legacy, cyl, box).teeth is None
+    shown = teeth_fraction(np.concatenate([picked, blended]), window)
+    assert shown[0] >= 0.8 * frac[1] and shown[1] < articulation.TEETH_MIN_FRACTION, (shown, frac)
+    # a bank of one shape (a still video) still blends: finite weights, summing to 1
+    same = MouthBank(three.crops, shapes, articulation.lip_features(shapes, cyl), three.teeth)
+    w = MouthRenderer(same, cyl, box).weights(opened[None], np.array([True]))
+    assert np.isfinite(w).all() and w.sum() == pytest.approx(1.0)
+
+
 @pytest.fixture(scope="module")
 def held_out_model(prepared_demo, tmp_path_factory):
     """A tiny model trained on the first 70% of the demo, validated on the next 15%; the last 15% unseen."""
