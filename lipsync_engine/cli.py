@@ -294,7 +294,8 @@ def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
 
     chosen = {k: v for k, v in (("learning_rate", args.learning_rate), ("geometry_weight", args.geometry_weight),
                                 ("lip_weight", args.lip_weight), ("geometry_epochs", args.geometry_epochs),
-                                ("lookahead_ms", args.lookahead), ("phones", args.phones))
+                                ("lookahead_ms", args.lookahead), ("phones", args.phones),
+                                ("phone_dropout", args.phone_dropout))
               if v is not None}
     options = _options("train", lambda: recipe_options(
         args.recipe, preset=args.preset, epochs=args.epochs, device=args.device, val_fraction=args.val_fraction,
@@ -629,6 +630,9 @@ def build_parser(parser_class: type = _Parser) -> argparse.ArgumentParser:
     st.add_argument("--phones", action=argparse.BooleanOptionalAction, default=None,
                     help="the network also hears the phones PocketSphinx recognises around each frame (default: "
                          "on in the fast recipe, off in the paper's); --no-phones for the spectrogram alone")
+    st.add_argument("--phone-dropout", type=_in_range(float, 0, 0.9), metavar="FRACTION",
+                    help="fraction of the training frames that learn without their phones, so the spectrogram "
+                         "learns too (default: the recipe's)")
     st.add_argument("--mixed-precision", choices=("auto", "off", "bf16", "fp16"), default="auto",
                     help="autocast dtype (default auto: bf16 on CUDA, fp32 on a CPU; bf16 on a CPU is faster but not reproducible)")
     st.set_defaults(func=_cmd_train)

@@ -148,6 +148,8 @@ def test_out_of_range_options_give_one_line_error(tmp_path, capsys):
                           "train:", "geometry_epochs")
     assert_one_line_error(inline("train", tmp_path, "-o", tmp_path / "m", "--val-fraction", "0.7"),
                           "train:", "val_fraction")
+    refused = lipsync("train", str(tmp_path), "-o", str(tmp_path / "m"), "--phone-dropout", "1")  # argparse's
+    assert refused.returncode == 2 and "--phone-dropout: must be >= 0 and <= 0.9" in refused.stderr
     assert_one_line_error(inline("fit", tmp_path, "--smoothness", "-1"), "fit:", "smoothness")
     assert not (tmp_path / "m").exists()
 
