@@ -82,8 +82,9 @@ class TrainOptions:
                                      # less shifts it into the past for `lipsync live` (lookahead.py)
     phones: bool = True              # beyond the paper: the audio code also hears the phones PocketSphinx
                                      # recognises around each frame (prepare/phones.py)
-    phone_dropout: float = 0.0       # beyond the paper: fraction of training frames whose code is made
-                                     # without their phones (the spectrogram alone learns too)
+    phone_dropout: float = 0.25      # beyond the paper: fraction of training frames whose code is made
+                                     # without their phones, so the spectrogram learns too (inner splits of
+                                     # GRID and the anchor, docs/evaluation.md "Phone dropout as the default")
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
