@@ -44,7 +44,7 @@ def stop_choice(val_r: list[float], patience: int = 5) -> int:
     return best
 
 
-def run(speaker: Path, model: Path, phones: bool, seed: int, phone_dropout: float = 0.0,
+def run(speaker: Path, model: Path, phones: bool, seed: int, phone_dropout: float = train.TrainOptions().phone_dropout,
         test_fraction: float = 0.1) -> None:
     curve = []
     fit = train.fit_articulation
@@ -78,20 +78,23 @@ def plot(out: Path, runs: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for run_spec, color in zip(runs, ("tab:red", "tab:blue", "tab:green", "tab:purple")):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    colors = plt.get_cmap("tab10").colors
+    for i, run_spec in enumerate(runs):
         label, model = run_spec.split("=", 1)
         curve = json.loads((Path(model) / "curve.json").read_text())
         epochs = np.arange(1, len(curve) + 1)
         kept = stop_choice([c["val_r"] for c in curve])
-        ax.plot(epochs, [c["test_r"] for c in curve], color=color, label=f"{label}: inner test tail")
-        ax.plot(epochs, [c["val_r"] for c in curve], color=color, ls="--", alpha=0.6, label=f"{label}: validation tail")
-        ax.plot([kept], [curve[kept - 1]["test_r"]], "o", color=color)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mouth-openness r (raw geometry)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.set_title("dots: the epoch the stop rule keeps (chosen on the validation tail)", fontsize=9)
+        style = {"color": colors[i % len(colors)], "ls": ("-", "--")[i // len(colors) % 2]}
+        for ax, key in zip(axes, ("test_r", "val_r")):
+            ax.plot(epochs, [c[key] for c in curve], label=label, **style)
+            ax.plot([kept], [curve[kept - 1][key]], "o", color=style["color"])
+    for ax, what in zip(axes, ("inner test tail", "validation tail")):
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{what} (dots: the epoch the stop rule keeps)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mouth-openness r (raw geometry)")
+    axes[1].legend(fontsize=8)
     fig.savefig(out, dpi=80, bbox_inches="tight")
 
 
@@ -101,7 +104,7 @@ def main(argv: list[str]) -> int:
         def option(name: str, default: float) -> float:
             return float(argv[argv.index(name) + 1]) if name in argv else default
         run(Path(argv[1]), Path(argv[2]), "--no-phones" not in argv, int(option("--seed", 0)),
-            option("--phone-dropout", 0.0), option("--test-fraction", 0.1))
+            option("--phone-dropout", train.TrainOptions().phone_dropout), option("--test-fraction", 0.1))
     elif len(argv) >= 3 and argv[0] == "plot":
         plot(Path(argv[1]), argv[2:])
     else:
