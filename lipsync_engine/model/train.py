@@ -84,7 +84,7 @@ class TrainOptions:
                                      # recognises around each frame (prepare/phones.py)
     phone_dropout: float = 0.25      # beyond the paper: fraction of training frames whose code is made
                                      # without their phones, so the spectrogram learns too (inner splits of
-                                     # GRID and the anchor, docs/evaluation.md "Phone dropout as the default")
+                                     # GRID and the anchor, docs/evaluation.md "Phone dropout 0.25 as the default")
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
