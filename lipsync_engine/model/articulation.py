@@ -353,7 +353,8 @@ class MouthBank:
         teeth = teeth_fraction(lips, window)
         shows = np.flatnonzero(teeth >= TEETH_MIN_FRACTION)
         rest = np.flatnonzero(teeth < TEETH_MIN_FRACTION)
-        shows = shows[_kmeans_medoids(feats[shows], int(size * TEETH_BANK_SHARE), seed)] if len(shows) else shows
+        share = int(size * TEETH_BANK_SHARE)
+        shows = shows[_kmeans_medoids(feats[shows], share, seed)] if len(shows) and share else shows[:0]
         rest = rest[_kmeans_medoids(feats[rest], size - len(shows), seed)] if len(rest) else rest
         keep = np.union1d(shows, rest)
         return cls(np.ascontiguousarray(lips[keep]), vertices[keep], feats[keep], teeth[keep].astype(np.float32))

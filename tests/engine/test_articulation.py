@@ -164,6 +164,7 @@ def test_teeth_are_kept_in_the_bank_and_not_blended_away(prepared_demo):
     crops[[5, 17, 33, 50]] = toothy
     bank = MouthBank.build(crops, vertices[:60], cyl, size=16, window=window)
     assert len(bank) == 16 and (bank.teeth > 0.5).sum() == 4, bank.teeth   # (the demo face: others near 0.02)
+    assert len(MouthBank.build(crops, vertices[:60], cyl, size=1, window=window)) == 1
     again = MouthBank.from_arrays(bank.to_arrays())
     np.testing.assert_array_equal(again.teeth, bank.teeth)
     legacy = MouthBank.from_arrays({k: v for k, v in bank.to_arrays().items() if k != "teeth"})
