@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/rebuild_bank.py MODEL SPEAKER COPY [--neighbours K] [--medoids]
     .venv/bin/lipsync evaluate COPY SPEAKER
 
-The weights, gain and every other file are copied unchanged; mouth_bank.npz is built from the
+COPY must be a new folder. The weights, gain and every other file are copied unchanged; mouth_bank.npz is built from the
 same training frames (the model's split of SPEAKER, which must be the speaker it was trained on)
 and the config's blend is set to K crops. `--medoids` builds the bank of lip-shape medoids alone,
 as before 2026-12-07 (no teeth fractions, so no teeth pick). Compares the texture step's settings
-on the same network: use it on inner splits (benchmarks/inner_split.py), not on reported frames.
+on the same network: choose settings with it on inner splits (benchmarks/inner_split.py); on a
+reported split it only shows what a chosen change does alone.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ def main(argv=None) -> int:
     ap.add_argument("--neighbours", type=int, default=articulation.BANK_NEIGHBOURS)
     ap.add_argument("--medoids", action="store_true", help="the bank of lip-shape medoids alone")
     args = ap.parse_args(argv)
+    if args.copy.exists():      # never replace a folder: it may be the model itself or someone's work
+        print(f"error: {args.copy}: already exists; name a new folder for the copy", file=sys.stderr)
+        return 1
     config = json.loads((args.model / "config.json").read_text())
-    if args.copy.exists():
-        shutil.rmtree(args.copy)
     shutil.copytree(args.model, args.copy, ignore=shutil.ignore_patterns("train_state.pt", "evaluation"))
     ds = open_speaker(args.speaker)
     rows = np.arange(int(config["split"]["train_frames"]))
