@@ -169,7 +169,8 @@ def articulation_metrics(pred_vertices: np.ndarray, true_vertices: np.ndarray, p
 
     amplitude_ratio / speed_ratio of the mesh's mouth openness; sharpness_ratio (mean lip-crop
     gradient energy over the truth's); teeth_recall (of the frames whose true crop shows teeth,
-    the fraction whose predicted crop shows teeth inside the predicted inner lips) and the
+    the fraction whose predicted crop shows teeth in the mouth window), teeth_false (of the
+    frames whose true crop shows none, the fraction whose predicted crop shows teeth) and the
     fractions of frames with teeth in each.
     """
     po, to = mouth_openness(pred_vertices), mouth_openness(true_vertices)
@@ -181,7 +182,8 @@ def articulation_metrics(pred_vertices: np.ndarray, true_vertices: np.ndarray, p
             "sharpness_ratio": float(ps.mean() / max(ts.mean(), 1e-12)),
             "teeth_frames_true": float(tt.mean()) if len(tt) else float("nan"),
             "teeth_frames_pred": float(pt.mean()) if len(pt) else float("nan"),
-            "teeth_recall": float(pt[tt].mean()) if tt.any() else float("nan")}
+            "teeth_recall": float(pt[tt].mean()) if tt.any() else float("nan"),
+            "teeth_false": float(pt[~tt].mean()) if (~tt).any() else float("nan")}
 
 
 # ----------------------------------------------------------------------------- articulation gain

@@ -85,6 +85,9 @@ class TrainOptions:
     phone_dropout: float = 0.25      # beyond the paper: fraction of training frames whose code is made
                                      # without their phones, so the spectrogram learns too (inner splits of
                                      # GRID and the anchor, docs/evaluation.md "Phone dropout 0.25 as the default")
+    weight_average: float = 4.0      # beyond the paper: the geometry kept, judged and saved is a running average
+                                     # of its weights over about the last tenth of the steps, at most this many
+                                     # epochs of them (GeometryAverage; 0 = off: the last step's weights)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -107,6 +110,8 @@ class TrainOptions:
             raise ValueError(f"phone_dropout must be in [0, 1), got {self.phone_dropout}")
         if self.geometry_epochs < 0:
             raise ValueError(f"geometry_epochs must be >= 0, got {self.geometry_epochs}")
+        if not (math.isfinite(self.weight_average) and self.weight_average >= 0):
+            raise ValueError(f"weight_average must be a number of epochs >= 0, got {self.weight_average}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.mixed_precision not in PRECISIONS:
@@ -131,7 +136,7 @@ class TrainResult:
 RECIPES = {
     "fast": {},
     "paper": {"learning_rate": 1e-4, "geometry_weight": 3.0, "lip_weight": 0.0, "geometry_patience": 0,
-              "phones": False},
+              "phones": False, "weight_average": 0.0},
 }
 
 
@@ -341,8 +346,10 @@ def _loss_text(sums: dict, count: int) -> str:
     return f"loss {sums['total'] / count:.4f} ({parts})"
 
 
-def _epoch(model, optimizer, data, idx, spec_scale, options, gen, device, train, tick, amp=None) -> dict:
-    """One pass over idx; returns the mean of every loss term over its frames."""
+def _epoch(model, optimizer, data, idx, spec_scale, options, gen, device, train, tick, amp=None,
+           on_step=None) -> dict:
+    """One pass over idx; returns the mean of every loss term over its frames. on_step() after
+    every optimizer step."""
     model.train(train)
     order = idx[torch.randperm(len(idx), generator=gen)] if train else idx
     sums, count = {}, 0
@@ -357,6 +364,8 @@ def _epoch(model, optimizer, data, idx, spec_scale, options, gen, device, train,
             if options.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
             optimizer.step()
+            if on_step is not None:
+                on_step()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(sel)
         count += len(sel)
@@ -397,6 +406,59 @@ def _freeze_geometry(model: LipSync3D, options: TrainOptions, epoch: int, stoppe
     for name in GEOMETRY_PARTS:
         getattr(model, name).requires_grad_(not frozen)
     return frozen
+
+
+class GeometryAverage:
+    """A running (exponential) average of the geometry parts' weights (GEOMETRY_PARTS), updated
+    after every step while they learn: what is judged on the validation tail, kept by the stop
+    and saved is the average, while training goes on from the last step's weights.
+
+    The decay of step t is min((1 + t) / (10 + t), 1 - 1 / (epochs * steps_per_epoch)): early on
+    the average forgets fast, later it spans about the last tenth of the steps, at most `epochs`
+    epochs of them. Epoch to epoch the last step's geometry wanders (on GRID's inner split the
+    validation r by 0.02-0.04 and with it the articulation gain between 1.1 and 1.7); the average
+    does not, and held-out LMD and r are better at the epoch the stop keeps (docs/evaluation.md,
+    "Averaged weights").
+    """
+
+    def __init__(self, model: LipSync3D, epochs: float, steps_per_epoch: int):
+        self.params = [p for name in GEOMETRY_PARTS for p in getattr(model, name).parameters()]
+        self.names = [f"{name}.{k}" for name in GEOMETRY_PARTS for k, _ in getattr(model, name).named_parameters()]
+        self.cap = 1.0 - 1.0 / max(1.0, epochs * steps_per_epoch)
+        self.average = [p.detach().clone() for p in self.params]
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        decay = min((1 + self.steps) / (10 + self.steps), self.cap)
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - decay)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange the model's geometry weights and the average (twice: as before)."""
+        for p, a in zip(self.params, self.average):
+            held = p.detach().clone()
+            p.copy_(a)
+            a.copy_(held)
+
+    def state(self) -> dict:
+        """What a resumed run needs, taken while the average is in the model (the other weights)."""
+        return {"average_other": {n: a.detach().cpu().clone() for n, a in zip(self.names, self.average)},
+                "average_steps": torch.tensor(self.steps)}
+
+    def restore(self, state: dict) -> bool:
+        """After the model was loaded with a checkpoint (the average in it): put the last step's
+        weights back into the model and the average aside. False when `state` has none."""
+        other = state.get("average_other")
+        if not other or set(other) != set(self.names):
+            return False
+        with torch.no_grad():
+            for n, a in zip(self.names, self.average):
+                a.copy_(other[n])
+        self.steps = int(state.get("average_steps", 0))
+        self.swap()
+        return True
 
 
 def _geometry_state(model: LipSync3D) -> dict:
@@ -559,6 +621,7 @@ def _resume(out: Path, model: LipSync3D, optimizer, gen: torch.Generator, device
     stop = {k: state[k] for k in ("best", "best_loss", "since", "stopped") if k in state}
     convert = {"best_loss": float, "since": int, "stopped": bool, "best": lambda v: {n: t.cpu() for n, t in v.items()}}
     config["_early_stop"] = {k: convert[k](v) for k, v in stop.items()}
+    config["_average"] = {k: state[k] for k in ("average_other", "average_steps") if k in state}
     if "generator" in state:
         gen.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch"].cpu())
@@ -582,6 +645,7 @@ class _RunState:
     history: list = field(default_factory=list)     # one dict per epoch done
     model_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     stop: dict = field(default_factory=dict)        # the geometry's early stop (_early_stop)
+    average: dict = field(default_factory=dict)     # a resumed GeometryAverage's state
 
 
 def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bool, dims,
@@ -613,15 +677,15 @@ def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bo
     model = LipSync3D(dims).to(device, memory_format=_memory_format(device))
     model.geometry.init_from_pca(data.deltas[train_idx])
     optimizer = _optimizer(model, options)
-    start, history, spec_scale, stop = 0, [], None, {}
+    start, history, spec_scale, stop, average = 0, [], None, {}, {}
     if resuming:
         start, history, config = _resume(out, model, optimizer, gen, device)
-        stop = config.pop("_early_stop", {})
+        stop, average = config.pop("_early_stop", {}), config.pop("_average", {})
         model_id, spec_scale = config.get("model_id", model_id), config["spectrogram_scale"]
     if spec_scale is None:
         spec_scale = spectrogram_scale(data, train_idx)
     return _RunState(data, train_idx, val_idx, gen, device, dims, model, optimizer, spec_scale, start, history,
-                     model_id, stop)
+                     model_id, stop, average)
 
 
 def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: TrainOptions = TrainOptions(),
@@ -666,11 +730,19 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
     # every frame a developer may look at: the speaker's amplitude (fixed: computed once)
     speaker = speaker_articulation(data, train_idx, torch.cat([train_idx, val_idx]))
     fixed = None    # (centre, art) of a frozen geometry: later epochs train only the texture and keep them
+    average = None
+    if options.weight_average > 0 and not stop.get("stopped"):
+        average = GeometryAverage(r.model, options.weight_average, math.ceil(len(train_idx) / options.batch_size))
+        if r.start and not average.restore(r.average):
+            average = None      # resumed from a state without one: the last step's weights, as it began
     for epoch in range(r.start, options.epochs):
         _set_learning_rate(r.optimizer, options, epoch)
         frozen = _freeze_geometry(r.model, options, epoch, bool(stop.get("stopped")))
+        averaging = average is not None and not frozen
         tr = _epoch(r.model, r.optimizer, data, train_idx, r.spec_scale, options, r.gen, r.device,
-                    True, tick, amp)
+                    True, tick, amp, average.step if averaging else None)
+        if averaging:
+            average.swap()      # the average is judged, kept and saved; the last step's weights go on training
         va = _epoch(r.model, r.optimizer, data, val_idx, r.spec_scale, options, r.gen, r.device,
                     False, lambda n, t: tick(n, t, "held-out "), amp) if len(val_idx) else None
         history.append({"epoch": epoch + 1, "train": tr["total"], "val": va["total"] if va else None,
@@ -691,12 +763,17 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
             centre = articulation_centre(r.model, data, train_idx, r.spec_scale, r.device, speaker)
             art = fit_articulation(r.model, data, val_idx, r.spec_scale, r.device, centre, speaker)
         fixed = (centre, art) if frozen else None
+        # the geometry learns on next epoch: the last step's weights go back into the model after saving
+        goes_on = averaging and not stop.get("stopped") and not 0 < options.geometry_epochs <= epoch + 1
         config = _config(r.dims, options, data, r.spec_scale, epoch + 1, history, speaker_dir, r.model_id,
                          len(train_idx), len(val_idx), art)
         config["mouth_bank"] = bank
         save_checkpoint(out, r.model, r.optimizer, config, data.reference_vertices, data.reference_lips,
-                        {"generator": r.gen.get_state(), "torch": torch.get_rng_state(), **stop},
+                        {"generator": r.gen.get_state(), "torch": torch.get_rng_state(), **stop,
+                         **(average.state() if goes_on else {})},
                         {**centre, "face_shape": face_shape})
+        if goes_on:
+            average.swap()
         if epoch + 1 == options.epochs or time.perf_counter() - plotted >= PLOT_EVERY_S:
             _plot(out / CURVE, history)         # 0.3 s a drawing: at most every PLOT_EVERY_S, and at the end
             plotted = time.perf_counter()

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from lipsync_engine.core.errors import Cancelled, EngineError
-from lipsync_engine.model.network import ModelDimensions
+from lipsync_engine.model.network import LipSync3D, ModelDimensions
 from lipsync_engine.core.progress import CancelToken
 from lipsync_engine.model.checkpoint import load_model
 from lipsync_engine.model.losses import ssim
-from lipsync_engine.model.train import RECIPES, TrainOptions, recipe_options, train_speaker
+from lipsync_engine.model.train import (GEOMETRY_PARTS, RECIPES, GeometryAverage, TrainOptions, recipe_options,
+                                        train_speaker)
+from safetensors.torch import load_file
 from lipsync_engine.prepare.phones import speaker_phones
 
 pytestmark = pytest.mark.slow
@@ -78,6 +80,10 @@ def test_resume_continues_at_the_same_step_with_the_same_loss(prepared_demo, tmp
     assert [h["train"] for h in b] == pytest.approx([h["train"] for h in a], rel=1e-5)
     assert [h["val"] for h in b] == pytest.approx([h["val"] for h in a], rel=1e-5)
     assert result.train_loss == pytest.approx(straight.train_loss, rel=1e-5)
+    # the saved geometry is the weight average (GeometryAverage), resumed with the last step's weights beside it
+    wa, wb = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    for k in (k for k in wa if k.startswith("model.geometry.")):
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
     assert "loss" in steps[-1].message and "tex" in steps[-1].message  # the bar shows running losses
 
 
@@ -212,10 +218,49 @@ def test_recipes():
     paper = recipe_options("paper", epochs=500)
     assert (paper.learning_rate, paper.geometry_weight, paper.lip_weight, paper.blendshape_weight) == (1e-4, 3.0, 0.0, 0.3)
     assert paper == TrainOptions(epochs=500, learning_rate=1e-4, geometry_weight=3.0, lip_weight=0.0,
-                                 geometry_patience=0, phones=False)     # as published: the spectrogram alone
+                                 geometry_patience=0, phones=False,    # as published: the spectrogram alone,
+                                 weight_average=0.0)                    # the last step's weights
     assert recipe_options("fast") == TrainOptions()              # one default: Python, the CLI and the add-on
     fast = recipe_options("fast", learning_rate=5e-4)
     assert (fast.learning_rate, fast.geometry_weight, fast.lip_weight) == (5e-4, 30.0, 10.0)
     assert set(RECIPES) == {"paper", "fast"}
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe_options("slow")
+
+
+def test_geometry_average_follows_its_decay_and_swaps_back():
+    """GeometryAverage: decay min((1 + t) / (10 + t), 1 - 1 / (epochs * steps)); swap() exchanges the
+    model's geometry weights and the average, twice gives them back; the texture is not averaged."""
+    model = LipSync3D(TINY)
+    geo = [p for name in GEOMETRY_PARTS for p in getattr(model, name).parameters()]
+    with torch.no_grad():
+        for p in geo:
+            p.zero_()
+    texture_before = [p.detach().clone() for p in model.texture.parameters()]
+    avg = GeometryAverage(model, epochs=0.5, steps_per_epoch=10)        # cap: 1 - 1/5 = 0.8
+    expected = 0.0
+    for t in range(1, 9):
+        with torch.no_grad():
+            for p in geo:
+                p.fill_(float(t))
+        avg.step()
+        decay = min((1 + t) / (10 + t), 0.8)
+        expected = decay * expected + (1 - decay) * t
+    assert expected == pytest.approx(7.10, abs=0.01) and avg.steps == 8     # lags the last step (8) by a little
+    assert all(torch.allclose(a, torch.full_like(a, expected)) for a in avg.average)
+    avg.swap()
+    assert all(torch.allclose(p, torch.full_like(p, expected)) for p in geo)
+    assert all(torch.equal(a, torch.full_like(a, 8.0)) for a in avg.average)
+    state = avg.state()                  # taken while the average is in the model, as train saves it
+    # a resumed run: the model loaded with the average, the last step's weights from the state
+    other = LipSync3D(TINY)
+    other.load_state_dict(model.state_dict())
+    again = GeometryAverage(other, epochs=0.5, steps_per_epoch=10)
+    assert again.restore(state) and again.steps == 8
+    assert all(torch.equal(p, torch.full_like(p, 8.0)) for name in GEOMETRY_PARTS
+               for p in getattr(other, name).parameters())
+    assert all(torch.allclose(a, torch.full_like(a, expected)) for a in again.average)
+    avg.swap()
+    assert all(torch.equal(p, torch.full_like(p, 8.0)) for p in geo)
+    assert all(torch.equal(a, b) for a, b in zip(texture_before, model.texture.parameters()))
+    assert not again.restore({})
