@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from lipsync_engine.apps.evaluate import landmark_distance, landmark_pixels  # noqa: E402
 from lipsync_engine.face.geometry import CylinderMap  # noqa: E402
 from lipsync_engine.model import articulation, train  # noqa: E402
+from lipsync_engine.prepare import dataset  # noqa: E402
 from lipsync_engine.prepare.normalize import mouth_openness  # noqa: E402
 
 
@@ -56,32 +57,6 @@ def stop_choice(val_r: list[float], patience: int = 5) -> int:
     return best
 
 
-class WeightAverages:
-    """Exponential moving averages of the geometry parts' weights (train.GEOMETRY_PARTS), one per
-    horizon in epochs, updated after every optimizer step; swap() puts one into the model."""
-
-    def __init__(self, model, horizons: list[float], steps_per_epoch: int):
-        self.params = [p for name in train.GEOMETRY_PARTS for p in getattr(model, name).parameters()]
-        self.decay = {h: 1.0 - 1.0 / max(1.0, h * steps_per_epoch) for h in horizons}
-        self.avg = {h: [p.detach().clone() for p in self.params] for h in horizons}
-        self.steps = 0
-
-    def step(self, *_args) -> None:
-        self.steps += 1
-        with torch.no_grad():
-            for h, avg in self.avg.items():
-                decay = min(self.decay[h], (1 + self.steps) / (10 + self.steps))   # warm-up: early steps count more
-                torch._foreach_lerp_(avg, [p.detach() for p in self.params], 1.0 - decay)
-
-    def swap(self, h: float) -> None:
-        """Exchange the model's geometry weights with average h (call twice to put them back)."""
-        with torch.no_grad():
-            for p, a in zip(self.params, self.avg[h]):
-                tmp = p.detach().clone()
-                p.copy_(a)
-                a.copy_(tmp)
-
-
 def run(speaker: Path, model: Path, phones: bool, seed: int, phone_dropout: float = train.TrainOptions().phone_dropout,
         test_fraction: float = 0.1, horizons: list[float] = (),
         weight_average: float = train.TrainOptions().weight_average) -> None:
@@ -92,8 +67,9 @@ def run(speaker: Path, model: Path, phones: bool, seed: int, phone_dropout: floa
     def optimizer_with_averages(net, options):
         opt = make_optimizer(net, options)
         n_train = int(round(averages["frames"] * (1 - options.val_fraction - options.test_fraction)))
-        averages["w"] = WeightAverages(net, list(horizons), max(1, math.ceil(n_train / options.batch_size)))
-        opt.register_step_post_hook(averages["w"].step)
+        steps = max(1, math.ceil(n_train / options.batch_size))
+        averages["w"] = {h: train.GeometryAverage(net, h, steps) for h in horizons}    # the trainer's own average
+        opt.register_step_post_hook(lambda *_: [a.step() for a in averages["w"].values()])
         return opt
 
     def measure(net, data, rows, spec_scale, device, speaker_art, centre=None) -> dict:
@@ -119,9 +95,9 @@ def run(speaker: Path, model: Path, phones: bool, seed: int, phone_dropout: floa
         row, result = measure(net, data, rows, spec_scale, device, speaker_art, centre)
         row["average"] = {}
         for h in horizons:
-            averages["w"].swap(h)
+            averages["w"][h].swap()
             row["average"][str(h)] = measure(net, data, rows, spec_scale, device, speaker_art)[0]
-            averages["w"].swap(h)
+            averages["w"][h].swap()
         curve.append(row)
         text = "; ".join(f"avg {h}: r {a['val_r']:.3f}/{a['test_r']:.3f} lmd {a['test_lmd']:.3f}"
                          for h, a in row["average"].items())
@@ -129,7 +105,6 @@ def run(speaker: Path, model: Path, phones: bool, seed: int, phone_dropout: floa
               f" test lmd {row['test_lmd']:.3f} amp {row['test_amp']:.2f}; {text}", flush=True)
         return result
 
-    from lipsync_engine.prepare import dataset
     averages["frames"] = int(json.loads((speaker / dataset.META).read_text()).get("frames", 0)) or \
         len(np.load(speaker / "frame_index.npy", mmap_mode="r"))
     train.fit_articulation = fit_and_measure
