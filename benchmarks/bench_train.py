@@ -22,10 +22,11 @@ Usage:
       the texture decoder's last layer (bilinear 2x upsampling, then the 5x5 convolution to 3
       channels) forward and backward: network.UpsampledConv2d against nn.Upsample + nn.Conv2d;
   .venv/bin/python benchmarks/bench_train.py throughput SPEAKER_DIR [--epochs 3] [--precision auto off bf16]
-      [--profile]
+      [--geometry-epochs N] [--profile]
       `lipsync train`'s default recipe end to end (data, steps, held-out tail, checkpoints), frames
-      per second per mixed-precision setting; --profile adds the torch profiler's table of one
-      training step at batch 32 (where the time goes).
+      per second and seconds per epoch per mixed-precision setting (with --geometry-epochs N the
+      epochs after the N-th train the texture alone, as after the stop); --profile adds the torch
+      profiler's table of one training step at batch 32 (where the time goes).
 
 Every run prints the load average, since the machine's 2 cores are shared.
 """
@@ -256,24 +257,41 @@ def throughput(args) -> None:
     import shutil
     import tempfile
 
-    from lipsync_engine.model.train import TrainOptions, autocast_dtype, train_speaker
+    from lipsync_engine.model.train import TrainOptions, train_speaker
 
     for precision in args.precision:
-        options = TrainOptions(epochs=args.epochs, test_fraction=args.test_fraction, mixed_precision=precision)
-        dtype = autocast_dtype(precision, torch.device("cpu"))
+        options = TrainOptions(epochs=args.epochs, test_fraction=args.test_fraction, mixed_precision=precision,
+                               geometry_epochs=args.geometry_epochs)
+        dtype = _precision_text(precision)
+        marks = {}           # epoch -> when its first step was reported
         out = Path(tempfile.mkdtemp(prefix="bench_train_"))
         try:
             frames = {"n": 0}
             t0 = time.perf_counter()
-            train_speaker(args.speaker, out / "model", options,
-                          on_progress=lambda p: frames.__setitem__("n", p.done))
+            def note(p):
+                frames["n"] = p.done
+                if p.stage == "train":
+                    marks.setdefault(p.message.split()[1], time.perf_counter())
+            train_speaker(args.speaker, out / "model", options, on_progress=note)
             dt = time.perf_counter() - t0
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        print(f"precision {precision} ({dtype or 'fp32'}): {args.epochs} epochs, {frames['n']} frames (training + "
+        print(f"precision {precision} ({dtype}): {args.epochs} epochs, {frames['n']} frames (training + "
               f"held-out tail) in {dt:.1f} s = {frames['n'] / dt:.1f} frames/s end to end  [{_load()}]", flush=True)
+        ends = sorted(marks.values())[1:] + [t0 + dt]
+        print("  seconds per epoch (from its first step to the next's):",
+              " ".join(f"{b - a:.1f}" for a, b in zip(sorted(marks.values()), ends)), flush=True)
     if args.profile:
         _profile_step(args.batch)
+
+
+def _precision_text(precision: str) -> str:
+    """What a TrainOptions.mixed_precision runs as on this CPU, e.g. 'fp32, texture path bf16'."""
+    from lipsync_engine.model.train import autocast_dtype, texture_autocast_dtype
+
+    cpu = torch.device("cpu")
+    whole, texture = autocast_dtype(precision, cpu), texture_autocast_dtype(precision, cpu, True)
+    return str(whole or "fp32") + (f", texture path {texture} once the geometry is frozen" if texture else "")
 
 
 def _profile_step(batch: int) -> None:
@@ -281,7 +299,7 @@ def _profile_step(batch: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from lipsync_engine.model.network import preset_dimensions
-    from lipsync_engine.model.train import autocast_dtype
+    from lipsync_engine.model.train import autocast_dtype, texture_autocast_dtype
 
     spec, prev, lips, deltas = _made_up_batch(batch)
     deltas = deltas * 0.1
@@ -289,10 +307,11 @@ def _profile_step(batch: int) -> None:
     model = LipSync3D(preset_dimensions("cpu")).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     amp = autocast_dtype("auto", torch.device("cpu"))
+    texture = texture_autocast_dtype("auto", torch.device("cpu"), False)      # a step while the geometry learns
 
     def step():
         with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-            out = model(spec, prev)
+            out = model(spec, prev, texture_dtype=texture)
         pred = (out["atlas_delta"].float() + reference).clamp(-1, 1)
         loss = 1 - ssim((pred + 1) / 2, (lips + 1) / 2) + 30 * (out["vertex_deltas"].float() - deltas).square().mean()
         opt.zero_grad(set_to_none=True)
@@ -303,7 +322,7 @@ def _profile_step(batch: int) -> None:
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(5):
             step()
-    print(f"# one training step, cpu preset, batch {batch}, mixed precision auto ({amp or 'fp32'}), 5 steps:")
+    print(f"# one training step, cpu preset, batch {batch}, mixed precision auto ({_precision_text('auto')}), 5 steps:")
     print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=15,
                                                              max_name_column_width=28, max_shapes_column_width=60))
 
@@ -360,7 +379,10 @@ def main() -> None:
     t.add_argument("speaker")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--test-fraction", type=float, default=0.2)
-    t.add_argument("--precision", nargs="+", default=["auto"], help="mixed-precision settings to compare")
+    t.add_argument("--precision", nargs="+", default=["auto"], help="mixed-precision settings to compare "
+                   "(repeat them to interleave: off auto off auto)")
+    t.add_argument("--geometry-epochs", type=int, default=0, help="freeze the geometry after N epochs, so the "
+                   "later ones train the texture alone (0: the stop rule decides, as train does)")
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--profile", action="store_true", help="also print the profiler's table of one step")
     args = ap.parse_args()

@@ -523,7 +523,8 @@ def _cmd_cartoon(args, reporter: Reporter, cancel: CancelToken) -> None:
 def _cmd_evaluate(args, reporter: Reporter, cancel: CancelToken) -> None:
     from .apps.evaluate import EvaluateOptions, evaluate_model
 
-    r = evaluate_model(args.model, args.held_out, args.output, EvaluateOptions(device=args.device), reporter, cancel)
+    r = evaluate_model(args.model, args.held_out, args.output, EvaluateOptions(device=args.device, texture=args.texture),
+                       reporter, cancel)
     reporter.close()
     lines = [f"{'method':<10} {'LMD px':>7} {'lip SSIM':>8} {'atlas SSIM':>10} {'open r':>7} {'jitter':>7} {'bs MAE':>7}"
              f" {'amp':>5} {'speed':>5} {'tx amp':>6} {'tx spd':>6} {'sharp':>5} {'teeth':>5}"]
@@ -634,7 +635,9 @@ def build_parser(parser_class: type = _Parser) -> argparse.ArgumentParser:
                     help="fraction of the training frames that learn without their phones, so the spectrogram "
                          "learns too (default: the recipe's)")
     st.add_argument("--mixed-precision", choices=("auto", "off", "bf16", "fp16"), default="auto",
-                    help="autocast dtype (default auto: bf16 on CUDA, fp32 on a CPU; bf16 on a CPU is faster but not reproducible)")
+                    help="autocast dtype (default auto: bf16 on CUDA; on a CPU fp32, with the texture decoder and atlas "
+                         "encoder in bf16 once the geometry is frozen, where the CPU has bf16 in hardware; bf16 "
+                         "throughout is faster but not reproducible)")
     st.set_defaults(func=_cmd_train)
 
     se = sub.add_parser("export", help="write a speaker's fitted coefficients for other tools")
@@ -728,6 +731,9 @@ def build_parser(parser_class: type = _Parser) -> argparse.ArgumentParser:
                     "used), another speaker directory in its space, or held-out videos of the same speaker")
     sv.add_argument("-o", "--output", type=Path, help="folder for evaluation.json and plots (default MODEL/evaluation)")
     sv.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
+    sv.add_argument("--texture", choices=("auto", "bank", "network"), default="auto",
+                    help="the model's lip crops: from its mouth bank, as predict does (auto, bank), or from the "
+                         "texture decoder (network)")
     sv.set_defaults(func=_cmd_evaluate)
     sr = sub.add_parser("serve", help="answer many requests in one process: one JSON object per line on stdin "
                         "(docs/predict.md)")

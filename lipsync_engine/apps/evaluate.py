@@ -70,10 +70,14 @@ class EvaluateOptions:
     batch_frames: int = 128      # frames per SSIM / retrieval block
     samples: int = 4             # held-out frames shown side by side in atlases.png
     write_plots: bool = True     # openness.png and atlases.png
+    texture: str = "auto"        # the model's lip crops: "auto" (the mouth bank where the model has one, as
+                                 # `lipsync predict` does), "bank", or "network" (the texture decoder)
 
     def __post_init__(self) -> None:
         if self.batch_frames < 1 or self.samples < 1:
             raise ValueError("batch_frames and samples must be >= 1")
+        if self.texture not in ("auto", "bank", "network"):
+            raise ValueError(f"texture must be auto, bank or network, got {self.texture!r}")
 
 
 @dataclass(frozen=True)
@@ -575,7 +579,7 @@ def _predict_all(model_dir: Path, train: _Frames, test: _Frames, options: Evalua
     phones = speaker_phones(test.ds.path, lookahead, rows=test.rows)[test.rows] \
         if config["dims"].get("phone_context") else None     # only the held-out takes are recognised
     preds = {"model": model_prediction(model_dir, model_spec, test.breaks, options.device, cancel, tick,
-                                       phones=phones),
+                                       texture=options.texture, phones=phones),
              "static": static_baseline(train, len(spec)), "envelope": envelope_baseline(train, spec),
              "retrieval": retrieval_baseline(train, spec, options.batch_frames)}
     tick(len(spec), "baselines")

@@ -8,7 +8,9 @@ loop with a contiguous held-out tail, mixed precision where it helps, checkpoint
 that --resume continues exactly) and the loss curve. Must not: predict from new audio
 (inference is its own stage), score held-out data (evaluate.py) or touch Blender.
 
-Mixed precision: bf16 autocast by default ("auto") on CUDA, fp32 on a CPU (autocast_dtype);
+Mixed precision: bf16 autocast by default ("auto") on CUDA; on a CPU fp32, with the atlas
+encoder and texture decoder alone in bf16 once the geometry is frozen, where the CPU has bf16 in
+hardware (texture_autocast_dtype);
 benchmarks/bench_train.py measures bf16 against fp32 (docs/benchmarks.md).
 """
 
@@ -147,12 +149,37 @@ def recipe_options(name: str, **overrides) -> TrainOptions:
     return TrainOptions(**{**RECIPES[name], **overrides})
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a TrainOptions.mixed_precision on a device, or None for fp32.
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 autocast
+    is emulated and slower than fp32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
-    "auto": bf16 on CUDA, fp32 on a CPU. bf16 autocast on a CPU with bf16 in hardware trains 1.2x
-    faster here, but its convolution gradients differ from run to run (the same seed does not give
-    the same weights, so --resume would not continue exactly): it is opt-in (docs/benchmarks.md)."""
+
+def texture_autocast_dtype(precision: str, device: torch.device, geometry_frozen: bool) -> torch.dtype | None:
+    """The dtype the atlas encoder and texture decoder alone are autocast to, or None.
+
+    "auto" on a CPU with bf16 in hardware (cpu_has_bf16), once the geometry is frozen: bf16,
+    1.3x faster a step; the rest of the network stays fp32. Whole-network bf16 autocast ("bf16")
+    is 1.2x faster but one audio convolution's bf16 weight gradient differs from run to run (the
+    same seed would not give the same weights, and --resume would not continue exactly); the
+    texture path's do not (tests/engine/test_train.py). While the geometry learns the texture
+    path stays fp32: its bf16 gradient reaches the shared audio encoder, and on GRID's inner
+    split that cost openness r and LMD (0.778 -> 0.762 and 1.068 -> 1.104 px over two seeds;
+    docs/evaluation.md, "The texture path in bf16 once the geometry is frozen"). So the geometry
+    is the fp32 run's bit for bit, and what the bf16 epochs train is read only by --texture
+    network (the mouth bank shapes the default lips)."""
+    if precision == "auto" and geometry_frozen and device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the whole network for a TrainOptions.mixed_precision on a device, or
+    None for fp32. "auto": bf16 on CUDA; fp32 on a CPU, where the texture path alone may run bf16
+    after the geometry froze (texture_autocast_dtype). "bf16" on a CPU is opt-in (not
+    reproducible run to run)."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if precision == "fp16" and device.type != "cuda":
@@ -229,9 +256,12 @@ def _vertex_weights(lip_weight: float) -> torch.Tensor:
     return w
 
 
-def _losses(model, batch: dict, data: SpeakerTensors, options: TrainOptions, device, amp=None) -> dict:
+def _losses(model, batch: dict, data: SpeakerTensors, options: TrainOptions, device, amp=None,
+            texture_amp=None) -> dict:
+    """amp : the whole network's autocast dtype (autocast_dtype); texture_amp : the texture path's
+    alone (texture_autocast_dtype)."""
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        out = model(batch["spec"], batch["prev"], batch["phones"], batch.get("phone_keep"))
+        out = model(batch["spec"], batch["prev"], batch["phones"], batch.get("phone_keep"), texture_amp)
     out = {k: v.float() for k, v in out.items()}  # the losses in fp32
     # the delta first: the sum takes its layout (channels-last on a CPU), not the reference's (3, H, W)
     pred = (out["atlas_delta"] + data.reference_lips.to(device)).clamp(-1, 1)
@@ -347,9 +377,9 @@ def _loss_text(sums: dict, count: int) -> str:
 
 
 def _epoch(model, optimizer, data, idx, spec_scale, options, gen, device, train, tick, amp=None,
-           on_step=None) -> dict:
+           on_step=None, texture_amp=None) -> dict:
     """One pass over idx; returns the mean of every loss term over its frames. on_step() after
-    every optimizer step."""
+    every optimizer step; amp and texture_amp as _losses'."""
     model.train(train)
     order = idx[torch.randperm(len(idx), generator=gen)] if train else idx
     sums, count = {}, 0
@@ -357,7 +387,7 @@ def _epoch(model, optimizer, data, idx, spec_scale, options, gen, device, train,
         sel = order[s:s + options.batch_size]
         with torch.set_grad_enabled(train):
             losses = _losses(model, _batch(data, sel, spec_scale, options, gen, device, train), data, options,
-                             device, amp)
+                             device, amp, texture_amp)
         if train:
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
@@ -740,12 +770,13 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
         _set_learning_rate(r.optimizer, options, epoch)
         frozen = _freeze_geometry(r.model, options, epoch, bool(stop.get("stopped")))
         averaging = average is not None and not frozen
+        texture_amp = None if amp is not None else texture_autocast_dtype(options.mixed_precision, r.device, frozen)
         tr = _epoch(r.model, r.optimizer, data, train_idx, r.spec_scale, options, r.gen, r.device,
-                    True, tick, amp, average.step if averaging else None)
+                    True, tick, amp, average.step if averaging else None, texture_amp)
         if averaging:
             average.swap()      # the average is judged, kept and saved; the last step's weights go on training
         va = _epoch(r.model, r.optimizer, data, val_idx, r.spec_scale, options, r.gen, r.device,
-                    False, lambda n, t: tick(n, t, "held-out "), amp) if len(val_idx) else None
+                    False, lambda n, t: tick(n, t, "held-out "), amp, texture_amp=texture_amp) if len(val_idx) else None
         history.append({"epoch": epoch + 1, "train": tr["total"], "val": va["total"] if va else None,
                         "train_terms": {k: v for k, v in tr.items() if k != "total"},
                         "val_terms": {k: v for k, v in va.items() if k != "total"} if va else None})

@@ -201,6 +201,14 @@ def test_cli_evaluate(trained_demo, tmp_path, capsys):
     assert main(["evaluate", str(model_dir), str(ds.path), "-o", str(tmp_path / "ev")]) == 0
     printed = capsys.readouterr().out
     assert "retrieval" in printed and "LMD px" in printed and (tmp_path / "ev" / "evaluation.json").is_file()
+    # the texture decoder's crops instead of the mouth bank's: the same mesh, other lips
+    assert main(["evaluate", str(model_dir), str(ds.path), "-o", str(tmp_path / "net"), "--texture", "network"]) == 0
+    bank, net = (json.loads((tmp_path / d / "evaluation.json").read_text()) for d in ("ev", "net"))
+    assert net["options"]["texture"] == "network" and bank["options"]["texture"] == "auto"
+    assert net["metrics"]["model"]["lmd_px"] == pytest.approx(bank["metrics"]["model"]["lmd_px"], abs=1e-9)
+    assert abs(net["metrics"]["model"]["lip_ssim"] - bank["metrics"]["model"]["lip_ssim"]) > 1e-4
+    assert net["metrics"]["retrieval"] == bank["metrics"]["retrieval"]
+    capsys.readouterr()
     assert main(["evaluate", str(tmp_path), str(ds.path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "not a LipSync3D model" in err[0]

@@ -13,8 +13,8 @@ from lipsync_engine.model.network import LipSync3D, ModelDimensions
 from lipsync_engine.core.progress import CancelToken
 from lipsync_engine.model.checkpoint import load_model
 from lipsync_engine.model.losses import ssim
-from lipsync_engine.model.train import (GEOMETRY_PARTS, RECIPES, GeometryAverage, TrainOptions, recipe_options,
-                                        train_speaker)
+from lipsync_engine.model.train import (GEOMETRY_PARTS, RECIPES, GeometryAverage, TrainOptions, autocast_dtype,
+                                        cpu_has_bf16, recipe_options, texture_autocast_dtype, train_speaker)
 from safetensors.torch import load_file
 from lipsync_engine.prepare.phones import speaker_phones
 
@@ -108,6 +108,40 @@ def test_geometry_epochs_freeze_the_audio_path_and_train_the_texture_on(one_epoc
     assert max(moved) > 1e-4 and np.mean([m > 0 for m in moved]) > 0.9
     with pytest.raises(ValueError, match="geometry_epochs"):
         TrainOptions(geometry_epochs=-1)
+
+
+def test_texture_epochs_run_bf16_where_the_cpu_has_it_and_resume_exactly(prepared_demo, tmp_path):
+    """mixed_precision "auto" on a CPU: fp32 while the geometry learns; once it is frozen, the atlas encoder and
+    texture decoder in bf16 where the CPU has it in hardware. The geometry is the fp32 run's bit for bit, two runs
+    of one seed are the same, and Ctrl-C in a bf16 epoch, then --resume, ends with the uninterrupted run's
+    weights exactly (whole-network bf16 could not promise that)."""
+    ds, _, _ = prepared_demo
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and texture_autocast_dtype("off", cpu, True) is None
+    assert texture_autocast_dtype("auto", cpu, False) is None
+    assert texture_autocast_dtype("auto", cpu, True) == (torch.bfloat16 if cpu_has_bf16() else None)
+    opts = TrainOptions(epochs=3, seed=5, geometry_epochs=1)
+    for name, o in (("auto", opts), ("again", opts), ("off", replace(opts, mixed_precision="off"))):
+        train_speaker(ds.path, tmp_path / name, o, dims=TINY)
+    auto, again, off = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("auto", "again", "off"))
+    assert all(torch.equal(auto[k], again[k]) for k in auto)
+    parts = {k: k.split(".")[1] if k.startswith("model.") else "" for k in auto}
+    assert all(torch.equal(auto[k], off[k]) for k in auto if parts[k] in GEOMETRY_PARTS)
+    texture = [k for k in auto if parts[k] in ("texture", "atlas") and auto[k].is_floating_point()]
+    differ = [not torch.equal(auto[k], off[k]) for k in texture]
+    assert (np.mean(differ) > 0.5) if cpu_has_bf16() else not any(differ)     # bf16 rounding, or fp32 both
+    assert max(float((auto[k] - off[k]).abs().max()) for k in texture) < 0.05
+    token = CancelToken()
+
+    def stop_in_epoch_3(p):
+        if p.stage == "train" and p.done > 2.5 * len(ds):
+            token.set()
+
+    with pytest.raises(Cancelled):
+        train_speaker(ds.path, tmp_path / "resumed", opts, on_progress=stop_in_epoch_3, cancel=token, dims=TINY)
+    train_speaker(ds.path, tmp_path / "resumed", opts, resume=True)
+    resumed = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert all(torch.equal(auto[k], resumed[k]) for k in auto)
 
 
 def _copy(src, dst):
