@@ -161,7 +161,7 @@ def texture_autocast_dtype(precision: str, device: torch.device, geometry_frozen
     """The dtype the atlas encoder and texture decoder alone are autocast to, or None.
 
     "auto" on a CPU with bf16 in hardware (cpu_has_bf16), once the geometry is frozen: bf16,
-    1.3x faster a step; the rest of the network stays fp32. Whole-network bf16 autocast ("bf16")
+    1.35-1.5x faster an epoch; the rest of the network stays fp32. Whole-network bf16 autocast ("bf16")
     is 1.2x faster but one audio convolution's bf16 weight gradient differs from run to run (the
     same seed would not give the same weights, and --resume would not continue exactly); the
     texture path's do not (tests/engine/test_train.py). While the geometry learns the texture
