@@ -233,25 +233,28 @@ class LipSync3D(nn.Module):
 
     def forward(self, spectrogram: torch.Tensor, previous_atlas: torch.Tensor | None = None,
                 phones: torch.Tensor | None = None, phone_keep: torch.Tensor | None = None,
-                texture_dtype: torch.dtype | None = None) -> dict:
+                texture_dtype: torch.dtype | None = None, texture_detached: bool = False) -> dict:
         """Returns {"vertex_deltas" (B,468,3), "atlas_delta" (B,3,128,128), "blendshapes" (B,52)}.
 
         previous_atlas : (B, 3, 128, 128) in [-1, 1], or None for zeros (the first frame).
         phones : (B, phone_context) phone labels (a model with dims.phone_context > 0);
         phone_keep : see AudioEncoder.forward (training only).
         texture_dtype : autocast the atlas encoder and texture decoder alone to this dtype (training on
-        a CPU with bf16 in hardware once the geometry is frozen: train.texture_autocast_dtype); the
+        a CPU with bf16 in hardware where its gradient misses the geometry: train.texture_autocast_dtype); the
         rest runs as the caller's.
+        texture_detached : the texture path reads the audio code without passing its gradient back
+        (TrainOptions.texture_shapes_code False).
         """
         code = self.audio(spectrogram, phones, phone_keep)               # (B, N_s)
+        code_in = code.detach() if texture_detached else code
         # no context without a dtype: autocast(enabled=False) would switch off the caller's autocast
         with torch.autocast(code.device.type, dtype=texture_dtype) if texture_dtype is not None else nullcontext():
             if self.atlas is not None:
                 if previous_atlas is None:
                     previous_atlas = spectrogram.new_zeros(len(code), 3, LIP_SIZE, LIP_SIZE)
-                code_tex = torch.cat([code, self.atlas(previous_atlas)], dim=1)  # (B, N_s + N_a)
+                code_tex = torch.cat([code_in, self.atlas(previous_atlas)], dim=1)  # (B, N_s + N_a)
             else:
-                code_tex = code
+                code_tex = code_in
             atlas_delta = self.texture(code_tex)
         return {"vertex_deltas": self.geometry(code), "atlas_delta": atlas_delta,
                 "blendshapes": self.blendshapes(code)}

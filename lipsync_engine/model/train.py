@@ -9,8 +9,8 @@ that --resume continues exactly) and the loss curve. Must not: predict from new 
 (inference is its own stage), score held-out data (evaluate.py) or touch Blender.
 
 Mixed precision: bf16 autocast by default ("auto") on CUDA; on a CPU fp32, with the atlas
-encoder and texture decoder alone in bf16 once the geometry is frozen, where the CPU has bf16 in
-hardware (texture_autocast_dtype);
+encoder and texture decoder alone in bf16 where the CPU has bf16 in hardware and the texture
+path's gradient does not reach the geometry (texture_autocast_dtype);
 benchmarks/bench_train.py measures bf16 against fp32 (docs/benchmarks.md).
 """
 
@@ -90,6 +90,10 @@ class TrainOptions:
     weight_average: float = 4.0      # beyond the paper: the geometry kept, judged and saved is a running average
                                      # of its weights over about the last tenth of the steps, at most this many
                                      # epochs of them (GeometryAverage; 0 = off: the last step's weights)
+    texture_shapes_code: bool = False  # beyond the paper: the texture path reads the audio code without shaping
+                                     # it, so the SSIM loss does not pull the shared encoder away from the
+                                     # vertices (inner splits: GRID LMD and r better; docs/evaluation.md "The
+                                     # texture reads the code, the vertices shape it"); the paper recipe: True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -138,7 +142,7 @@ class TrainResult:
 RECIPES = {
     "fast": {},
     "paper": {"learning_rate": 1e-4, "geometry_weight": 3.0, "lip_weight": 0.0, "geometry_patience": 0,
-              "phones": False, "weight_average": 0.0},
+              "phones": False, "weight_average": 0.0, "texture_shapes_code": True},
 }
 
 
@@ -157,20 +161,21 @@ def cpu_has_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
-def texture_autocast_dtype(precision: str, device: torch.device, geometry_frozen: bool) -> torch.dtype | None:
+def texture_autocast_dtype(precision: str, device: torch.device, geometry_apart: bool) -> torch.dtype | None:
     """The dtype the atlas encoder and texture decoder alone are autocast to, or None.
 
-    "auto" on a CPU with bf16 in hardware (cpu_has_bf16), once the geometry is frozen: bf16,
-    1.35-1.5x faster an epoch; the rest of the network stays fp32. Whole-network bf16 autocast ("bf16")
-    is 1.2x faster but one audio convolution's bf16 weight gradient differs from run to run (the
-    same seed would not give the same weights, and --resume would not continue exactly); the
-    texture path's do not (tests/engine/test_train.py). While the geometry learns the texture
-    path stays fp32: its bf16 gradient reaches the shared audio encoder, and on GRID's inner
-    split that cost openness r and LMD (0.778 -> 0.762 and 1.068 -> 1.104 px over two seeds;
-    docs/evaluation.md, "The texture path in bf16 once the geometry is frozen"). So the geometry
-    is the fp32 run's bit for bit, and what the bf16 epochs train is read only by --texture
-    network (the mouth bank shapes the default lips)."""
-    if precision == "auto" and geometry_frozen and device.type == "cpu" and cpu_has_bf16():
+    "auto" on a CPU with bf16 in hardware (cpu_has_bf16), where the texture path's gradient does
+    not reach the geometry (`geometry_apart`: TrainOptions.texture_shapes_code False, the default,
+    or the geometry frozen): bf16, 1.35-1.5x faster an epoch; the rest of the network stays
+    fp32. Whole-network bf16 autocast ("bf16") is 1.2x faster but one audio convolution's bf16
+    weight gradient differs from run to run (the same seed would not give the same weights, and
+    --resume would not continue exactly); the texture path's do not (tests/engine/test_train.py).
+    Where the texture loss shapes the shared audio code (the paper recipe) the texture path stays
+    fp32 while the geometry learns: its bf16 gradient would reach the audio encoder, and on GRID's
+    inner split that cost openness r and LMD (0.778 -> 0.762 and 1.068 -> 1.104 px over two
+    seeds; docs/evaluation.md, "The texture path in bf16 once the geometry is frozen"). So the
+    geometry is the fp32 run's bit for bit either way."""
+    if precision == "auto" and geometry_apart and device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return None
 
@@ -261,7 +266,8 @@ def _losses(model, batch: dict, data: SpeakerTensors, options: TrainOptions, dev
     """amp : the whole network's autocast dtype (autocast_dtype); texture_amp : the texture path's
     alone (texture_autocast_dtype)."""
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        out = model(batch["spec"], batch["prev"], batch["phones"], batch.get("phone_keep"), texture_amp)
+        out = model(batch["spec"], batch["prev"], batch["phones"], batch.get("phone_keep"), texture_amp,
+                    not options.texture_shapes_code)
     out = {k: v.float() for k, v in out.items()}  # the losses in fp32
     # the delta first: the sum takes its layout (channels-last on a CPU), not the reference's (3, H, W)
     pred = (out["atlas_delta"] + data.reference_lips.to(device)).clamp(-1, 1)
@@ -770,7 +776,8 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
         _set_learning_rate(r.optimizer, options, epoch)
         frozen = _freeze_geometry(r.model, options, epoch, bool(stop.get("stopped")))
         averaging = average is not None and not frozen
-        texture_amp = None if amp is not None else texture_autocast_dtype(options.mixed_precision, r.device, frozen)
+        texture_amp = None if amp is not None else texture_autocast_dtype(
+            options.mixed_precision, r.device, frozen or not options.texture_shapes_code)
         tr = _epoch(r.model, r.optimizer, data, train_idx, r.spec_scale, options, r.gen, r.device,
                     True, tick, amp, average.step if averaging else None, texture_amp)
         if averaging:

@@ -116,16 +116,17 @@ def test_geometry_epochs_freeze_the_audio_path_and_train_the_texture_on(one_epoc
 
 
 def test_texture_epochs_run_bf16_where_the_cpu_has_it_and_resume_exactly(prepared_demo, tmp_path):
-    """mixed_precision "auto" on a CPU: fp32 while the geometry learns; once it is frozen, the atlas encoder and
-    texture decoder in bf16 where the CPU has it in hardware. The geometry is the fp32 run's bit for bit, two runs
-    of one seed are the same, and Ctrl-C in a bf16 epoch, then --resume, ends with the uninterrupted run's
-    weights exactly (whole-network bf16 could not promise that)."""
+    """mixed_precision "auto" on a CPU: the atlas encoder and texture decoder in bf16 where the CPU has it in
+    hardware and their gradient misses the geometry (by default, whose texture path does not shape the audio
+    code; in the paper recipe once the geometry is frozen). The geometry is the fp32 run's bit for bit, two
+    runs of one seed are the same, and Ctrl-C in a bf16 epoch, then --resume, ends with the uninterrupted
+    run's weights exactly (whole-network bf16 could not promise that)."""
     ds, _, _ = prepared_demo
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) is None and texture_autocast_dtype("off", cpu, True) is None
     assert texture_autocast_dtype("auto", cpu, False) is None
     assert texture_autocast_dtype("auto", cpu, True) == (torch.bfloat16 if cpu_has_bf16() else None)
-    opts = TrainOptions(epochs=3, seed=5, geometry_epochs=1)
+    opts = TrainOptions(epochs=3, seed=5, geometry_epochs=1, texture_shapes_code=True)
     for name, o in (("auto", opts), ("again", opts), ("off", replace(opts, mixed_precision="off"))):
         train_speaker(ds.path, tmp_path / name, o, dims=TINY)
     auto, again, off = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("auto", "again", "off"))
@@ -140,6 +141,33 @@ def test_texture_epochs_run_bf16_where_the_cpu_has_it_and_resume_exactly(prepare
     train_speaker(ds.path, tmp_path / "resumed", opts, resume=True)
     resumed = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert all(torch.equal(auto[k], resumed[k]) for k in auto)
+
+
+def test_the_texture_path_leaves_the_geometry_alone_except_in_the_paper_recipe(prepared_demo, tmp_path):
+    """By default (TrainOptions.texture_shapes_code False) the texture loss's gradient stops at the audio
+    code: the audio encoder, vertices and blendshapes learn the same bit for bit whatever the texture
+    path is shown (teacher forcing with the previous crop, or always zeros; bf16 or fp32 where the CPU
+    has bf16), while the texture path itself learns differently. The paper recipe (True) trains end to
+    end: the same change moves the geometry."""
+    ds, _, _ = prepared_demo
+    assert not TrainOptions().texture_shapes_code and recipe_options("paper").texture_shapes_code
+    weights = {}
+    for shared in (False, True):
+        for zeros in (0.2, 1.0):
+            out = tmp_path / f"{shared}-{zeros}"
+            train_speaker(ds.path, out, TrainOptions(epochs=2, seed=4, texture_shapes_code=shared,
+                                                     ar_zero_probability=zeros), dims=TINY)
+            weights[shared, zeros] = load_file(str(out / "model.safetensors"))
+    train_speaker(ds.path, tmp_path / "fp32", TrainOptions(epochs=2, seed=4, mixed_precision="off"), dims=TINY)
+    weights["fp32"] = load_file(str(tmp_path / "fp32" / "model.safetensors"))
+    part = {k: k.split(".")[1] if k.startswith("model.") else "" for k in weights[False, 0.2]}
+    geometry = [k for k in part if part[k] in GEOMETRY_PARTS and weights[False, 0.2][k].is_floating_point()]
+    texture = [k for k in part if part[k] in ("texture", "atlas") and weights[False, 0.2][k].is_floating_point()]
+    assert geometry and texture
+    assert all(torch.equal(weights[False, 0.2][k], weights[False, 1.0][k]) for k in geometry)
+    assert all(torch.equal(weights[False, 0.2][k], weights["fp32"][k]) for k in geometry)
+    assert not all(torch.equal(weights[False, 0.2][k], weights[False, 1.0][k]) for k in texture)
+    assert not all(torch.equal(weights[True, 0.2][k], weights[True, 1.0][k]) for k in geometry)
 
 
 def _copy(src, dst):
@@ -251,7 +279,8 @@ def test_recipes():
     assert (paper.learning_rate, paper.geometry_weight, paper.lip_weight, paper.blendshape_weight) == (1e-4, 3.0, 0.0, 0.3)
     assert paper == TrainOptions(epochs=500, learning_rate=1e-4, geometry_weight=3.0, lip_weight=0.0,
                                  geometry_patience=0, phones=False,    # as published: the spectrogram alone,
-                                 weight_average=0.0)                    # the last step's weights
+                                 weight_average=0.0,                    # the last step's weights,
+                                 texture_shapes_code=True)              # end to end
     assert recipe_options("fast") == TrainOptions()              # one default: Python, the CLI and the add-on
     fast = recipe_options("fast", learning_rate=5e-4)
     assert (fast.learning_rate, fast.geometry_weight, fast.lip_weight) == (5e-4, 30.0, 10.0)
