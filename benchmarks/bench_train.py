@@ -291,7 +291,7 @@ def _precision_text(precision: str) -> str:
 
     cpu = torch.device("cpu")
     whole, texture = autocast_dtype(precision, cpu), texture_autocast_dtype(precision, cpu, True)
-    return str(whole or "fp32") + (f", texture path {texture} once the geometry is frozen" if texture else "")
+    return str(whole or "fp32") + (f", texture path {texture} where its gradient misses the geometry" if texture else "")
 
 
 def _profile_step(batch: int) -> None:

@@ -636,8 +636,9 @@ def build_parser(parser_class: type = _Parser) -> argparse.ArgumentParser:
                          "learns too (default: the recipe's)")
     st.add_argument("--mixed-precision", choices=("auto", "off", "bf16", "fp16"), default="auto",
                     help="autocast dtype (default auto: bf16 on CUDA; on a CPU fp32, with the texture decoder and atlas "
-                         "encoder in bf16 once the geometry is frozen, where the CPU has bf16 in hardware; bf16 "
-                         "throughout is faster but not reproducible)")
+                         "encoder in bf16 where the CPU has bf16 in hardware and their gradient misses the geometry: "
+                         "every epoch of the fast recipe, after the geometry froze in the paper's; bf16 throughout is "
+                         "faster but not reproducible)")
     st.set_defaults(func=_cmd_train)
 
     se = sub.add_parser("export", help="write a speaker's fitted coefficients for other tools")
