@@ -92,8 +92,10 @@ class TrainOptions:
                                      # epochs of them (GeometryAverage; 0 = off: the last step's weights)
     texture_shapes_code: bool = False  # beyond the paper: the texture path reads the audio code without shaping
                                      # it, so the SSIM loss does not pull the shared encoder away from the
-                                     # vertices (inner splits: GRID LMD and r better; docs/evaluation.md "The
-                                     # texture reads the code, the vertices shape it"); the paper recipe: True
+                                     # vertices, and the texture path may run bf16 (GRID's inner split: LMD and
+                                     # r better; the reported splits: the same within the seed spread, training
+                                     # faster; docs/evaluation.md "The texture reads the code, the vertices
+                                     # shape it"); the paper recipe: True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -166,7 +168,7 @@ def texture_autocast_dtype(precision: str, device: torch.device, geometry_apart:
 
     "auto" on a CPU with bf16 in hardware (cpu_has_bf16), where the texture path's gradient does
     not reach the geometry (`geometry_apart`: TrainOptions.texture_shapes_code False, the default,
-    or the geometry frozen): bf16, 1.35-1.5x faster an epoch; the rest of the network stays
+    or the geometry frozen): bf16, epochs 1.25-1.5x faster; the rest of the network stays
     fp32. Whole-network bf16 autocast ("bf16") is 1.2x faster but one audio convolution's bf16
     weight gradient differs from run to run (the same seed would not give the same weights, and
     --resume would not continue exactly); the texture path's do not (tests/engine/test_train.py).
