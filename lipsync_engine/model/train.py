@@ -185,7 +185,7 @@ def texture_autocast_dtype(precision: str, device: torch.device, geometry_apart:
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the whole network for a TrainOptions.mixed_precision on a device, or
     None for fp32. "auto": bf16 on CUDA; fp32 on a CPU, where the texture path alone may run bf16
-    after the geometry froze (texture_autocast_dtype). "bf16" on a CPU is opt-in (not
+    (texture_autocast_dtype). "bf16" on a CPU is opt-in (not
     reproducible run to run)."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None

@@ -115,6 +115,13 @@ def test_geometry_epochs_freeze_the_audio_path_and_train_the_texture_on(one_epoc
         TrainOptions(geometry_epochs=-1)
 
 
+def _weight_names(weights: dict) -> tuple[list, list]:
+    """(the geometry parts' tensor names, the texture path's floating-point ones) of a saved model.safetensors."""
+    part = {k: k.split(".")[1] if k.startswith("model.") else "" for k in weights}
+    return ([k for k in part if part[k] in GEOMETRY_PARTS],
+            [k for k in part if part[k] in ("texture", "atlas") and weights[k].is_floating_point()])
+
+
 def test_texture_epochs_run_bf16_where_the_cpu_has_it_and_resume_exactly(prepared_demo, tmp_path):
     """mixed_precision "auto" on a CPU: the atlas encoder and texture decoder in bf16 where the CPU has it in
     hardware and their gradient misses the geometry (by default, whose texture path does not shape the audio
@@ -131,9 +138,8 @@ def test_texture_epochs_run_bf16_where_the_cpu_has_it_and_resume_exactly(prepare
         train_speaker(ds.path, tmp_path / name, o, dims=TINY)
     auto, again, off = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("auto", "again", "off"))
     assert all(torch.equal(auto[k], again[k]) for k in auto)
-    parts = {k: k.split(".")[1] if k.startswith("model.") else "" for k in auto}
-    assert all(torch.equal(auto[k], off[k]) for k in auto if parts[k] in GEOMETRY_PARTS)
-    texture = [k for k in auto if parts[k] in ("texture", "atlas") and auto[k].is_floating_point()]
+    geometry, texture = _weight_names(auto)
+    assert all(torch.equal(auto[k], off[k]) for k in geometry)
     differ = [not torch.equal(auto[k], off[k]) for k in texture]
     assert (np.mean(differ) > 0.5) if cpu_has_bf16() else not any(differ)     # bf16 rounding, or fp32 both
     assert max(float((auto[k] - off[k]).abs().max()) for k in texture) < 0.05
@@ -160,9 +166,7 @@ def test_the_texture_path_leaves_the_geometry_alone_except_in_the_paper_recipe(p
             weights[shared, zeros] = load_file(str(out / "model.safetensors"))
     train_speaker(ds.path, tmp_path / "fp32", TrainOptions(epochs=2, seed=4, mixed_precision="off"), dims=TINY)
     weights["fp32"] = load_file(str(tmp_path / "fp32" / "model.safetensors"))
-    part = {k: k.split(".")[1] if k.startswith("model.") else "" for k in weights[False, 0.2]}
-    geometry = [k for k in part if part[k] in GEOMETRY_PARTS and weights[False, 0.2][k].is_floating_point()]
-    texture = [k for k in part if part[k] in ("texture", "atlas") and weights[False, 0.2][k].is_floating_point()]
+    geometry, texture = _weight_names(weights[False, 0.2])
     assert geometry and texture
     assert all(torch.equal(weights[False, 0.2][k], weights[False, 1.0][k]) for k in geometry)
     assert all(torch.equal(weights[False, 0.2][k], weights["fp32"][k]) for k in geometry)
