@@ -57,8 +57,10 @@ for name, g in rules.items():
     print(f"{name:30s} gain {g:.2f}" + (f" -> inner-test amplitude ratio {g * std['test'][0] / std['test'][1]:.2f}" if inner else ""))
 
 # The lip gap (mouth openness, what the amplitude ratio measures) under each gain: the model's
-# deltas with the gain applied along the opening direction, as predict applies it; and the rule
-# train.fit_articulation uses since 2026-12-07 (articulation.fit_gain_to_lip_gap).
+# deltas with the gain applied along the opening direction, as predict applies it to a model
+# trained since 2026-12-08 (the motion added follows the lip gap: articulation.apply_gain with
+# the rest face); and the rule train.fit_articulation uses since 2026-12-07
+# (articulation.fit_gain_to_lip_gap).
 from lipsync_engine.prepare.normalize import mouth_openness  # noqa: E402
 
 
@@ -70,7 +72,7 @@ def outputs(rows):
 
 def gap_std(rows, gain: float) -> tuple[float, float]:
     d, br = outputs(rows)
-    p = mouth_openness(ref + articulation.apply_gain(d, gain, mean, u))
+    p = mouth_openness(ref + articulation.apply_gain(d, gain, mean, u, ref))
     return articulation.pooled_std(p, br), articulation.pooled_std(mouth_openness(ref + data.deltas[rows].numpy()), br)
 
 

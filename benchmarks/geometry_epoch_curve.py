@@ -80,7 +80,7 @@ def run(speaker: Path, model: Path, phones: bool, seed: int, phone_dropout: floa
         ref = data.reference_vertices.numpy()
         true_v = ref + data.deltas[test].numpy()
         pred_v = ref + articulation.apply_gain(deltas, result["gain"], centre["mean_vertex_deltas"],
-                                               centre["opening_direction"])
+                                               centre["opening_direction"], articulation.gain_rest(result, ref))
         breaks = (data.previous[test] < 0).numpy()
         breaks[0] = True
         pred, true = mouth_openness(ref + deltas), mouth_openness(true_v)

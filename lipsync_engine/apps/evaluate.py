@@ -40,7 +40,7 @@ from ..face.topology import load_topology
 from ..inference.render import compose_atlas as compose
 from ..model import checkpoint
 from ..model.articulation import (MouthBank, MouthRenderer, apply_gain, apply_gain_coefficients,
-                                  articulation_metrics, atlas_openness, bank_neighbours, texture_metrics)
+                                  articulation_metrics, atlas_openness, bank_neighbours, gain_rest, texture_metrics)
 from ..model.losses import SSIM_WINDOW, ssim_map
 from ..model.network import autoregressive_lips
 from ..prepare import dataset
@@ -348,7 +348,7 @@ def model_prediction(model_dir: Path, spectrograms: np.ndarray, breaks: np.ndarr
     centre = {k: extra[k].float().cpu().numpy() for k in ("mean_vertex_deltas", "mean_blendshapes",
                                                            "opening_direction") if k in extra}
     vertices = ref + apply_gain(out["vertex_deltas"], gain, centre.get("mean_vertex_deltas"),
-                                centre.get("opening_direction"))
+                                centre.get("opening_direction"), gain_rest(config.get("articulation"), ref))
     bs = apply_gain_coefficients(out["blendshapes"], gain, centre.get("mean_blendshapes"), ARKIT_NAMES) \
         if config.get("has_blendshapes", True) else None
     lips = out["lips"]

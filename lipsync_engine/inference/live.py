@@ -214,8 +214,8 @@ class LiveStream:
         raw_deltas, raw_bs = self.p.raw_outputs(codes)
         bs = apply_gain_coefficients(raw_bs, gain, centre.get("mean_blendshapes"), ARKIT_NAMES) \
             if self.p.has_blendshapes else np.zeros((b - a, len(ARKIT_NAMES)), np.float32)
-        deltas = apply_gain(raw_deltas, gain, centre.get("mean_vertex_deltas"),
-                            centre.get("opening_direction")) if self.o.vertices or self.bank else None
+        deltas = apply_gain(raw_deltas, gain, centre.get("mean_vertex_deltas"), centre.get("opening_direction"),
+                            self.p.gain_rest) if self.o.vertices or self.bank else None
         for i, k in enumerate(range(a, b)):
             self.raw[k] = (None if deltas is None else deltas[i], bs[i], codes[i:i + 1])
             self.need[k] = min(self.received, self._frame_centre(k) + self.future)

@@ -45,7 +45,8 @@ from ..core.progress import CancelToken, Progress, ProgressCallback, no_progress
 from ..core.threads import thread_count
 from ..face.geometry import CylinderMap
 from ..io import media
-from ..model.articulation import MouthBank, MouthRenderer, apply_gain, apply_gain_coefficients, bank_neighbours
+from ..model.articulation import (MouthBank, MouthRenderer, apply_gain, apply_gain_coefficients, bank_neighbours,
+                                  gain_rest)
 from ..model.checkpoint import MOUTH_BANK, WEIGHTS, check_reference_files, load_arrays, load_model, resolve_device
 from ..model.numpy_heads import AudioHeads
 from ..prepare import audio
@@ -257,6 +258,8 @@ class Predictor:
             self.cylinder = CylinderMap.from_dict(self.config["cylinder"])
             self.centre = {k: np.asarray(arrays[k], np.float32) for k in
                            ("mean_vertex_deltas", "mean_blendshapes", "opening_direction") if k in arrays}
+            # the rest face when the gain adds motion by the lip gap, None for an older model's projection
+            self.gain_rest = gain_rest(self.config.get("articulation"), self.reference_vertices)
         except EngineError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
@@ -449,7 +452,7 @@ class Predictor:
         gain = self.articulation(options)
         raw_deltas, raw_bs = self.raw_outputs(codes, numpy_path)
         deltas = apply_gain(raw_deltas, gain, self.centre.get("mean_vertex_deltas"),
-                            self.centre.get("opening_direction"))
+                            self.centre.get("opening_direction"), self.gain_rest)
         bs = apply_gain_coefficients(raw_bs, gain, self.centre.get("mean_blendshapes"), ARKIT_NAMES) \
             if self.has_blendshapes else np.zeros((len(codes), len(ARKIT_NAMES)), np.float32)
         if halo:

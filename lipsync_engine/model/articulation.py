@@ -27,7 +27,7 @@ import numpy as np
 
 from ..core.filters import gaussian_smooth
 from ..face.geometry import LIP_SIZE, CylinderMap
-from ..face.topology import load_topology
+from ..face.topology import LOWER_LIP_INNER, UPPER_LIP_INNER, load_topology
 from ..face.warp import Raster
 from ..prepare.normalize import mouth_openness
 
@@ -37,6 +37,8 @@ LEGACY_NEIGHBOURS = 3       # what a model saved before its config said (2026-12
 BANK_TEMPORAL_SIGMA = 1.0   # frames: Gaussian smoothing of the blend weights over time
 WEIGHT_TRUNCATE = 3.0       # the smoothing kernel's radius in sigmas
 GAIN_RANGE = (0.5, 5.0)     # the fitted articulation gain is clipped to this
+GAP_STEP = 1e-3             # step along the opening direction at which the lip gap's rate is measured
+GAIN_ALONG_GAP = "lip_gap"  # a model config's articulation "component" when its gain follows the lip gap
 CROP_MARGIN = 24            # pixels around the lip box whose triangles are warped
 RENDER_THREADS = 2          # frames of a render() warped at once (OpenCV's remap releases the GIL)
 RENDER_MIN_FRAMES = 8       # fewer frames than this are warped on the calling thread
@@ -223,16 +225,47 @@ def opening_component(deltas: np.ndarray, centre: np.ndarray, direction: np.ndar
     return d.reshape(len(d), -1) @ np.asarray(direction, np.float32).reshape(-1)
 
 
+def gap_component(deltas: np.ndarray, rest: np.ndarray, centre: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """(N,) how far along the opening direction each frame's mouth is open, read from its lip gap:
+    the motion along `direction` from `centre` that would open the centre's lip gap (mouth_openness
+    of rest + centre) as far as the frame's, at the rate the gap grows along the direction there
+    (all 0 where the direction does not open the lips). Unlike the projection
+    (opening_component), which sums the whole face's motion onto the direction and so carries what
+    the network gets wrong everywhere else, it follows the predicted mouth opening alone.
+    """
+    rest = np.asarray(rest, np.float32)
+    base = rest + np.asarray(centre, np.float32)
+    u = np.asarray(direction, np.float32)
+    o_c = float(mouth_openness(base))
+    rate = float((mouth_openness(base + GAP_STEP * u) - o_c) / GAP_STEP)
+    openness = mouth_openness(rest + np.asarray(deltas, np.float32))
+    return (openness - o_c) / rate if abs(rate) > 1e-9 else np.zeros(len(openness))
+
+
+def gain_rest(articulation_config: dict | None, rest: np.ndarray) -> np.ndarray | None:
+    """The rest face to pass apply_gain for a model whose config's "articulation" entry this is:
+    `rest` when its gain was fitted along the lip gap (models trained since 2026-12-08), None for
+    the projection that older models' gains were fitted with."""
+    return rest if (articulation_config or {}).get("component") == GAIN_ALONG_GAP else None
+
+
 def apply_gain(deltas: np.ndarray, gain: float, centre: np.ndarray | None = None,
-               direction: np.ndarray | None = None) -> np.ndarray:
+               direction: np.ndarray | None = None, rest: np.ndarray | None = None) -> np.ndarray:
     """Predicted deltas from the rest face (vertex deltas (N, 468, 3) or coefficients (N, 52)) with
     the articulation gain applied.
 
     Up to 1 the deltas scale about the rest face (0 = the rest face, 1 = the raw output). Above 1
     the motion about `centre` (the model's mean prediction) is scaled: a network trained on little
     data predicts a shrunken copy of the speaker's motion about its mean. With `direction`
-    (vertices only) only the motion along the opening direction is scaled: the other directions
-    hold what audio explains least, and scaling them would only add noise.
+    (vertices only) only the motion along the opening direction is added to: the other directions
+    hold what audio explains least, and scaling them would only add noise. How much is added:
+    with `rest` (the model's rest face; gain_rest), (gain - 1) times the frame's lip gap read as
+    motion along the direction (gap_component), so the predicted lip gap varies gain times as much
+    about the centre's, follows the speech as closely as the network's own does, and never closes
+    past the lips touching; without it (models fitted before 2026-12-08), (gain - 1) times the
+    projection of the frame's motion on the direction (opening_component), which carries the
+    network's errors elsewhere in the face into the mouth (on the inner splits of
+    docs/evaluation.md it lowered the anchor's openness r by 0.02).
     """
     deltas = np.asarray(deltas, np.float32)
     g = np.float32(gain)
@@ -242,8 +275,18 @@ def apply_gain(deltas: np.ndarray, gain: float, centre: np.ndarray | None = None
     if direction is None:
         return centre + g * (deltas - centre)
     u = np.asarray(direction, np.float32)
-    c = opening_component(deltas, centre, u)
-    return deltas + (g - 1) * c[:, None, None] * u[None]
+    if rest is None:
+        added = (g - 1) * opening_component(deltas, centre, u)
+    else:
+        rest = np.asarray(rest, np.float32)
+        added = (g - 1) * gap_component(deltas, rest, centre, u)
+        # closing: at most until the lips touch (the gap between the inner lips is smallest), not through
+        gap = (rest[UPPER_LIP_INNER] - rest[LOWER_LIP_INNER])[None] + \
+            deltas[:, UPPER_LIP_INNER] - deltas[:, LOWER_LIP_INNER]
+        along = u[UPPER_LIP_INNER] - u[LOWER_LIP_INNER]
+        if float(along @ along) > 0:
+            added = np.maximum(added, np.minimum(-(gap @ along) / float(along @ along), 0.0))
+    return deltas + added.astype(np.float32)[:, None, None] * u[None]
 
 
 def fit_gain(pred: np.ndarray, true: np.ndarray, breaks: np.ndarray, true_breaks: np.ndarray | None = None) -> float:
@@ -261,7 +304,7 @@ def fit_gain(pred: np.ndarray, true: np.ndarray, breaks: np.ndarray, true_breaks
 
 
 def fit_gain_to_lip_gap(deltas: np.ndarray, rest: np.ndarray, centre: np.ndarray, direction: np.ndarray,
-                        breaks: np.ndarray, target_std: float, iterations: int = 40) -> float:
+                        breaks: np.ndarray, target_std: float, iterations: int = 40, along_gap: bool = True) -> float:
     """The gain (clipped to GAIN_RANGE) at which the mouth openness (the inner-lip gap that the
     amplitude ratio measures) of (N, 468, 3) predicted `deltas`, with the gain applied as predict
     applies it (apply_gain along `direction` about `centre`), has the pooled std `target_std`.
@@ -274,7 +317,8 @@ def fit_gain_to_lip_gap(deltas: np.ndarray, rest: np.ndarray, centre: np.ndarray
     rest = np.asarray(rest, np.float32)
 
     def spread(g: float) -> float:
-        return pooled_std(mouth_openness(rest + apply_gain(deltas, g, centre, direction)), breaks)
+        return pooled_std(mouth_openness(rest + apply_gain(deltas, g, centre, direction, rest if along_gap else None)),
+                          breaks)
 
     if not np.isfinite(target_std) or not spread(1.0) > 1e-9:
         return 1.0

@@ -553,8 +553,10 @@ def fit_articulation(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor,
     (docs/evaluation.md, "The articulation gain") the tail's own amplitude put the unseen frames'
     amplitude ratio at 0.64-0.67, the whole speaker's at 1.00-1.04. Until 2026-12-07 the gain
     matched the opening component instead of the lip gap, which left the lip gap of the phone
-    models at 0.61-0.70 of the speaker's on that split ("Phone features"). 1.0 without enough
-    frames. Also returns the tail's openness r.
+    models at 0.61-0.70 of the speaker's on that split ("Phone features"); until 2026-12-08 the
+    motion it added was the projection of each frame's motion on the opening direction, now the
+    frame's own lip gap read as motion along it (articulation.apply_gain; "component" in the
+    returned entry). 1.0 without enough frames. Also returns the tail's openness r.
     """
     if len(rows) < MIN_GAIN_FRAMES or centre is None:
         return {"gain": 1.0, "fitted_on": None}
@@ -567,8 +569,8 @@ def fit_articulation(model: LipSync3D, data: SpeakerTensors, rows: torch.Tensor,
     u, mean = centre["opening_direction"], centre["mean_vertex_deltas"]
     speaker = speaker_articulation(data, rows, rows) if speaker is None else speaker
     gain = articulation.fit_gain_to_lip_gap(deltas, ref, mean, u, breaks, speaker["lip_gap_std"])
-    return {"gain": gain, "fitted_on": "lip gap: validation tail (the model), training and validation frames "
-                                       "(the speaker)",
+    return {"gain": gain, "component": articulation.GAIN_ALONG_GAP,
+            "fitted_on": "lip gap: validation tail (the model), training and validation frames (the speaker)",
             "frames": int(len(rows)), "speaker_frames": speaker["frames"],
             "raw_amplitude_ratio": articulation.amplitude_ratio(pred, true, breaks),
             "openness_r": float(np.corrcoef(pred, true)[0, 1]) if pred.std() > 0 and true.std() > 0 else 0.0}

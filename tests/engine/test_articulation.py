@@ -10,8 +10,8 @@ import pytest
 
 from lipsync_engine.model import articulation
 from lipsync_engine.model.articulation import (GAIN_RANGE, MouthBank, MouthRenderer, amplitude_ratio, apply_gain,
-                                          fit_gain, fit_gain_to_lip_gap, mouth_window, opening_component, opening_direction, pooled_std,
-                                          speed_ratio, teeth_fraction)
+                                               fit_gain, fit_gain_to_lip_gap, gain_rest, mouth_window, opening_component,
+                                               opening_direction, pooled_std, speed_ratio, teeth_fraction)
 from lipsync_engine.face.topology import LOWER_LIP_INNER, UPPER_LIP_INNER
 from lipsync_engine.prepare.normalize import mouth_openness
 
@@ -71,10 +71,56 @@ def test_gain_along_the_opening_direction_leaves_other_motion_alone(prepared_dem
     np.testing.assert_allclose(moved[1], centre + 0.03 * u, atol=1e-6)
 
 
+def test_gain_adds_the_opening_the_lip_gap_predicts_and_never_closes_the_lips_past_touching(prepared_demo):
+    """The predicted motion shrunk to half about its mean, plus per-frame noise on the brow and cheeks
+    (the face the audio explains least) that projects onto the opening direction. Read from the lip
+    gap, the motion the gain adds opens the mouth exactly where the prediction does: the gap
+    follows the speaker's as closely as before (r > 0.99) and varies g times as much; read from
+    the projection (models before 2026-12-08) the noise opens and closes the mouth at random. A
+    closed mouth pushed further closed stops where the lips touch."""
+    ds = prepared_demo[0]
+    rest = np.asarray(ds.reference_vertices, np.float32)
+    true = np.asarray(ds.vertices, np.float32) - rest
+    breaks = np.asarray(ds.breaks)
+    openness = mouth_openness(rest + true)
+    u = opening_direction(true, openness)
+    centre = true.mean(0)
+    far = np.linalg.norm(rest - rest[[UPPER_LIP_INNER, LOWER_LIP_INNER]].mean(0), axis=1) > \
+        0.35 * np.linalg.norm(rest[10] - rest[152])
+    far[[10, 152]] = False                                     # the face height mouth_openness divides by stays
+    pattern = np.where(far[:, None], u, 0.0).astype(np.float32)
+    noise = np.random.default_rng(1).normal(size=len(true)).astype(np.float32)
+    # as much noise in the projection on the opening direction as the shrunk opening itself carries
+    scale = 0.5 * pooled_std(opening_component(true, centre, u), breaks) / float(pattern.ravel() @ u.ravel())
+    pred = centre + 0.5 * (true - centre) + (noise * scale)[:, None, None] * pattern
+    raw = mouth_openness(rest + pred)
+    assert np.corrcoef(raw, openness)[0, 1] > 0.99                # the noise leaves the lips alone
+    by_gap = mouth_openness(rest + apply_gain(pred, 2.0, centre, u, rest))
+    by_projection = mouth_openness(rest + apply_gain(pred, 2.0, centre, u))
+    assert np.corrcoef(by_gap, openness)[0, 1] > 0.99
+    assert amplitude_ratio(by_gap, raw, breaks) == pytest.approx(2.0, rel=0.05)
+    assert np.corrcoef(by_projection, openness)[0, 1] < 0.95
+    # the closed mouth: closing past the touching lips would cross them, and the gap (a distance) would grow
+    closed = true[np.argmin(openness)]
+    along = u[UPPER_LIP_INNER] - u[LOWER_LIP_INNER]
+    for g in (3.0, 5.0):
+        v = rest + apply_gain(closed[None], g, centre, u, rest)[0]
+        gap = v[UPPER_LIP_INNER] - v[LOWER_LIP_INNER]
+        assert gap @ along >= -1e-5 * float(np.linalg.norm(gap) * np.linalg.norm(along))   # not through each other
+        assert mouth_openness(v) < mouth_openness(rest + closed)
+        rest_gap = abs(rest[UPPER_LIP_INNER, 1] - rest[LOWER_LIP_INNER, 1])
+        assert v[UPPER_LIP_INNER, 1] > v[LOWER_LIP_INNER, 1] - 0.02 * rest_gap
+    # which rule a model's gain was fitted with is in its config
+    assert gain_rest({"gain": 1.4, "component": "lip_gap"}, rest) is rest
+    assert gain_rest({"gain": 1.4}, rest) is None and gain_rest(None, rest) is None
+
+
 def test_gain_fitted_to_the_lip_gap_restores_the_speakers_mouth_opening(prepared_demo):
-    """Motion shrunk to 40% about its mean, plus a lip motion across the opening direction that keeps
-    the lips apart: matching the opening component alone leaves the lip gap short; the gain fitted
-    on the lip gap itself makes it vary as much as the speaker's."""
+    """Motion shrunk to 40% about its mean: the gain fitted on the lip gap is 2.5 and makes the gap
+    vary as much as the speaker's. With the projection older models' gains were applied with
+    (along_gap=False), a lip motion across the opening direction that keeps the lips apart leaves
+    the lip gap short when the opening component is matched; fitted on the lip gap itself, the gap
+    varies as much as the speaker's."""
     ds = prepared_demo[0]
     rest = np.asarray(ds.reference_vertices, np.float32)
     true = np.asarray(ds.vertices, np.float32) - rest
@@ -83,6 +129,11 @@ def test_gain_fitted_to_the_lip_gap_restores_the_speakers_mouth_opening(prepared
     u = opening_direction(true, openness)
     centre = true.mean(0)
     shrunk = centre + 0.4 * (true - centre)
+    target = pooled_std(openness, breaks)
+    g = fit_gain_to_lip_gap(shrunk, rest, centre, u, breaks, target)
+    assert g == pytest.approx(2.5, rel=0.03)
+    assert amplitude_ratio(mouth_openness(rest + apply_gain(shrunk, g, centre, u, rest)), openness, breaks) == \
+        pytest.approx(1.0, abs=0.005)
     # the lower inner lip pulled towards the upper one as the mouth opens, across the opening
     # direction: the lip gap then grows less than the opening component
     pull = np.zeros((468, 3), np.float32)
@@ -90,13 +141,12 @@ def test_gain_fitted_to_the_lip_gap_restores_the_speakers_mouth_opening(prepared
     pull -= (pull.ravel() @ u.ravel()) * u
     c = opening_component(shrunk, centre, u)
     shrunk = shrunk + 0.5 * (c / c.std() * openness.std() / (openness.mean() + 1e-9))[:, None, None] * pull
-    target = pooled_std(openness, breaks)
     g_component = fit_gain(opening_component(shrunk, centre, u), opening_component(true, centre, u), breaks)
-    g = fit_gain_to_lip_gap(shrunk, rest, centre, u, breaks, target)
-    assert amplitude_ratio(mouth_openness(rest + apply_gain(shrunk, g, centre, u)), openness, breaks) == \
+    g_old = fit_gain_to_lip_gap(shrunk, rest, centre, u, breaks, target, along_gap=False)   # models before 2026-12-08
+    assert amplitude_ratio(mouth_openness(rest + apply_gain(shrunk, g_old, centre, u)), openness, breaks) == \
         pytest.approx(1.0, abs=0.005)
     assert amplitude_ratio(mouth_openness(rest + apply_gain(shrunk, g_component, centre, u)), openness, breaks) < 0.8
-    assert g > g_component
+    assert g_old > g_component
     # what does not move cannot be rescued; too little motion is clipped to the range
     assert fit_gain_to_lip_gap(np.repeat(centre[None], len(true), 0), rest, centre, u, breaks, target) == 1.0
     assert fit_gain_to_lip_gap(0.01 * true, rest, 0.01 * centre, u, breaks, target) == GAIN_RANGE[1]
@@ -242,8 +292,9 @@ def test_articulation_zero_is_rest_and_one_is_the_raw_network(held_out_model, de
     assert np.abs(rest.blendshapes).max() == 0.0
     raw = p.predict(demo_video[0], PredictOptions(articulation=1.0, atlas=False, **quiet))
     default = p.predict(demo_video[0], PredictOptions(atlas=False, **quiet))
+    assert p.gain_rest is p.reference_vertices                  # trained today: the gain follows the lip gap
     expected = apply_gain(raw.vertices - p.reference_vertices, p.gain, p.centre["mean_vertex_deltas"],
-                          p.centre["opening_direction"])
+                          p.centre["opening_direction"], p.gain_rest)
     np.testing.assert_allclose(default.vertices - p.reference_vertices, expected, atol=1e-4)
     # the raw output is the network's own: its geometry decoder on the audio code
     from lipsync_engine.prepare import audio
@@ -253,6 +304,30 @@ def test_articulation_zero_is_rest_and_one_is_the_raw_network(held_out_model, de
     with torch.no_grad():
         deltas = p.model.geometry(p.model.audio(torch.from_numpy(spec) * p.scale)).numpy()
     np.testing.assert_allclose(raw.vertices, p.reference_vertices + deltas, atol=1e-4)
+
+
+def test_a_gain_fitted_before_keeps_the_motion_it_was_fitted_with(held_out_model, demo_video, tmp_path):
+    """A model whose gain was fitted before 2026-12-08 (no "component" in its config's articulation
+    entry) adds the projection of the motion, as it did; the same weights fitted today add the
+    motion that follows the lip gap. The raw network and the rest face are the same for both."""
+    from lipsync_engine.inference.predictor import PredictOptions, load_predictor
+
+    model_dir, _ = held_out_model
+    old = tmp_path / "fitted before"
+    shutil.copytree(model_dir, old)
+    config = json.loads((old / "config.json").read_text())
+    assert config["articulation"].pop("component") == "lip_gap"
+    (old / "config.json").write_text(json.dumps(config))
+    p_new, p_old = load_predictor(model_dir, "cpu"), load_predictor(old, "cpu")
+    assert p_old.gain_rest is None and p_old.gain == p_new.gain > 1.0
+    quiet = dict(fps=25.0, end_s=2.0, smoothing=False, silence_db=float("-inf"), atlas=False)
+    a, b = p_new.predict(demo_video[0], PredictOptions(**quiet)), p_old.predict(demo_video[0], PredictOptions(**quiet))
+    raw = p_new.predict(demo_video[0], PredictOptions(articulation=1.0, **quiet)).vertices - p_new.reference_vertices
+    expected = apply_gain(raw, p_old.gain, p_old.centre["mean_vertex_deltas"], p_old.centre["opening_direction"])
+    np.testing.assert_allclose(b.vertices - p_old.reference_vertices, expected, atol=1e-4)
+    assert np.abs(a.vertices - b.vertices).max() > 1e-3
+    np.testing.assert_allclose(p_old.predict(demo_video[0], PredictOptions(articulation=1.0, **quiet)).vertices,
+                               p_new.reference_vertices + raw, atol=1e-6)
 
 
 def test_version_1_model_still_predicts(held_out_model, demo_video, tmp_path):
