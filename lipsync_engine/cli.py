@@ -307,6 +307,8 @@ def _cmd_train(args, reporter: Reporter, cancel: CancelToken) -> None:
         dims = ModelDimensions().scaled(args.width)
     r = train_speaker(args.speaker, args.output, options, reporter, cancel, resume=args.resume, dims=dims)
     reporter.close()
+    for line in r.warnings:
+        reporter.info("WARN", line)
     val = f", held-out {r.val_loss:.4f}" if r.val_loss is not None else ""
     reporter.info("RESULT", f"{r.path}: {r.epochs} epochs in {r.seconds:.0f} s, loss {r.train_loss:.4f}{val}; "
                   f"curve: {r.path / 'loss_curve.png'}", path=str(r.path))

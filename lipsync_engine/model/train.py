@@ -21,7 +21,7 @@ import json
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +133,30 @@ class TrainResult:
     train_loss: float
     val_loss: float | None
     seconds: float
+    warnings: tuple[str, ...] = ()   # e.g. options a resumed run kept from its start (resumed_options)
+
+
+# What a resumed run may change: how long it trains and where its data and arithmetic live.
+# Everything else shapes the result (the split, the recipe, the seed) and is the started run's.
+RESUME_MAY_CHANGE = ("epochs", "device", "in_memory")
+
+
+def resumed_options(model_dir: Path | str, options: TrainOptions) -> tuple[TrainOptions, tuple[str, ...]]:
+    """The options a resumed run of MODEL_DIR trains with: those it was started with (its config),
+    with `options`' RESUME_MAY_CHANGE; and one line for each other option where `options` differs,
+    which the run does not take (resuming with, say, another test fraction would train on the
+    frames the first epochs held out). Options the config predates come from `options`."""
+    saved = read_config(model_dir).get("options") or {}
+    names = {f.name for f in fields(TrainOptions)}
+    kept = {k: v for k, v in saved.items() if k in names and k not in RESUME_MAY_CHANGE}
+    try:
+        started = replace(options, **kept)
+    except (TypeError, ValueError) as e:
+        raise EngineError(f"{Path(model_dir) / 'config.json'}: its training options cannot be read ({e}); "
+                          f"train it again from the start") from e
+    differ = tuple(f"{Path(model_dir)}: resumed with {k}={kept[k]!r} as it was started, not {getattr(options, k)!r}"
+                   for k in sorted(kept) if getattr(options, k) != kept[k])
+    return started, differ
 
 
 # Named training recipes. "fast" = TrainOptions() (the one default of Python, the CLI and the
@@ -709,6 +733,12 @@ def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bo
     else:
         dims = dims or preset_dimensions(options.preset)
         dims = dims.with_phones() if options.phones else replace(dims, phone_context=0, n_phones=0)
+    if resuming:            # before the phones are recognised: a wrong speaker is said at once
+        started, frames = read_config(out), len(dataset.open_speaker(speaker_dir))
+        if int(started.get("frames", frames)) != frames:
+            raise InputError(f"{speaker_dir}: has {frames} frames, but {out} was started on "
+                             f"{started.get('speaker')} with {started['frames']}; resume it with the speaker it "
+                             f"was started on (prepared again, a speaker needs a new model)")
     data = SpeakerTensors(speaker_dir, options.in_memory, options.lookahead_ms, dims.phone_context > 0, on_take)
     try:
         train_idx, val_idx = _split(len(data), options.val_fraction, options.test_fraction)
@@ -735,7 +765,9 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
     """Train a LipSync3D model on SPEAKER_DIR into MODEL_DIR, checkpointing every epoch.
 
     resume : continue from MODEL_DIR's last checkpoint (after Ctrl-C or a crash) with the same
-    step, losses and random state. Without it, an existing model directory is refused.
+    step, losses and random state, and the options it was started with (resumed_options: only
+    epochs, device and in_memory come from `options`; TrainResult.warnings names any other option
+    given differently). Without it, an existing model directory is refused.
     Progress messages carry the running losses of the epoch ("epoch 3/30 loss ...").
     On glibc it sets the process's malloc to keep freed memory (core/heap.py), for the rest of
     the process.
@@ -748,6 +780,9 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
     def heard(done: int, total: int) -> None:     # the phones of every take, before the first epoch
         on_progress(Progress("phones", done, total, "recognising the phones of the takes"))
         cancel.check()
+    warnings: tuple[str, ...] = ()
+    if resume and holds_model(out):
+        options, warnings = resumed_options(out, options)
     r = _prepare_run(speaker_dir, out, options, resume, dims, heard)
     if r.start:                 # resumed: the state's epoch may lack its weights or config (killed between them)
         republish_state(out)
@@ -821,4 +856,4 @@ def train_speaker(speaker_dir: Path | str, model_dir: Path | str, options: Train
             _plot(out / CURVE, history)         # 0.3 s a drawing: at most every PLOT_EVERY_S, and at the end
             plotted = time.perf_counter()
     last = history[-1] if history else {"train": float("nan"), "val": None}
-    return TrainResult(out, len(history), last["train"], last["val"], time.perf_counter() - t0)
+    return TrainResult(out, len(history), last["train"], last["val"], time.perf_counter() - t0, warnings)

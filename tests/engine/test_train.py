@@ -92,6 +92,38 @@ def test_resume_continues_at_the_same_step_with_the_same_loss(prepared_demo, tmp
     assert "loss" in steps[-1].message and "tex" in steps[-1].message  # the bar shows running losses
 
 
+def test_resume_keeps_the_options_the_run_was_started_with(prepared_demo, tmp_path):
+    """Stopped in epoch 2, then resumed with another seed, no test tail and more epochs: the run goes
+    on with the seed and test tail it was started with (the same losses as an uninterrupted run,
+    the held-out frames still never trained on), takes the new epoch count, and says which options
+    it kept."""
+    ds, _, _ = prepared_demo
+    opts = TrainOptions(epochs=3, batch_size=32, seed=2, test_fraction=0.2)
+    straight = train_speaker(ds.path, tmp_path / "straight", opts, dims=TINY)
+    out, token = tmp_path / "model", CancelToken()
+    per_epoch = len(ds) - int(round(len(ds) * 0.2))
+
+    def stop_in_epoch_2(p):
+        if p.stage == "train" and p.done > 1.5 * per_epoch:
+            token.set()
+
+    with pytest.raises(Cancelled):
+        train_speaker(ds.path, out, opts, on_progress=stop_in_epoch_2, cancel=token, dims=TINY)
+    result = train_speaker(ds.path, out, TrainOptions(epochs=3, batch_size=32, seed=5), resume=True)
+    assert result.epochs == 3
+    assert any("seed=2" in w for w in result.warnings) and any("test_fraction=0.2" in w for w in result.warnings)
+    assert len(result.warnings) == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["options"]["seed"] == 2 and config["split"]["test_frames"] == len(ds) - per_epoch
+    a = json.loads((tmp_path / "straight" / "config.json").read_text())["history"]
+    assert [h["train"] for h in config["history"]] == pytest.approx([h["train"] for h in a], rel=1e-5)
+    assert result.train_loss == pytest.approx(straight.train_loss, rel=1e-5)
+    # more epochs: the one thing besides where it runs that a resumed run takes from the new call
+    longer = train_speaker(ds.path, out, replace(opts, epochs=4), resume=True)
+    assert longer.epochs == 4 and longer.warnings == ()
+    assert json.loads((out / "config.json").read_text())["options"]["epochs"] == 4
+
+
 @pytest.fixture(scope="module")
 def one_epoch_model(prepared_demo, tmp_path_factory):
     ds, _, _ = prepared_demo
