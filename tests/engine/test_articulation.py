@@ -71,6 +71,15 @@ def test_gain_along_the_opening_direction_leaves_other_motion_alone(prepared_dem
     np.testing.assert_allclose(moved[1], centre + 0.03 * u, atol=1e-6)
 
 
+def _demo_motion(prepared_demo):
+    """(rest face, true deltas from it, breaks, true openness, opening direction, mean delta) of the demo speaker."""
+    ds = prepared_demo[0]
+    rest = np.asarray(ds.reference_vertices, np.float32)
+    true = np.asarray(ds.vertices, np.float32) - rest
+    openness = mouth_openness(rest + true)
+    return rest, true, np.asarray(ds.breaks), openness, opening_direction(true, openness), true.mean(0)
+
+
 def test_gain_adds_the_opening_the_lip_gap_predicts_and_never_closes_the_lips_past_touching(prepared_demo):
     """The predicted motion shrunk to half about its mean, plus per-frame noise on the brow and cheeks
     (the face the audio explains least) that projects onto the opening direction. Read from the lip
@@ -78,13 +87,7 @@ def test_gain_adds_the_opening_the_lip_gap_predicts_and_never_closes_the_lips_pa
     follows the speaker's as closely as before (r > 0.99) and varies g times as much; read from
     the projection (models before 2026-12-08) the noise opens and closes the mouth at random. A
     closed mouth pushed further closed stops where the lips touch."""
-    ds = prepared_demo[0]
-    rest = np.asarray(ds.reference_vertices, np.float32)
-    true = np.asarray(ds.vertices, np.float32) - rest
-    breaks = np.asarray(ds.breaks)
-    openness = mouth_openness(rest + true)
-    u = opening_direction(true, openness)
-    centre = true.mean(0)
+    rest, true, breaks, openness, u, centre = _demo_motion(prepared_demo)
     far = np.linalg.norm(rest - rest[[UPPER_LIP_INNER, LOWER_LIP_INNER]].mean(0), axis=1) > \
         0.35 * np.linalg.norm(rest[10] - rest[152])
     far[[10, 152]] = False                                     # the face height mouth_openness divides by stays
@@ -121,13 +124,7 @@ def test_gain_fitted_to_the_lip_gap_restores_the_speakers_mouth_opening(prepared
     (along_gap=False), a lip motion across the opening direction that keeps the lips apart leaves
     the lip gap short when the opening component is matched; fitted on the lip gap itself, the gap
     varies as much as the speaker's."""
-    ds = prepared_demo[0]
-    rest = np.asarray(ds.reference_vertices, np.float32)
-    true = np.asarray(ds.vertices, np.float32) - rest
-    breaks = np.asarray(ds.breaks)
-    openness = mouth_openness(rest + true)
-    u = opening_direction(true, openness)
-    centre = true.mean(0)
+    rest, true, breaks, openness, u, centre = _demo_motion(prepared_demo)
     shrunk = centre + 0.4 * (true - centre)
     target = pooled_std(openness, breaks)
     g = fit_gain_to_lip_gap(shrunk, rest, centre, u, breaks, target)
