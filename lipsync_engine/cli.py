@@ -529,16 +529,18 @@ def _cmd_evaluate(args, reporter: Reporter, cancel: CancelToken) -> None:
                        reporter, cancel)
     reporter.close()
     lines = [f"{'method':<10} {'LMD px':>7} {'lip SSIM':>8} {'atlas SSIM':>10} {'open r':>7} {'jitter':>7} {'bs MAE':>7}"
-             f" {'amp':>5} {'speed':>5} {'tx amp':>6} {'tx spd':>6} {'sharp':>5} {'teeth':>5}"]
+             f" {'jaw':>5} {'amp':>5} {'speed':>5} {'tx amp':>6} {'tx spd':>6} {'sharp':>5} {'teeth':>5}"]
     for name, m in r.metrics.items():
         bs = "-" if m["blendshape_mae"] is None else f"{m['blendshape_mae']:.4f}"
+        jaw = "-" if m.get("jaw_amplitude_ratio") is None else f"{m['jaw_amplitude_ratio']:.2f}"
         teeth = "-" if m["teeth_recall"] != m["teeth_recall"] else f"{m['teeth_recall']:.2f}"
         lines.append(f"{name:<10} {m['lmd_px']:7.3f} {m['lip_ssim']:8.4f} {m['atlas_ssim']:10.4f} "
-                     f"{m['openness_r']:7.3f} {m['jitter_ratio']:7.2f} {bs:>7} {m['amplitude_ratio']:5.2f} "
+                     f"{m['openness_r']:7.3f} {m['jitter_ratio']:7.2f} {bs:>7} {jaw:>5} {m['amplitude_ratio']:5.2f} "
                      f"{m['speed_ratio']:5.2f} {m['texture_amplitude_ratio']:6.2f} {m['texture_speed_ratio']:6.2f} "
                      f"{m['sharpness_ratio']:5.2f} {teeth:>5}")
     reporter.info("RESULT", f"{r.frames} held-out frames (jitter, amp(litude), speed, sharp(ness): x the ground "
-                            f"truth's own; tx: of the atlases tracked again; teeth: recall of frames showing teeth)\n" + "\n".join(lines)
+                            f"truth's own; jaw: the jawOpen coefficient's amplitude, x the fitted one's; tx: of the "
+                            f"atlases tracked again; teeth: recall of frames showing teeth)\n" + "\n".join(lines)
                   + f"\nwrote {r.path}", path=str(r.path), metrics=r.metrics)
 
 

@@ -39,7 +39,7 @@ from ..face.geometry import LIP_SIZE, CylinderMap
 from ..face.topology import load_topology
 from ..inference.render import compose_atlas as compose
 from ..model import checkpoint
-from ..model.articulation import (MouthBank, MouthRenderer, apply_gain, apply_gain_coefficients,
+from ..model.articulation import (MouthBank, MouthRenderer, amplitude_ratio, apply_gain, apply_gain_coefficients,
                                   articulation_metrics, atlas_openness, bank_neighbours, gain_rest, texture_metrics)
 from ..model.losses import SSIM_WINDOW, ssim_map
 from ..model.network import autoregressive_lips
@@ -453,6 +453,11 @@ def score(pred: MethodOutput, truth: dict, cylinder, lip_box: dict, ref_atlas: n
     m.update(texture_metrics(texture_open, truth["texture_openness"], breaks))
     has = pred.blendshapes is not None and truth["blendshapes"] is not None
     m["blendshape_mae"] = float(np.abs(pred.blendshapes - truth["blendshapes"]).mean()) if has else None
+    # what a character rig's jaw does: the jawOpen coefficient against the speaker's fitted one
+    jaw = ARKIT_NAMES.index("jawOpen")
+    m["jaw_amplitude_ratio"] = amplitude_ratio(pred.blendshapes[:, jaw], truth["blendshapes"][:, jaw], breaks) \
+        if has else None
+    m["jaw_r"] = pearson(pred.blendshapes[:, jaw], truth["blendshapes"][:, jaw]) if has else None
     return m
 
 
