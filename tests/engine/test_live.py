@@ -4,6 +4,7 @@ errors, a late consumer, the recording, and low-latency (--lookahead) models."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -100,13 +101,17 @@ def test_stream_exact_and_reduced_lookahead(trained_demo, speech_file, fps, atla
 
 def test_vmc_over_osc(trained_demo, speech_file):
     from pythonosc.dispatcher import Dispatcher
-    from pythonosc.osc_server import ThreadingOSCUDPServer
+    from pythonosc.osc_server import BlockingOSCUDPServer
 
     got = {"val": [], "apply": 0}
     d = Dispatcher()
     d.map("/VMC/Ext/Blend/Val", lambda addr, name, value: got["val"].append((name, value)))
     d.map("/VMC/Ext/Blend/Apply", lambda addr, *a: got.__setitem__("apply", got["apply"] + 1))
-    server = ThreadingOSCUDPServer(("127.0.0.1", 0), d)
+    # The engine sends the line's bundles (about 2 KB each) as fast as it can. The receiver drains them
+    # on one thread (a thread per datagram fell behind on a busy machine) into a buffer large enough
+    # for all of them where the system allows it: a datagram the kernel drops here is the test's loss.
+    server = BlockingOSCUDPServer(("127.0.0.1", 0), d)
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         port = server.server_address[1]
