@@ -729,16 +729,16 @@ def _prepare_run(speaker_dir: Path, out: Path, options: TrainOptions, resume: bo
     device = pick_device(options.device)
     resuming = resume and holds_model(out)
     if resuming:
-        dims = ModelDimensions.from_dict(read_config(out)["dims"])
-    else:
-        dims = dims or preset_dimensions(options.preset)
-        dims = dims.with_phones() if options.phones else replace(dims, phone_context=0, n_phones=0)
-    if resuming:            # before the phones are recognised: a wrong speaker is said at once
-        started, frames = read_config(out), len(dataset.open_speaker(speaker_dir))
+        started = read_config(out)
+        dims = ModelDimensions.from_dict(started["dims"])
+        frames = len(dataset.open_speaker(speaker_dir))   # before the phones are recognised: said at once
         if int(started.get("frames", frames)) != frames:
             raise InputError(f"{speaker_dir}: has {frames} frames, but {out} was started on "
                              f"{started.get('speaker')} with {started['frames']}; resume it with the speaker it "
                              f"was started on (prepared again, a speaker needs a new model)")
+    else:
+        dims = dims or preset_dimensions(options.preset)
+        dims = dims.with_phones() if options.phones else replace(dims, phone_context=0, n_phones=0)
     data = SpeakerTensors(speaker_dir, options.in_memory, options.lookahead_ms, dims.phone_context > 0, on_take)
     try:
         train_idx, val_idx = _split(len(data), options.val_fraction, options.test_fraction)
